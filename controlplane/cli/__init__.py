@@ -1,0 +1,18 @@
+"""The ``cardvault`` command: the same services as the admin API, for operators and scripts.
+
+Human tables by default, JSON with ``--json``; errors are printed as ``{"error": ..., "detail": ...}``
+on stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+from controlplane.cli.common import cli
+from controlplane.cli.operations import local, migrate, reconcile, serve, servers
+from controlplane.cli.tenants import tenants
+
+for command in (serve, local, migrate, servers, tenants, reconcile):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,110 @@
+"""Domain errors. Each carries a stable error code and the HTTP status it maps to.
+
+Services raise these; one HTTP handler (``controlplane.http.errors``) and the CLI turn them into
+``{"error": code, "detail": ...}``. Nothing expected should ever surface as anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CardVaultError(Exception):
+    """Base of every expected error."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.code, "detail": self.detail, **self.extra}
+
+
+class ConfigError(CardVaultError):
+    """The configuration (environment) is invalid."""
+
+    status = 500
+    code = "config_error"
+
+
+class ValidationFailed(CardVaultError):
+    status = 400
+    code = "validation_failed"
+
+
+class ConfirmationRequired(ValidationFailed):
+    code = "confirmation_required"
+
+
+class InvalidSlug(ValidationFailed):
+    code = "invalid_slug"
+
+
+class InvalidTier(ValidationFailed):
+    code = "invalid_tier"
+
+
+class Unauthorized(CardVaultError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(CardVaultError):
+    status = 404
+    code = "not_found"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class ServerNotFound(NotFound):
+    code = "server_not_found"
+
+
+class Conflict(CardVaultError):
+    status = 409
+    code = "conflict"
+
+
+class SlugTaken(Conflict):
+    code = "slug_taken"
+
+
+class ServerExists(Conflict):
+    code = "server_exists"
+
+
+class InvalidState(Conflict):
+    """The operation is not valid for the tenant's current status."""
+
+    code = "invalid_state"
+
+
+class OperationInProgress(Conflict):
+    """Another operation holds the tenant; retry later."""
+
+    code = "operation_in_progress"
+
+
+class NoServerAvailable(CardVaultError):
+    status = 503
+    code = "no_server_available"
+
+
+class ServerUnavailable(CardVaultError):
+    """A PostgreSQL server the operation needs cannot be reached."""
+
+    status = 503
+    code = "server_unavailable"
+
+
+class OperationFailed(CardVaultError):
+    """A step failed; the operation was undone and nothing is left behind."""
+
+    status = 500
+    code = "operation_failed"

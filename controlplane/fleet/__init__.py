@@ -1,0 +1,1 @@
+"""The fleet: PostgreSQL servers that host tenant databases, their connections and placement."""

@@ -1,0 +1,78 @@
+"""All SQL on ``db_servers``. Callers own the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+
+from controlplane.db import AsyncConn
+from controlplane.errors import ServerExists
+from controlplane.fleet.models import Server, ServerStatus
+
+_SELECT = """
+    SELECT s.id, s.name, s.dsn_display, s.status, s.template_revision, s.created_at,
+           (SELECT count(*) FROM tenants t WHERE t.server_id = s.id) AS tenants
+      FROM db_servers s
+"""
+
+
+def _server(row: Mapping[str, Any]) -> Server:
+    return Server(
+        id=row["id"],
+        name=row["name"],
+        dsn_display=row["dsn_display"],
+        status=ServerStatus(row["status"]),
+        template_revision=row["template_revision"],
+        tenants=row["tenants"],
+        created_at=row["created_at"],
+    )
+
+
+async def insert_server(
+    conn: AsyncConn, *, server_id: uuid.UUID, name: str, dsn_encrypted: str, dsn_display: str
+) -> None:
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO db_servers (id, name, dsn_encrypted, dsn_display) VALUES (%s, %s, %s, %s)",
+                (server_id, name, dsn_encrypted, dsn_display),
+            )
+    except psycopg.errors.UniqueViolation:
+        raise ServerExists(f"a server named {name!r} is already registered", name=name) from None
+
+
+async def list_servers(conn: AsyncConn) -> list[Server]:
+    cur = await conn.execute(_SELECT + " ORDER BY s.name")
+    return [_server(row) for row in await cur.fetchall()]
+
+
+async def get_by_name(conn: AsyncConn, name: str) -> Server | None:
+    cur = await conn.execute(_SELECT + " WHERE s.name = %s", (name,))
+    row = await cur.fetchone()
+    return _server(row) if row else None
+
+
+async def dsn_encrypted(conn: AsyncConn, server_id: uuid.UUID) -> str | None:
+    cur = await conn.execute("SELECT dsn_encrypted FROM db_servers WHERE id = %s", (server_id,))
+    row = await cur.fetchone()
+    return str(row["dsn_encrypted"]) if row else None
+
+
+async def set_status(conn: AsyncConn, server_id: uuid.UUID, status: ServerStatus) -> None:
+    await conn.execute("UPDATE db_servers SET status = %s, updated_at = now() WHERE id = %s", (status.value, server_id))
+
+
+async def set_template_revision(conn: AsyncConn, server_id: uuid.UUID, revision: str | None) -> None:
+    await conn.execute(
+        "UPDATE db_servers SET template_revision = %s, updated_at = now() WHERE id = %s", (revision, server_id)
+    )
+
+
+async def least_loaded_active(conn: AsyncConn) -> Server | None:
+    """The active server with the fewest tenants (ties broken by name)."""
+    cur = await conn.execute(_SELECT + " WHERE s.status = 'active' ORDER BY tenants, s.name LIMIT 1")
+    row = await cur.fetchone()
+    return _server(row) if row else None

@@ -1,0 +1,158 @@
+"""All SQL run on the tenant servers themselves: databases, roles, privileges, backends.
+
+Every identifier goes through ``psycopg.sql.Identifier``; every statement is idempotent so a step can
+be retried after a crash. Callers pass an autocommit management connection.
+"""
+
+from __future__ import annotations
+
+import re
+
+from psycopg import sql
+
+from controlplane.db import AsyncConn
+
+#: NOLOGIN group role every tenant role belongs to; it holds the table privileges inside tenant
+#: databases. Tenants are kept apart by CONNECT, which each tenant role has on its own database only.
+TENANT_GROUP_ROLE = "cardvault_tenant"
+
+#: Names the control plane gives tenant databases and roles (``t_`` + the tenant id's hex).
+TENANT_NAME_PATTERN = re.compile(r"^t_[0-9a-f]{32}$")
+_TENANT_NAME_LIKE = "t\\_%"
+
+
+async def database_exists(conn: AsyncConn, name: str) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    return await cur.fetchone() is not None
+
+
+async def role_exists(conn: AsyncConn, name: str) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+    return await cur.fetchone() is not None
+
+
+async def tenant_databases(conn: AsyncConn) -> set[str]:
+    """Databases on the server named like tenant databases."""
+    cur = await conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (_TENANT_NAME_LIKE,))
+    return {r["datname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.match(r["datname"])}
+
+
+async def tenant_roles(conn: AsyncConn) -> set[str]:
+    """Roles on the server named like tenant roles."""
+    cur = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (_TENANT_NAME_LIKE,))
+    return {r["rolname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.match(r["rolname"])}
+
+
+async def ensure_group_role(conn: AsyncConn) -> None:
+    if not await role_exists(conn, TENANT_GROUP_ROLE):
+        await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(TENANT_GROUP_ROLE)))
+
+
+async def create_database(conn: AsyncConn, name: str, *, template: str | None = None, strategy: str = "") -> bool:
+    """Create ``name`` (from ``template``); False when it already existed."""
+    if await database_exists(conn, name):
+        return False
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+    if strategy:
+        query = sql.SQL("{} STRATEGY {}").format(query, sql.SQL(strategy.upper()))
+    await conn.execute(query)
+    return True
+
+
+async def drop_database(conn: AsyncConn, name: str) -> None:
+    """Drop ``name``, ending any session still connected to it."""
+    await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def create_tenant_role(conn: AsyncConn, role: str, database: str, password_verifier: str) -> None:
+    """The tenant's login role, with CONNECT on its own database and nothing else.
+
+    One transaction: the role, its password and the database's ACL appear together or not at all.
+    """
+    ident_role, ident_db = sql.Identifier(role), sql.Identifier(database)
+    async with conn.transaction():
+        if await role_exists(conn, role):
+            await conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident_role, sql.Literal(password_verifier))
+            )
+        else:
+            await conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                    ident_role, sql.Literal(password_verifier), sql.Identifier(TENANT_GROUP_ROLE)
+                )
+            )
+        await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(TENANT_GROUP_ROLE), ident_role))
+        await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident_db))
+        await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident_db, ident_role))
+
+
+async def set_role_login(conn: AsyncConn, role: str, database: str, *, allowed: bool) -> None:
+    """Let the tenant role log in to its database again, or lock it out and end its sessions."""
+    if not await role_exists(conn, role):
+        return
+    ident_role, ident_db = sql.Identifier(role), sql.Identifier(database)
+    async with conn.transaction():
+        if allowed:
+            await conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(ident_role))
+            await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident_db, ident_role))
+        else:
+            await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident_role))
+            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(ident_db, ident_role))
+    if not allowed:
+        await terminate_role_sessions(conn, role)
+
+
+async def terminate_role_sessions(conn: AsyncConn, role: str) -> int:
+    cur = await conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE usename = %s", (role,)
+    )
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def drop_role(conn: AsyncConn, role: str) -> None:
+    if await role_exists(conn, role):
+        await terminate_role_sessions(conn, role)
+        await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+async def role_can_login(conn: AsyncConn, role: str) -> bool:
+    cur = await conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,))
+    row = await cur.fetchone()
+    return bool(row and row["rolcanlogin"])
+
+
+async def mark_template(conn: AsyncConn, name: str) -> None:
+    """Flag ``name`` as a template that tenant roles cannot connect to."""
+    ident = sql.Identifier(name)
+    await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+    await conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(ident))
+
+
+async def drop_template(conn: AsyncConn, name: str) -> None:
+    if await database_exists(conn, name):
+        await conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(name)))
+        await drop_database(conn, name)
+
+
+def schema_privilege_statements(version_table: str) -> list[sql.Composable]:
+    """Inside a tenant (or template) database: table privileges for the tenant group role.
+
+    Run after every migration; the version table stays out of the tenants' reach.
+    """
+    group = sql.Identifier(TENANT_GROUP_ROLE)
+    return [
+        sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC"),
+        sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(group),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(group),
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(group),
+        sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(version_table), group),
+    ]
+
+
+async def grant_schema_privileges(conn: AsyncConn, version_table: str) -> None:
+    async with conn.transaction():
+        for statement in schema_privilege_statements(version_table):
+            await conn.execute(statement)

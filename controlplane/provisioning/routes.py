@@ -1,0 +1,97 @@
+"""Admin API for tenants: ``/admin/tenants`` and ``/admin/reconcile``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, delete, get, patch, post
+from litestar.params import Parameter
+
+from controlplane.platform import Platform
+from controlplane.provisioning import repository as ledger
+from controlplane.provisioning.models import Operation, ReconcileReport
+from controlplane.provisioning.reconciler import Reconciler
+from controlplane.provisioning.service import TenantService
+from controlplane.registry import repository as registry
+from controlplane.registry.models import Quota, Tenant, TenantStatus, Tier
+
+
+class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    slug: str
+    tier: str = Tier.STARTER.value
+
+
+class UpdateTenant(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None
+    slug: str | None = None
+    tier: str | None = None
+
+
+class TenantPage(msgspec.Struct):
+    items: list[Tenant]
+    next_cursor: str | None
+
+
+class TenantDetail(msgspec.Struct):
+    tenant: Tenant
+    quotas: list[Quota]
+    operations: list[Operation]
+
+
+class TenantsController(Controller):
+    path = "/admin/tenants"
+    tags = ["tenants"]
+
+    @post("/", summary="Create and provision a tenant")
+    async def create(self, data: CreateTenant, tenants: TenantService) -> Tenant:
+        return await tenants.create(name=data.name, slug=data.slug, tier=data.tier)
+
+    @get("/", summary="List tenants (filter by status and tier; keyset pages ordered by slug)")
+    async def list_tenants(
+        self,
+        tenants: TenantService,
+        status: TenantStatus | None = None,
+        tier: Tier | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> TenantPage:
+        items = await tenants.list(status=status, tier=tier, after=cursor, limit=limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return TenantPage(items=items, next_cursor=items[-1].slug if more else None)
+
+    @get("/{slug:str}", summary="One tenant with its quotas and recent operations")
+    async def detail(self, slug: str, tenants: TenantService, platform: Platform) -> TenantDetail:
+        tenant = await tenants.get(slug)
+        async with platform.control.connection() as conn:
+            quotas = await registry.get_quotas(conn, tenant.id)
+            operations = await ledger.for_tenant(conn, tenant.id, limit=20)
+        return TenantDetail(tenant=tenant, quotas=quotas, operations=operations)
+
+    @patch("/{slug:str}", summary="Rename (slug, name) or change tier")
+    async def update(self, slug: str, data: UpdateTenant, tenants: TenantService) -> Tenant:
+        return await tenants.update(slug, name=data.name, new_slug=data.slug, tier=data.tier)
+
+    @delete(
+        "/{slug:str}",
+        status_code=200,
+        summary="Soft delete (purged after the grace period); now=true purges at once",
+    )
+    async def remove(self, slug: str, tenants: TenantService, now: bool = False) -> Response[Tenant | None]:
+        tenant = await tenants.delete(slug, now=now)
+        return Response(tenant, status_code=200 if tenant else 204)
+
+    @post("/{slug:str}/suspend", status_code=200, summary="Lock the tenant out of its database")
+    async def suspend(self, slug: str, tenants: TenantService) -> Tenant:
+        return await tenants.suspend(slug)
+
+    @post("/{slug:str}/resume", status_code=200, summary="Re-open a suspended tenant or cancel a deletion")
+    async def resume(self, slug: str, tenants: TenantService) -> Tenant:
+        return await tenants.resume(slug)
+
+
+@post("/admin/reconcile", status_code=200, tags=["operations"], summary="Run one reconciler cycle")
+async def reconcile(tenants: TenantService, platform: Platform, fix: bool = False) -> ReconcileReport:
+    return await Reconciler(platform, tenants).run(fix=fix)

@@ -1,0 +1,355 @@
+"""The tenant lifecycle: create, suspend, resume, update, delete, purge.
+
+Each operation runs under the tenant's advisory lock (on the control database, held by the session that
+does the work), is recorded in ``tenant_operations``, and is made of idempotent steps. A failure inside
+a step undoes what was done; a crash leaves the operation ``running`` with its lock released, which is
+how the reconciler recognises it and finishes or undoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from controlplane import db
+from controlplane.crypto import new_password, scram_sha256_verifier
+from controlplane.db import AsyncConn
+from controlplane.errors import (
+    CardVaultError,
+    InvalidState,
+    OperationFailed,
+    OperationInProgress,
+    TenantNotFound,
+    ValidationFailed,
+)
+from controlplane.fleet.models import Server
+from controlplane.platform import Platform
+from controlplane.provisioning import catalog
+from controlplane.provisioning import repository as ledger
+from controlplane.provisioning.models import OperationKind, OperationState
+from controlplane.provisioning.template import Templates
+from controlplane.registry import repository as registry
+from controlplane.registry.models import (
+    TIER_QUOTAS,
+    QuotaType,
+    Tenant,
+    TenantStatus,
+    Tier,
+    database_name_for,
+    parse_tier,
+    role_name_for,
+    validate_slug,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def tenant_lock_key(tenant_id: uuid.UUID) -> int:
+    """The advisory-lock key that serialises operations on one tenant."""
+    return int.from_bytes(tenant_id.bytes[:8], "big", signed=True)
+
+
+def validate_name(name: str) -> str:
+    cleaned = name.strip() if isinstance(name, str) else ""
+    if not 1 <= len(cleaned) <= 200:
+        raise ValidationFailed("name must be 1-200 characters")
+    return cleaned
+
+
+class Steps:
+    """Runs the steps of one operation: times each one and passes the failpoints around it."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._failpoints = platform.failpoints
+        self.timings: list[dict[str, Any]] = []
+        self.current: str | None = None
+
+    async def run(self, name: str, action: Callable[[], Awaitable[T]]) -> T:
+        self.current = name
+        self._failpoints.hit(f"before:{name}")
+        started = time.perf_counter()
+        result = await action()
+        self.timings.append({"step": name, "ms": round((time.perf_counter() - started) * 1000, 2)})
+        self._failpoints.hit(f"after:{name}")
+        return result
+
+
+class TenantService:
+    """One service behind both the CLI and the admin API."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._p = platform
+        self.templates = Templates(platform)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, slug: str) -> Tenant:
+        async with self._p.control.connection() as conn:
+            return await self.require(conn, slug)
+
+    async def list(
+        self,
+        *,
+        status: TenantStatus | None = None,
+        tier: Tier | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Tenant]:
+        async with self._p.control.connection() as conn:
+            return await registry.list_tenants(conn, status=status, tier=tier, after_slug=after, limit=limit)
+
+    async def require(self, conn: AsyncConn, slug: str) -> Tenant:
+        tenant = await registry.get_by_slug(conn, slug) if isinstance(slug, str) else None
+        if tenant is None:
+            raise TenantNotFound(f"no tenant with slug {slug!r}", slug=slug)
+        return tenant
+
+    @asynccontextmanager
+    async def locked(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
+        """A control connection holding the tenant's lock for the whole operation."""
+        async with self._p.control.connection() as conn:
+            key = tenant_lock_key(tenant_id)
+            if not await db.try_advisory_lock(conn, key):
+                raise OperationInProgress("another operation on this tenant is in progress; retry shortly")
+            try:
+                yield conn
+            finally:
+                await db.advisory_unlock(conn, key)
+
+    # -- create ---------------------------------------------------------------------------------
+
+    async def create(self, *, name: str, slug: str, tier: str) -> Tenant:
+        """Register and provision a tenant; on failure nothing of it is left anywhere."""
+        name = validate_name(name)
+        validate_slug(slug)
+        tier_ = parse_tier(tier)
+        tenant_id = uuid.uuid4()
+        password = new_password()
+        async with self.locked(tenant_id) as conn:
+            server = await self._p.fleet.place(conn)
+            async with conn.transaction():
+                await registry.insert_tenant(
+                    conn,
+                    tenant_id=tenant_id,
+                    slug=slug,
+                    name=name,
+                    tier=tier_,
+                    max_users=TIER_QUOTAS[tier_][QuotaType.USERS],
+                    server_id=server.id,
+                    database_name=database_name_for(tenant_id),
+                    role_name=role_name_for(tenant_id),
+                    role_password_encrypted=self._p.box.encrypt(password),
+                )
+                op_id = await ledger.start(
+                    conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, "tier": tier_.value}
+                )
+            steps = Steps(self._p)
+            try:
+                await self.provision_steps(conn, tenant_id, server, password, op_id, steps)
+            except Exception as exc:
+                await self.undo_provision(conn, tenant_id, op_id, steps, exc)
+                if isinstance(exc, CardVaultError):
+                    raise
+                raise OperationFailed(
+                    f"provisioning failed at step {steps.current}: {exc}; nothing was kept", step=steps.current
+                ) from exc
+            tenant = await registry.get_by_id(conn, tenant_id)
+        assert tenant is not None
+        log.info("tenant %s provisioned on %s in %s", slug, server.name, steps.timings)
+        return tenant
+
+    async def provision_steps(
+        self, conn: AsyncConn, tenant_id: uuid.UUID, server: Server, password: str, op_id: int, steps: Steps
+    ) -> None:
+        """The idempotent provisioning steps, also used by the reconciler to finish an interrupted one."""
+        database, role = database_name_for(tenant_id), role_name_for(tenant_id)
+        revision = await steps.run("template", lambda: self.templates.ensure(conn, server))
+        await steps.run("create_database", lambda: self.templates.clone(conn, server, database))
+
+        async def create_role() -> None:
+            async with self._p.fleet.admin(conn, server.id) as admin:
+                await catalog.create_tenant_role(admin, role, database, scram_sha256_verifier(password))
+
+        await steps.run("create_role", create_role)
+
+        async def activate() -> None:
+            tenant = await registry.get_by_id(conn, tenant_id)
+            assert tenant is not None
+            async with conn.transaction():
+                await registry.set_quotas(conn, tenant_id, TIER_QUOTAS[tenant.subscription_tier])
+                await registry.set_status(conn, tenant_id, TenantStatus.ACTIVE, schema_revision=revision)
+                await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=steps.timings)
+
+        await steps.run("activate", activate)
+
+    async def undo_provision(
+        self, conn: AsyncConn, tenant_id: uuid.UUID, op_id: int, steps: Steps, cause: BaseException
+    ) -> None:
+        """Remove everything a failed provisioning made. If even that fails, the reconciler finishes it."""
+        failed_step = steps.current
+        try:
+            await self._remove_everything(conn, tenant_id, steps)
+            await ledger.finish(
+                conn, op_id, OperationState.ROLLED_BACK, steps=steps.timings, step=failed_step, error=str(cause)
+            )
+        except Exception as undo_exc:
+            log.error("undoing provisioning of %s failed (%s); the reconciler will finish it", tenant_id, undo_exc)
+            await ledger.finish(
+                conn,
+                op_id,
+                OperationState.FAILED,
+                steps=steps.timings,
+                step=failed_step,
+                error=f"{cause}; undo failed: {undo_exc}",
+            )
+
+    async def _remove_everything(self, conn: AsyncConn, tenant_id: uuid.UUID, steps: Steps) -> None:
+        """Drop the tenant's database and role, then its registry row (in that order: no orphans)."""
+        tenant = await registry.get_by_id(conn, tenant_id)
+        if tenant is None:
+            return
+        database, role = tenant.database_name, tenant.role_name
+
+        async def drop_database() -> None:
+            async with self._p.fleet.admin(conn, tenant.server_id) as admin:
+                await catalog.drop_database(admin, database)
+
+        async def drop_role() -> None:
+            async with self._p.fleet.admin(conn, tenant.server_id) as admin:
+                await catalog.drop_role(admin, role)
+
+        async def forget() -> None:
+            await registry.delete_tenant(conn, tenant_id)
+
+        await steps.run("drop_database", drop_database)
+        await steps.run("drop_role", drop_role)
+        await steps.run("forget", forget)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def suspend(self, slug: str) -> Tenant:
+        return await self._transition(slug, OperationKind.SUSPEND, {TenantStatus.ACTIVE})
+
+    async def resume(self, slug: str) -> Tenant:
+        """Re-open a suspended tenant, or cancel the pending deletion of a soft-deleted one."""
+        return await self._transition(slug, OperationKind.RESUME, {TenantStatus.SUSPENDED, TenantStatus.DELETING})
+
+    async def delete(self, slug: str, *, now: bool = False) -> Tenant | None:
+        """Soft delete (locked out, purged after the grace period) or, with ``now``, purge at once."""
+        if now:
+            await self.purge(slug)
+            return None
+        return await self._transition(
+            slug, OperationKind.DELETE, {TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.BROKEN}
+        )
+
+    async def _transition(self, slug: str, kind: OperationKind, allowed_from: set[TenantStatus]) -> Tenant:
+        async with self._p.control.connection() as conn:
+            tenant = await self.require(conn, slug)
+        async with self.locked(tenant.id) as conn:
+            tenant = await self.require(conn, slug)
+            if tenant.status not in allowed_from:
+                raise InvalidState(
+                    f"cannot {kind.value} a tenant that is {tenant.status.value}",
+                    status=tenant.status.value,
+                )
+            op_id = await ledger.start(conn, tenant.id, slug, kind)
+            steps = Steps(self._p)
+            try:
+                await self.apply_transition(conn, tenant, kind, op_id, steps)
+            except Exception as exc:
+                await ledger.finish(
+                    conn, op_id, OperationState.FAILED, steps=steps.timings, step=steps.current, error=str(exc)
+                )
+                raise
+            updated = await registry.get_by_id(conn, tenant.id)
+        assert updated is not None
+        return updated
+
+    async def apply_transition(
+        self, conn: AsyncConn, tenant: Tenant, kind: OperationKind, op_id: int, steps: Steps
+    ) -> None:
+        """Steps of suspend / resume / delete; idempotent, so the reconciler can re-run them."""
+        allow_login = kind is OperationKind.RESUME
+        if kind is OperationKind.RESUME:
+            status, suspended_at, delete_after = TenantStatus.ACTIVE, None, None
+        elif kind is OperationKind.SUSPEND:
+            status, suspended_at, delete_after = TenantStatus.SUSPENDED, datetime.now(UTC), None
+        else:
+            grace = timedelta(seconds=self._p.settings.provisioning.delete_grace)
+            status, suspended_at, delete_after = TenantStatus.DELETING, tenant.suspended_at, datetime.now(UTC) + grace
+
+        async def set_access() -> None:
+            async with self._p.fleet.admin(conn, tenant.server_id) as admin:
+                await catalog.set_role_login(admin, tenant.role_name, tenant.database_name, allowed=allow_login)
+
+        async def record() -> None:
+            async with conn.transaction():
+                await registry.set_status(conn, tenant.id, status, suspended_at=suspended_at, delete_after=delete_after)
+                await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=steps.timings)
+
+        if tenant.status is not TenantStatus.BROKEN:
+            await steps.run("set_access", set_access)
+        await steps.run("record", record)
+
+    async def purge(self, slug: str) -> None:
+        """End every session, drop the database and the role, forget the tenant. Nothing is left."""
+        async with self._p.control.connection() as conn:
+            tenant = await self.require(conn, slug)
+        async with self.locked(tenant.id) as conn:
+            tenant = await self.require(conn, slug)
+            if tenant.status is TenantStatus.PROVISIONING:
+                raise InvalidState("the tenant is still being provisioned", status=tenant.status.value)
+            op_id = await ledger.start(conn, tenant.id, slug, OperationKind.PURGE)
+            await self.finish_purge(conn, tenant.id, op_id, Steps(self._p))
+
+    async def finish_purge(self, conn: AsyncConn, tenant_id: uuid.UUID, op_id: int, steps: Steps) -> None:
+        try:
+            await self._remove_everything(conn, tenant_id, steps)
+        except Exception as exc:
+            await ledger.finish(
+                conn, op_id, OperationState.FAILED, steps=steps.timings, step=steps.current, error=str(exc)
+            )
+            raise
+        await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=steps.timings)
+
+    async def update(
+        self, slug: str, *, name: str | None = None, new_slug: str | None = None, tier: str | None = None
+    ) -> Tenant:
+        """Rename (slug and/or display name) or change tier; the database keeps its name."""
+        if name is not None:
+            name = validate_name(name)
+        if new_slug is not None:
+            validate_slug(new_slug)
+        tier_ = parse_tier(tier) if tier is not None else None
+        async with self._p.control.connection() as conn:
+            tenant = await self.require(conn, slug)
+        async with self.locked(tenant.id) as conn:
+            tenant = await self.require(conn, slug)
+            if tenant.status in (TenantStatus.PROVISIONING, TenantStatus.DELETING):
+                raise InvalidState(f"cannot change a tenant that is {tenant.status.value}", status=tenant.status.value)
+            changes = {"slug": new_slug, "name": name, "tier": tier_.value if tier_ else None}
+            async with conn.transaction():
+                await registry.update_fields(
+                    conn,
+                    tenant.id,
+                    slug=new_slug,
+                    name=name,
+                    tier=tier_,
+                    max_users=TIER_QUOTAS[tier_][QuotaType.USERS] if tier_ else None,
+                )
+                if tier_ is not None:
+                    await registry.set_quotas(conn, tenant.id, TIER_QUOTAS[tier_])
+                op_id = await ledger.start(
+                    conn, tenant.id, new_slug or slug, OperationKind.UPDATE, {k: v for k, v in changes.items() if v}
+                )
+                await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=[])
+            updated = await registry.get_by_id(conn, tenant.id)
+        assert updated is not None
+        return updated

@@ -1,0 +1,1 @@
+"""The tenants registry: tenant rows and their quotas in the control database."""

@@ -1,0 +1,1 @@
+"""APScheduler wiring and the leader lock; jobs only call domain functions."""

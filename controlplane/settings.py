@@ -1,0 +1,163 @@
+"""Service configuration: one immutable ``Settings`` object built from ``CARDVAULT_*`` variables.
+
+Settings are read once by the entry point (CLI or test harness) and passed in; nothing reads the
+environment at import time. Each group holds the fields of one concern and documents them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from controlplane.errors import ConfigError
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number with an optional unit ``ms``, ``s``, ``m``, ``h`` or ``d``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 30s, 15m, 7d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the control database is and how management connections behave."""
+
+    #: DSN of the control database (``CARDVAULT_DATABASE_URL``); empty means "start a local cluster".
+    url: str = ""
+    #: Seconds to wait for a PostgreSQL connection before giving up (``CARDVAULT_CONNECT_TIMEOUT``).
+    connect_timeout: float = 5.0
+    #: Per-statement limit on management connections (``CARDVAULT_STATEMENT_TIMEOUT``).
+    statement_timeout: float = 60.0
+    #: Connections in the control-database pool (``CARDVAULT_CONTROL_POOL_SIZE``).
+    control_pool_size: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ProvisioningSettings:
+    """How tenant databases are created, migrated and removed."""
+
+    #: Name of the template database kept at tenant_schema head on every server
+    #: (``CARDVAULT_TEMPLATE_DATABASE``).
+    template_database: str = "cardvault_template"
+    #: ``CREATE DATABASE ... STRATEGY``: ``wal_log`` or ``file_copy`` (``CARDVAULT_CLONE_STRATEGY``).
+    clone_strategy: str = "wal_log"
+    #: Seconds a soft-deleted tenant is kept before purge (``CARDVAULT_DELETE_GRACE``).
+    delete_grace: float = 7 * 86400.0
+    #: Tenant databases migrated at once by ``migrate tenants`` (``CARDVAULT_MIGRATION_CONCURRENCY``).
+    migration_concurrency: int = 4
+    #: Seconds between reconciler cycles inside the service; 0 disables (``CARDVAULT_RECONCILE_INTERVAL``).
+    reconcile_interval: float = 60.0
+    #: Attempts at an interrupted operation before the reconciler rolls it back
+    #: (``CARDVAULT_MAX_ATTEMPTS``).
+    max_attempts: int = 3
+    #: alembic directory of the tenant schema (``CARDVAULT_TENANT_SCHEMA_DIR``).
+    tenant_schema_dir: Path = _PROJECT_ROOT / "tenant_schema"
+    #: alembic directory of the control database (``CARDVAULT_REGISTRY_SCHEMA_DIR``).
+    registry_schema_dir: Path = _PROJECT_ROOT / "alembic"
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP service."""
+
+    #: Listen address (``CARDVAULT_HOST``).
+    host: str = "127.0.0.1"
+    #: Listen port (``CARDVAULT_PORT``).
+    port: int = 8000
+
+
+@dataclasses.dataclass(frozen=True)
+class SecuritySettings:
+    """Secrets. Both are filled from the data directory on a local run when unset."""
+
+    #: Key for encrypting tenant credentials at rest (``CARDVAULT_SECRET_KEY``, >= 32 characters).
+    secret_key: str = ""
+    #: Bearer token for ``/admin/*`` (``CARDVAULT_ADMIN_TOKEN``).
+    admin_token: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the control plane is configured with."""
+
+    #: Local state: private PostgreSQL cluster, generated secrets, stored files (``CARDVAULT_DATA_DIR``).
+    data_dir: Path = Path(".cardvault")
+    #: Python logging level (``CARDVAULT_LOG_LEVEL``).
+    log_level: str = "INFO"
+    #: Testing only: make operations fail at named steps (``CARDVAULT_FAILPOINTS``, see failpoints.py).
+    failpoints: str = ""
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    provisioning: ProvisioningSettings = dataclasses.field(default_factory=ProvisioningSettings)
+    http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
+    security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``CARDVAULT_*`` variables (``os.environ`` when ``env`` is None)."""
+        source = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            value = source.get(f"CARDVAULT_{name}", "").strip()
+            return value or default
+
+        def get_int(name: str, default: int, minimum: int) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"CARDVAULT_{name} must be an integer, got {raw!r}") from None
+            if value < minimum:
+                raise ConfigError(f"CARDVAULT_{name} must be >= {minimum}, got {value}")
+            return value
+
+        def get_duration(name: str, default: float) -> float:
+            raw = source.get(f"CARDVAULT_{name}", "").strip()
+            return parse_duration(raw) if raw else default
+
+        strategy = get("CLONE_STRATEGY", ProvisioningSettings.clone_strategy).lower()
+        if strategy not in ("wal_log", "file_copy"):
+            raise ConfigError(f"CARDVAULT_CLONE_STRATEGY must be wal_log or file_copy, got {strategy!r}")
+        defaults = ProvisioningSettings()
+        return cls(
+            data_dir=Path(get("DATA_DIR", ".cardvault")),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            failpoints=get("FAILPOINTS", ""),
+            database=DatabaseSettings(
+                url=get("DATABASE_URL", ""),
+                connect_timeout=get_duration("CONNECT_TIMEOUT", DatabaseSettings.connect_timeout),
+                statement_timeout=get_duration("STATEMENT_TIMEOUT", DatabaseSettings.statement_timeout),
+                control_pool_size=get_int("CONTROL_POOL_SIZE", DatabaseSettings.control_pool_size, 2),
+            ),
+            provisioning=ProvisioningSettings(
+                template_database=get("TEMPLATE_DATABASE", defaults.template_database),
+                clone_strategy=strategy,
+                delete_grace=get_duration("DELETE_GRACE", defaults.delete_grace),
+                migration_concurrency=get_int("MIGRATION_CONCURRENCY", defaults.migration_concurrency, 1),
+                reconcile_interval=get_duration("RECONCILE_INTERVAL", defaults.reconcile_interval),
+                max_attempts=get_int("MAX_ATTEMPTS", defaults.max_attempts, 1),
+                tenant_schema_dir=Path(get("TENANT_SCHEMA_DIR", str(defaults.tenant_schema_dir))),
+                registry_schema_dir=Path(get("REGISTRY_SCHEMA_DIR", str(defaults.registry_schema_dir))),
+            ),
+            http=HttpSettings(
+                host=get("HOST", HttpSettings.host),
+                port=get_int("PORT", HttpSettings.port, 1),
+            ),
+            security=SecuritySettings(
+                secret_key=get("SECRET_KEY", ""),
+                admin_token=get("ADMIN_TOKEN", ""),
+            ),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with top-level fields replaced (settings are immutable)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,122 @@
+"""Shared fixtures: a migrated control database cloned per test, the platform, the service, an HTTP client.
+
+The control database is migrated once per session into a template and cloned for each test (cheap),
+and every test gets its own clone, so tests never see each other's tenants. At teardown every tenant
+database and role the test's control plane made (known from its registry and ledger) is dropped on
+every server it registered, then the control database itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+from litestar.testing import AsyncTestClient
+from psycopg import sql
+
+from controlplane import db
+from controlplane.app import create_app
+from controlplane.crypto import SecretBox
+from controlplane.migrations.alembic_runner import registry_scripts
+from controlplane.platform import Platform
+from controlplane.provisioning.service import TenantService
+from controlplane.settings import DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
+
+pytest_plugins = ["tests.harness"]
+
+SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
+ADMIN_TOKEN = "test-admin-token"
+_SESSION = uuid.uuid4().hex[:10]
+
+
+def _admin(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def tenant_template_name() -> str:
+    """This session's tenant template database (shared by all tests; built on first provisioning)."""
+    return f"cvtest_tpl_{_SESSION}"
+
+
+@pytest.fixture(scope="session")
+def control_template(pg_admin_dsn: str, tenant_template_name: str) -> Iterator[str]:
+    """A migrated control database to clone for each test."""
+    name = f"cvtest_ctl_tpl_{_SESSION}"
+    with _admin(pg_admin_dsn) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    registry_scripts(ProvisioningSettings()).upgrade(db.with_database(pg_admin_dsn, name))
+    yield name
+    with _admin(pg_admin_dsn) as conn:
+        for database in (name, tenant_template_name):
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(database)))
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def make_settings(dsn: str, template: str, **provisioning: object) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=dsn, connect_timeout=3, statement_timeout=60),
+        provisioning=dataclasses.replace(
+            ProvisioningSettings(), template_database=template, reconcile_interval=0, **provisioning
+        ),
+        security=SecuritySettings(secret_key=SECRET_KEY, admin_token=ADMIN_TOKEN),
+    )
+
+
+@pytest.fixture
+def control_dsn(pg_admin_dsn: str, control_template: str) -> Iterator[str]:
+    """A fresh control database for this test; tenants it made are dropped afterwards."""
+    name = f"cvtest_ctl_{uuid.uuid4().hex[:12]}"
+    with _admin(pg_admin_dsn) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(control_template)))
+    dsn = db.with_database(pg_admin_dsn, name)
+    yield dsn
+    drop_everything_made_by(dsn)
+    with _admin(pg_admin_dsn) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drop_everything_made_by(control_dsn: str) -> None:
+    """Drop every tenant database and role this control database knows of, on every server."""
+    box = SecretBox(SECRET_KEY)
+    with psycopg.connect(control_dsn, autocommit=True) as conn:
+        ids = {r[0] for r in conn.execute("SELECT id FROM tenants UNION SELECT tenant_id FROM tenant_operations")}
+        servers = [box.decrypt(r[0]) for r in conn.execute("SELECT dsn_encrypted FROM db_servers")]
+    for server_dsn in servers:
+        try:
+            admin = _admin(server_dsn)
+        except psycopg.OperationalError:
+            continue  # a test's extra cluster, already destroyed
+        with admin:
+            for tenant_id in ids:
+                name = sql.Identifier(f"t_{tenant_id.hex}")
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+
+
+@pytest.fixture
+def settings(control_dsn: str, tenant_template_name: str) -> Settings:
+    return make_settings(control_dsn, tenant_template_name)
+
+
+@pytest.fixture
+async def platform(settings: Settings) -> AsyncIterator[Platform]:
+    async with Platform.open(settings, migrate=False) as opened:
+        yield opened
+
+
+@pytest.fixture
+def service(platform: Platform) -> TenantService:
+    return TenantService(platform)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[object]]:
+    app = create_app(settings)
+    async with AsyncTestClient(app=app) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        yield test_client

@@ -1,0 +1,305 @@
+"""SchemaScripts against a real PostgreSQL: upgrade, current, pending, downgrade, new revisions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from controlplane.migrations.alembic_runner import (
+    REGISTRY_VERSION_TABLE,
+    TENANT_VERSION_TABLE,
+    MigrationError,
+    SchemaScripts,
+    registry_scripts,
+    tenant_scripts,
+)
+from controlplane.settings import ProvisioningSettings
+
+REVISION_0002 = '''"""Add cards.grade.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE cards ADD COLUMN grade numeric(3, 1)")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE cards DROP COLUMN grade")
+'''
+
+REVISION_0003_BROKEN = '''"""Creates a table, then fails: the whole revision must roll back.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE half_done (id int)")
+    op.execute("SELECT 1 / 0")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE half_done")
+'''
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(request: pytest.FixtureRequest) -> str:
+    """Superuser DSN of the test server: ``CARDVAULT_TEST_DATABASE_URL``, else the harness's."""
+    url = os.environ.get("CARDVAULT_TEST_DATABASE_URL", "").strip()
+    if url:
+        return url
+    return str(request.getfixturevalue("pg_admin_dsn"))
+
+
+@pytest.fixture
+def new_database(admin_dsn: str) -> Iterator[Callable[[], str]]:
+    """Factory of empty databases (``cvtest_*``), all dropped at teardown; returns their DSNs."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"cvtest_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return conninfo.make_conninfo(admin_dsn, dbname=name)
+
+    yield create
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name in created:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def scripts() -> SchemaScripts:
+    return tenant_scripts(ProvisioningSettings())
+
+
+def user_tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {row[0] for row in rows}
+
+
+def schema_fingerprint(dsn: str) -> list[tuple[object, ...]]:
+    """Every relation with its oid: changes if anything is dropped and re-created."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT c.oid::bigint, c.relname, c.relkind FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1"
+        ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def copy_schema(tmp_path: Path, *revisions: tuple[str, str]) -> SchemaScripts:
+    """tenant_schema/ copied to ``tmp_path`` with extra revision files (name, source)."""
+    target = tmp_path / "tenant_schema"
+    shutil.copytree(
+        ProvisioningSettings().tenant_schema_dir, target, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name, source in revisions:
+        (target / "versions" / name).write_text(source)
+    return SchemaScripts(target, TENANT_VERSION_TABLE)
+
+
+def test_scripts_know_their_revisions(scripts: SchemaScripts) -> None:
+    assert scripts.head() == "0001"
+    assert scripts.revisions() == ["0001"]
+    assert scripts.version_table == TENANT_VERSION_TABLE
+
+
+def test_fresh_database_upgrades_to_head(scripts: SchemaScripts, new_database: Callable[[], str]) -> None:
+    dsn = new_database()
+    assert scripts.current(dsn) is None
+    assert scripts.pending(dsn) == ["0001"]
+
+    assert scripts.upgrade(dsn) == "0001"
+
+    assert scripts.current(dsn) == "0001"
+    assert scripts.pending(dsn) == []
+    assert user_tables(dsn) == {
+        "users",
+        "manufacturers",
+        "teams",
+        "players",
+        "cards",
+        "files",
+        "audit_log",
+        TENANT_VERSION_TABLE,
+    }
+
+
+def test_upgrade_at_head_is_a_no_op(scripts: SchemaScripts, new_database: Callable[[], str]) -> None:
+    dsn = new_database()
+    scripts.upgrade(dsn)
+    before = schema_fingerprint(dsn)
+
+    assert scripts.upgrade(dsn) == "0001"
+    assert scripts.upgrade(dsn, "0001") == "0001"
+    assert scripts.upgrade_from(dsn) == ("0001", "0001")
+
+    assert schema_fingerprint(dsn) == before
+    assert scripts.current(dsn) == "0001"
+
+
+def test_downgrade_to_base_then_upgrade(scripts: SchemaScripts, new_database: Callable[[], str]) -> None:
+    dsn = new_database()
+    scripts.upgrade(dsn)
+
+    assert scripts.downgrade(dsn, "base") is None
+
+    assert scripts.current(dsn) is None
+    assert scripts.pending(dsn) == ["0001"]
+    # Only alembic's (now empty) version table is left; the trigger function went too.
+    assert user_tables(dsn) == {TENANT_VERSION_TABLE}
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_regproc('cardvault_touch_updated_at')").fetchone() == (None,)
+
+    assert scripts.upgrade(dsn) == "0001"
+    assert "cards" in user_tables(dsn)
+
+
+def test_new_revision_is_pending_then_applied(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    dsn = new_database()
+    tenant_scripts(ProvisioningSettings()).upgrade(dsn)
+    extended = copy_schema(tmp_path, ("0002_add_card_grade.py", REVISION_0002))
+
+    assert extended.head() == "0002"
+    assert extended.revisions() == ["0001", "0002"]
+    assert extended.pending(dsn) == ["0002"]
+
+    assert extended.upgrade_from(dsn) == ("0001", "0002")
+
+    assert extended.current(dsn) == "0002"
+    assert extended.pending(dsn) == []
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO cards (cardnumber, grade) VALUES ('1', 9.5)")
+
+    # Back one step, then a fresh database goes through both revisions.
+    assert extended.downgrade(dsn, "0001") == "0001"
+    assert extended.current(dsn) == "0001"
+    fresh = new_database()
+    assert extended.pending(fresh) == ["0001", "0002"]
+    assert extended.upgrade(fresh) == "0002"
+
+
+def test_failing_revision_keeps_the_previous_ones(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    dsn = new_database()
+    broken = copy_schema(
+        tmp_path,
+        ("0002_add_card_grade.py", REVISION_0002),
+        ("0003_broken.py", REVISION_0003_BROKEN),
+    )
+
+    with pytest.raises(MigrationError) as failure:
+        broken.upgrade(dsn)
+
+    message = str(failure.value)
+    assert "failed at 0003" in message
+    assert "left at 0002" in message
+    assert "division by zero" in message
+    assert broken.current(dsn) == "0002"
+    assert broken.pending(dsn) == ["0003"]
+    assert "half_done" not in user_tables(dsn)  # revision 0003 rolled back as a whole
+
+
+def test_upgrade_to_unknown_target_is_refused(
+    scripts: SchemaScripts, new_database: Callable[[], str]
+) -> None:
+    dsn = new_database()
+    with pytest.raises(MigrationError, match="unknown revision"):
+        scripts.upgrade(dsn, "9999")
+    assert scripts.current(dsn) is None
+
+
+def test_database_at_an_unknown_revision_is_reported(
+    tmp_path: Path, scripts: SchemaScripts, new_database: Callable[[], str]
+) -> None:
+    """A database migrated by newer code than ours: refuse, do not guess."""
+    dsn = new_database()
+    copy_schema(tmp_path, ("0002_add_card_grade.py", REVISION_0002)).upgrade(dsn)
+
+    with pytest.raises(MigrationError, match="0002"):
+        scripts.pending(dsn)
+    with pytest.raises(MigrationError, match="0002"):
+        scripts.upgrade(dsn)
+    assert scripts.current(dsn) == "0002"
+
+
+def test_connection_errors_do_not_leak_passwords(admin_dsn: str, scripts: SchemaScripts) -> None:
+    missing = f"cvtest_missing_{uuid.uuid4().hex[:8]}"
+    dsn = conninfo.make_conninfo(admin_dsn, dbname=missing, password="s3cret-Pa55")
+
+    with pytest.raises(MigrationError) as failure:
+        scripts.upgrade(dsn)
+
+    assert missing in str(failure.value)
+    assert "s3cret-Pa55" not in str(failure.value)
+    assert "s3cret-Pa55" not in repr(failure.value.__cause__)
+
+
+def test_parallel_upgrades_from_threads(scripts: SchemaScripts, new_database: Callable[[], str]) -> None:
+    """alembic's op/context proxies are process-wide: concurrent runs must not cross their wires."""
+    dsns = [new_database() for _ in range(8)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reached = list(pool.map(scripts.upgrade, dsns))
+
+    assert reached == ["0001"] * 8
+    for dsn in dsns:
+        assert scripts.current(dsn) == "0001"
+        assert "cards" in user_tables(dsn)
+
+
+def test_registry_environment_uses_alembic_version(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    """alembic/ (control database) runs the same way, recording into alembic_version."""
+    assert registry_scripts(ProvisioningSettings()).version_table == REGISTRY_VERSION_TABLE
+    target = tmp_path / "alembic"
+    # env.py as it is; the real revisions are replaced by one probe revision.
+    shutil.copytree(
+        ProvisioningSettings().registry_schema_dir,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "versions"),
+    )
+    (target / "versions").mkdir()
+    (target / "versions" / "0001_probe.py").write_text(
+        'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n\n'
+        "from alembic import op\n\n\n"
+        "def upgrade() -> None:\n    op.execute('CREATE TABLE probe (id int)')\n\n\n"
+        "def downgrade() -> None:\n    op.execute('DROP TABLE probe')\n"
+    )
+    scripts = SchemaScripts(target, REGISTRY_VERSION_TABLE)
+    dsn = new_database()
+
+    assert scripts.upgrade(dsn) == "r1"
+
+    assert user_tables(dsn) == {"probe", REGISTRY_VERSION_TABLE}
+    assert scripts.current(dsn) == "r1"
+    assert scripts.downgrade(dsn) is None
+    assert user_tables(dsn) == {REGISTRY_VERSION_TABLE}
