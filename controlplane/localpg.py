@@ -590,10 +590,14 @@ class LocalCluster:
         state = self._state(home)
         if self.requested_port is not None:
             port = self.requested_port
+            if not _port_free(port):
+                raise LocalClusterError(f"cannot start the local cluster in {home}: {HOST}:{port} is in use")
         elif not fresh and "port" in state and _port_free(state["port"]):
             port = state["port"]
         else:
             port = _free_port()
+            if "port" in state:
+                log.warning("port %d is taken; the local cluster in %s moves to port %d", state["port"], home, port)
         if state.get("port") != port:
             self._write(home / _STATE_FILE, json.dumps({"port": port}) + "\n", 0o644)
         return port

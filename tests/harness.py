@@ -208,7 +208,7 @@ def extra_cluster() -> Iterator[Callable[[], LocalClusterHandle]]:
             try:
                 find_bindir()
             except PostgresNotFound as exc:
-                pytest.skip(f"a second server needs local PostgreSQL binaries: {exc.detail}")
+                pytest.fail(f"a second server needs local PostgreSQL binaries: {exc.detail}")
         handle = LocalClusterHandle()
         handles.append(handle)
         handle.start()

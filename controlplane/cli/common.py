@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import msgspec
@@ -81,7 +81,7 @@ async def _call(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return await coro_fn()
 
 
-def fail(exc: CardVaultError) -> Any:
+def fail(exc: CardVaultError) -> NoReturn:
     click.echo(json.dumps(exc.to_json(), default=str), err=True)
     sys.exit(1 if not isinstance(exc, ConfigError) else 2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from controlplane import db
 from controlplane.crypto import SecretBox
 from controlplane.db import AsyncConn
-from controlplane.errors import NoServerAvailable, ServerNotFound, ServerUnavailable, ValidationFailed
+from controlplane.errors import NoServerAvailable, ServerExists, ServerNotFound, ServerUnavailable, ValidationFailed
 from controlplane.fleet import repository
 from controlplane.fleet.models import DEFAULT_SERVER_NAME, Server, ServerStatus, validate_server_name
 from controlplane.settings import DatabaseSettings
@@ -68,7 +69,8 @@ class Fleet:
     async def ensure_default(self, conn: AsyncConn, control_dsn: str) -> None:
         """Register the control database's own server when the fleet is empty."""
         if not await repository.list_servers(conn):
-            await self.register(conn, DEFAULT_SERVER_NAME, db.with_database(control_dsn, "postgres"))
+            with contextlib.suppress(ServerExists):  # another replica starting at the same time
+                await self.register(conn, DEFAULT_SERVER_NAME, db.with_database(control_dsn, "postgres"))
 
     async def _check_rights(self, dsn: str) -> None:
         async with db.connect(dsn, self._settings, role="check") as conn:

@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from controlplane.errors import CardVaultError
 
@@ -58,7 +59,7 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _json(500, {"error": "internal_error", "detail": "internal error; see the service log"})
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     CardVaultError: domain_error,
     HTTPException: http_error,
     Exception: unexpected_error,

@@ -42,6 +42,7 @@ __all__ = [
     "TENANT_VERSION_TABLE",
     "MigrationError",
     "SchemaScripts",
+    "describe",
     "registry_scripts",
     "tenant_scripts",
 ]
@@ -83,14 +84,20 @@ class SchemaScripts:
     ``directory`` holds ``env.py`` and ``versions/``; ``version_table`` is where each database records
     its revision (passed to ``env.py`` through ``config.attributes``). Instances are immutable after
     construction and safe to share between threads.
+
+    ``lock_timeout`` (seconds; None: the server's) applies to migration sessions whose DSN does not
+    set one. A DDL statement queued behind a long transaction would otherwise block every query on
+    that table meanwhile, and hold up the whole fleet behind the alembic lock; failing fast and
+    retrying later is kinder.
     """
 
-    def __init__(self, directory: Path, version_table: str) -> None:
+    def __init__(self, directory: Path, version_table: str, *, lock_timeout: float | None = 5.0) -> None:
         directory = Path(directory).resolve()
         if not (directory / "env.py").is_file():
             raise MigrationError(f"not an alembic environment (no env.py): {directory}")
         self.directory = directory
         self.version_table = version_table
+        self.lock_timeout = lock_timeout
         self._script = ScriptDirectory.from_config(self._config())
         # Loads every revision file now (the map is memoised), not lazily in some worker thread.
         self._heads: tuple[str, ...] = tuple(self._script.get_heads())
@@ -195,12 +202,19 @@ class SchemaScripts:
 
     @contextmanager
     def _connect(self, dsn: str) -> Iterator[psycopg.Connection[Any]]:
-        given = conninfo.conninfo_to_dict(dsn)
+        try:
+            given = conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            # psycopg's message may quote part of the string, password included.
+            raise MigrationError("invalid connection string") from None
         extra: dict[str, Any] = {}
         if "application_name" not in given:
             extra["application_name"] = APPLICATION_NAME
         if "connect_timeout" not in given:
             extra["connect_timeout"] = CONNECT_TIMEOUT
+        options = str(given.get("options") or "")
+        if self.lock_timeout is not None and "lock_timeout" not in options:
+            extra["options"] = f"{options} -c lock_timeout={int(self.lock_timeout * 1000)}".strip()
         try:
             conn = psycopg.connect(conninfo.make_conninfo(dsn, **extra), autocommit=True)
         except psycopg.OperationalError as exc:
@@ -215,6 +229,8 @@ class SchemaScripts:
             rows = conn.execute(self._version_query).fetchall()
         except psycopg.errors.UndefinedTable:
             return None  # autocommit: the failed statement leaves no aborted transaction behind
+        except psycopg.Error as exc:
+            raise MigrationError(f"{describe(dsn)}: cannot read {self.version_table}: {str(exc).strip()}") from exc
         if len(rows) > 1:
             found = ", ".join(sorted(str(row[0]) for row in rows))
             raise MigrationError(f"{describe(dsn)}: several revisions recorded ({found})")

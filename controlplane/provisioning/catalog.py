@@ -137,7 +137,7 @@ async def drop_template(conn: AsyncConn, name: str) -> None:
         await drop_database(conn, name)
 
 
-def schema_privilege_statements(version_table: str) -> list[sql.Composable]:
+def schema_privilege_statements(version_table: str) -> list[sql.SQL | sql.Composed]:
     """Inside a tenant (or template) database: table privileges for the tenant group role.
 
     Run after every migration; the version table stays out of the tenants' reach.

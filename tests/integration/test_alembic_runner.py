@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("ALTER TABLE cards DROP COLUMN grade")
 '''
+
+SESSION_PROBE = (
+    "CREATE TABLE session_probe AS SELECT current_setting('application_name') AS app,"
+    " current_setting('lock_timeout') AS lock, current_setting('statement_timeout') AS stmt"
+)
 
 REVISION_0003_BROKEN = '''"""Creates a table, then fails: the whole revision must roll back.
 
@@ -117,15 +123,13 @@ def schema_fingerprint(dsn: str) -> list[tuple[object, ...]]:
     return [tuple(row) for row in rows]
 
 
-def copy_schema(tmp_path: Path, *revisions: tuple[str, str]) -> SchemaScripts:
+def copy_schema(tmp_path: Path, *revisions: tuple[str, str], lock_timeout: float = 5.0) -> SchemaScripts:
     """tenant_schema/ copied to ``tmp_path`` with extra revision files (name, source)."""
     target = tmp_path / "tenant_schema"
-    shutil.copytree(
-        ProvisioningSettings().tenant_schema_dir, target, ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(ProvisioningSettings().tenant_schema_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
     for name, source in revisions:
         (target / "versions" / name).write_text(source)
-    return SchemaScripts(target, TENANT_VERSION_TABLE)
+    return SchemaScripts(target, TENANT_VERSION_TABLE, lock_timeout=lock_timeout)
 
 
 def test_scripts_know_their_revisions(scripts: SchemaScripts) -> None:
@@ -229,9 +233,39 @@ def test_failing_revision_keeps_the_previous_ones(tmp_path: Path, new_database: 
     assert "half_done" not in user_tables(dsn)  # revision 0003 rolled back as a whole
 
 
-def test_upgrade_to_unknown_target_is_refused(
-    scripts: SchemaScripts, new_database: Callable[[], str]
-) -> None:
+def test_migrations_give_up_on_a_lock_held_elsewhere(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    """ALTER TABLE queued behind a long transaction would block the tenant's traffic: fail fast instead."""
+    dsn = new_database()
+    tenant_scripts(ProvisioningSettings()).upgrade(dsn)
+    extended = copy_schema(tmp_path, ("0002_add_card_grade.py", REVISION_0002), lock_timeout=0.2)
+
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("SELECT count(*) FROM cards")  # holds ACCESS SHARE until rollback
+        started = time.perf_counter()
+        with pytest.raises(MigrationError, match="lock timeout"):
+            extended.upgrade(dsn)
+        assert time.perf_counter() - started < 3
+        blocker.rollback()
+
+    assert extended.current(dsn) == "0001"
+    assert extended.upgrade(dsn) == "0002"
+
+
+def test_migration_sessions_are_named_and_keep_the_dsn_options(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    probe = REVISION_0002.replace("ALTER TABLE cards ADD COLUMN grade numeric(3, 1)", SESSION_PROBE).replace(
+        "ALTER TABLE cards DROP COLUMN grade", "DROP TABLE session_probe"
+    )
+    scripts = copy_schema(tmp_path, ("0002_probe.py", probe), lock_timeout=1.5)
+    dsn = conninfo.make_conninfo(new_database(), options="-c statement_timeout=42s")
+
+    assert scripts.upgrade(dsn) == "0002"
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT app, lock, stmt FROM session_probe").fetchone()
+    assert row == ("cardvault-migrate", "1500ms", "42s")
+
+
+def test_upgrade_to_unknown_target_is_refused(scripts: SchemaScripts, new_database: Callable[[], str]) -> None:
     dsn = new_database()
     with pytest.raises(MigrationError, match="unknown revision"):
         scripts.upgrade(dsn, "9999")

@@ -192,9 +192,7 @@ def test_pg_admin_dsn_is_a_superuser(pg_admin_dsn: str) -> None:
     assert query(pg_admin_dsn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is True
 
 
-def test_extra_cluster_survives_an_outage(
-    pg_admin_dsn: str, extra_cluster: Callable[[], LocalClusterHandle]
-) -> None:
+def test_extra_cluster_survives_an_outage(pg_admin_dsn: str, extra_cluster: Callable[[], LocalClusterHandle]) -> None:
     other = extra_cluster()
     assert other.dsn != pg_admin_dsn
     assert query(other.dsn, "SELECT 1") == 1

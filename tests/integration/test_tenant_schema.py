@@ -216,9 +216,7 @@ def test_full_card_and_delete_rules(db: TenantConn) -> None:
 
 
 def test_team_name_unique_per_league_even_without_league(db: TenantConn) -> None:
-    db.execute(
-        "INSERT INTO teams (name, league) VALUES ('Giants', 'NL'), ('Giants', 'NFL'), ('Giants', NULL)"
-    )
+    db.execute("INSERT INTO teams (name, league) VALUES ('Giants', 'NL'), ('Giants', 'NFL'), ('Giants', NULL)")
     with pytest.raises(errors.UniqueViolation):
         db.execute("INSERT INTO teams (name, league) VALUES ('Giants', NULL)")
     with pytest.raises(errors.UniqueViolation):
@@ -234,9 +232,7 @@ def test_updated_at_follows_updates(db: TenantConn) -> None:
 def test_files_constraints(db: TenantConn) -> None:
     card_id = add_card(db)
     digest = "ab" * 32
-    insert = (
-        "INSERT INTO files (key, content_type, bytes, sha256, card_id) VALUES (%s, 'image/jpeg', %s, %s, %s)"
-    )
+    insert = "INSERT INTO files (key, content_type, bytes, sha256, card_id) VALUES (%s, 'image/jpeg', %s, %s, %s)"
     db.execute(insert, ("cards/1.jpg", 1024, digest, card_id))
     assert one(db, "SELECT kind FROM files WHERE key = 'cards/1.jpg'") == "image"
 

@@ -12,10 +12,7 @@ from controlplane.migrations.fleet_runner import Outcome, Progress, Target, run_
 
 
 def targets(count: int) -> list[Target]:
-    return [
-        Target(tenant_id=f"id-{n}", slug=f"tenant-{n}", dsn=f"dbname=t_{n} password=pw{n}")
-        for n in range(count)
-    ]
+    return [Target(tenant_id=f"id-{n}", slug=f"tenant-{n}", dsn=f"dbname=t_{n} password=pw{n}") for n in range(count)]
 
 
 class FakeTTY(io.StringIO):
@@ -56,9 +53,7 @@ async def test_one_failure_fails_alone() -> None:
     assert failed[0].error == 'RuntimeError: relation "cards" does not exist'
     assert all(o.ok and o.revision == "0002" and o.error is None for o in outcomes if o not in failed)
     assert all(o.seconds >= 0 for o in outcomes)
-    assert sorted(recorded, key=lambda o: o.target.tenant_id) == sorted(
-        outcomes, key=lambda o: o.target.tenant_id
-    )
+    assert sorted(recorded, key=lambda o: o.target.tenant_id) == sorted(outcomes, key=lambda o: o.target.tenant_id)
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])

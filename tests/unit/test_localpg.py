@@ -47,9 +47,7 @@ def test_empty_bindir_env_says_what_to_install(monkeypatch: pytest.MonkeyPatch, 
     assert caught.value.to_json()["error"] == "postgres_not_found"
 
 
-def test_cluster_without_binaries_fails_before_touching_files(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_cluster_without_binaries_fails_before_touching_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv(BINDIR_ENV, str(empty))

@@ -1,0 +1,80 @@
+# CardVault control plane: `make run` starts the service (with a private PostgreSQL unless
+# CARDVAULT_DATABASE_URL is set), `make test` is what CI runs (.ci/run).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Data directory of `make run` (private PostgreSQL cluster in $(DATA_DIR)/postgres, generated secrets).
+DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
+# Stops/destroys the local cluster; controlplane.localpg needs only the standard library.
+LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
+
+.DEFAULT_GOAL := help
+.PHONY: help install .venv constraints run test lint format bench clean distclean
+
+help:
+	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
+	@echo "make test       ruff, mypy --strict, pytest (starts its own throwaway PostgreSQL)"
+	@echo "make lint       ruff check, ruff format --check, mypy --strict"
+	@echo "make format     ruff format + ruff check --fix"
+	@echo "make bench      provisioning benchmark (ops/bench/provision.py)"
+	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
+	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
+	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
+
+install .venv: $(VENV)/.installed
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "error: $(PYTHON) is older than Python 3.11; run e.g. 'make PYTHON=python3.11 ...'" >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { \
+		rm -rf $(VENV); \
+		echo "error: '$(PYTHON) -m venv' failed. On Debian/Ubuntu install the venv module (ensurepip):" >&2; \
+		echo "    apt-get install python3-venv   (or python3.11-venv for your Python version)" >&2; \
+		exit 1; }
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# After changing dependencies in pyproject.toml: install what is missing, then pin everything again.
+constraints: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(cardvault-controlplane|pip)==' > constraints.txt
+	@touch $(VENV)/.installed
+
+run: install
+	@if [ -n "$${CARDVAULT_DATABASE_URL:-}" ]; then exec $(BIN)/cardvault serve; fi; \
+	url=$$($(BIN)/python -m controlplane.localpg start --data-dir "$(DATA_DIR)") || exit $$?; \
+	CARDVAULT_DATABASE_URL="$$url" exec $(BIN)/cardvault serve
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict controlplane
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict controlplane
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python ops/bench/provision.py
+
+clean:
+	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .benchmarks build dist *.egg-info
+	find . \( -path ./.git -o -path ./.cardvault \) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+# Destroys the cluster in $CARDVAULT_DATA_DIR (default .cardvault) but only ever deletes .cardvault itself.
+distclean:
+	@if [ -e "$(DATA_DIR)/postgres" ] || [ -L "$(DATA_DIR)/postgres" ]; then \
+		$(LOCALPG) destroy --data-dir "$(DATA_DIR)"; fi
+	$(MAKE) clean
+	rm -rf .cardvault
