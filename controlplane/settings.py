@@ -38,6 +38,9 @@ class DatabaseSettings:
     connect_timeout: float = 5.0
     #: Per-statement limit on management connections (``CARDVAULT_STATEMENT_TIMEOUT``).
     statement_timeout: float = 60.0
+    #: Per-statement limit while migrating tenant databases (``CARDVAULT_MIGRATION_STATEMENT_TIMEOUT``);
+    #: long, because an index build on a big tenant is legitimate. Lock waits are capped at 5 s anyway.
+    migration_statement_timeout: float = 3600.0
     #: Connections in the control-database pool (``CARDVAULT_CONTROL_POOL_SIZE``).
     control_pool_size: int = 10
 
@@ -136,6 +139,9 @@ class Settings:
                 url=get("DATABASE_URL", ""),
                 connect_timeout=get_duration("CONNECT_TIMEOUT", DatabaseSettings.connect_timeout),
                 statement_timeout=get_duration("STATEMENT_TIMEOUT", DatabaseSettings.statement_timeout),
+                migration_statement_timeout=get_duration(
+                    "MIGRATION_STATEMENT_TIMEOUT", DatabaseSettings.migration_statement_timeout
+                ),
                 control_pool_size=get_int("CONTROL_POOL_SIZE", DatabaseSettings.control_pool_size, 2),
             ),
             provisioning=ProvisioningSettings(

@@ -11,11 +11,10 @@ metadata to autogenerate from.
 
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
-
-from alembic import context
 
 DEFAULT_VERSION_TABLE = "tenant_schema_version"
 

@@ -13,7 +13,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TextIO
 
 __all__ = ["Outcome", "Progress", "Target", "run_fleet"]
@@ -59,6 +59,7 @@ async def run_fleet(
     concurrency: int,
     on_outcome: Callable[[Outcome], Awaitable[None]] | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> list[Outcome]:
     """Run ``work`` over ``targets``, at most ``concurrency`` at a time; outcomes in target order.
 
@@ -66,6 +67,9 @@ async def run_fleet(
     is started and the exception propagates. So does cancellation. Either way the ``work`` calls
     already running finish in their threads (a migration is never abandoned half-way), but their
     outcomes are not reported.
+
+    ``work`` runs in a private thread pool unless ``executor`` is given (the caller owns it; a process
+    pool needs a picklable ``work``).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -74,13 +78,14 @@ async def run_fleet(
     outcomes: list[Outcome | None] = [None] * len(targets)
     queue = iter(enumerate(targets))
     loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fleet")
+    own_executor = executor is None
+    pool = executor or ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fleet")
 
     async def worker() -> None:
         # Workers share one iterator: each takes the next target when it is free, so a slow
         # database holds up one worker only.
         for index, target in queue:
-            outcome = await loop.run_in_executor(executor, _attempt, work, target)
+            outcome = await loop.run_in_executor(pool, _attempt, work, target)
             outcomes[index] = outcome
             if progress is not None:
                 progress.record(outcome)
@@ -96,7 +101,8 @@ async def run_fleet(
         await asyncio.gather(*workers, return_exceptions=True)
         raise
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        if own_executor:
+            pool.shutdown(wait=False, cancel_futures=True)
     if progress is not None:
         progress.finish()
     return [outcome for outcome in outcomes if outcome is not None]

@@ -8,8 +8,13 @@ or simply run again (tenants at head cost one query).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import multiprocessing
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -53,19 +58,27 @@ class MigrationReport:
         }
 
 
-def upgrade_tenant(scripts: SchemaScripts, dsn: str) -> str:
-    """Upgrade one tenant database and re-grant the tenant group's privileges on any new table."""
-    revision = scripts.upgrade(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        for statement in catalog.schema_privilege_statements(scripts.version_table):
-            conn.execute(statement)
-    return revision
+@functools.cache
+def _scripts(directory: str, version_table: str) -> SchemaScripts:
+    """One parsed alembic environment per worker process."""
+    return SchemaScripts(Path(directory), version_table)
 
 
-def pending_revisions(scripts: SchemaScripts, dsn: str) -> str:
-    """Dry run: the revisions an upgrade would apply (the database is not changed)."""
-    pending = scripts.pending(dsn)
-    return " ".join(pending) if pending else scripts.head()
+def migrate_one(directory: str, version_table: str, dry_run: bool, target: Target) -> str:
+    """Runs in a worker process: upgrade one tenant database (or, dry run, list what is pending).
+
+    After a real upgrade the tenant group's privileges are granted again, so new tables are usable.
+    """
+    scripts = _scripts(directory, version_table)
+    if dry_run:
+        pending = scripts.pending(target.dsn)
+        return " ".join(pending) if pending else scripts.head()
+    before, reached = scripts.upgrade_from(target.dsn)
+    if before != reached:
+        with psycopg.connect(target.dsn, autocommit=True) as conn, conn.transaction():
+            for statement in catalog.schema_privilege_statements(version_table):
+                conn.execute(statement)
+    return reached
 
 
 class TenantMigrations:
@@ -95,26 +108,26 @@ class TenantMigrations:
                 if not only_failed or t.migration_error is not None
             ]
             targets = [await self._target(conn, t) for t in tenants]
-        scripts = self._scripts
-
-        def work(target: Target) -> str:
-            return pending_revisions(scripts, target.dsn) if dry_run else upgrade_tenant(scripts, target.dsn)
-
-        report.outcomes = await run_fleet(
-            targets,
-            work,
-            concurrency=concurrency or self._p.settings.provisioning.migration_concurrency,
-            on_outcome=None if dry_run else self._record,
-            progress=progress,
-        )
+        workers = concurrency or self._p.settings.provisioning.migration_concurrency
+        work = functools.partial(migrate_one, str(self._scripts.directory), self._scripts.version_table, dry_run)
+        # Processes, not threads: alembic keeps the running migration in process-wide globals, so only
+        # separate processes run tenants' DDL truly in parallel. "spawn" because this process has threads.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            report.outcomes = await run_fleet(
+                targets,
+                work,
+                concurrency=workers,
+                on_outcome=None if dry_run else self._record,
+                progress=progress,
+                executor=pool,
+            )
         return report
 
     async def _target(self, conn: db.AsyncConn, tenant: Tenant) -> Target:
+        settings = self._p.settings.database
+        migration = dataclasses.replace(settings, statement_timeout=settings.migration_statement_timeout)
         dsn = db.management_conninfo(
-            await self._p.fleet.dsn(conn, tenant.server_id),
-            self._p.settings.database,
-            dbname=tenant.database_name,
-            role="migrate",
+            await self._p.fleet.dsn(conn, tenant.server_id), migration, dbname=tenant.database_name, role="migrate"
         )
         return Target(tenant_id=str(tenant.id), slug=tenant.slug, dsn=dsn)
 

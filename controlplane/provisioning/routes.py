@@ -8,23 +8,34 @@ import msgspec
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import Parameter
 
+from controlplane.errors import TenantNotFound
 from controlplane.platform import Platform
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import Operation, ReconcileReport
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
-from controlplane.registry.models import Quota, Tenant, TenantStatus, Tier
+from controlplane.registry.models import SLUG_PATTERN, Quota, Tenant, TenantStatus, Tier
+
+#: A display name: PostgreSQL text cannot hold NUL, so it is refused here (400) rather than by the driver.
+Name = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
+
+
+def _existing(slug: str) -> str:
+    """``slug`` from a path; one that no tenant can have (the registry holds valid slugs only) is a 404."""
+    if not SLUG_PATTERN.match(slug):
+        raise TenantNotFound(f"no tenant with slug {slug!r}", slug=slug)
+    return slug
 
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Name
     slug: str
     tier: str = Tier.STARTER.value
 
 
 class UpdateTenant(msgspec.Struct, forbid_unknown_fields=True):
-    name: str | None = None
+    name: Name | None = None
     slug: str | None = None
     tier: str | None = None
 
@@ -54,7 +65,7 @@ class TenantsController(Controller):
         tenants: TenantService,
         status: TenantStatus | None = None,
         tier: Tier | None = None,
-        cursor: str | None = None,
+        cursor: Annotated[str | None, Parameter(pattern=r"^[a-z0-9-]{1,63}$")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> TenantPage:
         items = await tenants.list(status=status, tier=tier, after=cursor, limit=limit + 1)
@@ -64,7 +75,7 @@ class TenantsController(Controller):
 
     @get("/{slug:str}", summary="One tenant with its quotas and recent operations")
     async def detail(self, slug: str, tenants: TenantService, platform: Platform) -> TenantDetail:
-        tenant = await tenants.get(slug)
+        tenant = await tenants.get(_existing(slug))
         async with platform.control.connection() as conn:
             quotas = await registry.get_quotas(conn, tenant.id)
             operations = await ledger.for_tenant(conn, tenant.id, limit=20)
@@ -72,7 +83,7 @@ class TenantsController(Controller):
 
     @patch("/{slug:str}", summary="Rename (slug, name) or change tier")
     async def update(self, slug: str, data: UpdateTenant, tenants: TenantService) -> Tenant:
-        return await tenants.update(slug, name=data.name, new_slug=data.slug, tier=data.tier)
+        return await tenants.update(_existing(slug), name=data.name, new_slug=data.slug, tier=data.tier)
 
     @delete(
         "/{slug:str}",
@@ -80,16 +91,16 @@ class TenantsController(Controller):
         summary="Soft delete (purged after the grace period); now=true purges at once",
     )
     async def remove(self, slug: str, tenants: TenantService, now: bool = False) -> Response[Tenant | None]:
-        tenant = await tenants.delete(slug, now=now)
+        tenant = await tenants.delete(_existing(slug), now=now)
         return Response(tenant, status_code=200 if tenant else 204)
 
     @post("/{slug:str}/suspend", status_code=200, summary="Lock the tenant out of its database")
     async def suspend(self, slug: str, tenants: TenantService) -> Tenant:
-        return await tenants.suspend(slug)
+        return await tenants.suspend(_existing(slug))
 
     @post("/{slug:str}/resume", status_code=200, summary="Re-open a suspended tenant or cancel a deletion")
     async def resume(self, slug: str, tenants: TenantService) -> Tenant:
-        return await tenants.resume(slug)
+        return await tenants.resume(_existing(slug))
 
 
 @post("/admin/reconcile", status_code=200, tags=["operations"], summary="Run one reconciler cycle")

@@ -68,7 +68,7 @@ def downgrade() -> None:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def line(label: str, values: list[float]) -> str:
@@ -184,7 +184,9 @@ async def bench(args: argparse.Namespace, server_dsn: str) -> None:
         shutil.rmtree(schema_copy, ignore_errors=True)
 
 
-def _drop_leftovers(admin: psycopg.Connection[tuple[object, ...]], server_dsn: str, control_db: str, template: str) -> None:
+def _drop_leftovers(
+    admin: psycopg.Connection[tuple[object, ...]], server_dsn: str, control_db: str, template: str
+) -> None:
     """Drop every tenant database and role this run made (known from its ledger), the template, the registry."""
     with psycopg.connect(db.with_database(server_dsn, control_db), autocommit=True) as control:
         ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]

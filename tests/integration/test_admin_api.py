@@ -447,6 +447,7 @@ def test_schemathesis_finds_no_server_error(served_app: str, tmp_path: Path) -> 
             "--no-color",
             "--warnings",
             "off",
+            *os.environ.get("ST_EXTRA", "").split(),
         ],
         capture_output=True,
         text=True,
@@ -454,6 +455,7 @@ def test_schemathesis_finds_no_server_error(served_app: str, tmp_path: Path) -> 
         timeout=300,
     )
     output = result.stdout + result.stderr
+    print(output[-6000:])
     assert result.returncode == 0, output
     for operation in ("/admin/tenants", "/admin/servers", "/admin/reconcile", "/admin/migrations"):
         assert operation in output, output
