@@ -108,3 +108,14 @@ class OperationFailed(CardVaultError):
 
     status = 500
     code = "operation_failed"
+
+
+class TenantUnavailable(CardVaultError):
+    """The tenant's database server cannot be reached right now; retry after ``retry_after`` seconds."""
+
+    status = 503
+    code = "tenant_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after

@@ -70,6 +70,23 @@ class ProvisioningSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PoolSettings:
+    """The LRU of per-tenant connection pools that serves tenant API traffic."""
+
+    #: Open per-tenant pools at most (``CARDVAULT_POOL_CAPACITY``).
+    capacity: int = 100
+    #: Connections across all tenant pools at most; keep it under the servers' max_connections
+    #: (``CARDVAULT_CONNECTION_BUDGET``).
+    connection_budget: int = 200
+    #: Connections one tenant's pool may open (``CARDVAULT_POOL_MAX_SIZE``).
+    per_tenant_max: int = 4
+    #: Seconds an idle pooled connection is kept (``CARDVAULT_POOL_IDLE_TIMEOUT``).
+    idle_timeout: float = 300.0
+    #: Seconds a request waits for a tenant connection before 503 (``CARDVAULT_POOL_TIMEOUT``).
+    acquire_timeout: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class HttpSettings:
     """The HTTP service."""
 
@@ -101,6 +118,7 @@ class Settings:
     failpoints: str = ""
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     provisioning: ProvisioningSettings = dataclasses.field(default_factory=ProvisioningSettings)
+    pools: PoolSettings = dataclasses.field(default_factory=PoolSettings)
     http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
 
@@ -153,6 +171,13 @@ class Settings:
                 max_attempts=get_int("MAX_ATTEMPTS", defaults.max_attempts, 1),
                 tenant_schema_dir=Path(get("TENANT_SCHEMA_DIR", str(defaults.tenant_schema_dir))),
                 registry_schema_dir=Path(get("REGISTRY_SCHEMA_DIR", str(defaults.registry_schema_dir))),
+            ),
+            pools=PoolSettings(
+                capacity=get_int("POOL_CAPACITY", PoolSettings.capacity, 1),
+                connection_budget=get_int("CONNECTION_BUDGET", PoolSettings.connection_budget, 1),
+                per_tenant_max=get_int("POOL_MAX_SIZE", PoolSettings.per_tenant_max, 1),
+                idle_timeout=get_duration("POOL_IDLE_TIMEOUT", PoolSettings.idle_timeout),
+                acquire_timeout=get_duration("POOL_TIMEOUT", PoolSettings.acquire_timeout),
             ),
             http=HttpSettings(
                 host=get("HOST", HttpSettings.host),

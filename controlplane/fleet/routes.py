@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, get, post
+from litestar.params import KwargDefinition
 
-from controlplane.fleet.models import Server, ServerStatus
+from controlplane.fleet.models import SERVER_NAME_PATTERN, Server, ServerStatus
 from controlplane.fleet.repository import list_servers
 from controlplane.platform import Platform
 
 
 class AddServer(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    dsn: str
+    # Documented in the OpenAPI schema; the fleet service checks the name (validation_failed).
+    name: Annotated[str, KwargDefinition(pattern=SERVER_NAME_PATTERN.pattern)]
+    dsn: Annotated[str, KwargDefinition(description="libpq DSN of a user with CREATEDB and CREATEROLE")]
 
 
 class ServersController(Controller):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import KwargDefinition, Parameter
 
 from controlplane.errors import TenantNotFound
 from controlplane.platform import Platform
@@ -19,6 +19,12 @@ from controlplane.registry.models import SLUG_PATTERN, Quota, Tenant, TenantStat
 
 #: A display name: PostgreSQL text cannot hold NUL, so it is refused here (400) rather than by the driver.
 Name = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
+#: Slug and tier rules, documented in the OpenAPI schema only: the service checks them and answers with
+#: its own codes (``invalid_slug``, ``invalid_tier``) instead of a generic ``validation_failed``.
+SlugText = Annotated[
+    str, KwargDefinition(pattern=SLUG_PATTERN.pattern, description="3-63 of a-z, 0-9 and '-'; not reserved")
+]
+TierText = Annotated[str, KwargDefinition(schema_extra={"enum": [t.value for t in Tier]})]
 
 
 def _existing(slug: str) -> str:
@@ -30,14 +36,14 @@ def _existing(slug: str) -> str:
 
 class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
-    slug: str
-    tier: str = Tier.STARTER.value
+    slug: SlugText
+    tier: TierText = Tier.STARTER.value
 
 
 class UpdateTenant(msgspec.Struct, forbid_unknown_fields=True):
     name: Name | None = None
-    slug: str | None = None
-    tier: str | None = None
+    slug: SlugText | None = None
+    tier: TierText | None = None
 
 
 class TenantPage(msgspec.Struct):
