@@ -94,6 +94,10 @@ class HttpSettings:
     host: str = "127.0.0.1"
     #: Listen port (``CARDVAULT_PORT``).
     port: int = 8000
+    #: Tenants are also reached as ``{slug}.{base_domain}`` (``CARDVAULT_BASE_DOMAIN``; empty: off).
+    base_domain: str = ""
+    #: Largest card image accepted, in bytes (``CARDVAULT_MAX_IMAGE_BYTES``).
+    max_image_bytes: int = 5 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +186,8 @@ class Settings:
             http=HttpSettings(
                 host=get("HOST", HttpSettings.host),
                 port=get_int("PORT", HttpSettings.port, 1),
+                base_domain=get("BASE_DOMAIN", "").lower().strip("."),
+                max_image_bytes=get_int("MAX_IMAGE_BYTES", HttpSettings.max_image_bytes, 1),
             ),
             security=SecuritySettings(
                 secret_key=get("SECRET_KEY", ""),

@@ -18,13 +18,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import AsyncConn
 from controlplane.errors import NoServerAvailable, ServerExists, ServerNotFound, ServerUnavailable, ValidationFailed
 from controlplane.fleet import repository
-from controlplane.fleet.models import (
-    DEFAULT_SERVER_NAME,
-    SERVER_NAME_PATTERN,
-    Server,
-    ServerStatus,
-    validate_server_name,
-)
+from controlplane.fleet.models import DEFAULT_SERVER_NAME, Server, ServerStatus, validate_server_name
 from controlplane.settings import DatabaseSettings
 
 #: Management connections kept open per server (CREATE DATABASE, DROP DATABASE, roles).
@@ -79,21 +73,16 @@ class Fleet:
                 await self.register(conn, DEFAULT_SERVER_NAME, db.with_database(control_dsn, "postgres"))
 
     async def _check_rights(self, dsn: str) -> None:
-        try:
-            async with db.connect(dsn, self._settings, role="check") as conn:
-                cur = await conn.execute(
-                    "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
-                )
-                row = await cur.fetchone()
-        except ServerUnavailable as exc:
-            # The DSN given is what is wrong (host, port, credentials, database): a client error.
-            raise ValidationFailed(f"cannot connect with this DSN: {exc.detail}") from None
+        async with db.connect(dsn, self._settings, role="check") as conn:
+            cur = await conn.execute(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+            )
+            row = await cur.fetchone()
         if not row or not (row["rolsuper"] or (row["rolcreatedb"] and row["rolcreaterole"])):
             raise ValidationFailed("the DSN's user needs SUPERUSER or CREATEDB and CREATEROLE")
 
     async def get(self, conn: AsyncConn, name: str) -> Server:
-        # A name no server can have (say, with a NUL byte) is not looked up.
-        server = await repository.get_by_name(conn, name) if SERVER_NAME_PATTERN.match(name) else None
+        server = await repository.get_by_name(conn, name)
         if server is None:
             raise ServerNotFound(f"no server named {name!r}", name=name)
         return server

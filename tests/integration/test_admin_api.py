@@ -419,43 +419,45 @@ def served_app(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> I
             print(served_log)
 
 
-@pytest.mark.slow
-def test_schemathesis_finds_no_server_error(served_app: str, tmp_path: Path) -> None:
-    """Property-based requests (valid and invalid) to every admin operation: no 5xx anywhere."""
+def _schemathesis(url: str, cwd: Path, *selection: str) -> str:
+    """``st run`` over the served API: no 5xx allowed; returns its output."""
     st = str(Path(sys.executable).parent / "st")
-    result = subprocess.run(
-        [
-            st,
-            "run",
-            f"{served_app}/schema/openapi.json",
-            "--checks",
-            "not_a_server_error",
-            "--header",
-            f"Authorization: Bearer {ADMIN_TOKEN}",
-            "--max-examples",
-            "25",
-            "--phases",
-            "examples,coverage,fuzzing,stateful",
-            "--workers",
-            "1",
-            "--seed",
-            "20251128",
-            "--generation-database",
-            "none",
-            "--request-timeout",
-            "30",
-            "--no-color",
-            "--warnings",
-            "off",
-            *os.environ.get("ST_EXTRA", "").split(),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    command = [
+        st,
+        "run",
+        f"{url}/schema/openapi.json",
+        "--checks=not_a_server_error",
+        f"--header=Authorization: Bearer {ADMIN_TOKEN}",
+        "--max-examples=30",
+        "--phases=examples,coverage,fuzzing,stateful",
+        "--generation-allow-x00=true",
+        "--workers=1",
+        "--seed=20251128",
+        "--generation-database=none",
+        "--request-timeout=30",
+        "--no-color",
+        "--warnings=off",
+        *selection,
+        *os.environ.get("ST_EXTRA", "").split(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
     output = result.stdout + result.stderr
-    print(output[-6000:])
     assert result.returncode == 0, output
-    for operation in ("/admin/tenants", "/admin/servers", "/admin/reconcile", "/admin/migrations"):
-        assert operation in output, output
+    assert "No issues found" in output, output
+    return output
+
+
+def test_schemathesis_finds_no_server_error(served_app: str, control_dsn: str, tmp_path: Path) -> None:
+    """Property-based requests (valid and invalid, stateful sequences) to every admin operation: no 5xx.
+
+    Two runs: draining every server makes tenant creation a correct 503 (no_server_available), so
+    drain/activate are fuzzed on their own, after the tenant operations.
+    """
+    output = _schemathesis(served_app, tmp_path, "--exclude-path-regex=^/admin/servers/.+/(drain|activate)$")
+    assert "Selected: 13/15" in output, output  # all but drain and activate
+    output = _schemathesis(served_app, tmp_path, "--include-path-regex=^/admin/servers")
+    assert "Selected: 4/15" in output, output
+    with psycopg.connect(control_dsn) as conn:
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM tenant_operations GROUP BY kind").fetchall())
+    # The fuzzer got past the token and the validation: tenants were made and changed for real.
+    assert kinds.get("provision", 0) > 0 and len(kinds) > 1, kinds
