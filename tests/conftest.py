@@ -72,7 +72,10 @@ def control_dsn(pg_admin_dsn: str, control_template: str) -> Iterator[str]:
     """A fresh control database for this test; tenants it made are dropped afterwards."""
     name = f"cvtest_ctl_{uuid.uuid4().hex[:12]}"
     with _admin(pg_admin_dsn) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(control_template)))
+        ident = sql.Identifier(name)
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(ident, sql.Identifier(control_template)))
+        # A clone does not copy the database ACL; the registry migration revoked PUBLIC's CONNECT.
+        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(ident))
     dsn = db.with_database(pg_admin_dsn, name)
     yield dsn
     drop_everything_made_by(dsn)

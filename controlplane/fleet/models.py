@@ -35,7 +35,7 @@ class Server(msgspec.Struct, kw_only=True):
 
 
 def validate_server_name(name: str) -> str:
-    if not SERVER_NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not SERVER_NAME_PATTERN.fullmatch(name):
         raise ValidationFailed(
             "server name must be 1-63 characters of lowercase letters, digits, '_' and '-', starting with a letter",
             name=name,

@@ -18,7 +18,13 @@ from controlplane.crypto import SecretBox
 from controlplane.db import AsyncConn
 from controlplane.errors import NoServerAvailable, ServerExists, ServerNotFound, ServerUnavailable, ValidationFailed
 from controlplane.fleet import repository
-from controlplane.fleet.models import DEFAULT_SERVER_NAME, Server, ServerStatus, validate_server_name
+from controlplane.fleet.models import (
+    DEFAULT_SERVER_NAME,
+    SERVER_NAME_PATTERN,
+    Server,
+    ServerStatus,
+    validate_server_name,
+)
 from controlplane.settings import DatabaseSettings
 
 #: Management connections kept open per server (CREATE DATABASE, DROP DATABASE, roles).
@@ -37,6 +43,8 @@ class Fleet:
         self._settings = settings
         self._dsns: dict[uuid.UUID, str] = {}
         self._pools: dict[uuid.UUID, AsyncConnectionPool[AsyncConn]] = {}
+        #: Servers whose last management connection failed: probed before their pool is used again.
+        self._suspect: set[uuid.UUID] = set()
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -73,16 +81,21 @@ class Fleet:
                 await self.register(conn, DEFAULT_SERVER_NAME, db.with_database(control_dsn, "postgres"))
 
     async def _check_rights(self, dsn: str) -> None:
-        async with db.connect(dsn, self._settings, role="check") as conn:
-            cur = await conn.execute(
-                "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
-            )
-            row = await cur.fetchone()
+        try:
+            async with db.connect(dsn, self._settings, role="check") as conn:
+                cur = await conn.execute(
+                    "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+                )
+                row = await cur.fetchone()
+        except ServerUnavailable as exc:
+            # The DSN given is what is wrong (host, port, credentials, database): a client error.
+            raise ValidationFailed(f"cannot connect with this DSN: {exc.detail}") from None
         if not row or not (row["rolsuper"] or (row["rolcreatedb"] and row["rolcreaterole"])):
             raise ValidationFailed("the DSN's user needs SUPERUSER or CREATEDB and CREATEROLE")
 
     async def get(self, conn: AsyncConn, name: str) -> Server:
-        server = await repository.get_by_name(conn, name)
+        # A name no server can have (say, with a NUL byte) is not looked up.
+        server = await repository.get_by_name(conn, name) if SERVER_NAME_PATTERN.fullmatch(name) else None
         if server is None:
             raise ServerNotFound(f"no server named {name!r}", name=name)
         return server
@@ -93,10 +106,15 @@ class Fleet:
         return await self.get(conn, name)
 
     async def place(self, conn: AsyncConn) -> Server:
-        """Where a new tenant goes: the active server with the fewest tenants."""
+        """Where a new tenant goes: the active server with the fewest tenants, if it answers.
+
+        An unreachable server raises ``ServerUnavailable`` here, before anything of the tenant exists.
+        """
         server = await repository.least_loaded_active(conn)
         if server is None:
             raise NoServerAvailable("no active database server; add one with `cardvault servers add`")
+        async with self.admin(conn, server.id) as admin:
+            await admin.execute("SELECT 1")
         return server
 
     # -- connections ----------------------------------------------------------------------------
@@ -111,10 +129,27 @@ class Fleet:
             cached = self._dsns[server_id] = self._box.decrypt(encrypted)
         return cached
 
+    async def _probe(self, control: AsyncConn, server_id: uuid.UUID) -> None:
+        """One direct connection: fails at once when the server is down, where a pool waits its timeout."""
+        try:
+            async with db.connect(await self.dsn(control, server_id), self._settings, role="probe") as conn:
+                await conn.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            raise ServerUnavailable(f"database server unreachable: {str(exc).strip()}") from exc
+
     @asynccontextmanager
     async def admin(self, control: AsyncConn, server_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
-        """A pooled autocommit management connection to the server's maintenance database."""
+        """A pooled autocommit management connection to the server's maintenance database.
+
+        A server is probed with a direct connection before its pool is first made and after a failure,
+        so an unreachable server fails fast (``ServerUnavailable``) instead of after the pool timeout.
+        """
         pool = self._pools.get(server_id)
+        if pool is None or server_id in self._suspect:
+            await self._probe(control, server_id)
+            if pool is not None and server_id in self._suspect:
+                await pool.check()  # back up: drop connections that died with the old server process
+            self._suspect.discard(server_id)
         if pool is None:
             dsn = await self.dsn(control, server_id)
             async with self._lock:
@@ -135,6 +170,7 @@ class Fleet:
             async with pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
+            self._suspect.add(server_id)
             raise ServerUnavailable(f"database server unreachable: {str(exc).strip()}") from exc
 
     @asynccontextmanager

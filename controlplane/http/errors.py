@@ -44,7 +44,9 @@ def domain_error(_: Request[Any, Any, Any], exc: CardVaultError) -> Response[dic
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
-    if isinstance(exc, ValidationException):
+    # Litestar answers 400 only for a request it cannot decode or validate (malformed JSON, wrong
+    # types, unknown fields, bad parameters): one code for all of them.
+    if isinstance(exc, ValidationException) or status == 400:
         body: dict[str, Any] = {"error": "validation_failed", "detail": exc.detail}
         if exc.extra:
             body["fields"] = exc.extra

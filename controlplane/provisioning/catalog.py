@@ -34,13 +34,13 @@ async def role_exists(conn: AsyncConn, name: str) -> bool:
 async def tenant_databases(conn: AsyncConn) -> set[str]:
     """Databases on the server named like tenant databases."""
     cur = await conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (_TENANT_NAME_LIKE,))
-    return {r["datname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.match(r["datname"])}
+    return {r["datname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.fullmatch(r["datname"])}
 
 
 async def tenant_roles(conn: AsyncConn) -> set[str]:
     """Roles on the server named like tenant roles."""
     cur = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (_TENANT_NAME_LIKE,))
-    return {r["rolname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.match(r["rolname"])}
+    return {r["rolname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.fullmatch(r["rolname"])}
 
 
 async def ensure_group_role(conn: AsyncConn) -> None:

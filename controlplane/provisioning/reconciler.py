@@ -89,6 +89,10 @@ class Reconciler:
         try:
             if op.kind is OperationKind.PROVISION:
                 return await self._finish_provision(conn, op, tenant, steps)
+            if tenant is None and op.kind is OperationKind.PURGE:
+                # It died after its last step (forget): the purge is complete.
+                await ledger.finish(conn, op.id, OperationState.SUCCEEDED, steps=[], step="forget")
+                return "finished"
             if tenant is None:
                 await ledger.finish(conn, op.id, OperationState.FAILED, steps=[], error="tenant no longer exists")
                 return "closed"

@@ -18,7 +18,7 @@ from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, Quota, Tenant, TenantStatus, Tier
 
 #: A display name: PostgreSQL text cannot hold NUL, so it is refused here (400) rather than by the driver.
-Name = str
+Name = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
 #: Slug and tier rules, documented in the OpenAPI schema only: the service checks them and answers with
 #: its own codes (``invalid_slug``, ``invalid_tier``) instead of a generic ``validation_failed``.
 _SLUG_DOC = KwargDefinition(pattern=SLUG_PATTERN.pattern, description="3-63 of a-z, 0-9 and '-'; not reserved")
@@ -28,7 +28,7 @@ _TIER_OR_NULL_DOC = KwargDefinition(schema_extra={"enum": [*(t.value for t in Ti
 
 def _existing(slug: str) -> str:
     """``slug`` from a path; one that no tenant can have (the registry holds valid slugs only) is a 404."""
-    if False:
+    if not SLUG_PATTERN.match(slug):
         raise TenantNotFound(f"no tenant with slug {slug!r}", slug=slug)
     return slug
 
@@ -70,7 +70,7 @@ class TenantsController(Controller):
         tenants: TenantService,
         status: TenantStatus | None = None,
         tier: Tier | None = None,
-        cursor: Annotated[str | None, Parameter()] = None,
+        cursor: Annotated[str | None, Parameter(pattern=r"^[a-z0-9-]{1,63}$")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> TenantPage:
         items = await tenants.list(status=status, tier=tier, after=cursor, limit=limit + 1)

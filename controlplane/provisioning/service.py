@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from controlplane.provisioning.models import OperationKind, OperationState
 from controlplane.provisioning.template import Templates
 from controlplane.registry import repository as registry
 from controlplane.registry.models import (
+    SLUG_PATTERN,
     TIER_QUOTAS,
     QuotaType,
     Tenant,
@@ -59,6 +61,8 @@ def validate_name(name: str) -> str:
     cleaned = name.strip() if isinstance(name, str) else ""
     if not 1 <= len(cleaned) <= 200:
         raise ValidationFailed("name must be 1-200 characters")
+    if any(unicodedata.category(char) == "Cc" for char in cleaned):  # NUL would reach PostgreSQL as a 500
+        raise ValidationFailed("name must not contain control characters")
     return cleaned
 
 
@@ -105,7 +109,9 @@ class TenantService:
             return await registry.list_tenants(conn, status=status, tier=tier, after_slug=after, limit=limit)
 
     async def require(self, conn: AsyncConn, slug: str) -> Tenant:
-        tenant = await registry.get_by_slug(conn, slug) if isinstance(slug, str) else None
+        # A string that is no valid slug names no tenant (and may not even be storable text, e.g. NUL).
+        valid = isinstance(slug, str) and SLUG_PATTERN.fullmatch(slug) is not None
+        tenant = await registry.get_by_slug(conn, slug) if valid else None
         if tenant is None:
             raise TenantNotFound(f"no tenant with slug {slug!r}", slug=slug)
         return tenant
@@ -153,11 +159,12 @@ class TenantService:
             try:
                 await self.provision_steps(conn, tenant_id, server, password, op_id, steps)
             except Exception as exc:
+                failed_step = steps.current  # before the undo runs its own steps
                 await self.undo_provision(conn, tenant_id, op_id, steps, exc)
                 if isinstance(exc, CardVaultError):
                     raise
                 raise OperationFailed(
-                    f"provisioning failed at step {steps.current}: {exc}; nothing was kept", step=steps.current
+                    f"provisioning failed at step {failed_step}: {exc}; nothing was kept", step=failed_step
                 ) from exc
             tenant = await registry.get_by_id(conn, tenant_id)
         assert tenant is not None
@@ -264,13 +271,29 @@ class TenantService:
             try:
                 await self.apply_transition(conn, tenant, kind, op_id, steps)
             except Exception as exc:
+                failed_step = steps.current
+                await self._match_access(conn, tenant.id)
                 await ledger.finish(
-                    conn, op_id, OperationState.FAILED, steps=steps.timings, step=steps.current, error=str(exc)
+                    conn, op_id, OperationState.FAILED, steps=steps.timings, step=failed_step, error=str(exc)
                 )
-                raise
+                if isinstance(exc, CardVaultError):
+                    raise
+                raise OperationFailed(f"{kind.value} failed at step {failed_step}: {exc}", step=failed_step) from exc
             updated = await registry.get_by_id(conn, tenant.id)
         assert updated is not None
         return updated
+
+    async def _match_access(self, conn: AsyncConn, tenant_id: uuid.UUID) -> None:
+        """Undo of a failed transition: the role may log in exactly when the registry says active."""
+        tenant = await registry.get_by_id(conn, tenant_id)
+        if tenant is None or tenant.status is TenantStatus.BROKEN:
+            return
+        try:
+            async with self._p.fleet.admin(conn, tenant.server_id) as admin:
+                allowed = tenant.status is TenantStatus.ACTIVE
+                await catalog.set_role_login(admin, tenant.role_name, tenant.database_name, allowed=allowed)
+        except Exception as exc:
+            log.error("could not restore the access of %s after a failed operation: %s", tenant.slug, exc)
 
     async def apply_transition(
         self, conn: AsyncConn, tenant: Tenant, kind: OperationKind, op_id: int, steps: Steps
@@ -306,8 +329,24 @@ class TenantService:
             tenant = await self.require(conn, slug)
             if tenant.status is TenantStatus.PROVISIONING:
                 raise InvalidState("the tenant is still being provisioned", status=tenant.status.value)
-            op_id = await ledger.start(conn, tenant.id, slug, OperationKind.PURGE)
-            await self.finish_purge(conn, tenant.id, op_id, Steps(self._p))
+            # From here on the tenant is deleting and due: if a step fails (or the process dies), the
+            # reconciler finishes the purge instead of finding an active tenant without a database.
+            now = datetime.now(UTC)
+            due = min(tenant.delete_after, now) if tenant.delete_after else now
+            async with conn.transaction():
+                await registry.set_status(
+                    conn, tenant.id, TenantStatus.DELETING, suspended_at=tenant.suspended_at, delete_after=due
+                )
+                op_id = await ledger.start(conn, tenant.id, slug, OperationKind.PURGE)
+            steps = Steps(self._p)
+            try:
+                await self.finish_purge(conn, tenant.id, op_id, steps)
+            except CardVaultError:
+                raise
+            except Exception as exc:
+                raise OperationFailed(
+                    f"purge failed at step {steps.current}: {exc}; the reconciler will finish it", step=steps.current
+                ) from exc
 
     async def finish_purge(self, conn: AsyncConn, tenant_id: uuid.UUID, op_id: int, steps: Steps) -> None:
         try:

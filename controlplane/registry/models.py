@@ -73,7 +73,7 @@ TIER_QUOTAS: dict[Tier, dict[QuotaType, int | None]] = {
 
 def validate_slug(slug: str) -> str:
     """``slug`` if it is acceptable as a tenant slug, else ``InvalidSlug`` saying why."""
-    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug):
+    if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):  # match() would accept 'abc\n'
         raise InvalidSlug(
             "slug must be 3-63 characters of lowercase letters, digits and hyphens, "
             "start with a letter and not end with a hyphen",

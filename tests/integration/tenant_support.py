@@ -44,13 +44,13 @@ async def _connect(dsn: str) -> psycopg.AsyncConnection[Row]:
     return await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
 
 
-async def fetch(dsn: str, query: str | sql.Composable, params: tuple[Any, ...] = ()) -> list[Row]:
+async def fetch(dsn: str, query: str | sql.SQL | sql.Composed, params: tuple[Any, ...] = ()) -> list[Row]:
     async with await _connect(dsn) as conn:
         cur = await conn.execute(query, params)
         return await cur.fetchall()
 
 
-async def execute(dsn: str, query: str | sql.Composable, params: tuple[Any, ...] = ()) -> None:
+async def execute(dsn: str, query: str | sql.SQL | sql.Composed, params: tuple[Any, ...] = ()) -> None:
     async with await _connect(dsn) as conn:
         await conn.execute(query, params)
 
@@ -84,9 +84,7 @@ async def server_roles(admin_dsn: str) -> dict[str, Row]:
 
 
 async def snapshot(control_dsn: str, admin_dsn: str) -> Snapshot:
-    return Snapshot(
-        await registry_rows(control_dsn), await server_databases(admin_dsn), await server_roles(admin_dsn)
-    )
+    return Snapshot(await registry_rows(control_dsn), await server_databases(admin_dsn), await server_roles(admin_dsn))
 
 
 async def database_exists(admin_dsn: str, name: str) -> bool:
@@ -180,10 +178,10 @@ def finding_kinds(report: ReconcileReport) -> list[tuple[str, str]]:
     return sorted((f.kind, f.subject) for f in report.findings)
 
 
-async def wait_until_unlocked(control_dsn: str, timeout: float = 15.0) -> None:
+async def wait_until_unlocked(control_dsn: str, within: float = 15.0) -> None:
     """Wait until no session holds an advisory lock on the control database (a killed process's
     backends notice the closed socket and exit, releasing the tenant locks it held)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     query = (
         "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'"
         " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"

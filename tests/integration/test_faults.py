@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ from tests.integration.tenant_support import (
     fetch,
     operations,
     reconcile,
+    server_roles,
     snapshot,
     wait_until_unlocked,
 )
@@ -59,7 +61,7 @@ def registry_and_server(snap: Snapshot) -> tuple[object, ...]:
     return snap.registry["tenants"], snap.registry["tenant_quotas"], snap.databases, snap.roles
 
 
-async def tenant_ids_for(control_dsn: str, slug: str) -> set[object]:
+async def tenant_ids_for(control_dsn: str, slug: str) -> set[uuid.UUID]:
     rows = await fetch(control_dsn, "SELECT DISTINCT tenant_id FROM tenant_operations WHERE tenant_slug = %s", (slug,))
     return {r["tenant_id"] for r in rows}
 
@@ -91,7 +93,7 @@ async def test_failed_create_leaves_nothing_behind(
     (op,) = await operations(control_dsn, tenant_id)
     assert (op["kind"], op["state"], op["step"]) == ("provision", "rolled_back", point.split(":")[1])
     assert f"failpoint {point}" in op["error"]
-    await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant_id)  # type: ignore[arg-type]
+    await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant_id)
     report = await reconcile(platform, fix=False)
     assert report.clean, report.findings
     # and the slug is free for a real attempt
@@ -117,6 +119,57 @@ async def test_failed_purge_is_finished_by_the_reconciler(
     await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant.id)
     await assert_converged_clean(platform)
     await assert_tenant_works(platform, pg_admin_dsn, await service.get("bystander"))
+
+
+async def test_failed_create_whose_undo_fails_too_is_rolled_back_by_the_reconciler(
+    settings: Settings, platform: Platform, control_dsn: str, pg_admin_dsn: str
+) -> None:
+    async with failing(settings, "after:create_database=raise,before:drop_database=raise") as broken:
+        with pytest.raises(OperationFailed):
+            await broken.create(name="Doomed", slug="doomed", tier="starter")
+    (tenant_id,) = await tenant_ids_for(control_dsn, "doomed")
+    (op,) = await operations(control_dsn, tenant_id)
+    assert (op["state"], op["step"]) == ("failed", "create_database")
+    assert "undo failed" in op["error"]
+    assert await database_exists(pg_admin_dsn, f"t_{tenant_id.hex}")
+
+    report = await reconcile(platform, fix=False)
+    assert [(f.kind, f.subject, f.action) for f in report.findings] == [("failed_provisioning", "doomed", "reported")]
+    report = await reconcile(platform, fix=True)
+    assert [(f.kind, f.subject, f.action) for f in report.findings] == [
+        ("failed_provisioning", "doomed", "rolled back")
+    ]
+    await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant_id)
+    await assert_converged_clean(platform)
+
+
+TRANSITIONS = [
+    (kind, f"{when}:{step}")
+    for kind in ("suspend", "resume", "delete")
+    for step in ("set_access", "record")
+    for when in ("before", "after")
+]
+
+
+@pytest.mark.parametrize(("kind", "point"), TRANSITIONS)
+async def test_failed_transition_leaves_access_matching_the_registry(
+    kind: str, point: str, settings: Settings, service: TenantService, platform: Platform, pg_admin_dsn: str
+) -> None:
+    """Whatever step fails, the role may log in exactly when the registry says the tenant is active."""
+    tenant = await service.create(name="Acme", slug="acme", tier="starter")
+    if kind == "resume":
+        await service.suspend("acme")
+
+    async with failing(settings, f"{point}=raise") as broken:
+        with pytest.raises(OperationFailed) as caught:
+            await getattr(broken, kind)("acme")
+    assert caught.value.status == 500
+
+    status = (await service.get("acme")).status
+    can_login = (await server_roles(pg_admin_dsn))[tenant.role_name]["rolcanlogin"]
+    assert can_login is (status is TenantStatus.ACTIVE), (status, can_login)
+    report = await reconcile(platform, fix=True)
+    assert report.clean, report.findings
 
 
 # -- kill: the CLI dies mid-operation -------------------------------------------------------------
@@ -194,12 +247,12 @@ async def test_create_killed_too_often_is_rolled_back(
     assert done.returncode == -signal.SIGKILL, done.stderr
     await wait_until_unlocked(control_dsn)
     (tenant_id,) = await tenant_ids_for(control_dsn, "crash")
-    assert await database_exists(pg_admin_dsn, f"t_{tenant_id.hex}")  # type: ignore[attr-defined]
+    assert await database_exists(pg_admin_dsn, f"t_{tenant_id.hex}")
     strict = dataclasses.replace(settings, provisioning=dataclasses.replace(settings.provisioning, max_attempts=1))
     async with Platform.open(strict, migrate=False) as platform:
         first = await reconcile(platform, fix=True)
         assert [(f.kind, f.action) for f in first.findings] == [("interrupted_operation", "rolled back")]
-        await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant_id)  # type: ignore[arg-type]
+        await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant_id)
         (op,) = await operations(control_dsn, tenant_id)
         assert (op["kind"], op["state"]) == ("provision", "rolled_back")
         await assert_converged_clean(platform)
@@ -224,7 +277,9 @@ async def test_purge_killed_mid_operation_is_finished(
 
     first = await reconcile(platform, fix=True)
     if point != "after:forget":
-        assert ("interrupted_operation", "doomed", "finished") in [(f.kind, f.subject, f.action) for f in first.findings]
+        assert ("interrupted_operation", "doomed", "finished") in [
+            (f.kind, f.subject, f.action) for f in first.findings
+        ]
     await assert_tenant_gone(control_dsn, pg_admin_dsn, tenant.id)
     assert (await operations(control_dsn, tenant.id))[-1]["state"] == "succeeded"
     await assert_converged_clean(platform)
@@ -239,11 +294,12 @@ async def test_hung_create_is_left_alone_while_alive_and_finished_once_killed(
     control_dsn: str,
     pg_admin_dsn: str,
 ) -> None:
-    proc = subprocess.Popen(
-        [str(CARDVAULT), "tenants", "create", "--name", "Hung", "--slug", "hung"],
+    proc = await asyncio.create_subprocess_exec(
+        str(CARDVAULT),
+        *("tenants", "create", "--name", "Hung", "--slug", "hung"),
         env=cli("before:create_role=hang"),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         # Wait until it hangs: its database exists, its role does not yet.
@@ -252,7 +308,7 @@ async def test_hung_create_is_left_alone_while_alive_and_finished_once_killed(
             rows = await fetch(control_dsn, "SELECT id, database_name FROM tenants WHERE slug = 'hung'")
             if rows and await database_exists(pg_admin_dsn, rows[0]["database_name"]):
                 break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+            assert proc.returncode is None, f"the CLI exited with {proc.returncode}"
             assert time.monotonic() < deadline, "the CLI never reached create_role"
             await asyncio.sleep(0.05)
         tenant_id = rows[0]["id"]
@@ -264,10 +320,9 @@ async def test_hung_create_is_left_alone_while_alive_and_finished_once_killed(
         assert await snapshot(control_dsn, pg_admin_dsn) == before
         assert (await service.get("hung")).status is TenantStatus.PROVISIONING
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
     assert proc.returncode == -signal.SIGKILL
     await wait_until_unlocked(control_dsn)
 

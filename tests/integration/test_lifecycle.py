@@ -8,7 +8,7 @@ held by another operation refuses every change with OperationInProgress.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -90,9 +90,7 @@ async def test_rename_keeps_the_database_and_moves_the_slug(
     assert again.id != tenant.id
 
 
-async def test_update_tier_rewrites_quotas_and_keeps_measured_usage(
-    service: TenantService, control_dsn: str
-) -> None:
+async def test_update_tier_rewrites_quotas_and_keeps_measured_usage(service: TenantService, control_dsn: str) -> None:
     tenant = await service.create(name="Acme", slug="acme", tier="starter")
     await execute(
         control_dsn,
@@ -204,7 +202,7 @@ async def test_a_held_tenant_lock_refuses_every_other_operation(
     service: TenantService, platform: Platform, control_dsn: str, pg_admin_dsn: str
 ) -> None:
     tenant = await service.create(name="Acme", slug="acme", tier="starter")
-    calls = {
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
         "suspend": lambda: service.suspend("acme"),
         "resume": lambda: service.resume("acme"),
         "update": lambda: service.update("acme", name="Other"),

@@ -64,7 +64,9 @@ async def test_create_gives_an_active_tenant_cloned_from_the_template(
 
     # The clone carries the whole tenant schema, at head, and the tenant role works in it.
     tenant_db = db.with_database(pg_admin_dsn, tenant.database_name)
-    tables = {r["tablename"] for r in await fetch(tenant_db, "SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+    tables = {
+        r["tablename"] for r in await fetch(tenant_db, "SELECT tablename FROM pg_tables WHERE schemaname='public'")
+    }
     assert tables >= TENANT_TABLES | {VERSION_TABLE}
     rows = await fetch(tenant_db, sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(VERSION_TABLE)))
     assert [r["version_num"] for r in rows] == [platform.tenant_scripts.head()]
@@ -112,15 +114,17 @@ async def test_tenant_role_cannot_reach_another_tenant_or_touch_the_version_tabl
 
     async with await connect_as(pg_admin_dsn, first.role_name, first_pw, first.database_name) as conn:
         for statement in (
-            f"UPDATE {VERSION_TABLE} SET version_num = 'x'",
-            f"INSERT INTO {VERSION_TABLE} VALUES ('x')",
-            f"DELETE FROM {VERSION_TABLE}",
+            "UPDATE tenant_schema_version SET version_num = 'x'",
+            "INSERT INTO tenant_schema_version VALUES ('x')",
+            "DELETE FROM tenant_schema_version",
             "CREATE TABLE sneaky (id int)",
             "DROP TABLE cards",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await conn.execute(statement)
-    rows = await fetch(db.with_database(pg_admin_dsn, first.database_name), f"SELECT version_num FROM {VERSION_TABLE}")
+    rows = await fetch(
+        db.with_database(pg_admin_dsn, first.database_name), "SELECT version_num FROM tenant_schema_version"
+    )
     assert [r["version_num"] for r in rows] == [platform.tenant_scripts.head()]
 
 
@@ -210,14 +214,20 @@ BAD_CALLS: list[tuple[str, Call, type[CardVaultError], int]] = [
         InvalidSlug,
         400,
     ),
+    ("slug-trailing-newline", lambda s: s.create(name="X", slug="newco\n", tier="starter"), InvalidSlug, 400),
+    ("slug-not-ascii", lambda s: s.create(name="X", slug="caf\u00e9", tier="starter"), InvalidSlug, 400),
     ("slug-duplicate", lambda s: s.create(name="X", slug="acme", tier="starter"), SlugTaken, 409),
     ("slug-duplicate-of-deleting", lambda s: s.create(name="X", slug="going", tier="starter"), SlugTaken, 409),
     ("tier-unknown", lambda s: s.create(name="X", slug="newco", tier="gold"), InvalidTier, 400),
     ("tier-case", lambda s: s.create(name="X", slug="newco", tier="Starter"), InvalidTier, 400),
     ("name-empty", lambda s: s.create(name="", slug="newco", tier="starter"), ValidationFailed, 400),
     ("name-blank", lambda s: s.create(name="   ", slug="newco", tier="starter"), ValidationFailed, 400),
+    ("name-nul", lambda s: s.create(name="Acme\x00", slug="newco", tier="starter"), ValidationFailed, 400),
     ("name-too-long", lambda s: s.create(name="n" * 201, slug="newco", tier="starter"), ValidationFailed, 400),
     ("get-unknown", lambda s: s.get("nobody"), TenantNotFound, 404),
+    ("get-nul", lambda s: s.get("acme\x00"), TenantNotFound, 404),
+    ("suspend-nul", lambda s: s.suspend("ac\x00me"), TenantNotFound, 404),
+    ("purge-sql", lambda s: s.delete("acme' OR '1'='1", now=True), TenantNotFound, 404),
     ("suspend-unknown", lambda s: s.suspend("nobody"), TenantNotFound, 404),
     ("resume-unknown", lambda s: s.resume("nobody"), TenantNotFound, 404),
     ("delete-unknown", lambda s: s.delete("nobody"), TenantNotFound, 404),
@@ -230,6 +240,8 @@ BAD_CALLS: list[tuple[str, Call, type[CardVaultError], int]] = [
     ("update-deleting", lambda s: s.update("going", name="X"), InvalidState, 409),
     ("rename-to-taken", lambda s: s.update("acme", new_slug="paused"), SlugTaken, 409),
     ("rename-invalid", lambda s: s.update("acme", new_slug="Not Valid"), InvalidSlug, 400),
+    ("rename-trailing-newline", lambda s: s.update("acme", new_slug="acme-two\n"), InvalidSlug, 400),
+    ("rename-nul-name", lambda s: s.update("acme", name="A\x00"), ValidationFailed, 400),
     ("rename-reserved", lambda s: s.update("acme", new_slug="www"), InvalidSlug, 400),
     ("update-tier-unknown", lambda s: s.update("acme", tier="platinum"), InvalidTier, 400),
     ("update-name-empty", lambda s: s.update("acme", name=""), ValidationFailed, 400),
@@ -245,8 +257,10 @@ async def test_bad_input_raises_and_changes_nothing(
         before = await snapshot(control_dsn, pg_admin_dsn)
         try:
             await call(service)
-        except CardVaultError as exc:
-            if type(exc) is not error or (exc.code, exc.status) != (error.code, status) or not 400 <= status < 500:
+        except Exception as exc:
+            if not isinstance(exc, CardVaultError):
+                problems.append(f"{case}: raised {type(exc).__name__}: {exc}".splitlines()[0])
+            elif type(exc) is not error or (exc.code, exc.status) != (error.code, status) or not 400 <= status < 500:
                 problems.append(f"{case}: raised {type(exc).__name__} {exc.code}/{exc.status}, expected {error.code}")
         else:
             problems.append(f"{case}: no error raised")

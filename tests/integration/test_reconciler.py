@@ -57,15 +57,24 @@ async def no_grace(settings: Settings) -> AsyncIterator[TenantService]:
         yield TenantService(opened)
 
 
-@pytest.fixture
-def foreign_database(pg_admin_dsn: str) -> Iterator[str]:
-    """A ``t_<hex>`` database this control plane never made (another control plane's, say)."""
-    name = f"t_{uuid.uuid4().hex}"
+def make_database(pg_admin_dsn: str, name: str) -> Iterator[str]:
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield name
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def foreign_database(pg_admin_dsn: str) -> Iterator[str]:
+    """A ``t_<hex>`` database this control plane never made (another control plane's, say)."""
+    yield from make_database(pg_admin_dsn, f"t_{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def almost_tenant_database(pg_admin_dsn: str) -> Iterator[str]:
+    """Named like a tenant database but for a trailing newline: not a tenant name at all."""
+    yield from make_database(pg_admin_dsn, f"t_{uuid.uuid4().hex}\n")
 
 
 async def test_a_healthy_fleet_is_clean(service: TenantService, platform: Platform) -> None:
@@ -209,9 +218,7 @@ async def test_a_foreign_tenant_database_is_reported_and_left_alone(
 
     for _ in range(2):
         report = await reconcile(platform, fix=True)
-        assert [(f.kind, f.subject, f.action) for f in report.findings] == [
-            ("orphan", foreign_database, "reported")
-        ]
+        assert [(f.kind, f.subject, f.action) for f in report.findings] == [("orphan", foreign_database, "reported")]
         assert "foreign" in report.findings[0].detail
         assert await database_exists(pg_admin_dsn, foreign_database)
 
@@ -302,9 +309,17 @@ async def test_an_interrupted_operation_whose_lock_is_held_is_not_touched(
 
     # Its owner gone, the reconciler finishes it (the suspension is carried out).
     report = await reconcile(platform, fix=True)
-    assert [(f.kind, f.subject, f.action) for f in report.findings] == [
-        ("interrupted_operation", "acme", "finished")
-    ]
+    assert [(f.kind, f.subject, f.action) for f in report.findings] == [("interrupted_operation", "acme", "finished")]
     assert (await service.get("acme")).status is TenantStatus.SUSPENDED
     assert (await operations(control_dsn, tenant.id))[-1]["state"] == "succeeded"
     assert (await reconcile(platform, fix=True)).clean
+
+
+async def test_names_that_only_look_like_tenant_names_are_ignored(
+    service: TenantService, platform: Platform, pg_admin_dsn: str, almost_tenant_database: str
+) -> None:
+    await service.create(name="Acme", slug="acme", tier="starter")
+    for fix in (False, True):
+        report = await reconcile(platform, fix=fix)
+        assert report.clean, report.findings
+    assert await database_exists(pg_admin_dsn, almost_tenant_database)

@@ -1,0 +1,296 @@
+"""HTTP face of the CardVault tenant API: ``/cards``, ``/players``, ``/teams``, ``/manufacturers``.
+
+Paths are relative to where the routing layer mounts ``TENANT_API_HANDLERS`` (``/t/{slug}/api`` and
+``/api``). Handlers expect these dependencies from the app:
+
+- ``tenant: TenantContext`` - the resolved tenant;
+- ``tenant_db: AsyncConn`` - a connection to the tenant's own database, committed after the handler
+  returns and rolled back if it raises (handlers never commit);
+- ``quota_limits: dict[QuotaType, int | None]`` - the tenant's limits (None = unlimited);
+- ``storage: Storage`` and ``max_image_bytes: int`` - see ``card_dependencies``.
+
+Objects a request makes obsolete (replaced or deleted images) are removed by a background task, i.e.
+after the response is complete and the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated
+
+from litestar import Controller, Response, delete, get, patch, post, put
+from litestar.background_tasks import BackgroundTask
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter, RawBody
+
+from controlplane.cards.models import (
+    DEFAULT_PAGE_SIZE,
+    MAX_ID,
+    MAX_PAGE_SIZE,
+    NO_NUL,
+    Card,
+    CardCreate,
+    CardPage,
+    CardSort,
+    CardUpdate,
+    Condition,
+    ImageInfo,
+    ListQuery,
+    Manufacturer,
+    ManufacturerCreate,
+    ManufacturerPage,
+    ManufacturerUpdate,
+    NamedSort,
+    Player,
+    PlayerCreate,
+    PlayerPage,
+    PlayerSort,
+    PlayerUpdate,
+    Team,
+    TeamCreate,
+    TeamPage,
+    TeamUpdate,
+)
+from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault
+from controlplane.db import AsyncConn
+from controlplane.registry.models import QuotaType
+from controlplane.routing.models import TenantContext
+from controlplane.settings import Settings
+from controlplane.storage import Storage
+from controlplane.storage.local import LocalStorage
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
+Cursor = Annotated[str | None, QueryParameter(max_length=1024, description="next_cursor of the previous page")]
+Search = Annotated[
+    str | None,
+    QueryParameter(min_length=1, max_length=200, pattern=NO_NUL, description="case-insensitive substring"),
+]
+RefFilter = Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)]
+YearFilter = Annotated[int | None, QueryParameter(ge=1860, le=2100)]
+TextFilter = Annotated[str | None, QueryParameter(max_length=100, pattern=NO_NUL)]
+ContentType = Annotated[
+    str | None, HeaderParameter(name="content-type", description="image/jpeg, image/png or image/webp")
+]
+Vault = NamedDependency[CardVault]
+
+
+def provide_vault(
+    tenant: NamedDependency[TenantContext],
+    tenant_db: NamedDependency[AsyncConn],
+    storage: NamedDependency[Storage],
+    quota_limits: NamedDependency[dict[QuotaType, int | None]],
+    max_image_bytes: NamedDependency[int],
+) -> CardVault:
+    return CardVault(tenant_db, tenant.id, storage=storage, quota_limits=quota_limits, max_image_bytes=max_image_bytes)
+
+
+def card_dependencies(settings: Settings, storage: Storage | None = None) -> dict[str, Provide]:
+    """``storage`` (``LocalStorage`` under ``<data_dir>/storage`` unless given) and ``max_image_bytes``."""
+    store: Storage = storage if storage is not None else LocalStorage(settings.data_dir / "storage")
+    limit = settings.http.max_image_bytes
+
+    def provide_storage() -> Storage:
+        return store
+
+    def provide_max_image_bytes() -> int:
+        return limit
+
+    return {
+        "storage": Provide(provide_storage, use_cache=True, sync_to_thread=False),
+        "max_image_bytes": Provide(provide_max_image_bytes, use_cache=True, sync_to_thread=False),
+    }
+
+
+_DEPENDENCIES = {"vault": Provide(provide_vault, sync_to_thread=False)}
+
+
+def _after_commit(vault: Vault, keys: Iterable[str]) -> BackgroundTask | None:
+    keys = list(keys)
+    return BackgroundTask(vault.discard, keys) if keys else None
+
+
+class ManufacturersController(Controller):
+    path = "/manufacturers"
+    tags = ["manufacturers"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", summary="List manufacturers (search by name; keyset pages)")
+    async def list_manufacturers(
+        self, vault: Vault, sort: FromQuery[NamedSort] = "name", cursor: Cursor = None, limit: Limit = DEFAULT_PAGE_SIZE,
+        q: Search = None,
+    ) -> ManufacturerPage:  # fmt: skip
+        items, next_cursor = await vault.page(MANUFACTURERS, ListQuery(sort=sort, cursor=cursor, limit=limit, q=q))
+        return ManufacturerPage(items=items, next_cursor=next_cursor)
+
+    @post("/", summary="Create a manufacturer (names are unique)")
+    async def create_manufacturer(self, vault: Vault, data: JSONBody[ManufacturerCreate]) -> Manufacturer:
+        return await vault.create(MANUFACTURERS, data)
+
+    @get("/{manufacturer_id:int}", summary="One manufacturer")
+    async def get_manufacturer(self, vault: Vault, manufacturer_id: FromPath[int]) -> Manufacturer:
+        return await vault.get(MANUFACTURERS, manufacturer_id)
+
+    @patch("/{manufacturer_id:int}", summary="Change a manufacturer")
+    async def update_manufacturer(
+        self, vault: Vault, manufacturer_id: FromPath[int], data: JSONBody[ManufacturerUpdate]
+    ) -> Manufacturer:
+        return await vault.update(MANUFACTURERS, manufacturer_id, data)
+
+    @delete("/{manufacturer_id:int}", summary="Delete a manufacturer no card refers to")
+    async def delete_manufacturer(self, vault: Vault, manufacturer_id: FromPath[int]) -> None:
+        await vault.delete(MANUFACTURERS, manufacturer_id)
+
+
+class TeamsController(Controller):
+    path = "/teams"
+    tags = ["teams"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", summary="List teams (filter by league, search name and city; keyset pages)")
+    async def list_teams(
+        self, vault: Vault, sort: FromQuery[NamedSort] = "name", cursor: Cursor = None, limit: Limit = DEFAULT_PAGE_SIZE,
+        q: Search = None, league: TextFilter = None,
+    ) -> TeamPage:  # fmt: skip
+        query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q, equals={"league": league})
+        items, next_cursor = await vault.page(TEAMS, query)
+        return TeamPage(items=items, next_cursor=next_cursor)
+
+    @post("/", summary="Create a team (name and league are unique together)")
+    async def create_team(self, vault: Vault, data: JSONBody[TeamCreate]) -> Team:
+        return await vault.create(TEAMS, data)
+
+    @get("/{team_id:int}", summary="One team")
+    async def get_team(self, vault: Vault, team_id: FromPath[int]) -> Team:
+        return await vault.get(TEAMS, team_id)
+
+    @patch("/{team_id:int}", summary="Change a team")
+    async def update_team(self, vault: Vault, team_id: FromPath[int], data: JSONBody[TeamUpdate]) -> Team:
+        return await vault.update(TEAMS, team_id, data)
+
+    @delete("/{team_id:int}", summary="Delete a team no card refers to (its players lose their team)")
+    async def delete_team(self, vault: Vault, team_id: FromPath[int]) -> None:
+        await vault.delete(TEAMS, team_id)
+
+
+class PlayersController(Controller):
+    path = "/players"
+    tags = ["players"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", summary="List players (filter by team, search names; keyset pages)")
+    async def list_players(
+        self, vault: Vault, sort: FromQuery[PlayerSort] = "last_name", cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE_SIZE, q: Search = None, team_id: RefFilter = None,
+    ) -> PlayerPage:  # fmt: skip
+        query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q, equals={"team_id": team_id})
+        items, next_cursor = await vault.page(PLAYERS, query)
+        return PlayerPage(items=items, next_cursor=next_cursor)
+
+    @post("/", summary="Create a player")
+    async def create_player(self, vault: Vault, data: JSONBody[PlayerCreate]) -> Player:
+        return await vault.create(PLAYERS, data)
+
+    @get("/{player_id:int}", summary="One player")
+    async def get_player(self, vault: Vault, player_id: FromPath[int]) -> Player:
+        return await vault.get(PLAYERS, player_id)
+
+    @patch("/{player_id:int}", summary="Change a player")
+    async def update_player(self, vault: Vault, player_id: FromPath[int], data: JSONBody[PlayerUpdate]) -> Player:
+        return await vault.update(PLAYERS, player_id, data)
+
+    @delete("/{player_id:int}", summary="Delete a player no card refers to")
+    async def delete_player(self, vault: Vault, player_id: FromPath[int]) -> None:
+        await vault.delete(PLAYERS, player_id)
+
+
+class CardsController(Controller):
+    path = "/cards"
+    tags = ["cards"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", summary="List cards (filters, search over cardnumber and notes, sort; keyset pages)")
+    async def list_cards(
+        self, vault: Vault, sort: FromQuery[CardSort] = "created_at", cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE_SIZE, q: Search = None, year_min: YearFilter = None, year_max: YearFilter = None,
+        player_id: RefFilter = None, team_id: RefFilter = None, manufacturer_id: RefFilter = None,
+        condition: FromQuery[Condition | None] = None,
+    ) -> CardPage:  # fmt: skip
+        query = ListQuery(
+            sort=sort,
+            cursor=cursor,
+            limit=limit,
+            q=q,
+            equals={
+                "player_id": player_id,
+                "team_id": team_id,
+                "manufacturer_id": manufacturer_id,
+                "condition": condition,
+            },
+            at_least={"year": year_min},
+            at_most={"year": year_max},
+        )
+        items, next_cursor = await vault.page(CARDS, query)
+        return CardPage(items=items, next_cursor=next_cursor)
+
+    @post("/", summary="Create a card (counts against the cards quota)")
+    async def create_card(self, vault: Vault, data: JSONBody[CardCreate]) -> Card:
+        return await vault.create(CARDS, data)
+
+    @get("/{card_id:int}", summary="One card")
+    async def get_card(self, vault: Vault, card_id: FromPath[int]) -> Card:
+        return await vault.get(CARDS, card_id)
+
+    @patch("/{card_id:int}", summary="Change a card (send null to clear a field)")
+    async def update_card(self, vault: Vault, card_id: FromPath[int], data: JSONBody[CardUpdate]) -> Card:
+        return await vault.update(CARDS, card_id, data)
+
+    @delete("/{card_id:int}", summary="Delete a card and its stored image")
+    async def delete_card(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:
+        obsolete = await vault.delete_card(card_id)
+        return Response(None, status_code=204, background=_after_commit(vault, obsolete))
+
+    @put(
+        "/{card_id:int}/image",
+        status_code=200,
+        summary="Upload the card's image: raw JPEG, PNG or WebP body with its Content-Type",
+    )
+    async def put_image(
+        self, vault: Vault, card_id: FromPath[int], body: RawBody, content_type: ContentType = None
+    ) -> Response[ImageInfo]:
+        # The body is read (up to the app's request_max_body_size) before any dependency runs, so a
+        # slow upload never holds a tenant connection.
+        info, obsolete = await vault.put_image(card_id, content_type, body)
+        return Response(info, background=_after_commit(vault, obsolete))
+
+    @get(
+        "/{card_id:int}/image",
+        summary="The card's image, as uploaded",
+        media_type="application/octet-stream",
+        response_headers=[ResponseHeader(name="ETag", documentation_only=True, description="sha256 of the image")],
+    )
+    async def get_image(self, vault: Vault, card_id: FromPath[int]) -> Response[bytes]:
+        info, data = await vault.get_image(card_id)
+        return Response(
+            data,
+            media_type=info.content_type,
+            headers={
+                "ETag": f'"{info.sha256}"',
+                "Cache-Control": "private, no-cache",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    @delete("/{card_id:int}/image", summary="Remove the card's image")
+    async def delete_image(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:
+        obsolete = await vault.delete_image(card_id)
+        return Response(None, status_code=204, background=_after_commit(vault, obsolete))
+
+
+#: Everything the routing layer mounts under ``/t/{tenant_slug:str}/api`` and ``/api``.
+TENANT_API_HANDLERS: list[type[Controller]] = [
+    CardsController,
+    PlayersController,
+    TeamsController,
+    ManufacturersController,
+]

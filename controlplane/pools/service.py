@@ -1,0 +1,486 @@
+"""TenantPools: at most ``capacity`` per-tenant ``AsyncConnectionPool``s and ``connection_budget`` connections.
+
+Every tenant API request takes its connection here. The invariants:
+
+- **Budget.** Each pool may open ``per_tenant_max`` connections and that much budget is reserved for it
+  from its creation until it is closed *and* its last checked-out connection is back (evicted pools that
+  are still draining count too). A new pool is opened only when its reservation fits; otherwise least
+  recently used pools are evicted (idle ones first, they close at once) and, if the remaining reservations
+  belong to pools whose requests still hold connections, the creation waits for them (at most
+  ``acquire_timeout``) and then fails with ``TenantUnavailable``. So the servers never see more than
+  ``connection_budget`` of our connections, without coordinating the pools' growth.
+- **One pool per tenant.** Concurrent first requests for a tenant share one creation (single flight):
+  ``conninfo_for`` is called once and one pool is opened.
+- **Eviction never breaks a request.** An evicted or invalidated pool leaves the LRU at once (new requests
+  get a new pool) but is closed in the background only when its in-flight requests are done.
+- **Failures are fast and leave nothing behind.** A pool that cannot produce a connection (server down,
+  refused, authentication failure) is dropped and closed, its waiters get ``TenantUnavailable``, and the
+  next request tries a fresh pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Self
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from controlplane.db import AsyncConn
+from controlplane.errors import ConfigError, TenantUnavailable
+from controlplane.pools.models import APPLICATION_NAME, STATEMENT_TIMEOUT, PoolStats
+from controlplane.settings import DatabaseSettings, PoolSettings
+
+log = logging.getLogger(__name__)
+
+#: Seconds a pool keeps retrying a failed connection attempt in the background before it gives up; it
+#: is then dropped and its waiters fail. Short on purpose: a fresh pool costs nothing, and a request
+#: should learn within about this long (plus ``connect_timeout``) that its server is down.
+RECONNECT_TIMEOUT = 1.0
+
+#: ``Retry-After`` seconds when the pools are saturated (budget or a tenant's ``per_tenant_max``).
+BUSY_RETRY_AFTER = 1
+
+
+def tenant_conninfo(dsn: str, db: DatabaseSettings) -> str:
+    """``dsn`` with our connect timeout, application name and statement timeout (kept options stay)."""
+    options = str(pg_conninfo.conninfo_to_dict(dsn).get("options") or "").strip()
+    timeout = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
+    return pg_conninfo.make_conninfo(
+        dsn,
+        connect_timeout=max(1, math.ceil(db.connect_timeout)),
+        application_name=APPLICATION_NAME,
+        options=f"{options} {timeout}".strip(),
+    )
+
+
+class TenantConnection(psycopg.AsyncConnection[dict[str, Any]]):
+    """A tenant connection whose failed connection attempts are reported (``on_connect_error``).
+
+    psycopg_pool retries a failed connect in the background; TenantPools wants to know at the first
+    failure, so that requests waiting on a pool that has nothing to give fail now instead of at their
+    timeout.
+    """
+
+    @classmethod
+    async def connect(  # type: ignore[override]  # one extra keyword, not a connection parameter
+        cls, conninfo: str = "", *, on_connect_error: Callable[[], None] | None = None, **kwargs: Any
+    ) -> Self:
+        try:
+            return await super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError:
+            if on_connect_error is not None:
+                on_connect_error()
+            raise
+
+
+Pool = AsyncConnectionPool[TenantConnection]
+
+
+class _Entry:
+    """One tenant's pool, its reservation of the budget and the requests using it."""
+
+    __slots__ = ("closed", "closing", "held", "in_flight", "pool", "retired", "size", "tenant_id", "waiters")
+
+    def __init__(self, tenant_id: uuid.UUID, size: int, make_pool: Callable[[_Entry], Pool]) -> None:
+        self.tenant_id = tenant_id
+        self.size = size  # budget reserved: the pool's max_size
+        self.pool = make_pool(self)  # its callbacks are bound to this entry
+        self.in_flight = 0  # requests acquiring or holding one of its connections
+        self.held = 0  # connections checked out
+        self.retired = False  # out of the LRU: closes once in_flight drops to 0
+        self.closing = False  # pool.close() started
+        self.closed = False  # pool.close() done; the reservation goes once in_flight is 0 too
+        self.waiters: set[asyncio.Timeout] = set()  # requests inside pool.getconn(), to wake on failure
+
+
+def _sizes(entries: Iterable[_Entry]) -> int:
+    return sum(e.size for e in entries)
+
+
+class _Creation:
+    """A pool being created for one tenant; concurrent first requests await the same task."""
+
+    __slots__ = ("counted", "stale", "task", "waiters")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[_Entry] | None = None
+        self.stale = False  # invalidated meanwhile: the new pool must not enter the LRU
+        self.waiters = 0  # requests awaiting it
+        self.counted = False  # the new pool was handed to them already counted in flight
+
+
+class TenantPools:
+    """The bounded LRU of per-tenant connection pools (see the module docstring for the invariants).
+
+    ``conninfo_for(tenant_id)`` gives the DSN of the tenant's own database with its own login role; it is
+    called once per pool creation, so ``invalidate()`` after any change of it (suspend, delete, move,
+    new password) makes the next request see the change. Everything lives in the instance.
+    """
+
+    def __init__(
+        self, settings: PoolSettings, db: DatabaseSettings, conninfo_for: Callable[[uuid.UUID], Awaitable[str]]
+    ) -> None:
+        if settings.per_tenant_max < 1 or settings.capacity < 1:
+            raise ConfigError("pool capacity and per-tenant pool size must be >= 1")
+        if settings.per_tenant_max > settings.connection_budget:
+            raise ConfigError(
+                f"per-tenant pool size ({settings.per_tenant_max}) exceeds the connection budget "
+                f"({settings.connection_budget}): not even one tenant pool would fit"
+            )
+        if settings.acquire_timeout <= 0:
+            raise ConfigError("the pool acquire timeout must be > 0")
+        self._settings = settings
+        self._db = db
+        self._conninfo_for = conninfo_for
+        self._lru: OrderedDict[uuid.UUID, _Entry] = OrderedDict()  # least recently used first
+        self._retired: set[_Entry] = set()  # out of the LRU, still holding budget
+        self._creating: dict[uuid.UUID, _Creation] = {}
+        self._opening = 0  # reservations taken by pools being opened, not yet in the LRU
+        self._freed = asyncio.Event()  # replaced on every notification; waiters keep the one they saw
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._budget_waiters = 0
+        self._hits = self._misses = self._evictions = self._invalidations = 0
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
+        """A ``dict_row`` connection to the tenant's database, not autocommit.
+
+        Like ``pool.connection()``: the transaction is committed when the block exits normally and rolled
+        back when it raises. Raises ``TenantUnavailable`` when no connection can be had within
+        ``acquire_timeout`` (server down, pools saturated) and whatever ``conninfo_for`` raises.
+        """
+        entry = await self._checkout(tenant_id)
+        try:
+            conn = await self._getconn(entry)
+            entry.held += 1
+            try:
+                async with conn:  # commit / rollback; a pooled connection is not closed by it
+                    yield conn
+            finally:
+                try:
+                    await entry.pool.putconn(conn)
+                finally:
+                    entry.held -= 1
+        finally:
+            self._checkin(entry)
+
+    async def invalidate(self, tenant_id: uuid.UUID) -> None:
+        """Drop the tenant's pool now; it is closed once its in-flight connections come back."""
+        creation = self._creating.get(tenant_id)
+        if creation is not None:
+            creation.stale = True
+        entry = self._lru.pop(tenant_id, None)
+        if entry is not None:
+            self._invalidations += 1
+            log.info("tenant pool %s invalidated", tenant_id)
+            self._retire(entry)
+
+    def stats(self) -> PoolStats:
+        """Counters and gauges of all pools, including evicted ones still draining."""
+        pools = opened = idle = 0
+        waiting = self._budget_waiters
+        in_use = 0
+        for entry in [*self._lru.values(), *self._retired]:
+            in_use += entry.held
+            if entry.closed:
+                opened += entry.held  # closed pool: only the connections still checked out remain
+                continue
+            pools += 1
+            measures = entry.pool.get_stats()
+            opened += max(measures.get("pool_size", 0), entry.held)
+            idle += measures.get("pool_available", 0)
+            waiting += measures.get("requests_waiting", 0)
+        return PoolStats(
+            hits=self._hits,
+            misses=self._misses,
+            evictions=self._evictions,
+            invalidations=self._invalidations,
+            open_pools=pools,
+            connections_open=opened,
+            connections_in_use=in_use,
+            connections_idle=idle,
+            requests_waiting=waiting,
+            budget=self._settings.connection_budget,
+            capacity=self._settings.capacity,
+        )
+
+    def is_open(self, tenant_id: uuid.UUID) -> bool:
+        """Whether the tenant has a pool in the LRU (the next request would be a hit)."""
+        return tenant_id in self._lru
+
+    async def close(self) -> None:
+        """Close every pool now (application shutdown); later requests get ``TenantUnavailable``."""
+        self._closed = True
+        for creation in self._creating.values():
+            creation.stale = True
+        while self._lru:
+            self._retire(self._lru.popitem(last=False)[1])
+        for entry in list(self._retired):
+            self._start_close(entry)  # shutting down: do not wait for in-flight requests
+        self._notify()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- taking and returning a pool ----------------------------------------------------------------
+
+    async def _checkout(self, tenant_id: uuid.UUID) -> _Entry:
+        """The tenant's pool, counted as in flight (so it is not closed under the request)."""
+        entry = self._lru.get(tenant_id)
+        if entry is not None and not self._closed:
+            self._hits += 1
+            self._lru.move_to_end(tenant_id)
+            entry.in_flight += 1
+            return entry
+        self._misses += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.acquire_timeout
+        while True:
+            if self._closed:
+                raise TenantUnavailable("tenant connections are shutting down", retry_after=BUSY_RETRY_AFTER)
+            entry = self._lru.get(tenant_id)
+            if entry is not None:
+                self._lru.move_to_end(tenant_id)
+                entry.in_flight += 1
+                return entry
+            entry = await self._await_creation(tenant_id)
+            if entry is not None:
+                return entry
+            # The pool made for us was invalidated before we could use it: take a fresh one.
+            if loop.time() >= deadline:
+                raise TenantUnavailable("the tenant's pool keeps being invalidated", retry_after=BUSY_RETRY_AFTER)
+
+    async def _await_creation(self, tenant_id: uuid.UUID) -> _Entry | None:
+        """The pool being created for the tenant, already counted in flight for us; None if it was stale.
+
+        Counting happens in the creating task, before any waiter resumes: otherwise a fresh, still idle
+        pool could be evicted and closed by another creation before its requests get to it.
+        """
+        creation = self._creating.get(tenant_id)
+        if creation is None:
+            creation = self._creating[tenant_id] = _Creation()
+            creation.task = self._spawn(self._create(tenant_id, creation), f"tenant-pool-create-{tenant_id}")
+        task = creation.task
+        assert task is not None
+        creation.waiters += 1
+        try:
+            entry = await asyncio.shield(task)
+        except BaseException:
+            if creation.counted:  # cancelled just after the pool was handed over
+                self._checkin(task.result())
+            else:
+                creation.waiters -= 1
+            raise
+        return entry if creation.counted else None
+
+    def _checkin(self, entry: _Entry) -> None:
+        entry.in_flight -= 1
+        if entry.retired and entry.in_flight == 0:
+            if entry.closed:
+                self._forget(entry)
+            else:
+                self._start_close(entry)
+
+    async def _getconn(self, entry: _Entry) -> TenantConnection:
+        # The scope is a safety net beyond the pool's own timeout (its connection check has none: a
+        # half-open connection to a vanished server would hang it), and lets _fail() end the wait at
+        # once (psycopg_pool's check loop may sleep between attempts, out of the queue close() fails).
+        limit = asyncio.get_running_loop().time() + self._settings.acquire_timeout + self._db.connect_timeout
+        try:
+            async with asyncio.timeout_at(limit) as scope:
+                entry.waiters.add(scope)
+                try:
+                    return await entry.pool.getconn()
+                finally:
+                    entry.waiters.discard(scope)
+        except PoolTimeout:
+            if entry.held:
+                raise TenantUnavailable(
+                    "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
+                ) from None
+            # Nothing checked out, yet nothing handed out in acquire_timeout: the pool cannot connect.
+        except (TimeoutError, PoolClosed):
+            pass  # failed (dropped as unable to connect) or shutting down
+        if entry.held == 0:
+            self._fail(entry)
+        raise TenantUnavailable("tenant database unreachable", retry_after=max(1, math.ceil(self._db.connect_timeout)))
+
+    # -- creation and the budget --------------------------------------------------------------------
+
+    async def _create(self, tenant_id: uuid.UUID, creation: _Creation) -> _Entry:
+        try:
+            info = tenant_conninfo(await self._conninfo_for(tenant_id), self._db)
+            await self._reserve()
+            try:
+                entry = _Entry(tenant_id, self._settings.per_tenant_max, partial(self._new_pool, info))
+                await entry.pool.open(wait=False)
+            finally:
+                self._opening -= 1
+                self._notify()
+            if creation.stale or self._closed:
+                self._retire(entry)  # nobody uses it yet: closes at once; waiters take a fresh one
+            else:
+                entry.in_flight = creation.waiters
+                creation.counted = True
+                self._lru[tenant_id] = entry
+                log.debug("tenant pool %s opened (%d in the LRU)", tenant_id, len(self._lru))
+            return entry
+        finally:
+            if self._creating.get(tenant_id) is creation:
+                del self._creating[tenant_id]
+
+    def _new_pool(self, info: str, entry: _Entry) -> Pool:
+        return AsyncConnectionPool(
+            info,
+            connection_class=TenantConnection,
+            kwargs={
+                "row_factory": dict_row,
+                "autocommit": False,
+                "on_connect_error": partial(self._connect_failed, entry),
+            },
+            # min_size=0: with thousands of tenants most pools are idle most of the time, and min_size
+            # connections are never closed by max_idle; 0 lets an idle tenant's pool shrink to nothing
+            # (server backends cost memory) at the price of one connect after an idle period.
+            min_size=0,
+            max_size=entry.size,
+            open=False,
+            name=f"tenant-{entry.tenant_id}",
+            timeout=self._settings.acquire_timeout,
+            max_idle=self._settings.idle_timeout,
+            reconnect_timeout=RECONNECT_TIMEOUT,
+            # Gave up reconnecting: drop the pool (and fail its waiters) rather than keep it half-alive.
+            reconnect_failed=lambda _: self._fail(entry),
+            # A connection killed by the server (pg_terminate_backend, restart) is replaced, not handed out.
+            check=AsyncConnectionPool.check_connection,
+        )
+
+    async def _reserve(self) -> None:
+        """Take budget and capacity for one more pool, evicting and then waiting (bounded) if needed."""
+        need = self._settings.per_tenant_max
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.acquire_timeout
+        self._budget_waiters += 1
+        try:
+            while True:
+                if self._closed:
+                    raise TenantUnavailable("tenant connections are shutting down", retry_after=BUSY_RETRY_AFTER)
+                self._make_room(need)
+                if self._reserved() + need <= self._settings.connection_budget and (
+                    len(self._lru) + self._opening < self._settings.capacity
+                ):
+                    self._opening += 1
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TenantUnavailable(
+                        f"connection budget ({self._settings.connection_budget}) is held by requests in flight",
+                        retry_after=BUSY_RETRY_AFTER,
+                    )
+                freed = self._freed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await freed.wait()
+        finally:
+            self._budget_waiters -= 1
+
+    def _make_room(self, need: int) -> None:
+        """Evict LRU pools so that ``need`` more fits once the evicted pools are closed."""
+        budget = self._settings.connection_budget
+        while self._lru and len(self._lru) + self._opening >= self._settings.capacity:
+            self._evict(next(iter(self._lru.values())))
+        # Idle pools first (least recently used first): they close at once, nobody waits on them.
+        while self._reserved() - _sizes(e for e in self._retired if e.in_flight == 0) + need > budget:
+            victim = next((e for e in self._lru.values() if e.in_flight == 0), None)
+            if victim is None:
+                break
+            self._evict(victim)
+        # Then busy ones, so that the new pool fits once their requests are done.
+        while self._lru and self._reserved() - _sizes(self._retired) + need > budget:
+            self._evict(next(iter(self._lru.values())))
+
+    def _reserved(self) -> int:
+        """Budget held by pools in the LRU, retired pools not yet closed and drained, and openings."""
+        return _sizes(self._lru.values()) + _sizes(self._retired) + self._opening * self._settings.per_tenant_max
+
+    # -- retiring and closing ---------------------------------------------------------------------
+
+    def _evict(self, entry: _Entry) -> None:
+        del self._lru[entry.tenant_id]
+        self._evictions += 1
+        log.debug("tenant pool %s evicted (in flight: %d)", entry.tenant_id, entry.in_flight)
+        self._retire(entry)
+
+    def _retire(self, entry: _Entry) -> None:
+        """Out of the LRU (already removed by the caller); closed once its requests are done."""
+        entry.retired = True
+        self._retired.add(entry)
+        if entry.in_flight == 0:
+            self._start_close(entry)
+
+    def _fail(self, entry: _Entry) -> None:
+        """Drop a pool that cannot connect and close it now, failing its waiters."""
+        if self._lru.get(entry.tenant_id) is entry:
+            del self._lru[entry.tenant_id]
+        if not entry.retired:
+            log.warning("tenant pool %s cannot connect: dropped", entry.tenant_id)
+            entry.retired = True
+            self._retired.add(entry)
+        self._start_close(entry)
+        now = asyncio.get_running_loop().time()
+        for scope in entry.waiters:
+            if not scope.expired():
+                scope.reschedule(now)
+
+    def _connect_failed(self, entry: _Entry) -> None:
+        """A connection attempt failed: if the pool has nothing to give, its waiters fail now."""
+        if entry.held == 0 and not entry.pool.get_stats().get("pool_available", 0):
+            self._fail(entry)
+
+    def _start_close(self, entry: _Entry) -> None:
+        if not entry.closing:
+            entry.closing = True
+            self._spawn(self._close_entry(entry), f"tenant-pool-close-{entry.tenant_id}")
+
+    async def _close_entry(self, entry: _Entry) -> None:
+        try:
+            await entry.pool.close()
+        except Exception:
+            log.warning("closing tenant pool %s failed", entry.tenant_id, exc_info=True)
+        finally:
+            entry.closed = True
+            self._forget(entry)
+
+    def _forget(self, entry: _Entry) -> None:
+        """Release the reservation of a closed pool whose last connection is back."""
+        if entry.closed and entry.in_flight == 0 and entry in self._retired:
+            self._retired.discard(entry)
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake every creation waiting for budget or capacity."""
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the requests awaiting it report it

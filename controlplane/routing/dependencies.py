@@ -1,0 +1,59 @@
+"""Litestar glue for tenant resolution: the ``tenant`` dependency of every tenant API handler.
+
+The only module of ``routing/`` that knows HTTP. Wiring (in ``create_app``):
+
+- lifespan: ``cache = TenantCache(platform)``, ``await cache.start()``, then
+  ``app.state[TENANT_CACHE_STATE_KEY] = cache`` and ``app.state[BASE_DOMAIN_STATE_KEY] = <base domain or
+  None>``; on the way out ``await cache.stop()`` (before the platform closes);
+- ``dependencies=tenant_dependencies()`` on the app or on the tenant API router;
+- tenant API routes mounted under both ``/t/{tenant_slug:str}/api`` and ``/api``; handlers take
+  ``tenant: NamedDependency[TenantContext]`` (Litestar 2.23+ deprecates dependencies inferred from a
+  bare annotation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+
+from controlplane.routing.cache import TenantCache
+from controlplane.routing.models import TenantContext
+from controlplane.routing.resolver import resolve, resolve_slug
+
+#: ``app.state`` key of the ``TenantCache``.
+TENANT_CACHE_STATE_KEY = "tenant_cache"
+#: ``app.state`` key of the base domain for ``{slug}.{base_domain}`` hosts (None: no subdomain routing).
+BASE_DOMAIN_STATE_KEY = "base_domain"
+#: Path parameter that carries the slug in ``/t/{tenant_slug:str}/api/...``.
+TENANT_SLUG_PARAM = "tenant_slug"
+#: Header that names the tenant with ``/api/...``.
+TENANT_HEADER = "x-tenant"
+
+
+def provide_tenant_cache(state: State) -> TenantCache:
+    """The app's ``TenantCache`` (dependency ``tenant_cache``)."""
+    cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
+    return cache
+
+
+async def provide_tenant(request: Request[Any, Any, Any], tenant_cache: NamedDependency[TenantCache]) -> TenantContext:
+    """The active tenant the request is for (dependency ``tenant``), or the error saying why not."""
+    path_slug = request.path_params.get(TENANT_SLUG_PARAM)
+    slug = resolve_slug(
+        path_slug if isinstance(path_slug, str) else None,
+        request.headers.get("host"),
+        request.headers.get(TENANT_HEADER),
+        request.app.state.get(BASE_DOMAIN_STATE_KEY),
+    )
+    return await resolve(tenant_cache, slug)
+
+
+def tenant_dependencies() -> dict[str, Provide]:
+    """``{"tenant_cache": ..., "tenant": ...}`` for ``Litestar(dependencies=...)`` or a ``Router``."""
+    return {
+        "tenant_cache": Provide(provide_tenant_cache, sync_to_thread=False),
+        "tenant": Provide(provide_tenant),
+    }

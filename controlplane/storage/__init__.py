@@ -1,0 +1,69 @@
+"""Where tenants' files (card images) live: the ``Storage`` interface and how object keys look.
+
+Keys are made here (``new_key``), never taken from user input, and every implementation refuses a key
+that does not look like one, so no request can name a path outside its tenant's area. Objects are
+grouped per tenant (``tenant_id``) so that one tenant's uploads can never touch another's objects.
+``LocalStorage`` (``controlplane.storage.local``) keeps them on disk; an object store can replace it
+behind the same four methods.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from typing import Protocol, runtime_checkable
+
+__all__ = ["KEY_PATTERN", "InvalidStorageKey", "Storage", "new_key", "validate_key"]
+
+#: A key: lowercase letters, digits, ``-`` and ``_`` (never starting with ``.`` or ``-``), optionally
+#: one extension. No separators, so a key can only ever name an object directly in its tenant's area.
+KEY_PATTERN = re.compile(r"[0-9a-z][0-9a-z_-]{0,126}(?:\.[0-9a-z]{1,8})?")
+
+
+class InvalidStorageKey(ValueError):
+    """A key that is not one ``new_key`` makes, or a tenant id that is not a UUID: refused."""
+
+
+def validate_key(tenant_id: uuid.UUID, key: str) -> None:
+    """Raise ``InvalidStorageKey`` unless ``tenant_id`` is a UUID and ``key`` matches ``KEY_PATTERN``."""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise InvalidStorageKey(f"tenant id must be a UUID, got {tenant_id!r}")
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise InvalidStorageKey(f"refusing storage key {key!r}")
+
+
+def new_key(sha256_hex: str, extension: str) -> str:
+    """A fresh key for an object with this content digest: ``<sha256>-<random>.<extension>``.
+
+    The random part keeps keys unique when two cards carry the same picture (``files.key`` is unique
+    and each card owns its own object, so deleting one never removes the other's).
+    """
+    key = f"{sha256_hex[:64]}-{secrets.token_hex(8)}.{extension}"
+    if not KEY_PATTERN.fullmatch(key):
+        raise InvalidStorageKey(f"cannot make a key from {sha256_hex!r} and {extension!r}")
+    return key
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Per-tenant object storage. Implementations must be safe for concurrent use.
+
+    Runtime-checkable so that Litestar can validate an injected ``storage`` dependency.
+    """
+
+    async def put(self, tenant_id: uuid.UUID, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically: readers see the old object or the new one, never a part."""
+        ...
+
+    async def get(self, tenant_id: uuid.UUID, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object."""
+        ...
+
+    async def delete(self, tenant_id: uuid.UUID, key: str) -> bool:
+        """Remove the object; False when there was none (deleting is idempotent)."""
+        ...
+
+    async def usage(self, tenant_id: uuid.UUID) -> int:
+        """Bytes the tenant's objects take up."""
+        ...

@@ -1,0 +1,693 @@
+"""The CardVault tenant API (``controlplane.cards``) over HTTP, against real provisioned tenants.
+
+``CardApi`` is a small Litestar app that mounts ``TENANT_API_HANDLERS`` under ``/t/{tenant_slug}/api``
+with test providers for the routing contract: ``tenant`` from the provisioned registry row, ``tenant_db``
+a fresh connection *as the tenant's own login role* to its own database (committed after the handler,
+rolled back on an error, like the real one), ``quota_limits`` (the registry's, overridable per test) and
+``storage`` (``LocalStorage`` in a temporary directory). It is served through ``httpx.ASGITransport``
+in the test's event loop, so concurrent requests really run concurrently. The image and quota tests
+reuse it.
+
+Proven here: CRUD of cards, players, teams and manufacturers; every list filter, the text search, every
+sort order, keyset pages that visit every row exactly once (equal sort keys, NULL years, rows inserted
+between pages), invalid cursors and parameters; 422 for references to missing rows, 409 for duplicates
+and for deleting rows still in use; malformed bodies answered 400 with a JSON error, never 5xx;
+``updated_at`` moving on every write; and two tenants never seeing each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import itertools
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from litestar import Litestar, Router
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from psycopg import conninfo, sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from controlplane import db
+from controlplane.cards.routes import TENANT_API_HANDLERS, card_dependencies
+from controlplane.db import AsyncConn
+from controlplane.http.errors import EXCEPTION_HANDLERS
+from controlplane.platform import Platform
+from controlplane.provisioning.service import TenantService
+from controlplane.registry import repository as registry
+from controlplane.registry.models import QuotaType, Tenant
+from controlplane.routing.models import TenantContext
+from controlplane.settings import HttpSettings
+from controlplane.storage.local import LocalStorage
+from tests.conftest import drop_everything_made_by, make_settings
+
+Json = dict[str, Any]
+
+#: Image size limit of the test app (small, so the oversize test sends little).
+MAX_IMAGE_BYTES = 64 * 1024
+
+
+#: Tables emptied between tests (all of them reference only each other).
+_TENANT_TABLES = "cards, players, teams, manufacturers, files, users, audit_log"
+
+
+@dataclasses.dataclass
+class ApiTenant:
+    """A provisioned tenant as the test app serves it."""
+
+    record: Tenant
+    pool: AsyncConnectionPool[AsyncConn]  # as the tenant's own login role, to its own database
+    admin_dsn: str  # as the superuser, to the tenant's database (inspection, lock gates, resets)
+    default_limits: dict[QuotaType, int | None]
+    limits: dict[QuotaType, int | None]
+
+    @property
+    def context(self) -> TenantContext:
+        t = self.record
+        return TenantContext(
+            id=t.id,
+            slug=t.slug,
+            status=t.status,
+            tier=t.subscription_tier,
+            server_id=t.server_id,
+            database_name=t.database_name,
+            role_name=t.role_name,
+        )
+
+
+class CardApi:
+    """The test app, its tenants and an HTTP client; ``url(slug, "/cards")`` -> ``/t/slug/api/cards``."""
+
+    def __init__(self, platform: Platform, admin_dsn: str, storage_root: Path) -> None:
+        self.platform = platform
+        self.service = TenantService(platform)
+        self.admin_dsn = admin_dsn
+        self.storage = LocalStorage(storage_root)
+        self.tenants: dict[str, ApiTenant] = {}
+        self.app = self._build_app()
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://testserver")
+
+    def _build_app(self) -> Litestar:
+        tenants = self.tenants
+
+        def provide_tenant(tenant_slug: FromPath[str]) -> TenantContext:
+            return tenants[tenant_slug].context
+
+        async def provide_tenant_db(tenant: NamedDependency[TenantContext]) -> AsyncIterator[AsyncConn]:
+            # The pool's block commits when the handler returns and rolls back when it raises.
+            async with tenants[tenant.slug].pool.connection() as conn:
+                yield conn
+
+        def provide_quota_limits(tenant: NamedDependency[TenantContext]) -> dict[QuotaType, int | None]:
+            return tenants[tenant.slug].limits
+
+        settings = self.platform.settings.replace(http=HttpSettings(max_image_bytes=MAX_IMAGE_BYTES))
+        router = Router(path="/t/{tenant_slug:str}/api", route_handlers=TENANT_API_HANDLERS)
+        return Litestar(
+            route_handlers=[router],
+            dependencies={
+                "tenant": Provide(provide_tenant, sync_to_thread=False),
+                "tenant_db": Provide(provide_tenant_db),
+                "quota_limits": Provide(provide_quota_limits, sync_to_thread=False),
+                **card_dependencies(settings, self.storage),
+            },
+            exception_handlers=EXCEPTION_HANDLERS,
+        )
+
+    async def add_tenant(self, slug: str, tier: str = "starter") -> ApiTenant:
+        """Provision a real tenant and serve it at ``/t/<slug>/api``."""
+        record = await self.service.create(name=slug.title(), slug=slug, tier=tier)
+        async with self.platform.control.connection() as conn:
+            encrypted = await registry.role_password_encrypted(conn, record.id)
+            quotas = await registry.get_quotas(conn, record.id)
+        assert encrypted is not None
+        password = self.platform.box.decrypt(encrypted)
+        dsn = conninfo.make_conninfo(
+            self.admin_dsn, user=record.role_name, password=password, dbname=record.database_name
+        )
+        pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
+            dsn, min_size=1, max_size=25, open=False, kwargs={"row_factory": dict_row, "autocommit": False}
+        )
+        await pool.open(wait=True)
+        limits = {q.quota_type: q.quota_limit for q in quotas}
+        tenant = ApiTenant(
+            record=record,
+            pool=pool,
+            admin_dsn=conninfo.make_conninfo(self.admin_dsn, dbname=record.database_name),
+            default_limits=dict(limits),
+            limits=limits,
+        )
+        self.tenants[slug] = tenant
+        return tenant
+
+    async def reset(self) -> None:
+        """Empty every tenant's tables (its usage counters follow) and storage; restore the limits."""
+        for tenant in self.tenants.values():
+            async with await psycopg.AsyncConnection.connect(tenant.admin_dsn, autocommit=True) as conn:
+                await conn.execute(f"TRUNCATE {_TENANT_TABLES} RESTART IDENTITY")
+            tenant.limits.clear()
+            tenant.limits.update(tenant.default_limits)
+            shutil.rmtree(self.storage.tenant_dir(tenant.record.id), ignore_errors=True)
+
+    def url(self, slug: str, path: str) -> str:
+        return f"/t/{slug}/api{path}"
+
+    async def request(self, method: str, slug: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(method, self.url(slug, path), **kwargs)
+
+    async def create(self, slug: str, path: str, body: Json) -> Json:
+        response = await self.request("POST", slug, path, json=body)
+        assert response.status_code == 201, response.text
+        created: Json = response.json()
+        return created
+
+    async def sql(self, slug: str, query: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Json]:
+        """Run ``query`` in the tenant's database as its own role (committed)."""
+        async with self.tenants[slug].pool.connection() as conn:
+            cur = await conn.execute(query, params or None)
+            return await cur.fetchall() if cur.description else []
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        for tenant in self.tenants.values():
+            await tenant.pool.close()
+
+
+@asynccontextmanager
+async def open_card_api(
+    admin_dsn: str, control_template: str, tenant_template: str, storage_root: Path, slugs: tuple[str, ...]
+) -> AsyncIterator[CardApi]:
+    """A control database of its own, the tenants ``slugs`` provisioned in it, and the test app.
+
+    Shared by the tests of a module (provisioning per test would dominate the run time); ``reset``
+    gives each test empty tenants. Everything made is dropped at the end, as the conftest does.
+    """
+    name = f"cvtest_ctl_cards_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(control_template))
+        )
+    control_dsn = db.with_database(admin_dsn, name)
+    try:
+        async with Platform.open(make_settings(control_dsn, tenant_template), migrate=False) as platform:
+            api = CardApi(platform, admin_dsn, storage_root)
+            try:
+                for slug in slugs:
+                    await api.add_tenant(slug)
+                yield api
+            finally:
+                await api.close()
+    finally:
+        await asyncio.to_thread(drop_everything_made_by, control_dsn)
+        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def ts(value: str) -> datetime:
+    """A timestamp from a response (compared as instants, not as strings)."""
+    return datetime.fromisoformat(value)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> Json:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: Json = response.json()
+    assert body["error"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    return body
+
+
+@pytest.fixture(scope="module")
+async def card_api(
+    pg_admin_dsn: str, control_template: str, tenant_template_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[CardApi]:
+    storage = tmp_path_factory.mktemp("storage")
+    async with open_card_api(pg_admin_dsn, control_template, tenant_template_name, storage, ("acme", "globex")) as api:
+        yield api
+
+
+@pytest.fixture
+async def api(card_api: CardApi) -> CardApi:
+    await card_api.reset()
+    return card_api
+
+
+# -- CRUD ----------------------------------------------------------------------------------------
+
+CRUD_CASES = [
+    ("/manufacturers", {"name": "Topps"}, {"name": "Topps Chrome"}),
+    ("/teams", {"name": "Giants", "city": "New York", "league": "NL"}, {"city": "San Francisco", "league": None}),
+    ("/players", {"last_name": "Mays", "first_name": "Willie"}, {"position": "CF", "first_name": None}),
+    ("/cards", {"cardnumber": "261", "year": 1952, "condition": "good"}, {"notes": "creased", "year": None}),
+]
+
+
+@pytest.mark.parametrize(("path", "create", "change"), CRUD_CASES, ids=[c[0][1:] for c in CRUD_CASES])
+async def test_crud(api: CardApi, path: str, create: Json, change: Json) -> None:
+    created = await api.create("acme", path, create)
+    assert created.items() >= create.items()
+    assert created["created_at"] == created["updated_at"]
+    item = f"{path}/{created['id']}"
+
+    fetched = await api.request("GET", "acme", item)
+    assert fetched.status_code == 200 and fetched.json() == created
+
+    patched = await api.request("PATCH", "acme", item, json=change)
+    assert patched.status_code == 200, patched.text
+    body = patched.json()
+    assert body.items() >= change.items()
+    untouched = {k: v for k, v in create.items() if k not in change}
+    assert body.items() >= untouched.items(), "fields left out of a PATCH must keep their value"
+    assert ts(body["updated_at"]) > ts(created["updated_at"])
+
+    listed = await api.request("GET", "acme", path)
+    assert listed.status_code == 200 and [i["id"] for i in listed.json()["items"]] == [created["id"]]
+
+    deleted = await api.request("DELETE", "acme", item)
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert_error(await api.request("GET", "acme", item), 404, "not_found")
+    assert_error(await api.request("PATCH", "acme", item, json=change), 404, "not_found")
+    assert_error(await api.request("DELETE", "acme", item), 404, "not_found")
+
+
+async def test_card_with_all_references(api: CardApi) -> None:
+    team = await api.create("acme", "/teams", {"name": "Yankees", "league": "AL"})
+    player = await api.create("acme", "/players", {"last_name": "Mantle", "team_id": team["id"]})
+    maker = await api.create("acme", "/manufacturers", {"name": "Bowman"})
+    card = await api.create(
+        "acme",
+        "/cards",
+        {
+            "cardnumber": "311",
+            "player_id": player["id"],
+            "team_id": team["id"],
+            "manufacturer_id": maker["id"],
+            "year": 1952,
+            "condition": "near_mint",
+            "notes": "rookie",
+        },
+    )
+    assert card["player_id"] == player["id"] and card["team_id"] == team["id"]
+    assert card["manufacturer_id"] == maker["id"] and card["image"] is None and card["created_by"] is None
+
+    # Referenced rows cannot go while the card holds them; a team's players merely lose their team.
+    for path in (f"/players/{player['id']}", f"/teams/{team['id']}", f"/manufacturers/{maker['id']}"):
+        body = assert_error(await api.request("DELETE", "acme", path), 409, "in_use")
+        assert body["referenced_by"] == "cards"
+    assert (await api.request("DELETE", "acme", f"/cards/{card['id']}")).status_code == 204
+    assert (await api.request("DELETE", "acme", f"/teams/{team['id']}")).status_code == 204
+    player_now = (await api.request("GET", "acme", f"/players/{player['id']}")).json()
+    assert player_now["team_id"] is None
+
+
+async def test_updated_at_moves_on_every_write(api: CardApi) -> None:
+    card = await api.create("acme", "/cards", {"cardnumber": "1"})
+    stamps = [ts(card["updated_at"])]
+    for change in ({"notes": "a"}, {"notes": None}, {}, {"year": 2000}, {"condition": "mint"}):
+        response = await api.request("PATCH", "acme", f"/cards/{card['id']}", json=change)
+        assert response.status_code == 200, response.text
+        stamps.append(ts(response.json()["updated_at"]))
+        assert response.json()["created_at"] == card["created_at"]
+    assert all(earlier < later for earlier, later in itertools.pairwise(stamps)), stamps
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/cards", {"cardnumber": "1", "player_id": 999}, "player_id"),
+        ("/cards", {"cardnumber": "1", "team_id": 999}, "team_id"),
+        ("/cards", {"cardnumber": "1", "manufacturer_id": 999}, "manufacturer_id"),
+        ("/players", {"last_name": "Ruth", "team_id": 999}, "team_id"),
+    ],
+)
+async def test_reference_to_a_missing_row_is_422(api: CardApi, path: str, body: Json, field: str) -> None:
+    response = await api.request("POST", "acme", path, json=body)
+    error = assert_error(response, 422, "invalid_reference")
+    assert error["field"] == field and error["value"] == 999
+    assert (await api.request("GET", "acme", path)).json()["items"] == []
+
+
+async def test_patch_to_a_missing_reference_is_422_and_changes_nothing(api: CardApi) -> None:
+    card = await api.create("acme", "/cards", {"cardnumber": "7", "notes": "keep"})
+    response = await api.request("PATCH", "acme", f"/cards/{card['id']}", json={"notes": "x", "player_id": 5})
+    assert assert_error(response, 422, "invalid_reference")["field"] == "player_id"
+    assert (await api.request("GET", "acme", f"/cards/{card['id']}")).json() == card
+
+
+async def test_duplicates_are_409(api: CardApi) -> None:
+    await api.create("acme", "/manufacturers", {"name": "Topps"})
+    body = assert_error(await api.request("POST", "acme", "/manufacturers", json={"name": "Topps"}), 409, "conflict")
+    assert body["constraint"] == "manufacturers_name_key"
+
+    other = await api.create("acme", "/manufacturers", {"name": "Fleer"})
+    response = await api.request("PATCH", "acme", f"/manufacturers/{other['id']}", json={"name": "Topps"})
+    assert_error(response, 409, "conflict")
+
+    # Teams are unique by (name, league), a missing league included.
+    await api.create("acme", "/teams", {"name": "Giants"})
+    assert_error(await api.request("POST", "acme", "/teams", json={"name": "Giants"}), 409, "conflict")
+    await api.create("acme", "/teams", {"name": "Giants", "league": "NFL"})
+
+
+BAD_BODIES: list[tuple[str, str, str | bytes]] = [
+    ("POST", "/cards", b"{not json"),
+    ("POST", "/cards", b""),
+    ("POST", "/cards", b"[]"),
+    ("POST", "/cards", b'"text"'),
+    ("POST", "/cards", '{"cardnumber": "1", "colour": "red"}'),
+    ("POST", "/cards", '{"cardnumber": 5}'),
+    ("POST", "/cards", '{"cardnumber": "1", "year": "nineteen"}'),
+    ("POST", "/cards", '{"cardnumber": "1", "year": true}'),
+    ("POST", "/cards", '{"cardnumber": "1", "year": 1859}'),
+    ("POST", "/cards", '{"cardnumber": "1", "year": 2101}'),
+    ("POST", "/cards", '{"cardnumber": "1", "condition": "pristine"}'),
+    ("POST", "/cards", '{"cardnumber": "1", "player_id": 0}'),
+    ("POST", "/cards", '{"cardnumber": "1", "player_id": 9223372036854775808}'),
+    ("POST", "/cards", '{"cardnumber": "1", "notes": "nul \\u0000 inside"}'),
+    ("POST", "/cards", '{"cardnumber": "   "}'),
+    ("POST", "/cards", '{"cardnumber": "' + "9" * 65 + '"}'),
+    ("POST", "/cards", '{"cardnumber": "1", "image": "x.png"}'),
+    ("POST", "/cards", '{"year": 1990}'),
+    ("POST", "/manufacturers", '{"name": ""}'),
+    ("POST", "/manufacturers", '{"name": null}'),
+    ("POST", "/teams", '{"name": "A", "city": "' + "c" * 101 + '"}'),
+    ("POST", "/players", '{"first_name": "Babe"}'),
+    ("PATCH", "/cards/1", '{"year": 3000}'),
+    ("PATCH", "/cards/1", '{"cardnumber": null}'),
+    ("PATCH", "/cards/1", '{"id": 5}'),
+    ("PATCH", "/manufacturers/1", '{"name": null}'),
+    ("PATCH", "/players/1", '{"last_name": ""}'),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BAD_BODIES)
+async def test_bad_bodies_are_400_with_a_json_error(api: CardApi, method: str, path: str, body: str | bytes) -> None:
+    await api.create("acme", "/cards", {"cardnumber": "1"})
+    await api.create("acme", "/manufacturers", {"name": "M"})
+    await api.create("acme", "/players", {"last_name": "P"})
+    response = await api.request(method, "acme", path, content=body, headers={"content-type": "application/json"})
+    assert_error(response, 400, "validation_failed")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/cards/0", "/cards/-1", "/cards/99999999999999999999", "/players/9223372036854775808", "/cards/5/image"],
+)
+async def test_ids_that_cannot_exist_are_404(api: CardApi, path: str) -> None:
+    assert_error(await api.request("GET", "acme", path), 404, "not_found")
+    if not path.endswith("/image"):
+        assert_error(await api.request("PATCH", "acme", path, json={}), 404, "not_found")
+        assert_error(await api.request("DELETE", "acme", path), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=201",
+        "limit=x",
+        "sort=colour",
+        "sort=name",
+        "year_min=1700",
+        "year_max=abc",
+        "condition=shiny",
+        "player_id=0",
+        "team_id=99999999999999999999",
+        "q=",
+        "q=%00",
+    ],
+)
+async def test_bad_list_parameters_are_400(api: CardApi, query: str) -> None:
+    assert_error(await api.request("GET", "acme", f"/cards?{query}"), 400, "validation_failed")
+
+
+# -- lists ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def catalogue(api: CardApi) -> dict[str, Json]:
+    """Two teams, two players, two manufacturers and seven cards, named for what each test selects."""
+    reds = await api.create("acme", "/teams", {"name": "Reds", "league": "NL"})
+    sox = await api.create("acme", "/teams", {"name": "Red Sox", "league": "AL"})
+    rose = await api.create("acme", "/players", {"last_name": "Rose", "first_name": "Pete", "team_id": reds["id"]})
+    ted = await api.create("acme", "/players", {"last_name": "Williams", "first_name": "Ted", "team_id": sox["id"]})
+    topps = await api.create("acme", "/manufacturers", {"name": "Topps"})
+    fleer = await api.create("acme", "/manufacturers", {"name": "Fleer"})
+    rows = {
+        "rose63": {"cardnumber": "537", "year": 1963, "player_id": rose["id"], "team_id": reds["id"],
+                   "manufacturer_id": topps["id"], "condition": "good", "notes": "Rookie Stars"},
+        "rose75": {"cardnumber": "211", "year": 1975, "player_id": rose["id"], "team_id": reds["id"],
+                   "manufacturer_id": topps["id"], "condition": "mint"},
+        "ted54": {"cardnumber": "1", "year": 1954, "player_id": ted["id"], "team_id": sox["id"],
+                  "manufacturer_id": topps["id"], "condition": "poor", "notes": "corner 100% gone"},
+        "ted59": {"cardnumber": "80", "year": 1959, "player_id": ted["id"], "manufacturer_id": fleer["id"],
+                  "condition": "excellent", "notes": "FLEER set_a"},
+        "blank": {"cardnumber": "X-1"},
+        "blank2": {"cardnumber": "x-2", "notes": "setXa"},
+        "late": {"cardnumber": "2001", "year": 2001, "condition": "mint"},
+    }  # fmt: skip
+    out = {"reds": reds, "sox": sox, "rose": rose, "ted": ted, "topps": topps, "fleer": fleer}
+    for name, body in rows.items():
+        out[name] = await api.create("acme", "/cards", body)
+    return out
+
+
+async def card_names(api: CardApi, catalogue: dict[str, Json], query: str) -> list[str]:
+    response = await api.request("GET", "acme", f"/cards?{query}")
+    assert response.status_code == 200, response.text
+    by_id = {row["id"]: name for name, row in catalogue.items() if "cardnumber" in row}
+    return [by_id[item["id"]] for item in response.json()["items"]]
+
+
+async def test_list_filters(api: CardApi, catalogue: dict[str, Json]) -> None:
+    async def names(query: str) -> set[str]:
+        return set(await card_names(api, catalogue, query))
+
+    assert await names("year_min=1960") == {"rose63", "rose75", "late"}
+    assert await names("year_max=1959") == {"ted54", "ted59"}
+    assert await names("year_min=1955&year_max=1970") == {"ted59", "rose63"}
+    assert await names(f"player_id={catalogue['rose']['id']}") == {"rose63", "rose75"}
+    assert await names(f"team_id={catalogue['sox']['id']}") == {"ted54"}
+    assert await names(f"manufacturer_id={catalogue['fleer']['id']}") == {"ted59"}
+    assert await names("condition=mint") == {"rose75", "late"}
+    assert await names(f"condition=mint&manufacturer_id={catalogue['topps']['id']}") == {"rose75"}
+    assert await names("player_id=424242") == set()
+
+    players = await api.request("GET", "acme", f"/players?team_id={catalogue['reds']['id']}")
+    assert [p["last_name"] for p in players.json()["items"]] == ["Rose"]
+    teams = await api.request("GET", "acme", "/teams?league=AL")
+    assert [t["name"] for t in teams.json()["items"]] == ["Red Sox"]
+
+
+async def test_text_search(api: CardApi, catalogue: dict[str, Json]) -> None:
+    async def names(term: str) -> set[str]:
+        return set(await card_names(api, catalogue, str(httpx.QueryParams({"q": term}))))
+
+    assert await names("rookie") == {"rose63"}  # notes, case-insensitive
+    assert await names("x-") == {"blank", "blank2"}  # cardnumber, case-insensitive
+    assert await names("100%") == {"ted54"}  # % is literal
+    assert await names("set_a") == {"ted59"}  # _ is literal (would also match "setXa" as a wildcard)
+    assert await names("nothing like it") == set()
+    assert await names("5") == {"rose63"}
+    assert await names("fleer") == {"ted59"}
+    # Search and filters combine.
+    assert set(await card_names(api, catalogue, "q=r&year_max=1960")) == {"ted54", "ted59"}
+
+    players = await api.request("GET", "acme", "/players", params={"q": "pete"})
+    assert [p["last_name"] for p in players.json()["items"]] == ["Rose"]
+    makers = await api.request("GET", "acme", "/manufacturers", params={"q": "TOP"})
+    assert [m["name"] for m in makers.json()["items"]] == ["Topps"]
+
+
+def expected_order(cards: list[Json], sort: str) -> list[int]:
+    """Ids in ``sort`` order as the API defines it: ties by id, NULLs last ascending / first descending."""
+    field, descending = sort.removeprefix("-"), sort.startswith("-")
+
+    def key(card: Json) -> tuple[Any, int]:
+        return (ts(card[field]) if field.endswith("_at") else card[field], card["id"])
+
+    present = sorted((c for c in cards if c[field] is not None), key=key)
+    missing = sorted((c for c in cards if c[field] is None), key=lambda c: c["id"])
+    ordered = present + missing
+    return [c["id"] for c in (reversed(ordered) if descending else ordered)]
+
+
+@pytest.mark.parametrize(
+    "sort", ["created_at", "-created_at", "updated_at", "-updated_at", "year", "-year", "cardnumber", "-cardnumber",
+             "id", "-id"],
+)  # fmt: skip
+async def test_sort_orders(api: CardApi, catalogue: dict[str, Json], sort: str) -> None:
+    cards = [row for row in catalogue.values() if "cardnumber" in row]
+    if sort.removeprefix("-") == "cardnumber":
+        # Text order is the database collation's; compare with what it says rather than Python's.
+        rows = await api.sql("acme", "SELECT id FROM cards ORDER BY cardnumber, id")
+        expected = [r["id"] for r in rows]
+        expected = expected[::-1] if sort.startswith("-") else expected
+    else:
+        expected = expected_order(cards, sort)
+    response = await api.request("GET", "acme", "/cards", params={"sort": sort})
+    assert [c["id"] for c in response.json()["items"]] == expected
+
+
+async def test_other_lists_sort(api: CardApi) -> None:
+    for name in ("Upper Deck", "Bowman", "Topps"):
+        await api.create("acme", "/manufacturers", {"name": name})
+    for sort, names in (("name", ["Bowman", "Topps", "Upper Deck"]), ("-id", ["Topps", "Bowman", "Upper Deck"])):
+        response = await api.request("GET", "acme", "/manufacturers", params={"sort": sort})
+        assert [m["name"] for m in response.json()["items"]] == names
+    for last in ("Young", "Aaron"):
+        await api.create("acme", "/players", {"last_name": last})
+    response = await api.request("GET", "acme", "/players", params={"sort": "-last_name"})
+    assert [p["last_name"] for p in response.json()["items"]] == ["Young", "Aaron"]
+
+
+# -- keyset pages --------------------------------------------------------------------------------
+
+
+async def walk(api: CardApi, sort: str, limit: int, between_pages: Any = None) -> list[int]:
+    """Every id the API hands out following next_cursor from the first page to the last."""
+    seen: list[int] = []
+    params: dict[str, Any] = {"sort": sort, "limit": limit}
+    for _ in range(1000):
+        response = await api.request("GET", "acme", "/cards", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["items"]) <= limit
+        seen.extend(item["id"] for item in page["items"])
+        if page["next_cursor"] is None:
+            return seen
+        params["cursor"] = page["next_cursor"]
+        if between_pages is not None:
+            await between_pages()
+    raise AssertionError("pagination did not end")
+
+
+async def seed_ties(api: CardApi) -> list[int]:
+    """25 cards made in ONE transaction (equal created_at and updated_at), years from {NULL, 1990, 1991}."""
+    rows = await api.sql(
+        "acme",
+        """
+        INSERT INTO cards (cardnumber, year)
+        SELECT 'tie', (ARRAY[NULL, 1990, 1991])[1 + g % 3] FROM generate_series(1, 25) AS g
+        RETURNING id
+        """,
+    )
+    return [r["id"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "sort", ["created_at", "-created_at", "updated_at", "year", "-year", "cardnumber", "-cardnumber", "-id"]
+)
+async def test_pages_visit_every_row_once_despite_equal_sort_keys(api: CardApi, sort: str) -> None:
+    ids = await seed_ties(api)
+    full = await api.request("GET", "acme", "/cards", params={"sort": sort, "limit": 200})
+    in_one_page = [c["id"] for c in full.json()["items"]]
+    for limit in (1, 4, 7):
+        walked = await walk(api, sort, limit)
+        assert walked == in_one_page, f"limit={limit}"
+    assert sorted(in_one_page) == sorted(ids)
+
+
+@pytest.mark.parametrize("sort", ["created_at", "-created_at", "year", "-year", "id"])
+async def test_pages_stay_consistent_while_rows_are_inserted(api: CardApi, sort: str) -> None:
+    ids = await seed_ties(api)
+    added: list[int] = []
+
+    async def insert_one() -> None:
+        card = await api.create("acme", "/cards", {"cardnumber": "new", "year": 1990 + len(added) % 3})
+        added.append(card["id"])
+
+    walked = await walk(api, sort, 4, between_pages=insert_one)
+    assert len(walked) == len(set(walked)), "a row was handed out twice"
+    assert set(ids) <= set(walked), "a row that existed throughout was skipped"
+    assert set(walked) <= set(ids) | set(added)
+
+
+def cursor_of(value: Any) -> str:
+    return base64.urlsafe_b64encode(value if isinstance(value, bytes) else value.encode()).decode().rstrip("=")
+
+
+async def test_invalid_cursors_are_400(api: CardApi) -> None:
+    await seed_ties(api)
+    first = (await api.request("GET", "acme", "/cards", params={"sort": "year", "limit": 2})).json()
+    good = first["next_cursor"]
+    assert good
+    bad = [
+        ("year", "not a cursor!"),
+        ("year", "%%%"),
+        ("year", "é"),
+        ("year", good[:-3]),
+        ("year", cursor_of(b"\xff\xfe")),
+        ("year", cursor_of("nonsense")),
+        ("year", cursor_of('["year", 1990]')),
+        ("year", cursor_of('["year", "MCMXC", 5]')),
+        ("year", cursor_of('["year", 1990, -1]')),
+        ("year", cursor_of('["year", 1990, 99999999999999999999]')),
+        ("year", cursor_of('["year", 99999999999, 5]')),
+        ("created_at", cursor_of('["created_at", "yesterday", 5]')),
+        ("created_at", cursor_of('["created_at", null, 5]')),
+        ("cardnumber", cursor_of('["cardnumber", "a\\u0000b", 5]')),
+        # A cursor only continues the order it was issued for.
+        ("-year", good),
+        ("id", good),
+    ]
+    for sort, cursor in bad:
+        response = await api.request("GET", "acme", "/cards", params={"sort": sort, "cursor": cursor})
+        assert_error(response, 400, "invalid_cursor")
+    response = await api.request("GET", "acme", "/cards", params={"sort": "year", "cursor": good, "limit": 2})
+    assert response.status_code == 200
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+
+async def test_tenants_never_see_each_others_rows(api: CardApi) -> None:
+    a = await api.create("acme", "/cards", {"cardnumber": "A-1", "notes": "acme's"})
+    b = await api.create("globex", "/cards", {"cardnumber": "B-1", "notes": "globex's"})
+    assert a["id"] == b["id"], "each tenant database numbers its own rows"
+    await api.create("acme", "/manufacturers", {"name": "Topps"})
+    await api.create("globex", "/manufacturers", {"name": "Topps"})  # no conflict across tenants
+
+    for slug, mine in (("acme", a), ("globex", b)):
+        got = await api.request("GET", slug, f"/cards/{a['id']}")
+        assert got.json() == mine
+        listed = (await api.request("GET", slug, "/cards")).json()["items"]
+        assert listed == [mine]
+    await api.request("PATCH", "globex", f"/cards/{b['id']}", json={"notes": "changed"})
+    assert (await api.request("DELETE", "globex", f"/cards/{b['id']}")).status_code == 204
+    assert (await api.request("GET", "acme", f"/cards/{a['id']}")).json() == a
+
+
+async def test_requests_run_as_the_tenant_role_in_its_database(api: CardApi) -> None:
+    rows = await api.sql("acme", "SELECT current_user AS who, current_database() AS db")
+    tenant = api.tenants["acme"].record
+    assert rows == [{"who": tenant.role_name, "db": tenant.database_name}]
+
+
+async def test_concurrent_requests_each_get_their_own_transaction(api: CardApi) -> None:
+    bodies = [{"cardnumber": f"c{i}"} for i in range(10)]
+    responses = await asyncio.gather(*(api.request("POST", "acme", "/cards", json=b) for b in bodies))
+    assert sorted(r.status_code for r in responses) == [201] * 10
+    assert len((await api.request("GET", "acme", "/cards")).json()["items"]) == 10
+
+
+async def test_openapi_schema_lists_the_tenant_api(api: CardApi) -> None:
+    response = await api.client.get("/schema/openapi.json")
+    assert response.status_code == 200, response.text
+    paths = response.json()["paths"]
+    assert "/t/{tenant_slug}/api/cards/{card_id}/image" in paths
+    assert {"get", "post"} <= set(paths["/t/{tenant_slug}/api/cards"])

@@ -1,0 +1,90 @@
+"""SecretBox (credentials at rest), tenant passwords and SCRAM-SHA-256 verifiers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import string
+
+import pytest
+
+from controlplane.crypto import MIN_SECRET_KEY_LENGTH, SecretBox, new_password, scram_sha256_verifier
+from controlplane.errors import ConfigError
+
+KEY = "k" * MIN_SECRET_KEY_LENGTH
+VERIFIER = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
+
+
+def test_secret_box_round_trips() -> None:
+    box = SecretBox(KEY)
+    for secret in ("pw", "host=db user=u password=p dbname=x", "ünïcødé ✓", ""):
+        token = box.encrypt(secret)
+        assert secret == box.decrypt(token)
+        assert secret not in token or not secret
+
+
+def test_encryption_is_randomised_but_any_box_with_the_key_decrypts() -> None:
+    first, second = SecretBox(KEY).encrypt("same"), SecretBox(KEY).encrypt("same")
+    assert first != second
+    assert SecretBox(KEY).decrypt(first) == SecretBox(KEY).decrypt(second) == "same"
+
+
+def test_a_short_secret_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least 32"):
+        SecretBox("k" * (MIN_SECRET_KEY_LENGTH - 1))
+    with pytest.raises(ConfigError):
+        SecretBox("")
+
+
+def test_the_wrong_key_cannot_decrypt() -> None:
+    token = SecretBox(KEY).encrypt("secret")
+    with pytest.raises(ConfigError, match="wrong CARDVAULT_SECRET_KEY"):
+        SecretBox("x" * MIN_SECRET_KEY_LENGTH).decrypt(token)
+
+
+def test_a_tampered_token_cannot_be_decrypted() -> None:
+    box = SecretBox(KEY)
+    token = box.encrypt("secret")
+    tampered = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
+    with pytest.raises(ConfigError):
+        box.decrypt(tampered)
+    with pytest.raises(ConfigError):
+        box.decrypt("not a token")
+
+
+def test_new_passwords_are_long_random_and_url_safe() -> None:
+    passwords = {new_password() for _ in range(50)}
+    assert len(passwords) == 50
+    allowed = set(string.ascii_letters + string.digits + "-_")
+    for password in passwords:
+        assert len(password) >= 40
+        assert set(password) <= allowed
+
+
+def _keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """StoredKey and ServerKey as RFC 5802 defines them."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    return hashlib.sha256(client_key).digest(), hmac.digest(salted, b"Server Key", "sha256")
+
+
+def test_scram_verifier_has_the_postgresql_format_and_matches_the_password() -> None:
+    verifier = scram_sha256_verifier("correct horse")
+    match = VERIFIER.fullmatch(verifier)
+    assert match is not None, verifier
+    iterations = int(match.group(1))
+    salt, stored, server = (base64.b64decode(match.group(i)) for i in (2, 3, 4))
+    assert iterations >= 4096 and len(salt) == 16 and len(stored) == len(server) == 32
+    assert _keys("correct horse", salt, iterations) == (stored, server)
+    assert _keys("wrong horse", salt, iterations) != (stored, server)
+    assert "correct horse" not in verifier
+
+
+def test_scram_verifiers_are_salted() -> None:
+    first, second = scram_sha256_verifier("pw"), scram_sha256_verifier("pw")
+    assert first != second
+    first_match, second_match = VERIFIER.fullmatch(first), VERIFIER.fullmatch(second)
+    assert first_match and second_match
+    assert first_match.group(2) != second_match.group(2)
