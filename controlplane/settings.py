@@ -79,7 +79,7 @@ class PoolSettings:
     #: (``CARDVAULT_CONNECTION_BUDGET``).
     connection_budget: int = 200
     #: Connections one tenant's pool may open (``CARDVAULT_POOL_MAX_SIZE``).
-    per_tenant_max: int = 4
+    per_tenant_max: int = 2
     #: Seconds an idle pooled connection is kept (``CARDVAULT_POOL_IDLE_TIMEOUT``).
     idle_timeout: float = 300.0
     #: Seconds a request waits for a tenant connection before 503 (``CARDVAULT_POOL_TIMEOUT``).

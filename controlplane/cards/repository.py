@@ -319,7 +319,7 @@ async def set_card_image(conn: AsyncConn, card_id: int, key: str | None) -> None
 
 async def lock_counter(conn: AsyncConn, name: str) -> int:
     """The counter's value, locked until the transaction ends: concurrent creates queue here."""
-    cur = await conn.execute("SELECT value FROM public.usage_counters WHERE name = %s", (name,))
+    cur = await conn.execute("SELECT value FROM public.usage_counters WHERE name = %s FOR UPDATE", (name,))
     row = await cur.fetchone()
     if row is None:
         raise LookupError(f"usage counter {name!r} is missing (tenant schema older than 0002?)")

@@ -117,9 +117,13 @@ class ManufacturersController(Controller):
 
     @get("/", summary="List manufacturers (search by name; keyset pages)")
     async def list_manufacturers(
-        self, vault: Vault, sort: FromQuery[NamedSort] = "name", cursor: Cursor = None, limit: Limit = DEFAULT_PAGE_SIZE,
+        self,
+        vault: Vault,
+        sort: FromQuery[NamedSort] = "name",
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE_SIZE,
         q: Search = None,
-    ) -> ManufacturerPage:  # fmt: skip
+    ) -> ManufacturerPage:
         items, next_cursor = await vault.page(MANUFACTURERS, ListQuery(sort=sort, cursor=cursor, limit=limit, q=q))
         return ManufacturerPage(items=items, next_cursor=next_cursor)
 
@@ -149,9 +153,14 @@ class TeamsController(Controller):
 
     @get("/", summary="List teams (filter by league, search name and city; keyset pages)")
     async def list_teams(
-        self, vault: Vault, sort: FromQuery[NamedSort] = "name", cursor: Cursor = None, limit: Limit = DEFAULT_PAGE_SIZE,
-        q: Search = None, league: TextFilter = None,
-    ) -> TeamPage:  # fmt: skip
+        self,
+        vault: Vault,
+        sort: FromQuery[NamedSort] = "name",
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE_SIZE,
+        q: Search = None,
+        league: TextFilter = None,
+    ) -> TeamPage:
         query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q, equals={"league": league})
         items, next_cursor = await vault.page(TEAMS, query)
         return TeamPage(items=items, next_cursor=next_cursor)
@@ -180,9 +189,14 @@ class PlayersController(Controller):
 
     @get("/", summary="List players (filter by team, search names; keyset pages)")
     async def list_players(
-        self, vault: Vault, sort: FromQuery[PlayerSort] = "last_name", cursor: Cursor = None,
-        limit: Limit = DEFAULT_PAGE_SIZE, q: Search = None, team_id: RefFilter = None,
-    ) -> PlayerPage:  # fmt: skip
+        self,
+        vault: Vault,
+        sort: FromQuery[PlayerSort] = "last_name",
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE_SIZE,
+        q: Search = None,
+        team_id: RefFilter = None,
+    ) -> PlayerPage:
         query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q, equals={"team_id": team_id})
         items, next_cursor = await vault.page(PLAYERS, query)
         return PlayerPage(items=items, next_cursor=next_cursor)
@@ -211,11 +225,19 @@ class CardsController(Controller):
 
     @get("/", summary="List cards (filters, search over cardnumber and notes, sort; keyset pages)")
     async def list_cards(
-        self, vault: Vault, sort: FromQuery[CardSort] = "created_at", cursor: Cursor = None,
-        limit: Limit = DEFAULT_PAGE_SIZE, q: Search = None, year_min: YearFilter = None, year_max: YearFilter = None,
-        player_id: RefFilter = None, team_id: RefFilter = None, manufacturer_id: RefFilter = None,
+        self,
+        vault: Vault,
+        sort: FromQuery[CardSort] = "created_at",
+        cursor: Cursor = None,
+        limit: Limit = DEFAULT_PAGE_SIZE,
+        q: Search = None,
+        year_min: YearFilter = None,
+        year_max: YearFilter = None,
+        player_id: RefFilter = None,
+        team_id: RefFilter = None,
+        manufacturer_id: RefFilter = None,
         condition: FromQuery[Condition | None] = None,
-    ) -> CardPage:  # fmt: skip
+    ) -> CardPage:
         query = ListQuery(
             sort=sort,
             cursor=cursor,

@@ -48,7 +48,6 @@ from controlplane.cards.errors import (
 from controlplane.cards.models import (
     MAX_ID,
     Card,
-    CardCreate,
     ImageInfo,
     ListQuery,
     Manufacturer,
@@ -207,9 +206,6 @@ class CardVault:
             row = await repository.insert(self._conn, resource.table, values)
         return resource.load(row)
 
-    async def create_card(self, data: CardCreate) -> Card:
-        return await self.create(CARDS, data)
-
     async def update(self, resource: Resource[T], row_id: int, data: msgspec.Struct) -> T:
         """Apply the fields that were sent; an empty change still stamps ``updated_at``."""
         self._check_id(resource.table, row_id)
@@ -305,15 +301,20 @@ class CardVault:
 
     async def get_image(self, card_id: int) -> tuple[ImageInfo, bytes]:
         self._check_id(repository.CARDS, card_id)
-        row = await repository.card_image(self._conn, card_id)
-        if row is None:
-            await self.get(CARDS, card_id)  # 404 for the card itself first
-            raise RowNotFound(f"card {card_id} has no image", resource="image", id=card_id)
-        data = await self._storage.get(self._tenant_id, row["key"])
-        if data is None:
-            log.warning("tenant %s: stored object %s of card %s is missing", self._tenant_id, row["key"], card_id)
-            raise ImageMissing(f"the image of card {card_id} is recorded but its stored object is missing")
-        return ImageInfo(content_type=row["content_type"], bytes=row["bytes"], sha256=row["sha256"]), data
+        # Twice: a replacement committed between reading the row and reading the object has already
+        # discarded the old object; the row read again names the new one.
+        key = None
+        for _ in range(2):
+            row = await repository.card_image(self._conn, card_id)
+            if row is None:
+                await self.get(CARDS, card_id)  # 404 for the card itself first
+                raise RowNotFound(f"card {card_id} has no image", resource="image", id=card_id)
+            key = row["key"]
+            data = await self._storage.get(self._tenant_id, key)
+            if data is not None:
+                return ImageInfo(content_type=row["content_type"], bytes=row["bytes"], sha256=row["sha256"]), data
+        log.warning("tenant %s: stored object %s of card %s is missing", self._tenant_id, key, card_id)
+        raise ImageMissing(f"the image of card {card_id} is recorded but its stored object is missing")
 
     async def delete_image(self, card_id: int) -> list[str]:
         """Remove the card's image; the storage keys to ``discard`` after commit."""

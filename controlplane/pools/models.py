@@ -31,7 +31,7 @@ class PoolStats(msgspec.Struct):
     connections_in_use: int
     #: Connections idle in the pools.
     connections_idle: int
-    #: Requests waiting for a connection: in the pools' queues or for room in the budget.
+    #: Requests waiting: in the pools' queues, or for their pool to be created (budget, lookup).
     requests_waiting: int
     #: ``connection_budget``: connections across all pools at most.
     budget: int

@@ -7,8 +7,9 @@ Every tenant API request takes its connection here. The invariants:
   are still draining count too). A new pool is opened only when its reservation fits; otherwise least
   recently used pools are evicted (idle ones first, they close at once) and, if the remaining reservations
   belong to pools whose requests still hold connections, the creation waits for them (at most
-  ``acquire_timeout``) and then fails with ``TenantUnavailable``. So the servers never see more than
-  ``connection_budget`` of our connections, without coordinating the pools' growth.
+  ``acquire_timeout``) and then fails with ``TenantUnavailable``. A closed connection waits for the
+  server to end its session, so the servers never see more than ``connection_budget`` of our
+  connections, without coordinating the pools' growth.
 - **One pool per tenant.** Concurrent first requests for a tenant share one creation (single flight):
   ``conninfo_for`` is called once and one pool is opened.
 - **Eviction never breaks a request.** An evicted or invalidated pool leaves the LRU at once (new requests
@@ -24,6 +25,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -33,6 +36,7 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -47,6 +51,9 @@ log = logging.getLogger(__name__)
 #: is then dropped and its waiters fail. Short on purpose: a fresh pool costs nothing, and a request
 #: should learn within about this long (plus ``connect_timeout``) that its server is down.
 RECONNECT_TIMEOUT = 1.0
+
+#: Seconds a closing connection waits for the server to end its session (see TenantConnection.close).
+CLOSE_WAIT = 1.0
 
 #: ``Retry-After`` seconds when the pools are saturated (budget or a tenant's ``per_tenant_max``).
 BUSY_RETRY_AFTER = 1
@@ -82,6 +89,30 @@ class TenantConnection(psycopg.AsyncConnection[dict[str, Any]]):
             if on_connect_error is not None:
                 on_connect_error()
             raise
+
+    async def close(self) -> None:
+        """Close, then wait (at most ``CLOSE_WAIT``) for the server to end the session.
+
+        The backend exits asynchronously after our Terminate message; it closes its socket only after
+        leaving ``pg_stat_activity`` and freeing its connection slot. Waiting for that EOF on a duplicate
+        of the socket means budget freed by a closed pool is really free on the server.
+        """
+        if self.closed or self.pgconn.status != pq.ConnStatus.OK:
+            await super().close()
+            return
+        try:
+            sock = socket.socket(fileno=os.dup(self.pgconn.socket))
+        except OSError:
+            await super().close()
+            return
+        with sock:
+            await super().close()
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    while await loop.sock_recv(sock, 4096):
+                        pass
 
 
 Pool = AsyncConnectionPool[TenantConnection]
@@ -150,7 +181,6 @@ class TenantPools:
         self._freed = asyncio.Event()  # replaced on every notification; waiters keep the one they saw
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._budget_waiters = 0
         self._hits = self._misses = self._evictions = self._invalidations = 0
 
     # -- public API -------------------------------------------------------------------------------
@@ -192,7 +222,7 @@ class TenantPools:
     def stats(self) -> PoolStats:
         """Counters and gauges of all pools, including evicted ones still draining."""
         pools = opened = idle = 0
-        waiting = self._budget_waiters
+        waiting = sum(c.waiters for c in self._creating.values())  # for their pool to be made
         in_use = 0
         for entry in [*self._lru.values(), *self._retired]:
             in_use += entry.held
@@ -372,29 +402,25 @@ class TenantPools:
         need = self._settings.per_tenant_max
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.acquire_timeout
-        self._budget_waiters += 1
-        try:
-            while True:
-                if self._closed:
-                    raise TenantUnavailable("tenant connections are shutting down", retry_after=BUSY_RETRY_AFTER)
-                self._make_room(need)
-                if self._reserved() + need <= self._settings.connection_budget and (
-                    len(self._lru) + self._opening < self._settings.capacity
-                ):
-                    self._opening += 1
-                    return
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TenantUnavailable(
-                        f"connection budget ({self._settings.connection_budget}) is held by requests in flight",
-                        retry_after=BUSY_RETRY_AFTER,
-                    )
-                freed = self._freed
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await freed.wait()
-        finally:
-            self._budget_waiters -= 1
+        while True:
+            if self._closed:
+                raise TenantUnavailable("tenant connections are shutting down", retry_after=BUSY_RETRY_AFTER)
+            self._make_room(need)
+            if self._reserved() + need <= self._settings.connection_budget and (
+                len(self._lru) + self._opening < self._settings.capacity
+            ):
+                self._opening += 1
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TenantUnavailable(
+                    f"connection budget ({self._settings.connection_budget}) is held by requests in flight",
+                    retry_after=BUSY_RETRY_AFTER,
+                )
+            freed = self._freed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await freed.wait()
 
     def _make_room(self, need: int) -> None:
         """Evict LRU pools so that ``need`` more fits once the evicted pools are closed."""

@@ -28,7 +28,7 @@ _TIER_OR_NULL_DOC = KwargDefinition(schema_extra={"enum": [*(t.value for t in Ti
 
 def _existing(slug: str) -> str:
     """``slug`` from a path; one that no tenant can have (the registry holds valid slugs only) is a 404."""
-    if not SLUG_PATTERN.match(slug):
+    if not SLUG_PATTERN.fullmatch(slug):
         raise TenantNotFound(f"no tenant with slug {slug!r}", slug=slug)
     return slug
 

@@ -261,3 +261,15 @@ async def test_uploads_never_touch_another_tenants_files(api: CardApi) -> None:
     assert tenant_dir(api, "globex") != acme_dir and stored(api, "globex") == {}
     assert (await api.request("GET", "acme", f"/cards/{a['id']}/image")).content == acme_image
     assert_error(await api.request("GET", "globex", f"/cards/{b['id']}/image"), 404, "not_found")
+
+
+async def test_a_lost_object_is_reported_not_crashed_on(api: CardApi) -> None:
+    card = await api.create("acme", "/cards", {"cardnumber": "1"})
+    assert (await upload(api, "acme", card["id"], image("image/png"), "image/png")).status_code == 200
+    for path in tenant_dir(api, "acme").iterdir():
+        path.unlink()  # an operator's mistake, or a restore without the files
+    assert_error(await api.request("GET", "acme", f"/cards/{card['id']}/image"), 404, "image_missing")
+    # Replacing or deleting still works and leaves everything consistent.
+    assert (await upload(api, "acme", card["id"], image("image/jpeg"), "image/jpeg")).status_code == 200
+    assert (await api.request("DELETE", "acme", f"/cards/{card['id']}")).status_code == 204
+    await assert_nothing_stored(api)

@@ -493,7 +493,7 @@ async def test_listener_retries_until_the_database_is_back(
     await create(service, "acme")
     await settle(cache, control_dsn)
     assert await cache.get_by_slug("acme") is not None
-    database = sql.Identifier(conninfo.conninfo_to_dict(control_dsn)["dbname"])
+    database = sql.Identifier(str(conninfo.conninfo_to_dict(control_dsn)["dbname"]))
     pid = cache.listener_pid
     caplog.set_level("INFO", logger="controlplane.routing.listener")
     await execute(pg_admin_dsn, sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database))
