@@ -39,7 +39,9 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 def domain_error(_: Request[Any, Any, Any], exc: CardVaultError) -> Response[dict[str, Any]]:
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc.detail)
-    return _json(exc.status, exc.to_json())
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return _json(exc.status, exc.to_json(), headers)
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
