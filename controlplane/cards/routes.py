@@ -105,7 +105,7 @@ def card_dependencies(settings: Settings, storage: Storage | None = None) -> dic
 _DEPENDENCIES = {"vault": Provide(provide_vault, sync_to_thread=False)}
 
 
-def _after_commit(vault: Vault, keys: Iterable[str]) -> BackgroundTask | None:
+def _after_commit(vault: CardVault, keys: Iterable[str]) -> BackgroundTask | None:
     keys = list(keys)
     return BackgroundTask(vault.discard, keys) if keys else None
 

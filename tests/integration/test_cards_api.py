@@ -2,11 +2,12 @@
 
 ``CardApi`` is a small Litestar app that mounts ``TENANT_API_HANDLERS`` under ``/t/{tenant_slug}/api``
 with test providers for the routing contract: ``tenant`` from the provisioned registry row, ``tenant_db``
-a fresh connection *as the tenant's own login role* to its own database (committed after the handler,
-rolled back on an error, like the real one), ``quota_limits`` (the registry's, overridable per test) and
-``storage`` (``LocalStorage`` in a temporary directory). It is served through ``httpx.ASGITransport``
-in the test's event loop, so concurrent requests really run concurrently. The image and quota tests
-reuse it.
+a connection from a per-tenant ``AsyncConnectionPool`` logged in *as the tenant's own role* to its own
+database (committed after the handler, rolled back on an error, like the real one), ``quota_limits``
+(the registry's, overridable per test) and ``storage`` (``LocalStorage`` in a temporary directory). It
+is served through ``httpx.ASGITransport`` in the test's event loop, so concurrent requests really run
+concurrently. Tenants are provisioned once per module (in a control database of the module's own) and
+emptied before each test. The image and quota tests reuse all of it.
 
 Proven here: CRUD of cards, players, teams and manufacturers; every list filter, the text search, every
 sort order, keyset pages that visit every row exactly once (equal sort keys, NULL years, rows inserted
