@@ -11,6 +11,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.cards.routes import TENANT_API_HANDLERS, card_dependencies
 from controlplane.errors import ConfigError
 from controlplane.fleet.routes import ServersController
 from controlplane.http import health
@@ -18,9 +19,18 @@ from controlplane.http.auth import admin_guard
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.migrations.routes import migration_status
 from controlplane.platform import Platform
+from controlplane.pools.service import TenantPools
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.routes import TenantsController, reconcile
 from controlplane.provisioning.service import TenantService
+from controlplane.routing.cache import TenantCache
+from controlplane.routing.dependencies import (
+    BASE_DOMAIN_STATE_KEY,
+    TENANT_CACHE_STATE_KEY,
+    TENANT_POOLS_STATE_KEY,
+    TENANT_SLUG_PARAM,
+    tenant_dependencies,
+)
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
 
@@ -51,14 +61,24 @@ def create_app(settings: Settings) -> Litestar:
                 return f"{len(report.findings)} finding(s)"
 
             scheduler.add_leader_job("reconcile", reconcile_job, settings.provisioning.reconcile_interval)
+            cache = TenantCache(platform)
+            pools = TenantPools(settings.pools, settings.database, cache.credentials)
+            # Any registry change to a tenant (here or on another replica) closes its pool.
+            cache.on_invalidate(pools.invalidate)
+            await cache.start()
             app.state.platform = platform
             app.state.tenants = tenants
             app.state.scheduler = scheduler
+            app.state[TENANT_CACHE_STATE_KEY] = cache
+            app.state[TENANT_POOLS_STATE_KEY] = pools
+            app.state[BASE_DOMAIN_STATE_KEY] = settings.http.base_domain or None
             scheduler.start()
             try:
                 yield
             finally:
                 await scheduler.stop()
+                await cache.stop()
+                await pools.close()
 
     admin = Router(
         path="/",
@@ -66,8 +86,18 @@ def create_app(settings: Settings) -> Litestar:
         guards=[admin_guard],
         security=[{"adminToken": []}],
     )
+    # The tenant API, reachable by path (/t/{slug}/api), or by subdomain or X-Tenant header (/api).
+    tenant_api = [
+        Router(
+            path=path,
+            route_handlers=TENANT_API_HANDLERS,
+            dependencies={**tenant_dependencies(), **card_dependencies(settings)},
+            request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
+        )
+        for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")
+    ]
     return Litestar(
-        route_handlers=[admin, health.live, health.ready],
+        route_handlers=[admin, *tenant_api, health.live, health.ready],
         dependencies={
             "platform": Provide(_platform, sync_to_thread=False),
             "tenants": Provide(_tenants, sync_to_thread=False),

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import KwargDefinition
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, KwargDefinition
 
 from controlplane.fleet.models import SERVER_NAME_PATTERN, Server, ServerStatus
 from controlplane.fleet.repository import list_servers
@@ -24,21 +25,21 @@ class ServersController(Controller):
     tags = ["fleet"]
 
     @get("/", summary="Registered database servers with their tenant counts")
-    async def list_all(self, platform: Platform) -> list[Server]:
+    async def list_all(self, platform: NamedDependency[Platform]) -> list[Server]:
         async with platform.control.connection() as conn:
             return await list_servers(conn)
 
     @post("/", summary="Register a database server (its DSN must be able to create databases and roles)")
-    async def add(self, data: AddServer, platform: Platform) -> Server:
+    async def add(self, data: JSONBody[AddServer], platform: NamedDependency[Platform]) -> Server:
         async with platform.control.connection() as conn:
             return await platform.fleet.register(conn, data.name, data.dsn)
 
     @post("/{name:str}/drain", status_code=200, summary="Stop placing new tenants on the server")
-    async def drain(self, name: str, platform: Platform) -> Server:
+    async def drain(self, name: FromPath[str], platform: NamedDependency[Platform]) -> Server:
         async with platform.control.connection() as conn:
             return await platform.fleet.set_status(conn, name, ServerStatus.DRAINING)
 
     @post("/{name:str}/activate", status_code=200, summary="Place new tenants on the server again")
-    async def activate(self, name: str, platform: Platform) -> Server:
+    async def activate(self, name: FromPath[str], platform: NamedDependency[Platform]) -> Server:
         async with platform.control.connection() as conn:
             return await platform.fleet.set_status(conn, name, ServerStatus.ACTIVE)

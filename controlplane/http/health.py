@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from controlplane.platform import Platform
 
@@ -17,7 +18,7 @@ async def live() -> dict[str, str]:
 
 @get("/health/ready", tags=["health"], summary="The control database answers")
 async def ready(state: State) -> Response[dict[str, Any]]:
-    platform: Platform = state.platform
+    platform: NamedDependency[Platform] = state.platform
     try:
         async with platform.control.connection(timeout=2) as conn:
             await conn.execute("SELECT 1")

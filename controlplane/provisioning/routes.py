@@ -6,7 +6,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
-from litestar.params import KwargDefinition, Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, KwargDefinition, QueryParameter
 
 from controlplane.errors import TenantNotFound
 from controlplane.platform import Platform
@@ -61,17 +62,17 @@ class TenantsController(Controller):
     tags = ["tenants"]
 
     @post("/", summary="Create and provision a tenant")
-    async def create(self, data: CreateTenant, tenants: TenantService) -> Tenant:
+    async def create(self, data: JSONBody[CreateTenant], tenants: NamedDependency[TenantService]) -> Tenant:
         return await tenants.create(name=data.name, slug=data.slug, tier=data.tier)
 
     @get("/", summary="List tenants (filter by status and tier; keyset pages ordered by slug)")
     async def list_tenants(
         self,
-        tenants: TenantService,
-        status: TenantStatus | None = None,
-        tier: Tier | None = None,
-        cursor: Annotated[str | None, Parameter(pattern=r"^[a-z0-9-]{1,63}$")] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        tenants: NamedDependency[TenantService],
+        status: FromQuery[TenantStatus | None] = None,
+        tier: FromQuery[Tier | None] = None,
+        cursor: Annotated[str | None, QueryParameter(pattern=r"^[a-z0-9-]{1,63}$")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> TenantPage:
         items = await tenants.list(status=status, tier=tier, after=cursor, limit=limit + 1)
         more = len(items) > limit
@@ -79,7 +80,9 @@ class TenantsController(Controller):
         return TenantPage(items=items, next_cursor=items[-1].slug if more else None)
 
     @get("/{slug:str}", summary="One tenant with its quotas and recent operations")
-    async def detail(self, slug: str, tenants: TenantService, platform: Platform) -> TenantDetail:
+    async def detail(
+        self, slug: FromPath[str], tenants: NamedDependency[TenantService], platform: NamedDependency[Platform]
+    ) -> TenantDetail:
         tenant = await tenants.get(_existing(slug))
         async with platform.control.connection() as conn:
             quotas = await registry.get_quotas(conn, tenant.id)
@@ -87,7 +90,9 @@ class TenantsController(Controller):
         return TenantDetail(tenant=tenant, quotas=quotas, operations=operations)
 
     @patch("/{slug:str}", summary="Rename (slug, name) or change tier")
-    async def update(self, slug: str, data: UpdateTenant, tenants: TenantService) -> Tenant:
+    async def update(
+        self, slug: FromPath[str], data: JSONBody[UpdateTenant], tenants: NamedDependency[TenantService]
+    ) -> Tenant:
         return await tenants.update(_existing(slug), name=data.name, new_slug=data.slug, tier=data.tier)
 
     @delete(
@@ -95,19 +100,23 @@ class TenantsController(Controller):
         status_code=200,
         summary="Soft delete (purged after the grace period); now=true purges at once",
     )
-    async def remove(self, slug: str, tenants: TenantService, now: bool = False) -> Response[Tenant | None]:
+    async def remove(
+        self, slug: FromPath[str], tenants: NamedDependency[TenantService], now: FromQuery[bool] = False
+    ) -> Response[Tenant | None]:
         tenant = await tenants.delete(_existing(slug), now=now)
         return Response(tenant, status_code=200 if tenant else 204)
 
     @post("/{slug:str}/suspend", status_code=200, summary="Lock the tenant out of its database")
-    async def suspend(self, slug: str, tenants: TenantService) -> Tenant:
+    async def suspend(self, slug: FromPath[str], tenants: NamedDependency[TenantService]) -> Tenant:
         return await tenants.suspend(_existing(slug))
 
     @post("/{slug:str}/resume", status_code=200, summary="Re-open a suspended tenant or cancel a deletion")
-    async def resume(self, slug: str, tenants: TenantService) -> Tenant:
+    async def resume(self, slug: FromPath[str], tenants: NamedDependency[TenantService]) -> Tenant:
         return await tenants.resume(_existing(slug))
 
 
 @post("/admin/reconcile", status_code=200, tags=["operations"], summary="Run one reconciler cycle")
-async def reconcile(tenants: TenantService, platform: Platform, fix: bool = False) -> ReconcileReport:
+async def reconcile(
+    tenants: NamedDependency[TenantService], platform: NamedDependency[Platform], fix: FromQuery[bool] = False
+) -> ReconcileReport:
     return await Reconciler(platform, tenants).run(fix=fix)

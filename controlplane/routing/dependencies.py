@@ -13,18 +13,26 @@ The only module of ``routing/`` that knows HTTP. Wiring (in ``create_app``):
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
+from controlplane.db import AsyncConn
+from controlplane.platform import Platform
+from controlplane.pools.service import TenantPools
+from controlplane.registry import repository as registry
+from controlplane.registry.models import QuotaType
 from controlplane.routing.cache import TenantCache
 from controlplane.routing.models import TenantContext
 from controlplane.routing.resolver import resolve, resolve_slug
 
 #: ``app.state`` key of the ``TenantCache``.
 TENANT_CACHE_STATE_KEY = "tenant_cache"
+#: ``app.state`` key of the ``TenantPools``.
+TENANT_POOLS_STATE_KEY = "tenant_pools"
 #: ``app.state`` key of the base domain for ``{slug}.{base_domain}`` hosts (None: no subdomain routing).
 BASE_DOMAIN_STATE_KEY = "base_domain"
 #: Path parameter that carries the slug in ``/t/{tenant_slug:str}/api/...``.
@@ -51,9 +59,28 @@ async def provide_tenant(request: Request[Any, Any, Any], tenant_cache: NamedDep
     return await resolve(tenant_cache, slug)
 
 
+async def provide_tenant_db(state: State, tenant: NamedDependency[TenantContext]) -> AsyncIterator[AsyncConn]:
+    """A pooled connection to the tenant's own database as its own role (dependency ``tenant_db``).
+
+    Committed when the handler returns, rolled back when it raises: the request owns the transaction.
+    """
+    pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
+    async with pools.connection(tenant.id) as conn:
+        yield conn
+
+
+async def provide_quota_limits(state: State, tenant: NamedDependency[TenantContext]) -> dict[QuotaType, int | None]:
+    """The tenant's quota limits (dependency ``quota_limits``); only handlers that create things ask."""
+    platform: Platform = state.platform
+    async with platform.control.connection() as conn:
+        return {q.quota_type: q.quota_limit for q in await registry.get_quotas(conn, tenant.id)}
+
+
 def tenant_dependencies() -> dict[str, Provide]:
-    """``{"tenant_cache": ..., "tenant": ...}`` for ``Litestar(dependencies=...)`` or a ``Router``."""
+    """``tenant_cache``, ``tenant``, ``tenant_db`` and ``quota_limits`` for the tenant API router."""
     return {
         "tenant_cache": Provide(provide_tenant_cache, sync_to_thread=False),
         "tenant": Provide(provide_tenant),
+        "tenant_db": Provide(provide_tenant_db),
+        "quota_limits": Provide(provide_quota_limits),
     }
