@@ -19,6 +19,7 @@ from controlplane.http.auth import admin_guard
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.migrations.routes import migration_status
 from controlplane.platform import Platform
+from controlplane.pools.routes import pool_stats
 from controlplane.pools.service import TenantPools
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.routes import TenantsController, reconcile
@@ -82,7 +83,7 @@ def create_app(settings: Settings) -> Litestar:
 
     admin = Router(
         path="/",
-        route_handlers=[TenantsController, ServersController, reconcile, migration_status],
+        route_handlers=[TenantsController, ServersController, reconcile, migration_status, pool_stats],
         guards=[admin_guard],
         security=[{"adminToken": []}],
     )

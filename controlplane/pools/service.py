@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -128,7 +129,8 @@ class TenantPools:
 
         Like ``pool.connection()``: the transaction is committed when the block exits normally and rolled
         back when it raises. Raises ``TenantUnavailable`` when no connection can be had within
-        ``acquire_timeout`` (server down, pools saturated) and whatever ``conninfo_for`` raises.
+        ``acquire_timeout`` (server down, pools saturated), when the connection is lost while in use
+        (server gone, backend terminated) and whatever ``conninfo_for`` raises.
         """
         entry = await self._checkout(tenant_id)
         try:
@@ -137,6 +139,12 @@ class TenantPools:
             try:
                 async with conn:  # commit / rollback; a pooled connection is not closed by it
                     yield conn
+            except psycopg.OperationalError as exc:
+                if not (conn.broken or conn.closed):
+                    raise  # an error of the statement (say, a timeout): the connection is fine
+                raise TenantUnavailable(
+                    "lost the connection to the tenant database", retry_after=self._retry_after_unreachable()
+                ) from exc
             finally:
                 try:
                     await entry.pool.putconn(conn)
@@ -283,7 +291,10 @@ class TenantPools:
             pass  # failed (dropped as unable to connect) or shutting down
         if entry.held == 0:
             self._fail(entry)
-        raise TenantUnavailable("tenant database unreachable", retry_after=max(1, math.ceil(self._db.connect_timeout)))
+        raise TenantUnavailable("tenant database unreachable", retry_after=self._retry_after_unreachable())
+
+    def _retry_after_unreachable(self) -> int:
+        return max(1, math.ceil(self._db.connect_timeout))
 
     # -- creation and the budget --------------------------------------------------------------------
 

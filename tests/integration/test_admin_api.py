@@ -47,6 +47,7 @@ ADMIN_ROUTES = [
     ("POST", "/admin/servers/default/activate"),
     ("POST", "/admin/reconcile"),
     ("GET", "/admin/migrations"),
+    ("GET", "/admin/pools"),
 ]
 
 

@@ -152,3 +152,17 @@ async def test_quota_comes_from_the_registry(app_client: AsyncTestClient[Any]) -
         "limit": 2,
         "usage": 2,
     }
+
+
+async def test_pool_stats_count_hits_and_misses(app_client: AsyncTestClient[Any]) -> None:
+    await create_tenant(app_client, "foxtrot")
+    url, headers = via("path", "foxtrot", "/cards")
+    for _ in range(3):
+        assert (await app_client.get(url, headers=headers)).status_code == 200
+    stats = (await app_client.get("/admin/pools", headers=admin())).json()
+    assert stats["pools"]["misses"] == 1
+    assert stats["pools"]["hits"] == 2
+    assert stats["pools"]["open_pools"] == 1
+    assert stats["pool_hit_ratio"] == 2 / 3
+    assert stats["registry_cache"]["listening"] is True
+    assert (await app_client.get("/admin/pools")).status_code == 401
