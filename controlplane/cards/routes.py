@@ -6,7 +6,7 @@ Paths are relative to where the routing layer mounts ``TENANT_API_HANDLERS`` (``
 - ``tenant: TenantContext`` - the resolved tenant;
 - ``tenant_db: AsyncConn`` - a connection to the tenant's own database, committed after the handler
   returns and rolled back if it raises (handlers never commit);
-- ``quota_limits: dict[QuotaType, int | None]`` - the tenant's limits (None = unlimited);
+- ``quota_limits: QuotaLimits`` - looks up one of the tenant's limits (None = unlimited) when called;
 - ``storage: Storage`` and ``max_image_bytes: int`` - see ``card_dependencies``.
 
 Objects a request makes obsolete (replaced or deleted images) are removed by a background task, i.e.
@@ -52,9 +52,8 @@ from controlplane.cards.models import (
     TeamPage,
     TeamUpdate,
 )
-from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault
+from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault, QuotaLimits
 from controlplane.db import AsyncConn
-from controlplane.registry.models import QuotaType
 from controlplane.routing.models import TenantContext
 from controlplane.settings import Settings
 from controlplane.storage import Storage
@@ -79,7 +78,7 @@ def provide_vault(
     tenant: NamedDependency[TenantContext],
     tenant_db: NamedDependency[AsyncConn],
     storage: NamedDependency[Storage],
-    quota_limits: NamedDependency[dict[QuotaType, int | None]],
+    quota_limits: NamedDependency[QuotaLimits],
     max_image_bytes: NamedDependency[int],
 ) -> CardVault:
     return CardVault(tenant_db, tenant.id, storage=storage, quota_limits=quota_limits, max_image_bytes=max_image_bytes)

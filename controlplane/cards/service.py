@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -87,17 +87,30 @@ _COUNTERS = {QuotaType.CARDS: "cards", QuotaType.USERS: "users", QuotaType.STORA
 _TARGETS = {"player_id": "player", "team_id": "team", "manufacturer_id": "manufacturer", "created_by": "user"}
 
 
-async def enforce_quota(
-    conn: AsyncConn, quota: QuotaType, limits: Mapping[QuotaType, int | None], *, adding: int = 1
-) -> None:
+#: The tenant's limit for a quota (None: unlimited), looked up only when something is created.
+QuotaLimits = Callable[[QuotaType], Awaitable[int | None]]
+
+
+def fixed_limits(limits: Mapping[QuotaType, int | None]) -> QuotaLimits:
+    """``QuotaLimits`` answering from a mapping (a missing quota is unlimited)."""
+
+    async def limit_of(quota: QuotaType) -> int | None:
+        return limits.get(quota)
+
+    return limit_of
+
+
+async def enforce_quota(conn: AsyncConn, quota: QuotaType, limits: QuotaLimits, *, adding: int = 1) -> None:
     """Refuse (``QuotaExceeded``) if ``adding`` more would pass the limit; else keep the counter locked.
 
     Call inside the transaction that then creates the rows: the lock on the counter row is held until
     it ends, so the next create sees this one's rows. Unlimited quotas and shrinking changes skip the
     check (the counter's own trigger still serialises the writes).
     """
-    limit = limits.get(quota)
-    if limit is None or adding <= 0:
+    if adding <= 0:
+        return
+    limit = await limits(quota)
+    if limit is None:
         return
     usage = await repository.lock_counter(conn, _COUNTERS[quota])
     if usage + adding > limit:
@@ -139,7 +152,7 @@ class CardVault:
         tenant_id: uuid.UUID,
         *,
         storage: Storage,
-        quota_limits: Mapping[QuotaType, int | None],
+        quota_limits: QuotaLimits,
         max_image_bytes: int,
     ) -> None:
         self._conn = conn

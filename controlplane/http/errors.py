@@ -63,8 +63,31 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _json(500, {"error": "internal_error", "detail": "internal error; see the service log"})
 
 
+def exception_group(request: Request[Any, Any, Any], exc: ExceptionGroup[Exception]) -> Response[dict[str, Any]]:
+    """Answer a group of one error as that error.
+
+    Litestar wraps what a yield dependency raises while another exception is thrown into it in an
+    ``ExceptionGroup`` (``tenant_db`` turns a connection lost under a query into ``TenantUnavailable``).
+    """
+    leaves: list[Exception] = []
+    pending: list[Exception] = [exc]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, ExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    if len(leaves) == 1:
+        if isinstance(leaves[0], CardVaultError):
+            return domain_error(request, leaves[0])
+        if isinstance(leaves[0], HTTPException):
+            return http_error(request, leaves[0])
+    return unexpected_error(request, exc)
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     CardVaultError: domain_error,
     HTTPException: http_error,
+    ExceptionGroup: exception_group,
     Exception: unexpected_error,
 }

@@ -199,6 +199,15 @@ async def get_quotas(conn: AsyncConn, tenant_id: uuid.UUID) -> list[Quota]:
     return [Quota(QuotaType(r["quota_type"]), r["quota_limit"], r["current_usage"]) for r in await cur.fetchall()]
 
 
+async def get_quota_limit(conn: AsyncConn, tenant_id: uuid.UUID, quota: QuotaType) -> int | None:
+    """One limit (None: unlimited, or no such quota row)."""
+    cur = await conn.execute(
+        "SELECT quota_limit FROM tenant_quotas WHERE tenant_id = %s AND quota_type = %s", (tenant_id, quota.value)
+    )
+    row = await cur.fetchone()
+    return int(row["quota_limit"]) if row and row["quota_limit"] is not None else None
+
+
 async def set_migration_result(
     conn: AsyncConn, tenant_id: uuid.UUID, *, revision: str | None, error: str | None
 ) -> None:

@@ -258,6 +258,22 @@ class TenantCache:
             self._store(context)
         return context
 
+    async def current(self, tenant_id: uuid.UUID) -> TenantContext | None:
+        """The tenant as the registry has it now (never from memory), or None; stored like a lookup.
+
+        For a second opinion when a cached entry may predate a change whose notification is still on
+        its way (the tenant's database just refused us).
+        """
+        self.stats.misses += 1
+        with self._flight() as flight:
+            tenant = await self._read(lambda conn: registry.get_by_id(conn, tenant_id))
+        if tenant is None:
+            return None
+        context = _context(tenant)
+        if self._may_store(flight) and context.id not in flight.dropped:
+            self._store(context)
+        return context
+
     async def credentials(self, tenant_id: uuid.UUID) -> str:
         """A DSN for the tenant's own role on its own database (``TenantNotFound`` if there is none).
 

@@ -13,6 +13,7 @@ The only module of ``routing/`` that knows HTTP. Wiring (in ``create_app``):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,14 +21,16 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
+from controlplane.cards.service import QuotaLimits
 from controlplane.db import AsyncConn
+from controlplane.errors import ServerUnavailable, TenantUnavailable
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
 from controlplane.registry import repository as registry
 from controlplane.registry.models import QuotaType
 from controlplane.routing.cache import TenantCache
 from controlplane.routing.models import TenantContext
-from controlplane.routing.resolver import resolve, resolve_slug
+from controlplane.routing.resolver import admit, resolve, resolve_slug
 
 #: ``app.state`` key of the ``TenantCache``.
 TENANT_CACHE_STATE_KEY = "tenant_cache"
@@ -59,21 +62,48 @@ async def provide_tenant(request: Request[Any, Any, Any], tenant_cache: NamedDep
     return await resolve(tenant_cache, slug)
 
 
-async def provide_tenant_db(state: State, tenant: NamedDependency[TenantContext]) -> AsyncIterator[AsyncConn]:
+async def provide_tenant_db(
+    state: State, tenant: NamedDependency[TenantContext], tenant_cache: NamedDependency[TenantCache]
+) -> AsyncIterator[AsyncConn]:
     """A pooled connection to the tenant's own database as its own role (dependency ``tenant_db``).
 
     Committed when the handler returns, rolled back when it raises: the request owns the transaction.
     """
     pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-    async with pools.connection(tenant.id) as conn:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            conn = await stack.enter_async_context(pools.connection(tenant.id))
+        except TenantUnavailable:
+            await _recheck(tenant_cache, tenant)
+            raise
         yield conn
 
 
-async def provide_quota_limits(state: State, tenant: NamedDependency[TenantContext]) -> dict[QuotaType, int | None]:
-    """The tenant's quota limits (dependency ``quota_limits``); only handlers that create things ask."""
+async def _recheck(cache: TenantCache, tenant: TenantContext) -> None:
+    """Raise what the registry says now if the tenant may no longer be served as ``tenant`` says.
+
+    A suspend, delete or rename locks the tenant's role out (or moves its slug) before every replica's
+    cache has heard of it: a request in that window must get 423, 410 or 404, not 503.
+    """
+    try:
+        current = await cache.current(tenant.id)
+    except ServerUnavailable:
+        return  # the registry cannot be asked either: the 503 stands
+    admit(current, tenant.slug)
+
+
+def provide_quota_limits(state: State, tenant: NamedDependency[TenantContext]) -> QuotaLimits:
+    """Dependency ``quota_limits``: looks one of the tenant's limits up in the registry when called.
+
+    Lazy, so that reads never touch the control database; only a create that checks a quota does.
+    """
     platform: Platform = state.platform
-    async with platform.control.connection() as conn:
-        return {q.quota_type: q.quota_limit for q in await registry.get_quotas(conn, tenant.id)}
+
+    async def limit_of(quota: QuotaType) -> int | None:
+        async with platform.control.connection() as conn:
+            return await registry.get_quota_limit(conn, tenant.id, quota)
+
+    return limit_of
 
 
 def tenant_dependencies() -> dict[str, Provide]:
@@ -82,5 +112,5 @@ def tenant_dependencies() -> dict[str, Provide]:
         "tenant_cache": Provide(provide_tenant_cache, sync_to_thread=False),
         "tenant": Provide(provide_tenant),
         "tenant_db": Provide(provide_tenant_db),
-        "quota_limits": Provide(provide_quota_limits),
+        "quota_limits": Provide(provide_quota_limits, sync_to_thread=False),
     }

@@ -111,7 +111,12 @@ async def resolve(cache: TenantLookup, slug: str) -> TenantContext:
     # The registry's CHECK constraint is this pattern: anything else cannot exist, so no lookup.
     # fullmatch: match() would let 'acme\n' through ($ matches before a final newline).
     tenant = await cache.get_by_slug(slug) if SLUG_PATTERN.fullmatch(slug) else None
-    if tenant is None:
+    return admit(tenant, slug)
+
+
+def admit(tenant: TenantContext | None, slug: str) -> TenantContext:
+    """``tenant`` if it is the one ``slug`` names and may be served now; else the error saying why not."""
+    if tenant is None or tenant.slug != slug:
         raise TenantNotFound(f"no tenant {slug!r}", slug=slug)
     status = tenant.status
     if status is TenantStatus.ACTIVE:

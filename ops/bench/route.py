@@ -16,10 +16,8 @@ missing) from the same machine:
     the budget (floors: no errors, never above the budget);
 (c) RSS of the service process with N tenants registered and the pools (b) left open.
 
-The service is ``cardvault serve`` itself, started through a tiny launcher in this file that only adds a
-SIGUSR1 handler writing ``TenantPools.stats()`` to a file (there is no stats endpoint yet); ``--cli``
-runs the ``.venv/bin/cardvault`` script verbatim instead (no hit ratio then). Exits 1 if a floor is
-violated.
+The service is ``.venv/bin/cardvault serve`` itself; pool hits and misses come from its
+``GET /admin/pools``. Exits 1 if a floor is violated.
 
 Without ``--dsn`` a private PostgreSQL cluster with default (durable) settings is started under a
 temporary directory and destroyed at the end; with ``--dsn`` (a superuser DSN) only databases and roles
@@ -118,10 +116,19 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     errors: dict[str, int]
+    #: CPU the server process used during the run, in percent of one core.
+    server_cpu: float = 0.0
+    #: CPU of the whole machine (servers, PostgreSQL, load generator, anything else) busy, in percent.
+    machine_cpu: float = 0.0
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU time per request, in microseconds."""
+        return self.server_cpu / 100 * self.seconds / self.requests * 1e6 if self.requests else 0.0
 
     @property
     def error_count(self) -> int:
@@ -131,7 +138,8 @@ class LoadResult:
         errors = ", ".join(f"{k} {v}" for k, v in self.errors.items() if v) or "none"
         return (
             f"  {label:<22} {self.rps:9.0f} req/s  p50 {self.p50_ms:7.2f} ms  p99 {self.p99_ms:7.2f} ms"
-            f"  ({self.requests} requests, errors: {errors})"
+            f"  server CPU {self.server_cpu:3.0f}%, machine {self.machine_cpu:3.0f}%  ({self.requests} requests, "
+            f"errors: {errors})"
         )
 
 
@@ -168,6 +176,19 @@ def rss_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0])
     return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
 
 
 def free_port() -> int:
@@ -234,26 +255,28 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 class RoutedStats:
-    """``TenantPools.stats()`` of the service, read through the launcher's SIGUSR1 handler."""
+    """``GET /admin/pools`` of the service: tenant pool counters and gauges, registry cache."""
 
-    def __init__(self, server: Server, path: Path | None) -> None:
+    def __init__(self, server: Server, admin_token: str) -> None:
         self.server = server
-        self.path = path
+        self.admin_token = admin_token
+        self.available = True
 
     def read(self) -> dict[str, Any] | None:
-        if self.path is None:
+        if not self.available:
             return None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self.server.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-                stats: dict[str, Any] = json.loads(self.path.read_text())
+        request = urllib.request.Request(
+            self.server.url("/admin/pools"), headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                stats: dict[str, Any] = json.loads(response.read())
                 return stats
-            time.sleep(0.02)
-        print("warning: the service did not write its pool stats", file=sys.stderr)
-        return None
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # a service without the endpoint
+                self.available = False
+                return None
+            raise
 
 
 # ----------------------------------------------------------------------------- load and measuring
@@ -335,12 +358,22 @@ async def run_load(
             str(args.connections),
             pattern,
         ]
+    cpu_before, busy_before, t0 = cpu_seconds(server.proc.pid), machine_busy(), time.perf_counter()
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except BaseException:  # interrupted: the load generator must not outlive the run
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    cpu = (cpu_seconds(server.proc.pid) - cpu_before) / (time.perf_counter() - t0) * 100
+    busy_after = machine_busy()
+    machine = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1]) * 100
     paths_file.unlink()
     for text in out.decode(errors="replace").splitlines():
         if text.startswith(RESULT_MARK):
-            return LoadResult(**json.loads(text[len(RESULT_MARK) :]))
+            return LoadResult(**json.loads(text[len(RESULT_MARK) :]), server_cpu=cpu, machine_cpu=machine)
     raise RuntimeError(f"load generator failed ({proc.returncode}): {out.decode()} {err.decode()}")
 
 
@@ -438,43 +471,6 @@ def python_load(port: int, paths_file: str, seconds: float, connections: int, pa
 
 
 # ------------------------------------------------------------------------------ in-child entry points
-
-
-def serve_routed(port: int) -> None:
-    """``cardvault serve --port PORT``, plus a SIGUSR1 handler that writes ``TenantPools.stats()``."""
-    import msgspec
-
-    import controlplane.app as app_module
-    from controlplane.cli import main as cardvault_main
-    from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY, TENANT_POOLS_STATE_KEY
-
-    original = app_module.create_app
-    apps: list[Any] = []
-
-    def create_app(settings: Any) -> Any:
-        app = original(settings)
-        apps.append(app)
-        return app
-
-    def dump_stats(signum: int, frame: object) -> None:
-        # Runs in the main thread (the event loop's) between two bytecodes: the pools are not mid-update.
-        target = Path(os.environ["CVBENCH_STATS_FILE"])
-        if not apps:
-            return
-        state = apps[0].state
-        pools = state.get(TENANT_POOLS_STATE_KEY)
-        if pools is None:
-            return
-        cache = state.get(TENANT_CACHE_STATE_KEY)
-        data = {"pools": msgspec.to_builtins(pools.stats()), "cache": cache.snapshot() if cache else None}
-        scratch = target.with_suffix(".tmp")
-        scratch.write_text(json.dumps(data))
-        scratch.replace(target)
-
-    app_module.create_app = create_app
-    signal.signal(signal.SIGUSR1, dump_stats)
-    sys.argv = ["cardvault", "serve", "--port", str(port)]
-    cardvault_main()
 
 
 def serve_baseline(port: int) -> None:
@@ -578,6 +574,7 @@ def median_result(results: Sequence[LoadResult]) -> dict[str, float]:
         "p50_ms": statistics.median(r.p50_ms for r in results),
         "p99_ms": statistics.median(r.p99_ms for r in results),
         "errors": sum(r.error_count for r in results),
+        "cpu_us": statistics.median(r.cpu_us_per_request for r in results),
     }
 
 
@@ -587,6 +584,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
 
     from controlplane import db
     from controlplane.platform import migrate_registry
+    from controlplane.provisioning.catalog import TENANT_GROUP_ROLE
     from controlplane.settings import (
         DatabaseSettings,
         ProvisioningSettings,
@@ -602,6 +600,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
     data_dir = home / "data"
     data_dir.mkdir()
     servers: list[Server] = []
+    group_role_existed = True  # until known otherwise: never drop a role this run did not create
     admin = psycopg.connect(server_dsn, autocommit=True)
     try:
         row = admin.execute(
@@ -615,6 +614,9 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
                 f"connection budget {args.budget} + {OVERHEAD_CONNECTIONS} for the rest does not fit the "
                 f"server's max_connections {max_connections}: lower --budget"
             )
+        group_role_existed = bool(
+            admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TENANT_GROUP_ROLE,)).fetchone()
+        )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(control_db)))
         control_dsn = db.with_database(server_dsn, control_db)
         settings = Settings(
@@ -623,7 +625,10 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             provisioning=dataclasses.replace(ProvisioningSettings(), template_database=template, reconcile_interval=0),
             security=SecuritySettings(secret_key=secret_key, admin_token=admin_token),
         )
-        load_name = f"wrk ({args.wrk}, {args.threads} threads)" if args.wrk else "asyncio client (wrk not found)"
+        if args.wrk:
+            load_name = f"wrk ({args.wrk}, {args.threads} threads)"
+        else:
+            load_name = "asyncio client" + ("" if args.python_client else " (wrk not found)")
         print(
             f"server: PostgreSQL {version}, fsync={fsync}, max_connections={max_connections}; "
             f"{os.cpu_count()} CPUs; load: {load_name}, {args.connections} connections, {args.duration:.0f} s/run"
@@ -638,7 +643,6 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
 
         # -- the two servers
         routed_port, baseline_port = free_port(), free_port()
-        stats_file = None if args.cli else home / "pool-stats.json"
         routed_env = server_env(
             {
                 "CARDVAULT_DATABASE_URL": control_dsn,
@@ -652,13 +656,12 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
                 "CARDVAULT_POOL_MAX_SIZE": str(args.pool_max),
                 "CARDVAULT_RECONCILE_INTERVAL": "0",
                 "CARDVAULT_LOG_LEVEL": "WARNING",
-                **({"CVBENCH_STATS_FILE": str(stats_file)} if stats_file else {}),
             }
         )
-        if args.cli:
-            routed_argv = [str(Path(sys.executable).parent / "cardvault"), "serve", "--port", str(routed_port)]
-        else:
-            routed_argv = [sys.executable, str(SELF), "_routed", str(routed_port)]
+        cardvault = Path(sys.executable).parent / "cardvault"
+        if not cardvault.exists():
+            raise SystemExit(f"{cardvault} not found: run this with the project's .venv/bin/python")
+        routed_argv = [str(cardvault), "serve", "--port", str(routed_port)]
         routed = start_server("routed", routed_argv, routed_env, home, routed_port)
         servers.append(routed)
         baseline_env = server_env(
@@ -673,7 +676,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         servers.append(baseline)
         wait_ready(routed)
         wait_ready(baseline)
-        stats = RoutedStats(routed, stats_file)
+        stats = RoutedStats(routed, admin_token)
         rss_start = rss_kib(routed.proc.pid)
 
         # Every tenant answers (and the registry cache is warm) before anything is measured.
@@ -681,6 +684,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         t0 = time.perf_counter()
         await verify_all(routed, tenants)
         print(f"checked: every tenant's card answers 200 through the service ({time.perf_counter() - t0:.1f} s)")
+        rss_touched = rss_kib(routed.proc.pid)
 
         # -- (a) one hot tenant: baseline and routed alternating
         print(f"(a) GET one card of one hot tenant, {args.rounds} rounds alternating, after a 2 s warm-up each:")
@@ -704,6 +708,10 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             f"p99 {routed_m['p99_ms']:.2f} ms)"
         )
         print(f"  ratio routed/baseline throughput = {ratio:.2f}x (per round: {per_round}); floor 0.75x")
+        print(
+            f"  server CPU per request: baseline {base_m['cpu_us']:.0f} us, routed {routed_m['cpu_us']:.0f} us "
+            f"({routed_m['cpu_us'] / base_m['cpu_us'] if base_m['cpu_us'] else 0:.2f}x)"
+        )
         rss_after_a = rss_kib(routed.proc.pid)
 
         # -- (b) every tenant round-robin through capacity-bounded pools
@@ -730,8 +738,13 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
                 f"open pools after: {after['pools']['open_pools']}, connections open "
                 f"{after['pools']['connections_open']}"
             )
+            if args.pattern == "round-robin" and len(tenants) > args.capacity:
+                print(
+                    "  (a cycle over more tenants than the capacity makes an LRU miss on every request once warm: "
+                    "the hits are pools still open from before the run)"
+                )
         else:
-            print("  pool hit ratio: not measured (--cli: the service exposes no pool stats)")
+            print("  pool hit ratio: not measured (the service has no GET /admin/pools)")
         print(
             f"  peak tenant connections on the server: {peak_b.peak_tenant} (budget {args.budget}; "
             f"{peak_b.samples} samples every {POLL_INTERVAL * 1000:.0f} ms); peak client backends "
@@ -741,11 +754,12 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         # -- (c) memory
         rss_end = rss_kib(routed.proc.pid)
         rss_base = rss_kib(baseline.proc.pid)
-        open_pools = pools_after["open_pools"] if pools_after else None
+        open_pools = pools_after["open_pools"] if pools_after else "n/a (not measured)"
         print(
-            f"(c) service RSS: {rss_start['VmRSS'] / 1024:.1f} MiB when ready, {rss_after_a['VmRSS'] / 1024:.1f} MiB "
-            f"after (a), {rss_end['VmRSS'] / 1024:.1f} MiB after (b) with {len(tenants)} tenants registered and "
-            f"{open_pools if open_pools is not None else '?'} pools open (peak {rss_end['VmHWM'] / 1024:.1f} MiB); "
+            f"(c) service RSS: {rss_start['VmRSS'] / 1024:.1f} MiB when ready, {rss_touched['VmRSS'] / 1024:.1f} MiB "
+            f"after one request per tenant, {rss_after_a['VmRSS'] / 1024:.1f} MiB after (a), "
+            f"{rss_end['VmRSS'] / 1024:.1f} MiB after (b) with {len(tenants)} tenants registered and "
+            f"{open_pools} pools open (peak {rss_end['VmHWM'] / 1024:.1f} MiB); "
             f"bare baseline {rss_base['VmRSS'] / 1024:.1f} MiB"
         )
 
@@ -784,7 +798,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         )
         print(
             f"| (c) service RSS | | | | {rss_end['VmRSS'] / 1024:.0f} MiB with {len(tenants)} tenants, "
-            f"{open_pools if open_pools is not None else '?'} pools open (idle after start "
+            f"{open_pools} pools open (idle after start "
             f"{rss_start['VmRSS'] / 1024:.0f} MiB) |"
         )
         print()
@@ -794,22 +808,27 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         print("floors met: (a) >= 0.75x, (b) no errors and connections within the budget")
         return 0
     finally:
+        stopping = time.perf_counter()
         for server in servers:
             stop_server(server)
+        if servers:
+            print(f"servers stopped in {time.perf_counter() - stopping:.1f} s", file=sys.stderr)
         if args.dsn:  # a private cluster is destroyed whole
             try:
-                _drop_leftovers(admin, server_dsn, control_db, template)
+                _drop_leftovers(admin, server_dsn, control_db, template, drop_group_role=not group_role_existed)
             except Exception as exc:
                 print(f"warning: cleanup incomplete ({exc}); drop t_* of run {run_id} by hand", file=sys.stderr)
         admin.close()
 
 
-def _drop_leftovers(admin: Any, server_dsn: str, control_db: str, template: str) -> None:
-    """Drop every tenant database and role this run made (known from its ledger), the template, the registry."""
+def _drop_leftovers(admin: Any, server_dsn: str, control_db: str, template: str, *, drop_group_role: bool) -> None:
+    """Drop every tenant database and role this run made (known from its ledger), the template, the registry,
+    and the tenants' group role if this run created it."""
     import psycopg
     from psycopg import sql
 
     from controlplane import db
+    from controlplane.provisioning.catalog import TENANT_GROUP_ROLE
 
     exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (control_db,)).fetchone()
     if exists:
@@ -826,6 +845,26 @@ def _drop_leftovers(admin: Any, server_dsn: str, control_db: str, template: str)
         admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(control_db)))
+    if drop_group_role:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(TENANT_GROUP_ROLE)))
+
+
+def stop_immediately(cluster_home: Path | None) -> None:
+    """Immediate shutdown (SIGQUIT) of a throwaway cluster: no shutdown checkpoint of 1,000 fresh databases."""
+    if cluster_home is None:
+        return
+    try:
+        pid = int((cluster_home / "data" / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGQUIT)
+    except (OSError, IndexError, ValueError):
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -845,9 +884,6 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def main() -> None:
     internal = sys.argv[1:2]
-    if internal == ["_routed"]:
-        serve_routed(int(sys.argv[2]))
-        return
     if internal == ["_baseline"]:
         serve_baseline(int(sys.argv[2]))
         return
@@ -868,7 +904,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--provision-concurrency", type=int, default=4, help="tenants created at once (default 4)")
     parser.add_argument("--python-client", action="store_true", help="use the asyncio client even if wrk exists")
-    parser.add_argument("--cli", action="store_true", help="run .venv/bin/cardvault serve verbatim (no pool stats)")
     parser.add_argument("--dsn", help="superuser DSN of an existing server (default: a private durable cluster)")
     args = parser.parse_args()
     if args.tenants < 1 or args.connections < 1 or args.rounds < 1 or args.duration < 1:
@@ -882,6 +917,7 @@ def main() -> None:
         )
 
     with terminate_as_interrupt():
+        started = time.perf_counter()
         home = Path(tempfile.mkdtemp(prefix="cvroute-", dir="/var/tmp"))
         home.chmod(0o711)
         status = 1
@@ -895,12 +931,18 @@ def main() -> None:
                 try:
                     status = asyncio.run(bench(args, cluster.ensure_running(), home))
                 finally:
+                    cleanup_started = time.perf_counter()
+                    stop_immediately(cluster.home)
                     cluster.destroy()
+                    print(
+                        f"private cluster destroyed in {time.perf_counter() - cleanup_started:.1f} s", file=sys.stderr
+                    )
         except KeyboardInterrupt:
             print("interrupted: cleaned up", file=sys.stderr)
             status = 130
         finally:
             shutil.rmtree(home, ignore_errors=True)
+            print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     sys.exit(status)
 
 

@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from controlplane import db
 from controlplane.cards.routes import TENANT_API_HANDLERS, card_dependencies
+from controlplane.cards.service import QuotaLimits, fixed_limits
 from controlplane.db import AsyncConn
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.platform import Platform
@@ -110,8 +111,8 @@ class CardApi:
             async with tenants[tenant.slug].pool.connection() as conn:
                 yield conn
 
-        def provide_quota_limits(tenant: NamedDependency[TenantContext]) -> dict[QuotaType, int | None]:
-            return tenants[tenant.slug].limits
+        def provide_quota_limits(tenant: NamedDependency[TenantContext]) -> QuotaLimits:
+            return fixed_limits(tenants[tenant.slug].limits)
 
         settings = self.platform.settings.replace(http=HttpSettings(max_image_bytes=MAX_IMAGE_BYTES))
         router = Router(path="/t/{tenant_slug:str}/api", route_handlers=TENANT_API_HANDLERS)

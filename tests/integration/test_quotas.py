@@ -21,7 +21,7 @@ from psycopg import sql
 
 from controlplane import db
 from controlplane.cards.errors import QuotaExceeded
-from controlplane.cards.service import enforce_quota
+from controlplane.cards.service import enforce_quota, fixed_limits
 from controlplane.migrations.alembic_runner import tenant_scripts
 from controlplane.registry.models import QuotaType
 from controlplane.settings import ProvisioningSettings
@@ -155,7 +155,7 @@ async def test_parallel_user_creates_at_limit_minus_one_leave_exactly_the_limit(
     async def create_user(i: int) -> bool:
         async with tenant.pool.connection() as conn:  # its own connection and transaction
             try:
-                await enforce_quota(conn, QuotaType.USERS, {QuotaType.USERS: limit})
+                await enforce_quota(conn, QuotaType.USERS, fixed_limits({QuotaType.USERS: limit}))
             except QuotaExceeded as exc:
                 assert (exc.quota, exc.limit, exc.usage) == ("users", limit, limit)
                 return False
