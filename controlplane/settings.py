@@ -84,6 +84,9 @@ class PoolSettings:
     idle_timeout: float = 300.0
     #: Seconds a request waits for a tenant connection before 503 (``CARDVAULT_POOL_TIMEOUT``).
     acquire_timeout: float = 5.0
+    #: A pooled connection idle at least this long is checked (one round trip) before it is handed out
+    #: (``CARDVAULT_POOL_CHECK_AFTER``); busier ones are trusted.
+    check_after_idle: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +185,7 @@ class Settings:
                 per_tenant_max=get_int("POOL_MAX_SIZE", PoolSettings.per_tenant_max, 1),
                 idle_timeout=get_duration("POOL_IDLE_TIMEOUT", PoolSettings.idle_timeout),
                 acquire_timeout=get_duration("POOL_TIMEOUT", PoolSettings.acquire_timeout),
+                check_after_idle=get_duration("POOL_CHECK_AFTER", PoolSettings.check_after_idle),
             ),
             http=HttpSettings(
                 host=get("HOST", HttpSettings.host),

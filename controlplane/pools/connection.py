@@ -42,6 +42,9 @@ class TenantConnection(psycopg.AsyncConnection[dict[str, Any]]):
     timeout.
     """
 
+    #: When the pool last got this connection back (``time.monotonic()``); 0 until then.
+    returned_at: float = 0.0
+
     @classmethod
     async def connect(  # type: ignore[override]  # one extra keyword, not a connection parameter
         cls, conninfo: str = "", *, on_connect_error: Callable[[], None] | None = None, **kwargs: Any

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -87,6 +88,10 @@ class _Creation:
         self.stale = False  # invalidated meanwhile: the new pool must not enter the LRU
         self.waiters = 0  # requests awaiting it
         self.counted = False  # the new pool was handed to them already counted in flight
+
+
+async def _mark_returned(conn: TenantConnection) -> None:
+    conn.returned_at = time.monotonic()
 
 
 class TenantPools:
@@ -341,9 +346,16 @@ class TenantPools:
             reconnect_timeout=RECONNECT_TIMEOUT,
             # Gave up reconnecting: drop the pool (and fail its waiters) rather than keep it half-alive.
             reconnect_failed=lambda _: self._fail(entry),
-            # A connection killed by the server (pg_terminate_backend, restart) is replaced, not handed out.
-            check=AsyncConnectionPool.check_connection,
+            # A connection killed by the server (pg_terminate_backend, restart) is replaced, not handed
+            # out - but only connections idle for a while are checked: a round trip per request would
+            # cost a hot tenant a tenth of its throughput, and a just-used connection is alive.
+            check=self._check_if_idle,
+            reset=_mark_returned,
         )
+
+    async def _check_if_idle(self, conn: TenantConnection) -> None:
+        if time.monotonic() - conn.returned_at >= self._settings.check_after_idle:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def _reserve(self) -> None:
         """Take budget and capacity for one more pool, evicting and then waiting (bounded) if needed."""
@@ -386,8 +398,11 @@ class TenantPools:
             self._evict(next(iter(self._lru.values())))
 
     def _reserved(self) -> int:
-        """Budget held by pools in the LRU, retired pools not yet closed and drained, and openings."""
-        return _sizes(self._lru.values()) + _sizes(self._retired) + self._opening * self._settings.per_tenant_max
+        """Budget held by pools in the LRU, retired pools not yet closed and drained, and openings.
+
+        O(1): every pool reserves ``per_tenant_max`` (this runs for every waiter on every wake-up).
+        """
+        return (len(self._lru) + len(self._retired) + self._opening) * self._settings.per_tenant_max
 
     # -- retiring and closing ---------------------------------------------------------------------
 

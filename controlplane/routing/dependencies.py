@@ -13,7 +13,6 @@ The only module of ``routing/`` that knows HTTP. Wiring (in ``create_app``):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,13 +69,12 @@ async def provide_tenant_db(
     Committed when the handler returns, rolled back when it raises: the request owns the transaction.
     """
     pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            conn = await stack.enter_async_context(pools.connection(tenant.id))
-        except TenantUnavailable:
-            await _recheck(tenant_cache, tenant)
-            raise
-        yield conn
+    try:
+        async with pools.connection(tenant.id) as conn:
+            yield conn
+    except TenantUnavailable:  # no connection, or it was lost under the request
+        await _recheck(tenant_cache, tenant)
+        raise
 
 
 async def _recheck(cache: TenantCache, tenant: TenantContext) -> None:

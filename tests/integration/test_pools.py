@@ -210,7 +210,7 @@ async def test_a_connection_killed_by_the_server_is_not_handed_out(
     make_pools: MakePools, tenants: list[TenantDb], pg_admin_dsn: str
 ) -> None:
     tenant = tenants[1]
-    pools = make_pools(Directory(tenants), per_tenant_max=1)
+    pools = make_pools(Directory(tenants), per_tenant_max=1, check_after_idle=0.0)
     pid = await backend_pid(pools, tenant)
     with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
