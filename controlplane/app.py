@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from controlplane.cards.routes import TENANT_API_HANDLERS, card_dependencies
+from controlplane.cards.routes import TENANT_API_HANDLERS
 from controlplane.errors import ConfigError
 from controlplane.fleet.routes import ServersController
 from controlplane.http import health
@@ -30,7 +30,7 @@ from controlplane.routing.dependencies import (
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
-    tenant_dependencies,
+    tenant_api_dependencies,
 )
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> Litestar:
             pools = TenantPools(settings.pools, settings.database, cache.credentials)
             # Any registry change to a tenant (here or on another replica) closes its pool.
             cache.on_invalidate(pools.invalidate)
+            tenants.on_change(cache.invalidate)
             await cache.start()
             app.state.platform = platform
             app.state.tenants = tenants
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
         Router(
             path=path,
             route_handlers=TENANT_API_HANDLERS,
-            dependencies={**tenant_dependencies(), **card_dependencies(settings)},
+            dependencies=tenant_api_dependencies(settings),
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
         )
         for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")

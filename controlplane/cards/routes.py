@@ -1,13 +1,10 @@
 """HTTP face of the CardVault tenant API: ``/cards``, ``/players``, ``/teams``, ``/manufacturers``.
 
 Paths are relative to where the routing layer mounts ``TENANT_API_HANDLERS`` (``/t/{slug}/api`` and
-``/api``). Handlers expect these dependencies from the app:
-
-- ``tenant: TenantContext`` - the resolved tenant;
-- ``tenant_db: AsyncConn`` - a connection to the tenant's own database, committed after the handler
-  returns and rolled back if it raises (handlers never commit);
-- ``quota_limits: QuotaLimits`` - looks up one of the tenant's limits (None = unlimited) when called;
-- ``storage: Storage`` and ``max_image_bytes: int`` - see ``card_dependencies``.
+``/api``). Handlers take one dependency, ``vault``: a ``CardVault`` on a connection to the tenant's own
+database, committed after the handler returns and rolled back if it raises (handlers never commit).
+``card_dependencies`` composes it from ``tenant``, ``tenant_db``, ``quota_limits`` (looks one of the
+tenant's limits up when called; None = unlimited), ``storage`` and ``max_image_bytes``.
 
 Objects a request makes obsolete (replaced or deleted images) are removed by a background task, i.e.
 after the response is complete and the transaction has committed.
@@ -85,7 +82,12 @@ def provide_vault(
 
 
 def card_dependencies(settings: Settings, storage: Storage | None = None) -> dict[str, Provide]:
-    """``storage`` (``LocalStorage`` under ``<data_dir>/storage`` unless given) and ``max_image_bytes``."""
+    """``vault`` composed from the five dependencies above (``storage``, a ``LocalStorage`` under
+    ``<data_dir>/storage`` unless given, and ``max_image_bytes`` included).
+
+    The service itself provides ``vault`` in one step (``routing.dependencies.tenant_api_dependencies``):
+    on the hot path every dependency Litestar resolves costs time.
+    """
     store: Storage = storage if storage is not None else LocalStorage(settings.data_dir / "storage")
     limit = settings.http.max_image_bytes
 
@@ -98,10 +100,8 @@ def card_dependencies(settings: Settings, storage: Storage | None = None) -> dic
     return {
         "storage": Provide(provide_storage, use_cache=True, sync_to_thread=False),
         "max_image_bytes": Provide(provide_max_image_bytes, use_cache=True, sync_to_thread=False),
+        "vault": Provide(provide_vault, sync_to_thread=False),
     }
-
-
-_DEPENDENCIES = {"vault": Provide(provide_vault, sync_to_thread=False)}
 
 
 def _after_commit(vault: CardVault, keys: Iterable[str]) -> BackgroundTask | None:
@@ -112,7 +112,6 @@ def _after_commit(vault: CardVault, keys: Iterable[str]) -> BackgroundTask | Non
 class ManufacturersController(Controller):
     path = "/manufacturers"
     tags = ["manufacturers"]
-    dependencies = _DEPENDENCIES
 
     @get("/", summary="List manufacturers (search by name; keyset pages)")
     async def list_manufacturers(
@@ -148,7 +147,6 @@ class ManufacturersController(Controller):
 class TeamsController(Controller):
     path = "/teams"
     tags = ["teams"]
-    dependencies = _DEPENDENCIES
 
     @get("/", summary="List teams (filter by league, search name and city; keyset pages)")
     async def list_teams(
@@ -184,7 +182,6 @@ class TeamsController(Controller):
 class PlayersController(Controller):
     path = "/players"
     tags = ["players"]
-    dependencies = _DEPENDENCIES
 
     @get("/", summary="List players (filter by team, search names; keyset pages)")
     async def list_players(
@@ -220,7 +217,6 @@ class PlayersController(Controller):
 class CardsController(Controller):
     path = "/cards"
     tags = ["cards"]
-    dependencies = _DEPENDENCIES
 
     @get("/", summary="List cards (filters, search over cardnumber and notes, sort; keyset pages)")
     async def list_cards(

@@ -90,10 +90,6 @@ class _Creation:
         self.counted = False  # the new pool was handed to them already counted in flight
 
 
-async def _mark_returned(conn: TenantConnection) -> None:
-    conn.returned_at = time.monotonic()
-
-
 class TenantPools:
     """The bounded LRU of per-tenant connection pools (see the module docstring for the invariants).
 
@@ -151,6 +147,9 @@ class TenantPools:
                     "lost the connection to the tenant database", retry_after=self._retry_after_unreachable()
                 ) from exc
             finally:
+                # Stamped here, not by a pool ``reset`` callback: one makes psycopg_pool return every
+                # connection through its worker task, a scheduling round per request.
+                conn.returned_at = time.monotonic()
                 try:
                     await entry.pool.putconn(conn)
                 finally:
@@ -350,7 +349,6 @@ class TenantPools:
             # out - but only connections idle for a while are checked: a round trip per request would
             # cost a hot tenant a tenth of its throughput, and a just-used connection is alive.
             check=self._check_if_idle,
-            reset=_mark_returned,
         )
 
     async def _check_if_idle(self, conn: TenantConnection) -> None:

@@ -90,6 +90,15 @@ class TenantService:
     def __init__(self, platform: Platform) -> None:
         self._p = platform
         self.templates = Templates(platform)
+        self._listeners: list[Callable[[uuid.UUID], None]] = []
+
+    def on_change(self, listener: Callable[[uuid.UUID], None]) -> None:
+        """Call ``listener(tenant_id)`` after every operation on a tenant, whatever its outcome.
+
+        This process learns of its own changes at once (its registry cache and pools must not serve a
+        just-suspended tenant); other replicas learn of them through NOTIFY.
+        """
+        self._listeners.append(listener)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -127,6 +136,8 @@ class TenantService:
                 yield conn
             finally:
                 await db.advisory_unlock(conn, key)
+                for listener in self._listeners:
+                    listener(tenant_id)
 
     # -- create ---------------------------------------------------------------------------------
 

@@ -535,7 +535,7 @@ async def provision(args: argparse.Namespace, settings: Any, run_id: str) -> tup
     from psycopg.rows import dict_row
 
     from controlplane.cards.models import CardCreate
-    from controlplane.cards.service import CARDS, CardVault
+    from controlplane.cards.service import CARDS, CardVault, fixed_limits
     from controlplane.platform import Platform
     from controlplane.provisioning.service import TenantService
     from controlplane.routing.cache import TenantCache
@@ -555,7 +555,7 @@ async def provision(args: argparse.Namespace, settings: Any, run_id: str) -> tup
                 tenant = await service.create(name=f"Route bench {i}", slug=slug, tier="professional")
                 dsn = await cache.credentials(tenant.id)
                 async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
-                    vault = CardVault(conn, tenant.id, storage=storage, quota_limits={}, max_image_bytes=1)
+                    vault = CardVault(conn, tenant.id, storage=storage, quota_limits=fixed_limits({}), max_image_bytes=1)
                     card = await vault.create(CARDS, CardCreate(cardnumber=f"RB-{i}", year=1989, notes="bench"))
             done += 1
             if done % 100 == 0:
