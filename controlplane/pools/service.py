@@ -143,6 +143,10 @@ class TenantPools:
             except psycopg.OperationalError as exc:
                 if not (conn.broken or conn.closed):
                     raise  # an error of the statement (say, a timeout): the connection is fine
+                # Its siblings probably died with it (server restart): the next request gets a new pool.
+                if self._lru.get(tenant_id) is entry:
+                    del self._lru[tenant_id]
+                    self._retire(entry)
                 raise TenantUnavailable(
                     "lost the connection to the tenant database", retry_after=self._retry_after_unreachable()
                 ) from exc

@@ -31,7 +31,8 @@ from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import Finding, Operation, OperationKind, OperationState, ReconcileReport
-from controlplane.provisioning.service import Steps, TenantService
+from controlplane.provisioning.service import TenantService
+from controlplane.provisioning.steps import Steps
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
 

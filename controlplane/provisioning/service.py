@@ -9,13 +9,12 @@ how the reconciler recognises it and finishes or undoes it.
 from __future__ import annotations
 
 import logging
-import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from controlplane import db
 from controlplane.crypto import new_password, scram_sha256_verifier
@@ -33,6 +32,7 @@ from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import OperationKind, OperationState
+from controlplane.provisioning.steps import Steps
 from controlplane.provisioning.template import Templates
 from controlplane.registry import repository as registry
 from controlplane.registry.models import (
@@ -64,24 +64,6 @@ def validate_name(name: str) -> str:
     if any(unicodedata.category(char) == "Cc" for char in cleaned):  # NUL would reach PostgreSQL as a 500
         raise ValidationFailed("name must not contain control characters")
     return cleaned
-
-
-class Steps:
-    """Runs the steps of one operation: times each one and passes the failpoints around it."""
-
-    def __init__(self, platform: Platform) -> None:
-        self._failpoints = platform.failpoints
-        self.timings: list[dict[str, Any]] = []
-        self.current: str | None = None
-
-    async def run(self, name: str, action: Callable[[], Awaitable[T]]) -> T:
-        self.current = name
-        self._failpoints.hit(f"before:{name}")
-        started = time.perf_counter()
-        result = await action()
-        self.timings.append({"step": name, "ms": round((time.perf_counter() - started) * 1000, 2)})
-        self._failpoints.hit(f"after:{name}")
-        return result
 
 
 class TenantService:

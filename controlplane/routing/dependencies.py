@@ -18,13 +18,14 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from controlplane.cards.service import CardVault, QuotaLimits
+from controlplane.errors import ServerUnavailable, TenantUnavailable
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
 from controlplane.registry import repository as registry
 from controlplane.registry.models import QuotaType
 from controlplane.routing.cache import TenantCache
 from controlplane.routing.models import TenantContext
-from controlplane.routing.resolver import resolve, resolve_slug
+from controlplane.routing.resolver import admit, resolve, resolve_slug
 from controlplane.settings import Settings
 from controlplane.storage.local import LocalStorage
 
@@ -88,18 +89,37 @@ def tenant_api_dependencies(settings: Settings) -> dict[str, Provide]:
 
     async def provide_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
         state = request.app.state
-        tenant = await _resolve(request, state[TENANT_CACHE_STATE_KEY])
+        cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
+        tenant = await _resolve(request, cache)
         pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-        async with pools.connection(tenant.id) as conn:
-            yield CardVault(
-                conn,
-                tenant.id,
-                storage=storage,
-                quota_limits=quota_limits_for(state.platform, tenant.id),
-                max_image_bytes=max_image_bytes,
-            )
+        try:
+            async with pools.connection(tenant.id) as conn:
+                yield CardVault(
+                    conn,
+                    tenant.id,
+                    storage=storage,
+                    quota_limits=quota_limits_for(state.platform, tenant.id),
+                    max_image_bytes=max_image_bytes,
+                )
+        except TenantUnavailable:  # no connection, or it was lost under the request
+            await _recheck(cache, tenant)
+            raise
 
     return {"vault": Provide(provide_vault)}
+
+
+async def _recheck(cache: TenantCache, tenant: TenantContext) -> None:
+    """Raise what the registry says now if the tenant may no longer be served as ``tenant`` says.
+
+    Another replica's suspend, delete or rename locks the tenant's role out (or moves its slug) before
+    this replica's cache has heard of it: a request in that window gets 423, 410 or 404, not 503.
+    Only failed requests pay for it (one registry read).
+    """
+    try:
+        current = await cache.current(tenant.id)
+    except ServerUnavailable:
+        return  # the registry cannot be asked either: the 503 stands
+    admit(current, tenant.slug)
 
 
 def tenant_dependencies() -> dict[str, Provide]:
