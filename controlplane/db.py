@@ -97,3 +97,11 @@ async def advisory_lock(conn: AsyncConn, key: int, *, shared: bool = False) -> N
 async def advisory_unlock(conn: AsyncConn, key: int, *, shared: bool = False) -> None:
     fn = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
     await conn.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(fn)), (key,))
+
+
+async def commit_without_flush(conn: AsyncConn) -> None:
+    """Inside a transaction: its commit does not wait for the WAL flush (``synchronous_commit = off``).
+
+    Only for writes that the reconciler would redo if a crash lost them.
+    """
+    await conn.execute("SET LOCAL synchronous_commit = off")

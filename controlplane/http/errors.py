@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
@@ -63,6 +64,16 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _json(500, {"error": "internal_error", "detail": "internal error; see the service log"})
 
 
+def query_canceled(_: Request[Any, Any, Any], exc: psycopg.errors.QueryCanceled) -> Response[dict[str, Any]]:
+    """A statement hit its timeout (tenant API: 30 s): the request was too heavy, not the service broken."""
+    log.warning("statement canceled: %s", str(exc).strip())
+    return _json(
+        503,
+        {"error": "query_timeout", "detail": "the query took too long and was canceled; narrow it or retry"},
+        {"Retry-After": "5"},
+    )
+
+
 def exception_group(request: Request[Any, Any, Any], exc: ExceptionGroup[Exception]) -> Response[dict[str, Any]]:
     """Answer a group of one error as that error.
 
@@ -78,6 +89,8 @@ def exception_group(request: Request[Any, Any, Any], exc: ExceptionGroup[Excepti
         else:
             leaves.append(current)
     if len(leaves) == 1:
+        if isinstance(leaves[0], psycopg.errors.QueryCanceled):
+            return query_canceled(request, leaves[0])
         if isinstance(leaves[0], CardVaultError):
             return domain_error(request, leaves[0])
         if isinstance(leaves[0], HTTPException):
@@ -89,5 +102,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     CardVaultError: domain_error,
     HTTPException: http_error,
     ExceptionGroup: exception_group,
+    psycopg.errors.QueryCanceled: query_canceled,
     Exception: unexpected_error,
 }

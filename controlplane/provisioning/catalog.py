@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import psycopg
 from psycopg import sql
 
 from controlplane.db import AsyncConn
@@ -69,23 +70,24 @@ async def drop_database(conn: AsyncConn, name: str) -> None:
 async def create_tenant_role(conn: AsyncConn, role: str, database: str, password_verifier: str) -> None:
     """The tenant's login role, with CONNECT on its own database and nothing else.
 
-    One transaction: the role, its password and the database's ACL appear together or not at all.
+    One round trip and one transaction (a multi-statement simple query): the role, its password and
+    the database's ACL appear together or not at all. A role left by an interrupted attempt gets its
+    password and grants set again. The commit does not wait for the WAL flush: if a crash loses it,
+    the reconciler finds the role missing (or the provisioning unfinished) and creates it again.
     """
     ident_role, ident_db = sql.Identifier(role), sql.Identifier(database)
-    async with conn.transaction():
-        if await role_exists(conn, role):
-            await conn.execute(
-                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident_role, sql.Literal(password_verifier))
-            )
-        else:
-            await conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                    ident_role, sql.Literal(password_verifier), sql.Identifier(TENANT_GROUP_ROLE)
-                )
-            )
-        await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(TENANT_GROUP_ROLE), ident_role))
-        await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident_db))
-        await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident_db, ident_role))
+    grants = sql.SQL("GRANT {group} TO {role}; REVOKE ALL ON DATABASE {db} FROM PUBLIC; "
+                     "GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}").format(
+        group=sql.Identifier(TENANT_GROUP_ROLE), role=ident_role, db=ident_db
+    )  # fmt: skip
+    create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+        ident_role, sql.Literal(password_verifier), sql.Identifier(TENANT_GROUP_ROLE)
+    )
+    try:
+        await conn.execute(sql.SQL("SET LOCAL synchronous_commit = off; {}; {}").format(create, grants))
+    except psycopg.errors.DuplicateObject:
+        alter = sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident_role, sql.Literal(password_verifier))
+        await conn.execute(sql.SQL("SET LOCAL synchronous_commit = off; {}; {}").format(alter, grants))
 
 
 async def set_role_login(conn: AsyncConn, role: str, database: str, *, allowed: bool) -> None:

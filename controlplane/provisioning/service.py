@@ -182,6 +182,9 @@ class TenantService:
             tenant = await registry.get_by_id(conn, tenant_id)
             assert tenant is not None
             async with conn.transaction():
+                # No need to wait for the flush: if a crash loses this commit, the tenant is back in
+                # provisioning with its operation running, and the reconciler finishes it again.
+                await db.commit_without_flush(conn)
                 await registry.set_quotas(conn, tenant_id, TIER_QUOTAS[tenant.subscription_tier])
                 await registry.set_status(conn, tenant_id, TenantStatus.ACTIVE, schema_revision=revision)
                 await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=steps.timings)

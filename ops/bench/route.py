@@ -555,7 +555,9 @@ async def provision(args: argparse.Namespace, settings: Any, run_id: str) -> tup
                 tenant = await service.create(name=f"Route bench {i}", slug=slug, tier="professional")
                 dsn = await cache.credentials(tenant.id)
                 async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
-                    vault = CardVault(conn, tenant.id, storage=storage, quota_limits=fixed_limits({}), max_image_bytes=1)
+                    vault = CardVault(
+                        conn, tenant.id, storage=storage, quota_limits=fixed_limits({}), max_image_bytes=1
+                    )
                     card = await vault.create(CARDS, CardCreate(cardnumber=f"RB-{i}", year=1989, notes="bench"))
             done += 1
             if done % 100 == 0:

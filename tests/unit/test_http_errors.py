@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
 from litestar import Litestar, Router, get, post
 from litestar.datastructures import State
@@ -60,6 +61,10 @@ def client() -> Any:
     async def litestar_forbidden() -> None:
         raise PermissionDeniedException("no")
 
+    @get("/slow")
+    async def slow() -> None:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
     @get("/bug")
     async def bug() -> None:
         raise RuntimeError("secret internals: password=hunter2")
@@ -74,7 +79,7 @@ def client() -> Any:
 
     admin = Router(path="/", route_handlers=[ping], guards=[admin_guard])
     app = Litestar(
-        route_handlers=[domain, litestar_not_found, litestar_forbidden, bug, body, admin],
+        route_handlers=[domain, litestar_not_found, litestar_forbidden, slow, bug, body, admin],
         exception_handlers=EXCEPTION_HANDLERS,
         state=State({"admin_token": TOKEN}),
     )
@@ -124,6 +129,12 @@ def test_litestar_http_errors_get_stable_codes(client: Any) -> None:
     assert error_of(client.get("/litestar/forbidden"), 403)["error"] == "forbidden"
     assert error_of(client.get("/no/such/route"), 404)["error"] == "not_found"
     assert error_of(client.delete("/body"), 405)["error"] == "method_not_allowed"
+
+
+def test_a_statement_timeout_is_503_query_timeout(client: Any) -> None:
+    response = client.get("/slow")
+    assert error_of(response, 503)["error"] == "query_timeout"
+    assert response.headers["retry-after"] == "5"
 
 
 def test_unexpected_errors_are_500_without_internals(client: Any) -> None:
