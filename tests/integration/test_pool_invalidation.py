@@ -114,9 +114,17 @@ async def refused(client: Client, slug: str, status: int, code: str) -> None:
 
 
 async def served_with_pool(client: Client, admin_dsn: str, tenant: Tenant, slug: str) -> set[int]:
-    """Serve a request (the tenant's data is there) and return the pids of its pooled backends."""
-    assert await team_names(client, slug) == ["Tigers"]
-    assert is_open(client, tenant.id)
+    """Serve a request (the tenant's data is there) and return the pids of its pooled backends.
+
+    The NOTIFY of the operation that just ran reaches the listener a moment later and (rightly) drops
+    the tenant's pool once more: serve until a pool stays open.
+    """
+
+    async def serve() -> bool:
+        assert await team_names(client, slug) == ["Tigers"]
+        return is_open(client, tenant.id)
+
+    await eventually(serve, "a served tenant has an open pool")
     sessions = await backends(admin_dsn, tenant.role)
     assert sessions, "a served tenant has a pooled connection"
     for session in sessions:
@@ -158,7 +166,9 @@ async def test_suspend_closes_the_pool_and_resume_makes_a_new_one(client: Client
     await admin(client, "POST", "/admin/tenants/acme/resume", 200)
     after = await served_with_pool(client, pg_admin_dsn, tenant, "acme")
     assert not after & before, "the old pooled sessions are gone; the new pool made its own"
-    assert pool_stats(client).misses == misses + 1, "exactly one new pool was made"
+    # One new pool; a second one if the NOTIFY of the resume arrived after the first request (the
+    # replica drops its own entry at once and again when its own notification comes back).
+    assert misses + 1 <= pool_stats(client).misses <= misses + 2
 
 
 async def test_soft_delete_closes_the_pool_and_purge_leaves_nothing(client: Client, pg_admin_dsn: str) -> None:

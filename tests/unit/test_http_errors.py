@@ -15,6 +15,7 @@ import pytest
 from litestar import Litestar, Router, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.params import FromPath, JSONBody
 from litestar.testing import TestClient
 
 from controlplane.errors import (
@@ -50,7 +51,7 @@ DOMAIN_ERRORS: list[tuple[CardVaultError, int, str]] = [
 @pytest.fixture(scope="module")
 def client() -> Any:
     @get("/domain/{index:int}")
-    async def domain(index: int) -> None:
+    async def domain(index: FromPath[int]) -> None:
         raise DOMAIN_ERRORS[index][0]
 
     @get("/litestar/not-found")
@@ -70,7 +71,7 @@ def client() -> Any:
         raise RuntimeError("secret internals: password=hunter2")
 
     @post("/body")
-    async def body(data: Body) -> dict[str, Any]:
+    async def body(data: JSONBody[Body]) -> dict[str, Any]:
         return {"name": data.name, "count": data.count}
 
     @get("/admin/ping")
