@@ -8,13 +8,9 @@ served by ``cardvault serve`` (uvicorn) and checks that nothing answers 5xx.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ from litestar.testing import AsyncTestClient
 
 from controlplane.migrations.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN, Served
 
 Client = AsyncTestClient[Any]
 
@@ -375,59 +371,6 @@ async def test_unknown_routes_and_methods_are_json_errors(client: Client) -> Non
 # -- schemathesis ------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def served_app(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Iterator[str]:
-    """``cardvault serve`` (uvicorn) on a free port against this test's control database; its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
-    env |= {
-        "CARDVAULT_DATABASE_URL": control_dsn,
-        "CARDVAULT_SECRET_KEY": SECRET_KEY,
-        "CARDVAULT_ADMIN_TOKEN": ADMIN_TOKEN,
-        "CARDVAULT_TEMPLATE_DATABASE": tenant_template_name,
-        "CARDVAULT_DATA_DIR": str(tmp_path / "data"),
-        "CARDVAULT_RECONCILE_INTERVAL": "0",
-        "CARDVAULT_CONNECT_TIMEOUT": "2",
-        "CARDVAULT_LOG_LEVEL": "WARNING",
-    }
-    log = (tmp_path / "serve.log").open("w")
-    cardvault = str(Path(sys.executable).parent / "cardvault")
-    proc = subprocess.Popen(
-        [cardvault, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise AssertionError(f"cardvault serve exited: {(tmp_path / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("cardvault serve did not become ready")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        served_log = (tmp_path / "serve.log").read_text()
-        if "Traceback" in served_log:
-            print(served_log)
-
-
 def _schemathesis(url: str, cwd: Path, max_examples: int, *selection: str) -> str:
     """``st run`` over the served API: no 5xx allowed; returns its output."""
     st = str(Path(sys.executable).parent / "st")
@@ -463,14 +406,14 @@ def selected(output: str) -> int:
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_error(served_app: str, control_dsn: str, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tmp_path: Path) -> None:
     """Property-based requests (valid and invalid, stateful sequences) to every admin operation: no 5xx.
 
     Two runs: draining every server makes tenant creation a correct 503 (no_server_available), so
     drain/activate are fuzzed on their own, after the tenant operations.
     """
     output = _schemathesis(
-        served_app,
+        served.url,
         tmp_path,
         150,
         "--include-path-regex=^/(admin|health)/",
@@ -478,7 +421,7 @@ def test_schemathesis_finds_no_server_error(served_app: str, control_dsn: str, t
     )
     # Every admin operation but drain and activate, and the two probes.
     assert selected(output) == len(ADMIN_ROUTES) - 2 + 2, output
-    output = _schemathesis(served_app, tmp_path, 50, "--include-path-regex=^/admin/servers")
+    output = _schemathesis(served.url, tmp_path, 50, "--include-path-regex=^/admin/servers")
     assert selected(output) == 4, output
     with psycopg.connect(control_dsn) as conn:
         kinds = dict(conn.execute("SELECT kind, count(*) FROM tenant_operations GROUP BY kind").fetchall())

@@ -13,83 +13,22 @@ When schemathesis reports a failure, the assertion message carries its output an
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN, Served
 
 SLUG = "fuzz-shop"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 #: Tenant API operations: cards (list, create, get, patch, delete; image get, put, delete) and five each
 #: (list, create, get, patch, delete) for players, teams and manufacturers.
 TENANT_OPERATIONS = 8 + 3 * 5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Served:
-    def __init__(self, url: str, log: Path) -> None:
-        self.url = url
-        self.log = log
-
-
-@pytest.fixture
-def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Iterator[Served]:
-    """``cardvault serve`` (uvicorn) on a free port against this test's control database."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
-    env |= {
-        "CARDVAULT_DATABASE_URL": control_dsn,
-        "CARDVAULT_SECRET_KEY": SECRET_KEY,
-        "CARDVAULT_ADMIN_TOKEN": ADMIN_TOKEN,
-        "CARDVAULT_TEMPLATE_DATABASE": tenant_template_name,
-        "CARDVAULT_DATA_DIR": str(tmp_path / "data"),
-        "CARDVAULT_RECONCILE_INTERVAL": "0",
-        "CARDVAULT_CONNECT_TIMEOUT": "2",
-        "CARDVAULT_LOG_LEVEL": "WARNING",
-    }
-    log_path = tmp_path / "serve.log"
-    cardvault = str(Path(sys.executable).parent / "cardvault")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [cardvault, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"cardvault serve exited: {log_path.read_text()}")
-                try:
-                    if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "cardvault serve did not become ready"
-                time.sleep(0.1)
-            yield Served(url, log_path)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def provision(url: str) -> None:
