@@ -240,7 +240,8 @@ class TenantService:
         return await self._transition(slug, OperationKind.SUSPEND, {TenantStatus.ACTIVE})
 
     async def resume(self, slug: str) -> Tenant:
-        """Re-open a suspended tenant, or cancel the pending deletion of a soft-deleted one."""
+        """Re-open a suspended tenant, or cancel the pending deletion of a soft-deleted one (which
+        returns it to active, or to suspended if it was suspended when it was deleted)."""
         return await self._transition(slug, OperationKind.RESUME, {TenantStatus.SUSPENDED, TenantStatus.DELETING})
 
     async def delete(self, slug: str, *, now: bool = False) -> Tenant | None:
@@ -296,7 +297,11 @@ class TenantService:
     ) -> None:
         """Steps of suspend / resume / delete; idempotent, so the reconciler can re-run them."""
         allow_login = kind is OperationKind.RESUME
-        if kind is OperationKind.RESUME:
+        if kind is OperationKind.RESUME and tenant.status is TenantStatus.DELETING and tenant.suspended_at:
+            # Cancelling a deletion returns the tenant to where it was: suspended stays suspended.
+            status, suspended_at, delete_after = TenantStatus.SUSPENDED, tenant.suspended_at, None
+            allow_login = False
+        elif kind is OperationKind.RESUME:
             status, suspended_at, delete_after = TenantStatus.ACTIVE, None, None
         elif kind is OperationKind.SUSPEND:
             status, suspended_at, delete_after = TenantStatus.SUSPENDED, datetime.now(UTC), None

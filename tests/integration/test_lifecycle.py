@@ -166,6 +166,13 @@ async def test_soft_delete_of_a_suspended_tenant_keeps_it_locked_out(
     assert deleted is not None and deleted.status is TenantStatus.DELETING
     assert NOT_PERMITTED in await refusal(pg_admin_dsn, tenant.role_name, password, tenant.database_name)
 
+    # Cancelling the deletion returns it to where it was: still suspended, still locked out.
+    restored = await graced.resume("acme")
+    assert restored.status is TenantStatus.SUSPENDED and restored.delete_after is None
+    assert restored.suspended_at is not None
+    assert NOT_PERMITTED in await refusal(pg_admin_dsn, tenant.role_name, password, tenant.database_name)
+    assert (await graced.resume("acme")).status is TenantStatus.ACTIVE
+
 
 async def test_purge_removes_database_role_and_row_but_keeps_the_ledger(
     service: TenantService, platform: Platform, pg_admin_dsn: str, control_dsn: str
