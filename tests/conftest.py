@@ -8,14 +8,16 @@ every server it registered, then the control database itself.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -189,3 +191,15 @@ def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Itera
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = 15.0) -> None:
+    """Poll ``check`` until it holds; fail after ``within`` seconds (a deadline, not a timing assert)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.02)

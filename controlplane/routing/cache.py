@@ -94,19 +94,6 @@ class _Flight:
         self.dropped: set[uuid.UUID] = set()
 
 
-def _context(tenant: Tenant) -> TenantContext:
-    # Every field here must come from a column that the 0002 update trigger watches.
-    return TenantContext(
-        id=tenant.id,
-        slug=tenant.slug,
-        status=tenant.status,
-        tier=tenant.subscription_tier,
-        server_id=tenant.server_id,
-        database_name=tenant.database_name,
-        role_name=tenant.role_name,
-    )
-
-
 class TenantCache:
     """Tenant lookups and credentials kept in memory, invalidated through LISTEN/NOTIFY.
 
@@ -253,7 +240,7 @@ class TenantCache:
             if self._negative_ttl > 0 and self._may_store(flight) and flight.changes == self._changes:
                 self._remember_unknown(slug)
             return None
-        context = _context(tenant)
+        context = TenantContext.of(tenant)
         if self._may_store(flight) and context.id not in flight.dropped:
             self._store(context)
         return context
@@ -269,7 +256,7 @@ class TenantCache:
             tenant = await self._read(lambda conn: registry.get_by_id(conn, tenant_id))
         if tenant is None:
             return None
-        context = _context(tenant)
+        context = TenantContext.of(tenant)
         if self._may_store(flight) and context.id not in flight.dropped:
             self._store(context)
         return context

@@ -6,7 +6,7 @@ import uuid
 
 import msgspec
 
-from controlplane.registry.models import TenantStatus, Tier
+from controlplane.registry.models import Tenant, TenantStatus, Tier
 
 
 class TenantContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,3 +19,16 @@ class TenantContext(msgspec.Struct, frozen=True, kw_only=True):
     server_id: uuid.UUID
     database_name: str
     role_name: str
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantContext:
+        # Every field here must come from a column that the 0002 update trigger watches.
+        return cls(
+            id=tenant.id,
+            slug=tenant.slug,
+            status=tenant.status,
+            tier=tenant.subscription_tier,
+            server_id=tenant.server_id,
+            database_name=tenant.database_name,
+            role_name=tenant.role_name,
+        )

@@ -76,16 +76,7 @@ class ApiTenant:
 
     @property
     def context(self) -> TenantContext:
-        t = self.record
-        return TenantContext(
-            id=t.id,
-            slug=t.slug,
-            status=t.status,
-            tier=t.subscription_tier,
-            server_id=t.server_id,
-            database_name=t.database_name,
-            role_name=t.role_name,
-        )
+        return TenantContext.of(self.record)
 
 
 class CardApi:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +34,7 @@ from controlplane.crypto import SecretBox
 from controlplane.pools.service import RECONNECT_TIMEOUT, TenantPools
 from controlplane.routing.dependencies import TENANT_POOLS_STATE_KEY
 from controlplane.settings import Settings
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY, eventually
 from tests.harness import LocalClusterHandle
 
 Client = httpx.AsyncClient
@@ -52,19 +52,6 @@ def cards(slug: str) -> str:
 def failure_bound(settings: Settings) -> float:
     """No hang: the pools promise an answer within about RECONNECT_TIMEOUT + connect_timeout; +5 s slack."""
     return settings.database.connect_timeout + RECONNECT_TIMEOUT + 5.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def assert_unavailable(response: httpx.Response) -> None:

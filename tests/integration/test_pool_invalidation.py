@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -29,26 +28,10 @@ from controlplane.pools.models import APPLICATION_NAME, PoolStats
 from controlplane.pools.service import TenantPools
 from controlplane.routing.dependencies import TENANT_POOLS_STATE_KEY
 from controlplane.settings import Settings
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, eventually
 
 Client = AsyncTestClient[Any]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-#: Generous bound for background work to settle (pool closes, backends exiting): "eventually", not speed.
-SETTLE = 10.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = SETTLE) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def is_open(client: Client, tenant_id: uuid.UUID) -> bool:

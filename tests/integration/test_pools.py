@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ from controlplane.errors import ConfigError, TenantNotFound, TenantUnavailable
 from controlplane.pools.models import APPLICATION_NAME
 from controlplane.pools.service import TenantPools
 from controlplane.settings import DatabaseSettings, PoolSettings
+from tests.conftest import eventually
 from tests.harness import LocalClusterHandle
 
 MODULE_TENANTS = 8
@@ -131,16 +131,6 @@ async def server_connections(admin_dsn: str, tenants: list[TenantDb]) -> list[di
 
 async def count_connections(admin_dsn: str, tenants: list[TenantDb]) -> int:
     return len(await server_connections(admin_dsn, tenants))
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, within: float = 10.0) -> None:
-    """Wait (bounded) for ``check`` to hold: pools are closed in the background by design."""
-    for _ in range(int(within / 0.02)):
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"not within {within}s: {what}")
 
 
 async def backend_pid(pools: TenantPools, tenant: TenantDb) -> int:
