@@ -11,11 +11,16 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.auth.passwords import Passwords
+from controlplane.auth.ratelimit import RateLimiter, counter_from_url
+from controlplane.auth.routes import AUTH_ROUTER, TENANT_AUTH_ROUTER
+from controlplane.auth.service import Authenticator, hash_secret
+from controlplane.auth.tokens import KeyRing, TokenSigner
 from controlplane.cards.routes import TENANT_API_HANDLERS
-from controlplane.errors import ConfigError
 from controlplane.fleet.routes import ServersController
 from controlplane.http import health
-from controlplane.http.auth import admin_guard
+from controlplane.http.auth import ADMIN_TOKEN_HASH_STATE_KEY, admin_guard
+from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.migrations.routes import migration_status
 from controlplane.platform import Platform
@@ -26,6 +31,8 @@ from controlplane.provisioning.routes import TenantsController, reconcile
 from controlplane.provisioning.service import TenantService
 from controlplane.routing.cache import TenantCache
 from controlplane.routing.dependencies import (
+    API_CALLS_STATE_KEY,
+    AUTH_STATE_KEY,
     BASE_DOMAIN_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
@@ -34,6 +41,12 @@ from controlplane.routing.dependencies import (
 )
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
+from controlplane.usage.api_calls import ApiCalls
+
+#: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
+KEY_REFRESH_INTERVAL = 60.0
+#: Seconds between flushes of counted API calls into the registry.
+API_CALLS_FLUSH_INTERVAL = 30.0
 
 
 def _platform(state: State) -> Platform:
@@ -47,8 +60,7 @@ def _tenants(state: State) -> TenantService:
 
 
 def create_app(settings: Settings) -> Litestar:
-    if not settings.security.admin_token:
-        raise ConfigError("CARDVAULT_ADMIN_TOKEN is not set")
+    admin_token = settings.security.admin_token
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -56,12 +68,32 @@ def create_app(settings: Settings) -> Litestar:
             tenants = TenantService(platform)
             reconciler = Reconciler(platform, tenants)
             scheduler = Scheduler(platform)
+            async with platform.control.connection() as conn:
+                keys = await KeyRing.load(conn, platform.box)
+
+            async def reload_keys() -> None:
+                async with platform.control.connection() as conn:
+                    await keys.refresh(conn, platform.box)
+
+            limiter = RateLimiter(counter_from_url(settings.auth.redis_url or None))
+            auth = Authenticator(settings.auth, TokenSigner(keys, reload_keys), Passwords(settings.auth), limiter)
+            api_calls = ApiCalls(limiter, platform.control)
 
             async def reconcile_job() -> str:
                 report = await reconciler.run(fix=True)
                 return f"{len(report.findings)} finding(s)"
 
+            async def keys_job() -> str:
+                await reload_keys()
+                return "signing keys reloaded"
+
+            async def flush_api_calls() -> str:
+                async with platform.control.connection() as conn:
+                    return f"{await api_calls.flush(conn)} tenant-hour(s) flushed"
+
             scheduler.add_leader_job("reconcile", reconcile_job, settings.provisioning.reconcile_interval)
+            scheduler.add_instance_job("reload_signing_keys", keys_job, KEY_REFRESH_INTERVAL)
+            scheduler.add_instance_job("flush_api_calls", flush_api_calls, API_CALLS_FLUSH_INTERVAL)
             cache = TenantCache(platform)
             pools = TenantPools(settings.pools, settings.database, cache.credentials)
             # Any registry change to a tenant (here or on another replica) closes its pool.
@@ -74,6 +106,8 @@ def create_app(settings: Settings) -> Litestar:
             app.state[TENANT_CACHE_STATE_KEY] = cache
             app.state[TENANT_POOLS_STATE_KEY] = pools
             app.state[BASE_DOMAIN_STATE_KEY] = settings.http.base_domain or None
+            app.state[AUTH_STATE_KEY] = auth
+            app.state[API_CALLS_STATE_KEY] = api_calls
             scheduler.start()
             try:
                 yield
@@ -81,12 +115,16 @@ def create_app(settings: Settings) -> Litestar:
                 await scheduler.stop()
                 await cache.stop()
                 await pools.close()
+                try:
+                    await flush_api_calls()
+                finally:
+                    await limiter.close()
 
     admin = Router(
         path="/",
         route_handlers=[TenantsController, ServersController, reconcile, migration_status, pool_stats],
         guards=[admin_guard],
-        security=[{"adminToken": []}],
+        security=[{"bearer": []}],
     )
     # The tenant API, reachable by path (/t/{slug}/api), or by subdomain or X-Tenant header (/api).
     tenant_api = [
@@ -95,25 +133,33 @@ def create_app(settings: Settings) -> Litestar:
             route_handlers=TENANT_API_HANDLERS,
             dependencies=tenant_api_dependencies(settings),
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
+            security=[{"bearer": []}],
         )
         for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")
     ]
     return Litestar(
-        route_handlers=[admin, *tenant_api, health.live, health.ready],
+        route_handlers=[admin, *tenant_api, AUTH_ROUTER, TENANT_AUTH_ROUTER, health.live, health.ready],
         dependencies={
             "platform": Provide(_platform, sync_to_thread=False),
             "tenants": Provide(_tenants, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[before_send],
         lifespan=[lifespan],
-        state=State({"admin_token": settings.security.admin_token}),
+        state=State({ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(admin_token) if admin_token else None}),
         openapi_config=OpenAPIConfig(
             title="CardVault control plane",
             version="0.1.0",
             path="/schema",
             components=Components(
                 security_schemes={
-                    "adminToken": SecurityScheme(type="http", scheme="bearer", description="CARDVAULT_ADMIN_TOKEN")
+                    "bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="An access JWT from POST /auth/token (platform) or /t/{slug}/auth/token "
+                        "(tenant), a tenant API key (cvk_...), or CARDVAULT_ADMIN_TOKEN for /admin/*",
+                    )
                 }
             ),
         ),

@@ -53,6 +53,46 @@ class Unauthorized(CardVaultError):
     code = "unauthorized"
 
 
+class InvalidToken(Unauthorized):
+    """Expired, malformed, wrongly signed or revoked credentials."""
+
+    code = "invalid_token"
+
+
+class InvalidCredentials(Unauthorized):
+    code = "invalid_credentials"
+
+
+class Forbidden(CardVaultError):
+    """Authenticated, but not allowed: wrong tenant, missing permission, feature not in the tier."""
+
+    status = 403
+    code = "forbidden"
+
+
+class WrongTenant(Forbidden):
+    code = "wrong_tenant"
+
+
+class PermissionDenied(Forbidden):
+    code = "permission_denied"
+
+
+class FeatureNotInTier(Forbidden):
+    code = "feature_not_in_tier"
+
+
+class TooManyRequests(CardVaultError):
+    """A rate limit or the login throttle; ``headers`` go on the 429 response (Retry-After, RateLimit-*)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, headers: dict[str, str], **extra: object) -> None:
+        super().__init__(detail, **extra)
+        self.headers = headers
+
+
 class NotFound(CardVaultError):
     status = 404
     code = "not_found"

@@ -109,8 +109,34 @@ class SecuritySettings:
 
     #: Key for encrypting tenant credentials at rest (``CARDVAULT_SECRET_KEY``, >= 32 characters).
     secret_key: str = ""
-    #: Bearer token for ``/admin/*`` (``CARDVAULT_ADMIN_TOKEN``).
+    #: Automation credential for ``/admin/*`` (``CARDVAULT_ADMIN_TOKEN``); kept only as a hash in memory.
+    #: Optional: without it, only super-admin JWTs reach ``/admin/*``.
     admin_token: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    """Tokens, password hashing, rate limits."""
+
+    #: Lifetime of access JWTs in seconds (``CARDVAULT_ACCESS_TOKEN_TTL``).
+    access_token_ttl: float = 900.0
+    #: Lifetime of a login session (its refresh token) in seconds (``CARDVAULT_REFRESH_TOKEN_TTL``).
+    refresh_token_ttl: float = 30 * 86400.0
+    #: Lifetime of an impersonation token in seconds; not refreshable (``CARDVAULT_IMPERSONATION_TTL``).
+    impersonation_ttl: float = 900.0
+    #: Lifetime of an invitation in seconds (``CARDVAULT_INVITE_TTL``).
+    invite_ttl: float = 7 * 86400.0
+    #: argon2id memory cost in KiB and passes (``CARDVAULT_ARGON2_MEMORY_KIB``, ``CARDVAULT_ARGON2_TIME_COST``);
+    #: the defaults are OWASP's minimum (19 MiB, 2 passes).
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    #: Failed logins allowed per account and per source address in ``login_window`` seconds
+    #: (``CARDVAULT_LOGIN_MAX_FAILURES``, ``CARDVAULT_LOGIN_MAX_FAILURES_PER_ADDRESS``, ``CARDVAULT_LOGIN_WINDOW``).
+    login_max_failures: int = 10
+    login_max_failures_per_address: int = 50
+    login_window: float = 900.0
+    #: Shared rate-limit counters across instances (``CARDVAULT_REDIS_URL``; empty: in-process counters).
+    redis_url: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +154,7 @@ class Settings:
     pools: PoolSettings = dataclasses.field(default_factory=PoolSettings)
     http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -196,6 +223,20 @@ class Settings:
             security=SecuritySettings(
                 secret_key=get("SECRET_KEY", ""),
                 admin_token=get("ADMIN_TOKEN", ""),
+            ),
+            auth=AuthSettings(
+                access_token_ttl=get_duration("ACCESS_TOKEN_TTL", AuthSettings.access_token_ttl),
+                refresh_token_ttl=get_duration("REFRESH_TOKEN_TTL", AuthSettings.refresh_token_ttl),
+                impersonation_ttl=get_duration("IMPERSONATION_TTL", AuthSettings.impersonation_ttl),
+                invite_ttl=get_duration("INVITE_TTL", AuthSettings.invite_ttl),
+                argon2_memory_kib=get_int("ARGON2_MEMORY_KIB", AuthSettings.argon2_memory_kib, 8),
+                argon2_time_cost=get_int("ARGON2_TIME_COST", AuthSettings.argon2_time_cost, 1),
+                login_max_failures=get_int("LOGIN_MAX_FAILURES", AuthSettings.login_max_failures, 1),
+                login_max_failures_per_address=get_int(
+                    "LOGIN_MAX_FAILURES_PER_ADDRESS", AuthSettings.login_max_failures_per_address, 1
+                ),
+                login_window=get_duration("LOGIN_WINDOW", AuthSettings.login_window),
+                redis_url=get("REDIS_URL", ""),
             ),
         )
 

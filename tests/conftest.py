@@ -32,7 +32,7 @@ from controlplane.crypto import SecretBox
 from controlplane.migrations.alembic_runner import registry_scripts
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
-from controlplane.settings import DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
+from controlplane.settings import AuthSettings, DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
 
 pytest_plugins = ["tests.harness"]
 
@@ -73,6 +73,8 @@ def make_settings(dsn: str, template: str, **provisioning: object) -> Settings:
             ProvisioningSettings(), template_database=template, reconcile_interval=0, **provisioning
         ),
         security=SecuritySettings(secret_key=SECRET_KEY, admin_token=ADMIN_TOKEN),
+        # argon2id at test strength: the production cost only slows the suite down.
+        auth=AuthSettings(argon2_memory_kib=64, argon2_time_cost=1),
     )
 
 
@@ -163,6 +165,8 @@ def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Itera
         "CARDVAULT_RECONCILE_INTERVAL": "0",
         "CARDVAULT_CONNECT_TIMEOUT": "2",
         "CARDVAULT_LOG_LEVEL": "WARNING",
+        "CARDVAULT_ARGON2_MEMORY_KIB": "64",
+        "CARDVAULT_ARGON2_TIME_COST": "1",
     }
     log_path = tmp_path / "serve.log"
     cardvault = str(Path(sys.executable).parent / "cardvault")

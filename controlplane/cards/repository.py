@@ -104,7 +104,9 @@ PLAYERS = Table(
 CARDS = Table(
     name="cards",
     resource="card",
-    writable=frozenset({"cardnumber", "player_id", "team_id", "manufacturer_id", "year", "condition", "notes"}),
+    writable=frozenset(
+        {"cardnumber", "player_id", "team_id", "manufacturer_id", "year", "condition", "notes", "created_by"}
+    ),
     sort_keys={
         "created_at": _CREATED,
         "updated_at": _UPDATED,
@@ -267,7 +269,7 @@ async def lock_card(conn: AsyncConn, card_id: int) -> Row | None:
     """Lock the card row; with its current image (``key``, ``bytes``) when it has one."""
     cur = await conn.execute(
         """
-        SELECT c.id, f.key, f.bytes
+        SELECT c.id, c.created_by, f.key, f.bytes
         FROM cards c LEFT JOIN files f ON f.key = c.image
         WHERE c.id = %s
         FOR UPDATE OF c

@@ -21,6 +21,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter, RawBody
 
+from controlplane.auth.models import Permission
 from controlplane.cards.models import (
     DEFAULT_PAGE_SIZE,
     MAX_ID,
@@ -51,6 +52,7 @@ from controlplane.cards.models import (
 )
 from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault, QuotaLimits
 from controlplane.db import AsyncConn
+from controlplane.routing.dependencies import requires
 from controlplane.routing.models import TenantContext
 from controlplane.settings import Settings
 from controlplane.storage import Storage
@@ -113,7 +115,7 @@ class ManufacturersController(Controller):
     path = "/manufacturers"
     tags = ["manufacturers"]
 
-    @get("/", summary="List manufacturers (search by name; keyset pages)")
+    @get("/", opt=requires(Permission.CATALOG_READ), summary="List manufacturers (search by name; keyset pages)")
     async def list_manufacturers(
         self,
         vault: Vault,
@@ -125,21 +127,25 @@ class ManufacturersController(Controller):
         items, next_cursor = await vault.page(MANUFACTURERS, ListQuery(sort=sort, cursor=cursor, limit=limit, q=q))
         return ManufacturerPage(items=items, next_cursor=next_cursor)
 
-    @post("/", summary="Create a manufacturer (names are unique)")
+    @post("/", opt=requires(Permission.CATALOG_WRITE), summary="Create a manufacturer (names are unique)")
     async def create_manufacturer(self, vault: Vault, data: JSONBody[ManufacturerCreate]) -> Manufacturer:
         return await vault.create(MANUFACTURERS, data)
 
-    @get("/{manufacturer_id:int}", summary="One manufacturer")
+    @get("/{manufacturer_id:int}", opt=requires(Permission.CATALOG_READ), summary="One manufacturer")
     async def get_manufacturer(self, vault: Vault, manufacturer_id: FromPath[int]) -> Manufacturer:
         return await vault.get(MANUFACTURERS, manufacturer_id)
 
-    @patch("/{manufacturer_id:int}", summary="Change a manufacturer")
+    @patch("/{manufacturer_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Change a manufacturer")
     async def update_manufacturer(
         self, vault: Vault, manufacturer_id: FromPath[int], data: JSONBody[ManufacturerUpdate]
     ) -> Manufacturer:
         return await vault.update(MANUFACTURERS, manufacturer_id, data)
 
-    @delete("/{manufacturer_id:int}", summary="Delete a manufacturer no card refers to")
+    @delete(
+        "/{manufacturer_id:int}",
+        opt=requires(Permission.CATALOG_WRITE),
+        summary="Delete a manufacturer no card refers to",
+    )
     async def delete_manufacturer(self, vault: Vault, manufacturer_id: FromPath[int]) -> None:
         await vault.delete(MANUFACTURERS, manufacturer_id)
 
@@ -148,7 +154,11 @@ class TeamsController(Controller):
     path = "/teams"
     tags = ["teams"]
 
-    @get("/", summary="List teams (filter by league, search name and city; keyset pages)")
+    @get(
+        "/",
+        opt=requires(Permission.CATALOG_READ),
+        summary="List teams (filter by league, search name and city; keyset pages)",
+    )
     async def list_teams(
         self,
         vault: Vault,
@@ -162,19 +172,23 @@ class TeamsController(Controller):
         items, next_cursor = await vault.page(TEAMS, query)
         return TeamPage(items=items, next_cursor=next_cursor)
 
-    @post("/", summary="Create a team (name and league are unique together)")
+    @post("/", opt=requires(Permission.CATALOG_WRITE), summary="Create a team (name and league are unique together)")
     async def create_team(self, vault: Vault, data: JSONBody[TeamCreate]) -> Team:
         return await vault.create(TEAMS, data)
 
-    @get("/{team_id:int}", summary="One team")
+    @get("/{team_id:int}", opt=requires(Permission.CATALOG_READ), summary="One team")
     async def get_team(self, vault: Vault, team_id: FromPath[int]) -> Team:
         return await vault.get(TEAMS, team_id)
 
-    @patch("/{team_id:int}", summary="Change a team")
+    @patch("/{team_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Change a team")
     async def update_team(self, vault: Vault, team_id: FromPath[int], data: JSONBody[TeamUpdate]) -> Team:
         return await vault.update(TEAMS, team_id, data)
 
-    @delete("/{team_id:int}", summary="Delete a team no card refers to (its players lose their team)")
+    @delete(
+        "/{team_id:int}",
+        opt=requires(Permission.CATALOG_WRITE),
+        summary="Delete a team no card refers to (its players lose their team)",
+    )
     async def delete_team(self, vault: Vault, team_id: FromPath[int]) -> None:
         await vault.delete(TEAMS, team_id)
 
@@ -183,7 +197,9 @@ class PlayersController(Controller):
     path = "/players"
     tags = ["players"]
 
-    @get("/", summary="List players (filter by team, search names; keyset pages)")
+    @get(
+        "/", opt=requires(Permission.CATALOG_READ), summary="List players (filter by team, search names; keyset pages)"
+    )
     async def list_players(
         self,
         vault: Vault,
@@ -197,19 +213,19 @@ class PlayersController(Controller):
         items, next_cursor = await vault.page(PLAYERS, query)
         return PlayerPage(items=items, next_cursor=next_cursor)
 
-    @post("/", summary="Create a player")
+    @post("/", opt=requires(Permission.CATALOG_WRITE), summary="Create a player")
     async def create_player(self, vault: Vault, data: JSONBody[PlayerCreate]) -> Player:
         return await vault.create(PLAYERS, data)
 
-    @get("/{player_id:int}", summary="One player")
+    @get("/{player_id:int}", opt=requires(Permission.CATALOG_READ), summary="One player")
     async def get_player(self, vault: Vault, player_id: FromPath[int]) -> Player:
         return await vault.get(PLAYERS, player_id)
 
-    @patch("/{player_id:int}", summary="Change a player")
+    @patch("/{player_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Change a player")
     async def update_player(self, vault: Vault, player_id: FromPath[int], data: JSONBody[PlayerUpdate]) -> Player:
         return await vault.update(PLAYERS, player_id, data)
 
-    @delete("/{player_id:int}", summary="Delete a player no card refers to")
+    @delete("/{player_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Delete a player no card refers to")
     async def delete_player(self, vault: Vault, player_id: FromPath[int]) -> None:
         await vault.delete(PLAYERS, player_id)
 
@@ -218,7 +234,11 @@ class CardsController(Controller):
     path = "/cards"
     tags = ["cards"]
 
-    @get("/", summary="List cards (filters, search over cardnumber and notes, sort; keyset pages)")
+    @get(
+        "/",
+        opt=requires(Permission.CARDS_READ),
+        summary="List cards (filters, search over cardnumber and notes, sort; keyset pages)",
+    )
     async def list_cards(
         self,
         vault: Vault,
@@ -250,25 +270,28 @@ class CardsController(Controller):
         items, next_cursor = await vault.page(CARDS, query)
         return CardPage(items=items, next_cursor=next_cursor)
 
-    @post("/", summary="Create a card (counts against the cards quota)")
+    @post("/", opt=requires(Permission.CARDS_WRITE_OWN), summary="Create a card (counts against the cards quota)")
     async def create_card(self, vault: Vault, data: JSONBody[CardCreate]) -> Card:
         return await vault.create(CARDS, data)
 
-    @get("/{card_id:int}", summary="One card")
+    @get("/{card_id:int}", opt=requires(Permission.CARDS_READ), summary="One card")
     async def get_card(self, vault: Vault, card_id: FromPath[int]) -> Card:
         return await vault.get(CARDS, card_id)
 
-    @patch("/{card_id:int}", summary="Change a card (send null to clear a field)")
+    @patch(
+        "/{card_id:int}", opt=requires(Permission.CARDS_WRITE_OWN), summary="Change a card (send null to clear a field)"
+    )
     async def update_card(self, vault: Vault, card_id: FromPath[int], data: JSONBody[CardUpdate]) -> Card:
         return await vault.update(CARDS, card_id, data)
 
-    @delete("/{card_id:int}", summary="Delete a card and its stored image")
+    @delete("/{card_id:int}", opt=requires(Permission.CARDS_WRITE_OWN), summary="Delete a card and its stored image")
     async def delete_card(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:
         obsolete = await vault.delete_card(card_id)
         return Response(None, status_code=204, background=_after_commit(vault, obsolete))
 
     @put(
         "/{card_id:int}/image",
+        opt=requires(Permission.CARDS_WRITE_OWN),
         status_code=200,
         summary="Upload the card's image: raw JPEG, PNG or WebP body with its Content-Type",
     )
@@ -282,6 +305,7 @@ class CardsController(Controller):
 
     @get(
         "/{card_id:int}/image",
+        opt=requires(Permission.CARDS_READ),
         summary="The card's image, as uploaded",
         media_type="application/octet-stream",
         response_headers=[ResponseHeader(name="ETag", documentation_only=True, description="sha256 of the image")],
@@ -298,7 +322,7 @@ class CardsController(Controller):
             },
         )
 
-    @delete("/{card_id:int}/image", summary="Remove the card's image")
+    @delete("/{card_id:int}/image", opt=requires(Permission.CARDS_WRITE_OWN), summary="Remove the card's image")
     async def delete_image(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:
         obsolete = await vault.delete_image(card_id)
         return Response(None, status_code=204, background=_after_commit(vault, obsolete))

@@ -33,6 +33,9 @@ import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 
+from controlplane.audit import repository as audit
+from controlplane.audit.models import AuditContext
+from controlplane.auth.models import Permission, Principal
 from controlplane.cards import images, repository
 from controlplane.cards.errors import (
     ConstraintViolation,
@@ -57,6 +60,7 @@ from controlplane.cards.models import (
 )
 from controlplane.cards.repository import Row, SortKey, Table
 from controlplane.db import AsyncConn
+from controlplane.errors import PermissionDenied
 from controlplane.registry.models import QuotaType
 from controlplane.storage import Storage, new_key
 
@@ -143,8 +147,17 @@ def decode_cursor(cursor: str, sort: str, key: SortKey) -> tuple[Any, int]:
     return value, row_id
 
 
+#: Who acts when no request does (imports, maintenance, tests of the data layer).
+SYSTEM = AuditContext(actor="system")
+
+
 class CardVault:
-    """The API of one tenant on one request's connection (the caller owns the transaction)."""
+    """The API of one tenant on one request's connection (the caller owns the transaction).
+
+    ``principal`` is who acts: cards it creates are its own, and without ``cards:write_all`` it may
+    change only those (None: the system itself, which may change anything). Every write is recorded
+    in the tenant's ``audit_log`` with ``audit`` in the same transaction.
+    """
 
     def __init__(
         self,
@@ -154,12 +167,32 @@ class CardVault:
         storage: Storage,
         quota_limits: QuotaLimits,
         max_image_bytes: int,
+        principal: Principal | None = None,
+        audit: AuditContext = SYSTEM,
     ) -> None:
         self._conn = conn
         self._tenant_id = tenant_id
         self._storage = storage
         self._limits = quota_limits
         self._max_image_bytes = max_image_bytes
+        self._principal = principal
+        self._audit = audit
+
+    async def _record(self, action: str, table: Table, row_id: object, details: dict[str, Any] | None = None) -> None:
+        await audit.record_tenant(
+            self._conn, self._audit, f"{table.resource}.{action}", table.resource, row_id, details
+        )
+
+    def _check_owner(self, card: Row) -> None:
+        """Without ``cards:write_all``, only the cards one created may be changed."""
+        principal = self._principal
+        if principal is None or principal.can(Permission.CARDS_WRITE_ALL):
+            return
+        if principal.user_id is None or card.get("created_by") != principal.user_id:
+            raise PermissionDenied(
+                f"card {card['id']} was created by someone else; changing it needs {Permission.CARDS_WRITE_ALL}",
+                permission=Permission.CARDS_WRITE_ALL.value,
+            )
 
     # -- error translation ----------------------------------------------------------------------
 
@@ -215,18 +248,24 @@ class CardVault:
         if resource is CARDS:
             # The counter lock is taken outside the savepoint so it lasts until the request commits.
             await enforce_quota(self._conn, QuotaType.CARDS, self._limits)
+            if self._principal is not None:
+                values["created_by"] = self._principal.user_id
         async with self._writing(resource.table, values):
             row = await repository.insert(self._conn, resource.table, values)
+        await self._record("create", resource.table, row["id"])
         return resource.load(row)
 
     async def update(self, resource: Resource[T], row_id: int, data: msgspec.Struct) -> T:
         """Apply the fields that were sent; an empty change still stamps ``updated_at``."""
         self._check_id(resource.table, row_id)
         values = changes(data)
+        if resource is CARDS:
+            self._check_owner(await self._lock_card(row_id))
         async with self._writing(resource.table, values):
             row = await repository.update(self._conn, resource.table, row_id, values)
         if row is None:
             raise self._not_found(resource.table, row_id)
+        await self._record("update", resource.table, row_id, {"fields": sorted(values)})
         return resource.load(row)
 
     async def delete(self, resource: Resource[T], row_id: int) -> None:
@@ -237,6 +276,7 @@ class CardVault:
             deleted = await repository.delete(self._conn, resource.table, row_id)
         if not deleted:
             raise self._not_found(resource.table, row_id)
+        await self._record("delete", resource.table, row_id)
 
     async def page(self, resource: Resource[T], query: ListQuery) -> tuple[list[T], str | None]:
         """One page in ``query.sort`` order (ties by id) and the cursor of the next, if any."""
@@ -276,10 +316,11 @@ class CardVault:
 
     async def delete_card(self, card_id: int) -> list[str]:
         """Delete the card and its files' rows; the storage keys to ``discard`` after commit."""
-        await self._lock_card(card_id)
+        self._check_owner(await self._lock_card(card_id))
         async with self._writing(repository.CARDS):
             keys = await repository.delete_card_files(self._conn, card_id)
             await repository.delete(self._conn, repository.CARDS, card_id)
+        await self._record("delete", repository.CARDS, card_id)
         return keys
 
     async def put_image(self, card_id: int, content_type: str | None, data: bytes) -> tuple[ImageInfo, list[str]]:
@@ -288,6 +329,7 @@ class CardVault:
             raise ImageTooLarge(f"images may be at most {self._max_image_bytes} bytes", limit=self._max_image_bytes)
         image_format = images.check_image(content_type, data)
         card = await self._lock_card(card_id)
+        self._check_owner(card)
         old_key: str | None = card["key"]
         await enforce_quota(self._conn, QuotaType.STORAGE_BYTES, self._limits, adding=len(data) - (card["bytes"] or 0))
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
@@ -306,6 +348,7 @@ class CardVault:
                     card_id=card_id,
                 )
                 await repository.set_card_image(self._conn, card_id, key)
+                await self._record("image.put", repository.CARDS, card_id, {"bytes": len(data), "sha256": digest})
         except BaseException:
             await self._storage.delete(self._tenant_id, key)
             raise
@@ -332,11 +375,13 @@ class CardVault:
     async def delete_image(self, card_id: int) -> list[str]:
         """Remove the card's image; the storage keys to ``discard`` after commit."""
         card = await self._lock_card(card_id)
+        self._check_owner(card)
         if card["key"] is None:
             raise RowNotFound(f"card {card_id} has no image", resource="image", id=card_id)
         async with self._writing(repository.CARDS):
             await repository.delete_file(self._conn, card["key"])
             await repository.set_card_image(self._conn, card_id, None)
+        await self._record("image.delete", repository.CARDS, card_id)
         return [card["key"]]
 
     async def discard(self, keys: Iterable[str]) -> None:

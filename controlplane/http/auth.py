@@ -1,19 +1,80 @@
-"""The bootstrap admin guard: ``Authorization: Bearer <CARDVAULT_ADMIN_TOKEN>`` on ``/admin/*``."""
+"""The guard of ``/admin/*``: a super-admin's access JWT, or the automation token.
+
+- ``Authorization: Bearer <JWT>`` with ``aud`` platform and role super_admin, whose login session is
+  live and whose account is enabled (one control-database read: the admin API is not a hot path,
+  and a revoked session or disabled admin must lose access at once).
+- ``Authorization: Bearer <CARDVAULT_ADMIN_TOKEN>``, the documented credential for automation. Only
+  its SHA-256 is kept in memory; it acts as ``automation`` in the platform audit.
+
+The principal is left in the request's state for handlers that audit (``admin_principal``).
+"""
 
 from __future__ import annotations
 
-import hmac
+import uuid
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from controlplane.errors import Unauthorized
+from controlplane.audit.models import AuditContext
+from controlplane.auth import repository as admins
+from controlplane.auth import sessions
+from controlplane.auth.models import ROLE_PERMISSIONS, Principal, PrincipalKind, Role
+from controlplane.auth.service import PLATFORM_AUDIENCE, Authenticator, automation_token_matches, bearer, subject_id
+from controlplane.errors import InvalidToken, WrongTenant
+from controlplane.http.context import request_id, source_address
+from controlplane.platform import Platform
+
+#: ``app.state`` key of the SHA-256 of CARDVAULT_ADMIN_TOKEN (None: no automation token).
+ADMIN_TOKEN_HASH_STATE_KEY = "admin_token_sha256"
+_PRINCIPAL_KEY = "cardvault.principal"
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    expected: str = connection.app.state.admin_token
-    header = connection.headers.get("authorization", "")
-    scheme, _sep, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise Unauthorized("missing or invalid admin token (Authorization: Bearer <CARDVAULT_ADMIN_TOKEN>)")
+async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    state = connection.app.state
+    token = bearer(connection.headers.get("authorization"))
+    if automation_token_matches(token, state.get(ADMIN_TOKEN_HASH_STATE_KEY)):
+        principal = Principal(
+            kind=PrincipalKind.AUTOMATION,
+            subject="automation",
+            label="CARDVAULT_ADMIN_TOKEN",
+            role=Role.SUPER_ADMIN,
+            permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
+        )
+    else:
+        auth: Authenticator = state["auth"]
+        claims = await auth.signer.verify(token)
+        if claims.aud != PLATFORM_AUDIENCE or claims.role != Role.SUPER_ADMIN.value:
+            raise WrongTenant("a tenant token cannot use the platform API")
+        admin_id = subject_id(claims, "admin")
+        platform: Platform = state.platform
+        async with platform.control.connection() as conn:
+            admin = await admins.get_admin(conn, admin_id)
+            live = claims.sid is not None and await sessions.is_active(conn, "platform_sessions", uuid.UUID(claims.sid))
+        if admin is None or admin.disabled or not live:
+            raise InvalidToken("the session has ended or the account is disabled; log in again")
+        principal = Principal(
+            kind=PrincipalKind.PLATFORM_ADMIN,
+            subject=f"admin:{admin.id}",
+            label=admin.email,
+            role=Role.SUPER_ADMIN,
+            permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
+        )
+    connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal  # type: ignore[typeddict-item]
+
+
+def admin_principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    principal: Principal = connection.scope["state"][_PRINCIPAL_KEY]  # type: ignore[typeddict-item]
+    return principal
+
+
+def admin_audit_context(connection: ASGIConnection[Any, Any, Any, Any]) -> AuditContext:
+    """Who did a platform action, for ``platform_audit``."""
+    principal = admin_principal(connection)
+    return AuditContext(
+        actor=principal.subject,
+        actor_label=principal.label,
+        source_address=source_address(connection.scope),
+        request_id=request_id(connection.scope),
+    )

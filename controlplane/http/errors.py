@@ -40,9 +40,13 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 def domain_error(_: Request[Any, Any, Any], exc: CardVaultError) -> Response[dict[str, Any]]:
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc.detail)
+    headers: dict[str, str] = dict(getattr(exc, "headers", None) or {})
     retry_after = getattr(exc, "retry_after", None)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return _json(exc.status, exc.to_json(), headers)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="cardvault"')
+    return _json(exc.status, exc.to_json(), headers or None)
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

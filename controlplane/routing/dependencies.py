@@ -1,33 +1,42 @@
-"""Litestar glue for tenant resolution: which tenant a request is for, and its ``CardVault``.
+"""Litestar glue for tenant requests: which tenant, who is asking, may they, and their ``CardVault``.
 
 The only module of ``routing/`` that knows HTTP. Wiring (in ``create_app``): the lifespan puts the
-``TenantCache``, the ``TenantPools`` and the base domain into ``app.state`` under the keys below; the
-tenant API routers, mounted at both ``/t/{tenant_slug:str}/api`` and ``/api``, get
-``tenant_api_dependencies(settings)``; other routes that need only the tenant use
-``tenant_dependencies()``.
+``TenantCache``, the ``TenantPools``, the ``Authenticator``, the ``ApiCalls`` meter and the base domain
+into ``app.state`` under the keys below; the tenant API routers, mounted at both
+``/t/{tenant_slug:str}/api`` and ``/api``, get ``tenant_api_dependencies(settings)``; other routes
+that need only the tenant use ``tenant_dependencies()``.
+
+Every tenant API handler names the permission it needs in its ``opt`` (``requires(...)``); a handler
+without one is refused (500 in development, and a test walks the route table so none ships).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
+from controlplane.audit.models import AuditContext
+from controlplane.auth.models import Permission, Principal
+from controlplane.auth.service import Authenticator
 from controlplane.cards.service import CardVault, QuotaLimits
-from controlplane.errors import ServerUnavailable, TenantUnavailable
+from controlplane.errors import PermissionDenied, ServerUnavailable, TenantUnavailable
+from controlplane.http.context import add_response_headers, request_id, source_address
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
 from controlplane.registry import repository as registry
 from controlplane.registry.models import QuotaType
 from controlplane.routing.cache import TenantCache
-from controlplane.routing.models import TenantContext
+from controlplane.routing.models import TenantContext, TenantRequest
 from controlplane.routing.resolver import admit, resolve, resolve_slug
 from controlplane.settings import Settings
 from controlplane.storage.local import LocalStorage
+from controlplane.usage.api_calls import ApiCalls
 
 #: ``app.state`` key of the ``TenantCache``.
 TENANT_CACHE_STATE_KEY = "tenant_cache"
@@ -39,6 +48,26 @@ BASE_DOMAIN_STATE_KEY = "base_domain"
 TENANT_SLUG_PARAM = "tenant_slug"
 #: Header that names the tenant with ``/api/...``.
 TENANT_HEADER = "x-tenant"
+#: ``app.state`` keys of the ``Authenticator`` and the ``ApiCalls`` meter.
+AUTH_STATE_KEY = "auth"
+API_CALLS_STATE_KEY = "api_calls"
+#: ``opt`` key naming the permission a tenant route needs.
+PERMISSION_OPT = "permission"
+
+
+def requires(permission: Permission) -> dict[str, Any]:
+    """A route's ``opt``: the permission it needs (``@get(..., opt=requires(Permission.CARDS_READ))``)."""
+    return {PERMISSION_OPT: permission}
+
+
+def audit_context(request: Request[Any, Any, Any], principal: Principal) -> AuditContext:
+    return AuditContext(
+        actor=principal.subject,
+        actor_label=principal.label,
+        impersonator=f"admin:{principal.impersonator}" if principal.impersonator else None,
+        source_address=source_address(request.scope),
+        request_id=request_id(request.scope),
+    )
 
 
 def provide_tenant_cache(state: State) -> TenantCache:
@@ -77,35 +106,65 @@ def quota_limits_for(platform: Platform, tenant_id: uuid.UUID) -> QuotaLimits:
 
 
 def tenant_api_dependencies(settings: Settings) -> dict[str, Provide]:
-    """``vault`` for the tenant API routes, in one step: resolve the tenant, take a pooled connection to
-    its own database (as its own role), and open its ``CardVault`` on it.
+    """``vault`` (for the CardVault routes) and ``tenant_request`` (for the others), each in one step:
+    resolve the tenant, check the credential, count the call against the hourly limit, take a pooled
+    connection to the tenant's own database (as its own role), load the principal on it, check the
+    route's permission.
 
-    One dependency rather than a chain of six: Litestar's dependency resolution is a large share of
-    a hot read's cost. The request owns the transaction: committed when the handler returns, rolled
-    back when it raises.
+    One dependency rather than a chain: Litestar's dependency resolution is a large share of a hot
+    read's cost. The request owns the transaction: committed when the handler returns, rolled back
+    when it raises.
     """
     storage = LocalStorage(settings.data_dir / "storage")
     max_image_bytes = settings.http.max_image_bytes
 
     async def provide_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
-        state = request.app.state
-        cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
-        tenant = await _resolve(request, cache)
-        pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-        try:
-            async with pools.connection(tenant.id) as conn:
-                yield CardVault(
-                    conn,
-                    tenant.id,
-                    storage=storage,
-                    quota_limits=quota_limits_for(state.platform, tenant.id),
-                    max_image_bytes=max_image_bytes,
-                )
-        except TenantUnavailable:  # no connection, or it was lost under the request
-            await _recheck(cache, tenant)
-            raise
+        async with open_tenant_request(request) as ctx:
+            yield CardVault(
+                ctx.conn,
+                ctx.tenant.id,
+                storage=storage,
+                quota_limits=quota_limits_for(request.app.state.platform, ctx.tenant.id),
+                max_image_bytes=max_image_bytes,
+                principal=ctx.principal,
+                audit=ctx.audit,
+            )
 
-    return {"vault": Provide(provide_vault)}
+    async def provide_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
+        async with open_tenant_request(request) as ctx:
+            yield ctx
+
+    return {"vault": Provide(provide_vault), "tenant_request": Provide(provide_tenant_request)}
+
+
+@asynccontextmanager
+async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
+    state = request.app.state
+    permission: Permission | None = request.route_handler.opt.get(PERMISSION_OPT)
+    if permission is None:  # a programming error; a test walks every route so none ships
+        raise RuntimeError(f"route {request.route_handler} declares no permission")
+    cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
+    tenant = await _resolve(request, cache)
+    auth: Authenticator = state[AUTH_STATE_KEY]
+    credential = await auth.credential(request.headers.get("authorization"))
+    auth.check_tenant(tenant, credential)
+    calls: ApiCalls = state[API_CALLS_STATE_KEY]
+    decision = await calls.admit(tenant.id)
+    if decision is not None:
+        add_response_headers(request.scope, decision.headers())
+    pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
+    try:
+        async with pools.connection(tenant.id) as conn:
+            principal = await auth.tenant_principal(conn, tenant, credential)
+            if not principal.can(permission):
+                raise PermissionDenied(
+                    f"this needs the {permission.value} permission, which {principal.role.value} lacks",
+                    permission=permission.value,
+                )
+            yield TenantRequest(conn=conn, tenant=tenant, principal=principal, audit=audit_context(request, principal))
+    except TenantUnavailable:  # no connection, or it was lost under the request
+        await _recheck(cache, tenant)
+        raise
 
 
 async def _recheck(cache: TenantCache, tenant: TenantContext) -> None:

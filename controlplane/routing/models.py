@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import msgspec
 
+from controlplane.audit.models import AuditContext
+from controlplane.auth.models import Principal
+from controlplane.db import AsyncConn
 from controlplane.registry.models import Tenant, TenantStatus, Tier
 
 
@@ -32,3 +36,14 @@ class TenantContext(msgspec.Struct, frozen=True, kw_only=True):
             database_name=tenant.database_name,
             role_name=tenant.role_name,
         )
+
+
+@dataclass(frozen=True)
+class TenantRequest:
+    """An authenticated, authorised request inside one tenant: its connection (the request's
+    transaction), the tenant, who is acting and what goes into audit rows."""
+
+    conn: AsyncConn
+    tenant: TenantContext
+    principal: Principal
+    audit: AuditContext

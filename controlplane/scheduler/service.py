@@ -42,6 +42,13 @@ class Scheduler:
 
     def add_leader_job(self, name: str, job: Callable[[], Awaitable[str]], every_seconds: float) -> None:
         """Run ``job`` every ``every_seconds`` on the leader; ``job`` returns its one-line outcome."""
+        self._add(name, job, every_seconds, leader_only=True)
+
+    def add_instance_job(self, name: str, job: Callable[[], Awaitable[str]], every_seconds: float) -> None:
+        """Run ``job`` every ``every_seconds`` on every instance (for state of the instance itself)."""
+        self._add(name, job, every_seconds, leader_only=False)
+
+    def _add(self, name: str, job: Callable[[], Awaitable[str]], every_seconds: float, *, leader_only: bool) -> None:
         if every_seconds <= 0:
             return
         self.stats[name] = JobStats()
@@ -49,7 +56,7 @@ class Scheduler:
             self._run,
             "interval",
             seconds=every_seconds,
-            args=[name, job],
+            args=[name, job, leader_only],
             id=name,
             max_instances=1,
             coalesce=True,
@@ -90,8 +97,8 @@ class Scheduler:
         await conn.close()
         return False
 
-    async def _run(self, name: str, job: Callable[[], Awaitable[str]]) -> None:
-        if not await self.is_leader():
+    async def _run(self, name: str, job: Callable[[], Awaitable[str]], leader_only: bool) -> None:
+        if leader_only and not await self.is_leader():
             return
         stats = self.stats[name]
         started = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Authentication: tenant users, sessions, tokens, and abuse protection (rate limiting, login throttling)."""

@@ -1,0 +1,229 @@
+"""Login, refresh, logout and invitations: ``/auth/*`` (platform or tenant) and ``/t/{slug}/auth/*`` (tenant).
+
+``/auth/...`` serves the tenant the request names by its Host (``{slug}.<base domain>``) or its
+``X-Tenant`` header, and the platform (super-admins) when it names none. ``/t/{slug}/auth/...`` always
+serves that tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, Router, post
+from litestar.params import JSONBody
+
+from controlplane.audit import repository as audit
+from controlplane.audit.models import AuditContext
+from controlplane.auth import repository as admins
+from controlplane.auth import sessions
+from controlplane.auth import tenant_repository as users
+from controlplane.auth.passwords import validate_password
+from controlplane.auth.service import PLATFORM_AUDIENCE, TENANT_AUDIENCE, Authenticator, TokenPair, bearer, hash_secret
+from controlplane.auth.service import subject_id as token_subject
+from controlplane.errors import InvalidCredentials, InvalidToken, NotFound
+from controlplane.http.context import request_id, source_address
+from controlplane.platform import Platform
+from controlplane.pools.service import TenantPools
+from controlplane.routing.cache import TenantCache
+from controlplane.routing.dependencies import (
+    AUTH_STATE_KEY,
+    BASE_DOMAIN_STATE_KEY,
+    TENANT_CACHE_STATE_KEY,
+    TENANT_HEADER,
+    TENANT_POOLS_STATE_KEY,
+    TENANT_SLUG_PARAM,
+)
+from controlplane.routing.errors import TenantRequired
+from controlplane.routing.models import TenantContext
+from controlplane.routing.resolver import resolve, resolve_slug
+
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^\x00\s]+@[^\x00\s]+$")]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")]
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Secret
+
+
+class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: Secret
+
+
+class AcceptInvite(msgspec.Struct, forbid_unknown_fields=True):
+    invite_token: Secret
+    password: Secret
+
+
+def _auth(request: Request[Any, Any, Any]) -> Authenticator:
+    auth: Authenticator = request.app.state[AUTH_STATE_KEY]
+    return auth
+
+
+async def _named_tenant(request: Request[Any, Any, Any]) -> TenantContext | None:
+    """The tenant the request names (path, Host or X-Tenant), or None for the platform."""
+    path_slug = request.path_params.get(TENANT_SLUG_PARAM)
+    try:
+        slug = resolve_slug(
+            path_slug if isinstance(path_slug, str) else None,
+            request.headers.get("host"),
+            request.headers.get(TENANT_HEADER),
+            request.app.state.get(BASE_DOMAIN_STATE_KEY),
+        )
+    except TenantRequired:
+        return None
+    cache: TenantCache = request.app.state[TENANT_CACHE_STATE_KEY]
+    return await resolve(cache, slug)
+
+
+def _pools(request: Request[Any, Any, Any]) -> TenantPools:
+    pools: TenantPools = request.app.state[TENANT_POOLS_STATE_KEY]
+    return pools
+
+
+def _platform(request: Request[Any, Any, Any]) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def _audit(request: Request[Any, Any, Any], actor: str, label: str = "") -> AuditContext:
+    return AuditContext(
+        actor=actor,
+        actor_label=label,
+        source_address=source_address(request.scope),
+        request_id=request_id(request.scope),
+    )
+
+
+@post("/token", status_code=200, summary="Log in with email and password: access JWT + refresh token")
+async def token(request: Request[Any, Any, Any], data: JSONBody[LoginRequest]) -> TokenPair:
+    auth = _auth(request)
+    address = source_address(request.scope)
+    agent = request.headers.get("user-agent", "")[:256] or None
+    tenant = await _named_tenant(request)
+    if tenant is not None:
+        async with _pools(request).connection(tenant.id) as conn:
+            pair, user_id = await auth.login_tenant(
+                conn, tenant, data.email, data.password, source_address=address, user_agent=agent
+            )
+            await audit.record_tenant(conn, _audit(request, f"user:{user_id}", data.email), "auth.login")
+        return pair
+    keys = await auth.throttle_platform(data.email, address)
+    async with _platform(request).control.connection() as conn:
+        found = await admins.get_admin_credentials(conn, data.email.strip())
+        if found is None:
+            await auth.passwords.verify_dummy(data.password)
+            raise await auth.platform_failed(keys)
+        admin, password_hash = found
+        if not await auth.passwords.verify(password_hash, data.password) or admin.disabled:
+            raise await auth.platform_failed(keys)
+        await auth.platform_succeeded(keys)
+        async with conn.transaction():
+            await admins.touch_login(conn, admin.id)
+            session_id, refresh = await sessions.open_session(
+                conn,
+                "platform_sessions",
+                admin.id,
+                ttl=auth.settings.refresh_token_ttl,
+                source_address=address,
+                user_agent=agent,
+            )
+    return auth.platform_pair(admin.id, session_id, refresh)
+
+
+@post("/refresh", status_code=200, summary="Trade a refresh token for new tokens (the old one is spent)")
+async def refresh(request: Request[Any, Any, Any], data: JSONBody[RefreshRequest]) -> TokenPair:
+    auth = _auth(request)
+    tenant = await _named_tenant(request)
+    replayed: InvalidToken | None = None
+    pair: TokenPair | None = None
+    if tenant is not None:
+        async with _pools(request).connection(tenant.id) as conn:
+            try:
+                pair = await auth.refresh_tenant(conn, tenant, data.refresh_token)
+            except InvalidToken as exc:  # commit what it did (a replay revokes the session)
+                replayed = exc
+    else:
+        async with _platform(request).control.connection() as conn, conn.transaction():
+            try:
+                session, new_refresh = await sessions.rotate(conn, "platform_sessions", data.refresh_token)
+                admin = await admins.get_admin(conn, session.user_id)
+                if admin is None or admin.disabled:
+                    await sessions.revoke(conn, "platform_sessions", session.id)
+                    raise InvalidToken("this account is disabled")
+                pair = auth.platform_pair(admin.id, session.id, new_refresh)
+            except InvalidToken as exc:
+                replayed = exc
+    if replayed is not None:
+        raise replayed
+    assert pair is not None
+    return pair
+
+
+@post("/logout", status_code=204, summary="End the session of the access token (all=true: every session)")
+async def logout(request: Request[Any, Any, Any], all: bool = False) -> Response[None]:
+    auth = _auth(request)
+    claims = await auth.signer.verify(bearer(request.headers.get("authorization")))
+    tenant = await _named_tenant(request)
+    if claims.sid is None:
+        raise InvalidToken("this token has no session to end (impersonation tokens simply expire)")
+    session_id = uuid.UUID(claims.sid)
+    if tenant is not None:
+        auth.check_tenant(tenant, claims)
+        async with _pools(request).connection(tenant.id) as conn:
+            principal = await auth.tenant_principal(conn, tenant, claims)
+            assert principal.user_id is not None
+            if all:
+                await sessions.revoke_all(conn, "auth_sessions", principal.user_id)
+            else:
+                await sessions.revoke(conn, "auth_sessions", session_id)
+            ctx = _audit(request, principal.subject, principal.label)
+            await audit.record_tenant(conn, ctx, "auth.logout", details={"all_sessions": all})
+        return Response(None, status_code=204)
+    if claims.aud != PLATFORM_AUDIENCE:
+        raise InvalidToken("a tenant token: log out through its tenant (/t/{slug}/auth/logout)")
+    admin_id = token_subject(claims, "admin")
+    async with _platform(request).control.connection() as conn, conn.transaction():
+        if all:
+            await sessions.revoke_all(conn, "platform_sessions", admin_id)
+        else:
+            await sessions.revoke(conn, "platform_sessions", session_id)
+    return Response(None, status_code=204)
+
+
+@post("/invitations/accept", status_code=200, summary="Set the password of an invited account and log in")
+async def accept_invitation(request: Request[Any, Any, Any], data: JSONBody[AcceptInvite]) -> TokenPair:
+    auth = _auth(request)
+    tenant = await _named_tenant(request)
+    if tenant is None:
+        raise NotFound("invitations belong to a tenant: /t/{slug}/auth/invitations/accept")
+    password = validate_password(data.password)
+    password_hash = await auth.passwords.hash(password)
+    async with _pools(request).connection(tenant.id) as conn:
+        user = await users.accept_invite(conn, hash_secret(data.invite_token), password_hash)
+        if user is None:
+            raise InvalidCredentials("unknown, used or expired invitation")
+        await audit.record_tenant(conn, _audit(request, f"user:{user['id']}", user["email"]), "user.invite.accept")
+    # Committed; now log in as any login would (same throttle, same session).
+    async with _pools(request).connection(tenant.id) as conn:
+        pair, _ = await auth.login_tenant(
+            conn,
+            tenant,
+            user["email"],
+            password,
+            source_address=source_address(request.scope),
+            user_agent=request.headers.get("user-agent", "")[:256] or None,
+        )
+    return pair
+
+
+_HANDLERS = [token, refresh, logout, accept_invitation]
+
+#: ``/auth/*``: platform, or the tenant named by Host / X-Tenant.
+AUTH_ROUTER = Router(path="/auth", route_handlers=_HANDLERS, tags=["auth"], security=[])
+#: ``/t/{slug}/auth/*``: the tenant in the path.
+TENANT_AUTH_ROUTER = Router(path=f"/t/{{{TENANT_SLUG_PARAM}:str}}/auth", route_handlers=_HANDLERS, tags=["auth"])
+
+__all__ = ["AUTH_ROUTER", "TENANT_AUDIENCE", "TENANT_AUTH_ROUTER"]

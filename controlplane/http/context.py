@@ -1,0 +1,56 @@
+"""Per-request facts every API module shares: the request id, the client address, extra response headers.
+
+The request id is the client's ``X-Request-ID`` when it is a sane token (so a gateway's id follows the
+request into audit rows and logs), else a new UUID; it is echoed on every response. Handlers and
+dependencies add response headers (``RateLimit-*``) with ``add_response_headers``; the ``before_send``
+hook writes them, on errors too.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
+
+from controlplane.audit.models import client_address
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ID_KEY = "cardvault.request_id"
+_HEADERS_KEY = "cardvault.response_headers"
+
+
+def _state(scope: Scope) -> dict[str, Any]:
+    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    return state
+
+
+def request_id(scope: Scope) -> str:
+    state = _state(scope)
+    rid: str | None = state.get(_ID_KEY)
+    if rid is None:
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin-1")
+        rid = given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        state[_ID_KEY] = rid
+    return rid
+
+
+def source_address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client_address(client[0]) if client else None
+
+
+def add_response_headers(scope: Scope, headers: dict[str, str]) -> None:
+    _state(scope).setdefault(_HEADERS_KEY, {}).update(headers)
+
+
+async def before_send(message: Message, scope: Scope) -> None:
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    headers[REQUEST_ID_HEADER] = request_id(scope)
+    for name, value in _state(scope).get(_HEADERS_KEY, {}).items():
+        headers[name] = value

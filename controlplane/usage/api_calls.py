@@ -1,0 +1,94 @@
+"""API calls per tenant: the hourly rate limit (the ``api_calls_per_hour`` quota) and the usage count.
+
+Every authenticated tenant API call is admitted here. The limit is a fixed window of one hour on a
+counter shared by all instances when ``CARDVAULT_REDIS_URL`` is set (in-process otherwise). Calls are
+also counted in memory per tenant and hour and added to ``tenant_api_calls`` by ``flush`` (a job of
+every instance; each adds its own counts, so nothing is counted twice).
+
+The limit itself is read from the registry at most once a minute per tenant: a quota change takes
+effect within a minute on every instance without a registry query per request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+from psycopg_pool import AsyncConnectionPool
+
+from controlplane.auth.ratelimit import Decision, RateLimiter
+from controlplane.db import AsyncConn
+from controlplane.errors import TooManyRequests
+from controlplane.registry import repository as registry
+from controlplane.registry.models import QuotaType
+
+HOUR = 3600
+#: Seconds a tenant's limit is cached.
+LIMIT_TTL = 60.0
+
+
+class ApiCalls:
+    def __init__(
+        self, limiter: RateLimiter, control: AsyncConnectionPool[AsyncConn], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._limiter = limiter
+        self._control = control
+        self._clock = clock
+        self._limits: dict[uuid.UUID, tuple[int | None, float]] = {}
+        self._counts: Counter[tuple[uuid.UUID, int]] = Counter()
+
+    async def limit(self, tenant_id: uuid.UUID) -> int | None:
+        now = self._clock()
+        cached = self._limits.get(tenant_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self._control.connection() as conn:
+            value = await registry.get_quota_limit(conn, tenant_id, QuotaType.API_CALLS_PER_HOUR)
+        self._limits[tenant_id] = (value, now + LIMIT_TTL)
+        return value
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        """Drop the cached limit (the tenant's quotas changed here)."""
+        self._limits.pop(tenant_id, None)
+
+    async def admit(self, tenant_id: uuid.UUID) -> Decision | None:
+        """Count one call; 429 ``TooManyRequests`` when the tenant is over its hourly limit.
+
+        Returns the decision (for the ``RateLimit-*`` headers), or None for an unlimited tenant.
+        """
+        limit = await self.limit(tenant_id)
+        self._counts[(tenant_id, int(self._clock() // HOUR) * HOUR)] += 1
+        if limit is None:
+            return None
+        decision = await self._limiter.hit(f"api:{tenant_id}", limit, HOUR)
+        if not decision.allowed:
+            raise TooManyRequests(
+                f"the tenant's API limit of {limit} calls per hour is used up",
+                headers=decision.headers(),
+                limit=limit,
+                retry_after=decision.reset_after,
+            )
+        return decision
+
+    def pending(self) -> dict[tuple[uuid.UUID, int], int]:
+        """Calls counted here and not yet flushed, by (tenant, hour start)."""
+        return dict(self._counts)
+
+    async def flush(self, conn: AsyncConn) -> int:
+        """Add the counted calls to ``tenant_api_calls``; the number of rows written."""
+        counts, self._counts = self._counts, Counter()
+        try:
+            async with conn.transaction():
+                for (tenant_id, hour), calls in counts.items():
+                    await conn.execute(
+                        "INSERT INTO tenant_api_calls (tenant_id, hour, calls)"
+                        " SELECT %s, to_timestamp(%s), %s WHERE EXISTS (SELECT 1 FROM tenants WHERE id = %s)"
+                        " ON CONFLICT (tenant_id, hour) DO UPDATE SET calls = tenant_api_calls.calls + EXCLUDED.calls",
+                        (tenant_id, hour, calls, tenant_id),
+                    )
+        except BaseException:
+            self._counts.update(counts)  # keep them for the next flush
+            raise
+        return len(counts)
