@@ -116,4 +116,12 @@ def confirm_destructive(slug: str, action: str, yes: bool) -> Iterator[None]:
     yield
 
 
+def read_password(prompt: str = "Password") -> str:
+    """A new password: the first line of stdin when it is not a terminal, else prompted twice (hidden)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    return password
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -7,10 +7,20 @@ from typing import Any, TypeVar
 
 import click
 
-from controlplane.cli.common import confirm_destructive, emit_json, json_option, load_settings, run, table, to_builtins
+from controlplane.auth.passwords import Passwords, normalize_email, validate_password
+from controlplane.cli.common import (
+    confirm_destructive,
+    emit_json,
+    json_option,
+    load_settings,
+    read_password,
+    run,
+    table,
+    to_builtins,
+)
 from controlplane.platform import Platform
 from controlplane.provisioning import repository as ledger
-from controlplane.provisioning.service import TenantService
+from controlplane.provisioning.service import FirstAdmin, TenantService
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus, Tier
 
@@ -45,11 +55,20 @@ def tenants() -> None:
 @click.option("--name", required=True, help="Display name.")
 @click.option("--slug", required=True, help="URL name: 3-63 of a-z, 0-9 and '-'.")
 @click.option("--tier", default=Tier.STARTER.value, show_default=True, help="starter | professional | enterprise")
+@click.option("--admin-email", help="Create the first tenant_admin (password from stdin, or prompted).")
 @json_option
-def create(name: str, slug: str, tier: str, as_json: bool) -> None:
+def create(name: str, slug: str, tier: str, admin_email: str | None, as_json: bool) -> None:
     """Provision a tenant: a database cloned from the template, its own login role, tier quotas."""
-    tenant = _with_service(lambda s, _: s.create(name=name, slug=slug, tier=tier))
-    _show([tenant], as_json)
+    password = read_password(f"Password for {admin_email}") if admin_email else None
+
+    async def work(service: TenantService, platform: Platform) -> Tenant:
+        admin = None
+        if admin_email is not None and password is not None:
+            hashed = await Passwords(platform.settings.auth).hash(validate_password(password))
+            admin = FirstAdmin(email=normalize_email(admin_email), password_hash=hashed)
+        return await service.create(name=name, slug=slug, tier=tier, admin=admin)
+
+    _show([_with_service(work)], as_json)
 
 
 @tenants.command("list")

@@ -31,7 +31,7 @@ from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import Finding, Operation, OperationKind, OperationState, ReconcileReport
-from controlplane.provisioning.service import TenantService
+from controlplane.provisioning.service import FirstAdmin, TenantService
 from controlplane.provisioning.steps import Steps
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
@@ -122,7 +122,8 @@ class Reconciler:
         server = await self._p.fleet.get(conn, tenant.server_name)
         password = await self._password(conn, tenant.id)
         try:
-            await self._service.provision_steps(conn, tenant.id, server, password, op.id, steps)
+            admin = FirstAdmin.from_ledger(op.params, self._p.box)
+            await self._service.provision_steps(conn, tenant.id, server, password, op.id, steps, admin)
         except Exception as exc:
             await self._service.undo_provision(conn, tenant.id, op.id, steps, exc)
             return "rolled back"

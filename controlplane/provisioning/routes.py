@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, KwargDefinition, QueryParameter
 
-from controlplane.errors import TenantNotFound
+from controlplane.auth.passwords import normalize_email, validate_password
+from controlplane.auth.service import Authenticator
+from controlplane.errors import TenantNotFound, ValidationFailed
 from controlplane.platform import Platform
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import Operation, ReconcileReport
 from controlplane.provisioning.reconciler import Reconciler
-from controlplane.provisioning.service import TenantService
+from controlplane.provisioning.service import FirstAdmin, TenantService
 from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, Quota, Tenant, TenantStatus, Tier
 
@@ -38,6 +40,19 @@ class CreateTenant(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     slug: Annotated[str, _SLUG_DOC]
     tier: Annotated[str, _TIER_DOC] = Tier.STARTER.value
+    #: The first tenant_admin (both or neither).
+    admin_email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^\x00]*$")] | None = None
+    admin_password: Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\x00]*$")] | None = None
+
+
+async def first_admin(auth: Authenticator, data: CreateTenant) -> FirstAdmin | None:
+    """The tenant_admin to provision with ``data``'s tenant (password hashed), if one was asked for."""
+    if data.admin_email is None and data.admin_password is None:
+        return None
+    if data.admin_email is None or data.admin_password is None:
+        raise ValidationFailed("admin_email and admin_password come together")
+    email = normalize_email(data.admin_email)
+    return FirstAdmin(email=email, password_hash=await auth.passwords.hash(validate_password(data.admin_password)))
 
 
 class UpdateTenant(msgspec.Struct, forbid_unknown_fields=True):
@@ -61,9 +76,12 @@ class TenantsController(Controller):
     path = "/admin/tenants"
     tags = ["tenants"]
 
-    @post("/", summary="Create and provision a tenant")
-    async def create(self, data: JSONBody[CreateTenant], tenants: NamedDependency[TenantService]) -> Tenant:
-        return await tenants.create(name=data.name, slug=data.slug, tier=data.tier)
+    @post("/", summary="Create and provision a tenant, optionally with its first tenant_admin")
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[CreateTenant], tenants: NamedDependency[TenantService]
+    ) -> Tenant:
+        admin = await first_admin(request.app.state["auth"], data)
+        return await tenants.create(name=data.name, slug=data.slug, tier=data.tier, admin=admin)
 
     @get("/", summary="List tenants (filter by status and tier; keyset pages ordered by slug)")
     async def list_tenants(

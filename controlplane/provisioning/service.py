@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from controlplane import db
-from controlplane.crypto import new_password, scram_sha256_verifier
+from controlplane.crypto import SecretBox, new_password, scram_sha256_verifier
 from controlplane.db import AsyncConn
 from controlplane.errors import (
     CardVaultError,
@@ -55,6 +56,21 @@ T = TypeVar("T")
 def tenant_lock_key(tenant_id: uuid.UUID) -> int:
     """The advisory-lock key that serialises operations on one tenant."""
     return int.from_bytes(tenant_id.bytes[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class FirstAdmin:
+    """The tenant_admin a new tenant is provisioned with (the password already hashed)."""
+
+    email: str
+    password_hash: str
+
+    @classmethod
+    def from_ledger(cls, params: Mapping[str, Any], box: SecretBox) -> FirstAdmin | None:
+        seed = params.get("admin")
+        if not isinstance(seed, Mapping):
+            return None
+        return cls(email=str(seed["email"]), password_hash=box.decrypt(str(seed["password_hash"])))
 
 
 def validate_name(name: str) -> str:
@@ -123,13 +139,18 @@ class TenantService:
 
     # -- create ---------------------------------------------------------------------------------
 
-    async def create(self, *, name: str, slug: str, tier: str) -> Tenant:
-        """Register and provision a tenant; on failure nothing of it is left anywhere."""
+    async def create(self, *, name: str, slug: str, tier: str, admin: FirstAdmin | None = None) -> Tenant:
+        """Register and provision a tenant (with its first tenant_admin when ``admin`` is given);
+        on failure nothing of it is left anywhere."""
         name = validate_name(name)
         validate_slug(slug)
         tier_ = parse_tier(tier)
         tenant_id = uuid.uuid4()
         password = new_password()
+        params: dict[str, object] = {"tier": tier_.value}
+        if admin is not None:
+            # Kept (encrypted) in the ledger so the reconciler can finish an interrupted provisioning.
+            params["admin"] = {"email": admin.email, "password_hash": self._p.box.encrypt(admin.password_hash)}
         async with self.locked(tenant_id) as conn:
             server = await self._p.fleet.place(conn)
             async with conn.transaction():
@@ -145,12 +166,10 @@ class TenantService:
                     role_name=role_name_for(tenant_id),
                     role_password_encrypted=self._p.box.encrypt(password),
                 )
-                op_id = await ledger.start(
-                    conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, "tier": tier_.value}
-                )
+                op_id = await ledger.start(conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, **params})
             steps = Steps(self._p)
             try:
-                await self.provision_steps(conn, tenant_id, server, password, op_id, steps)
+                await self.provision_steps(conn, tenant_id, server, password, op_id, steps, admin)
             except Exception as exc:
                 failed_step = steps.current  # before the undo runs its own steps
                 await self.undo_provision(conn, tenant_id, op_id, steps, exc)
@@ -165,12 +184,31 @@ class TenantService:
         return tenant
 
     async def provision_steps(
-        self, conn: AsyncConn, tenant_id: uuid.UUID, server: Server, password: str, op_id: int, steps: Steps
+        self,
+        conn: AsyncConn,
+        tenant_id: uuid.UUID,
+        server: Server,
+        password: str,
+        op_id: int,
+        steps: Steps,
+        admin: FirstAdmin | None = None,
     ) -> None:
         """The idempotent provisioning steps, also used by the reconciler to finish an interrupted one."""
         database, role = database_name_for(tenant_id), role_name_for(tenant_id)
         revision = await steps.run("template", lambda: self.templates.ensure(conn, server))
         await steps.run("create_database", lambda: self.templates.clone(conn, server, database))
+
+        if admin is not None:
+
+            async def seed_admin() -> None:
+                async with self._p.fleet.connect_database(conn, server.id, database) as tenant_db:
+                    await tenant_db.execute(
+                        "INSERT INTO users (email, password_hash, tenant_role) VALUES (%s, %s, 'tenant_admin')"
+                        " ON CONFLICT ((lower(email))) DO NOTHING",
+                        (admin.email, admin.password_hash),
+                    )
+
+            await steps.run("seed_admin", seed_admin)
 
         async def create_role() -> None:
             async with self._p.fleet.admin(conn, server.id) as admin:

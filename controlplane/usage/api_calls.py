@@ -5,12 +5,14 @@ counter shared by all instances when ``CARDVAULT_REDIS_URL`` is set (in-process 
 also counted in memory per tenant and hour and added to ``tenant_api_calls`` by ``flush`` (a job of
 every instance; each adds its own counts, so nothing is counted twice).
 
-The limit itself is read from the registry at most once a minute per tenant: a quota change takes
+If the shared counter (Redis) is unreachable, calls are admitted (logged): rate limiting is not worth
+an outage. The limit itself is read from the registry at most once a minute per tenant: a quota change takes
 effect within a minute on every instance without a registry query per request.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -18,11 +20,13 @@ from collections.abc import Callable
 
 from psycopg_pool import AsyncConnectionPool
 
-from controlplane.auth.ratelimit import Decision, RateLimiter
+from controlplane.auth.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from controlplane.db import AsyncConn
 from controlplane.errors import TooManyRequests
 from controlplane.registry import repository as registry
 from controlplane.registry.models import QuotaType
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600
 #: Seconds a tenant's limit is cached.
@@ -62,7 +66,13 @@ class ApiCalls:
         self._counts[(tenant_id, int(self._clock() // HOUR) * HOUR)] += 1
         if limit is None:
             return None
-        decision = await self._limiter.hit(f"api:{tenant_id}", limit, HOUR)
+        try:
+            decision = await self._limiter.hit(f"api:{tenant_id}", limit, HOUR)
+        except LimiterUnavailable as exc:
+            # Fail open: a dead Redis must not take every tenant's API down; the login throttle,
+            # which guards against brute force, fails closed instead.
+            log.warning("rate limiter unavailable, admitting the call: %s", exc.detail)
+            return None
         if not decision.allowed:
             raise TooManyRequests(
                 f"the tenant's API limit of {limit} calls per hour is used up",
