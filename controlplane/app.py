@@ -11,6 +11,8 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.accounts.routes import ACCOUNT_HANDLERS
+from controlplane.audit.routes import ADMIN_AUDIT_HANDLERS, TENANT_AUDIT_HANDLERS
 from controlplane.auth.passwords import Passwords
 from controlplane.auth.ratelimit import RateLimiter, counter_from_url
 from controlplane.auth.routes import AUTH_ROUTER, TENANT_AUTH_ROUTER
@@ -38,6 +40,7 @@ from controlplane.routing.dependencies import (
     TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
     tenant_api_dependencies,
+    tenant_guard,
 )
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
@@ -75,7 +78,8 @@ def create_app(settings: Settings) -> Litestar:
                 async with platform.control.connection() as conn:
                     await keys.refresh(conn, platform.box)
 
-            limiter = RateLimiter(counter_from_url(settings.auth.redis_url or None))
+            counter = counter_from_url(settings.auth.redis_url or None)
+            limiter = RateLimiter(counter)
             auth = Authenticator(settings.auth, TokenSigner(keys, reload_keys), Passwords(settings.auth), limiter)
             api_calls = ApiCalls(limiter, platform.control)
 
@@ -118,11 +122,18 @@ def create_app(settings: Settings) -> Litestar:
                 try:
                     await flush_api_calls()
                 finally:
-                    await limiter.close()
+                    await counter.close()
 
     admin = Router(
         path="/",
-        route_handlers=[TenantsController, ServersController, reconcile, migration_status, pool_stats],
+        route_handlers=[
+            TenantsController,
+            ServersController,
+            reconcile,
+            migration_status,
+            pool_stats,
+            *ADMIN_AUDIT_HANDLERS,
+        ],
         guards=[admin_guard],
         security=[{"bearer": []}],
     )
@@ -130,9 +141,10 @@ def create_app(settings: Settings) -> Litestar:
     tenant_api = [
         Router(
             path=path,
-            route_handlers=TENANT_API_HANDLERS,
+            route_handlers=[*TENANT_API_HANDLERS, *TENANT_AUDIT_HANDLERS, *ACCOUNT_HANDLERS],
             dependencies=tenant_api_dependencies(settings),
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
+            guards=[tenant_guard],
             security=[{"bearer": []}],
         )
         for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")

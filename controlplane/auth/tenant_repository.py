@@ -25,13 +25,13 @@ _USER_COLUMNS = sql.SQL(
 _KEY_COLUMNS = sql.SQL("id, name, prefix, tenant_role, created_by, created_at, expires_at, last_used_at, revoked_at")
 
 
-async def _one(conn: AsyncConn, query: sql.Composable, params: tuple[Any, ...]) -> Row | None:
+async def _one(conn: AsyncConn, query: sql.SQL | sql.Composed, params: tuple[Any, ...]) -> Row | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         return await cur.fetchone()
 
 
-async def _all(conn: AsyncConn, query: sql.Composable, params: tuple[Any, ...]) -> list[Row]:
+async def _all(conn: AsyncConn, query: sql.SQL | sql.Composed, params: tuple[Any, ...]) -> list[Row]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
@@ -215,3 +215,42 @@ async def put_settings(conn: AsyncConn, settings: dict[str, Any]) -> Row:
     )
     assert row is not None
     return row
+
+
+# -- accounts (``controlplane.accounts``) -------------------------------------------------------
+
+
+async def password_hash_of(conn: AsyncConn, user_id: int) -> str | None:
+    row = await _one(conn, sql.SQL("SELECT password_hash FROM users WHERE id = %s"), (user_id,))
+    return None if row is None else str(row["password_hash"])
+
+
+async def lock_active_admins(conn: AsyncConn) -> list[int]:
+    """Ids of the tenant_admins who can act (enabled, invitation accepted), locked until the transaction ends.
+
+    Locked in id order, so two concurrent demotions queue instead of deadlocking, and the second one
+    re-reads the rows the first one changed (READ COMMITTED re-checks them after the wait).
+    """
+    rows = await _all(
+        conn,
+        sql.SQL(
+            "SELECT id FROM users WHERE tenant_role = 'tenant_admin' AND NOT disabled AND invite_hash IS NULL"
+            " ORDER BY id FOR UPDATE"
+        ),
+        (),
+    )
+    return [int(r["id"]) for r in rows]
+
+
+async def reissue_invite(
+    conn: AsyncConn, user_id: int, invite_hash: bytes, invite_expires_at: dt.datetime
+) -> Row | None:
+    """A new invitation for a user who has not accepted one yet (None: no such pending invitation)."""
+    return await _one(
+        conn,
+        sql.SQL(
+            "UPDATE users SET invite_hash = %s, invite_expires_at = %s"
+            " WHERE id = %s AND invite_hash IS NOT NULL RETURNING {}"
+        ).format(_USER_COLUMNS),
+        (invite_hash, invite_expires_at, user_id),
+    )

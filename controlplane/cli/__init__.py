@@ -6,11 +6,12 @@ on stderr with a non-zero exit status.
 
 from __future__ import annotations
 
+from controlplane.cli.admins import admins, keys
 from controlplane.cli.common import cli
 from controlplane.cli.operations import local, migrate, reconcile, serve, servers
 from controlplane.cli.tenants import tenants
 
-for command in (serve, local, migrate, servers, tenants, reconcile):
+for command in (serve, local, migrate, servers, tenants, reconcile, admins, keys):
     cli.add_command(command)
 
 

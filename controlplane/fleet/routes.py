@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, KwargDefinition
 
+from controlplane.audit.routes import audited
 from controlplane.fleet.models import SERVER_NAME_PATTERN, Server, ServerStatus
 from controlplane.fleet.repository import list_servers
 from controlplane.platform import Platform
@@ -30,16 +31,31 @@ class ServersController(Controller):
             return await list_servers(conn)
 
     @post("/", summary="Register a database server (its DSN must be able to create databases and roles)")
-    async def add(self, data: JSONBody[AddServer], platform: NamedDependency[Platform]) -> Server:
-        async with platform.control.connection() as conn:
-            return await platform.fleet.register(conn, data.name, data.dsn)
+    async def add(
+        self, request: Request[Any, Any, Any], data: JSONBody[AddServer], platform: NamedDependency[Platform]
+    ) -> Server:
+        async with audited(request, "server.add", entity="server", entity_id=data.name) as audit:
+            async with platform.control.connection() as conn:
+                server = await platform.fleet.register(conn, data.name, data.dsn)
+            audit.details["dsn"] = server.dsn_display  # never the DSN as given: it may hold a password
+            return server
 
     @post("/{name:str}/drain", status_code=200, summary="Stop placing new tenants on the server")
-    async def drain(self, name: FromPath[str], platform: NamedDependency[Platform]) -> Server:
-        async with platform.control.connection() as conn:
+    async def drain(
+        self, request: Request[Any, Any, Any], name: FromPath[str], platform: NamedDependency[Platform]
+    ) -> Server:
+        async with (
+            audited(request, "server.drain", entity="server", entity_id=name),
+            platform.control.connection() as conn,
+        ):
             return await platform.fleet.set_status(conn, name, ServerStatus.DRAINING)
 
     @post("/{name:str}/activate", status_code=200, summary="Place new tenants on the server again")
-    async def activate(self, name: FromPath[str], platform: NamedDependency[Platform]) -> Server:
-        async with platform.control.connection() as conn:
+    async def activate(
+        self, request: Request[Any, Any, Any], name: FromPath[str], platform: NamedDependency[Platform]
+    ) -> Server:
+        async with (
+            audited(request, "server.activate", entity="server", entity_id=name),
+            platform.control.connection() as conn,
+        ):
             return await platform.fleet.set_status(conn, name, ServerStatus.ACTIVE)

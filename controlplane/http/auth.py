@@ -61,11 +61,11 @@ async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
             role=Role.SUPER_ADMIN,
             permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
         )
-    connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal  # type: ignore[typeddict-item]
+    connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal
 
 
 def admin_principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
-    principal: Principal = connection.scope["state"][_PRINCIPAL_KEY]  # type: ignore[typeddict-item]
+    principal: Principal = connection.scope["state"][_PRINCIPAL_KEY]
     return principal
 
 

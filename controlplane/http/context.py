@@ -24,7 +24,7 @@ _HEADERS_KEY = "cardvault.response_headers"
 
 
 def _state(scope: Scope) -> dict[str, Any]:
-    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state: dict[str, Any] = scope.setdefault("state", {})
     return state
 
 

@@ -9,6 +9,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, KwargDefinition, QueryParameter
 
+from controlplane.audit.routes import audited
 from controlplane.auth.passwords import normalize_email, validate_password
 from controlplane.auth.service import Authenticator
 from controlplane.errors import TenantNotFound, ValidationFailed
@@ -80,8 +81,10 @@ class TenantsController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], data: JSONBody[CreateTenant], tenants: NamedDependency[TenantService]
     ) -> Tenant:
-        admin = await first_admin(request.app.state["auth"], data)
-        return await tenants.create(name=data.name, slug=data.slug, tier=data.tier, admin=admin)
+        details = {"name": data.name, "tier": data.tier, "admin_email": data.admin_email}
+        async with audited(request, "tenant.create", slug=data.slug, existing=False, details=details) as audit:
+            admin = await first_admin(request.app.state["auth"], data)
+            return audit.result(await tenants.create(name=data.name, slug=data.slug, tier=data.tier, admin=admin))
 
     @get("/", summary="List tenants (filter by status and tier; keyset pages ordered by slug)")
     async def list_tenants(
@@ -109,9 +112,17 @@ class TenantsController(Controller):
 
     @patch("/{slug:str}", summary="Rename (slug, name) or change tier")
     async def update(
-        self, slug: FromPath[str], data: JSONBody[UpdateTenant], tenants: NamedDependency[TenantService]
+        self,
+        request: Request[Any, Any, Any],
+        slug: FromPath[str],
+        data: JSONBody[UpdateTenant],
+        tenants: NamedDependency[TenantService],
     ) -> Tenant:
-        return await tenants.update(_existing(slug), name=data.name, new_slug=data.slug, tier=data.tier)
+        # A tier change is a quota change: the row's "changes" show the old and new tier.
+        asked = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        async with audited(request, "tenant.update", slug=slug, details={"requested": asked}) as audit:
+            tenant = await tenants.update(_existing(slug), name=data.name, new_slug=data.slug, tier=data.tier)
+            return audit.result(tenant)
 
     @delete(
         "/{slug:str}",
@@ -119,22 +130,39 @@ class TenantsController(Controller):
         summary="Soft delete (purged after the grace period); now=true purges at once",
     )
     async def remove(
-        self, slug: FromPath[str], tenants: NamedDependency[TenantService], now: FromQuery[bool] = False
+        self,
+        request: Request[Any, Any, Any],
+        slug: FromPath[str],
+        tenants: NamedDependency[TenantService],
+        now: FromQuery[bool] = False,
     ) -> Response[Tenant | None]:
-        tenant = await tenants.delete(_existing(slug), now=now)
+        async with audited(request, "tenant.delete", slug=slug, details={"now": now}) as audit:
+            tenant = audit.result(await tenants.delete(_existing(slug), now=now))
         return Response(tenant, status_code=200 if tenant else 204)
 
     @post("/{slug:str}/suspend", status_code=200, summary="Lock the tenant out of its database")
-    async def suspend(self, slug: FromPath[str], tenants: NamedDependency[TenantService]) -> Tenant:
-        return await tenants.suspend(_existing(slug))
+    async def suspend(
+        self, request: Request[Any, Any, Any], slug: FromPath[str], tenants: NamedDependency[TenantService]
+    ) -> Tenant:
+        async with audited(request, "tenant.suspend", slug=slug) as audit:
+            return audit.result(await tenants.suspend(_existing(slug)))
 
     @post("/{slug:str}/resume", status_code=200, summary="Re-open a suspended tenant or cancel a deletion")
-    async def resume(self, slug: FromPath[str], tenants: NamedDependency[TenantService]) -> Tenant:
-        return await tenants.resume(_existing(slug))
+    async def resume(
+        self, request: Request[Any, Any, Any], slug: FromPath[str], tenants: NamedDependency[TenantService]
+    ) -> Tenant:
+        async with audited(request, "tenant.resume", slug=slug) as audit:
+            return audit.result(await tenants.resume(_existing(slug)))
 
 
 @post("/admin/reconcile", status_code=200, tags=["operations"], summary="Run one reconciler cycle")
 async def reconcile(
-    tenants: NamedDependency[TenantService], platform: NamedDependency[Platform], fix: FromQuery[bool] = False
+    request: Request[Any, Any, Any],
+    tenants: NamedDependency[TenantService],
+    platform: NamedDependency[Platform],
+    fix: FromQuery[bool] = False,
 ) -> ReconcileReport:
-    return await Reconciler(platform, tenants).run(fix=fix)
+    async with audited(request, "reconcile.run", details={"fix": fix}) as audit:
+        report = await Reconciler(platform, tenants).run(fix=fix)
+        audit.details["findings"] = len(report.findings)
+        return report

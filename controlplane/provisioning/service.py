@@ -166,7 +166,9 @@ class TenantService:
                     role_name=role_name_for(tenant_id),
                     role_password_encrypted=self._p.box.encrypt(password),
                 )
-                op_id = await ledger.start(conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, **params})
+                op_id = await ledger.start(
+                    conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, **params}
+                )
             steps = Steps(self._p)
             try:
                 await self.provision_steps(conn, tenant_id, server, password, op_id, steps, admin)

@@ -18,8 +18,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.handlers.base import BaseRouteHandler
 
 from controlplane.audit.models import AuditContext
 from controlplane.auth.models import Permission, Principal
@@ -53,6 +55,7 @@ AUTH_STATE_KEY = "auth"
 API_CALLS_STATE_KEY = "api_calls"
 #: ``opt`` key naming the permission a tenant route needs.
 PERMISSION_OPT = "permission"
+_GUARDED_KEY = "cardvault.tenant_credential"
 
 
 def requires(permission: Permission) -> dict[str, Any]:
@@ -81,7 +84,7 @@ async def provide_tenant(request: Request[Any, Any, Any], tenant_cache: NamedDep
     return await _resolve(request, tenant_cache)
 
 
-async def _resolve(request: Request[Any, Any, Any], cache: TenantCache) -> TenantContext:
+async def _resolve(request: ASGIConnection[Any, Any, Any, Any], cache: TenantCache) -> TenantContext:
     path_slug = request.path_params.get(TENANT_SLUG_PARAM)
     slug = resolve_slug(
         path_slug if isinstance(path_slug, str) else None,
@@ -106,10 +109,9 @@ def quota_limits_for(platform: Platform, tenant_id: uuid.UUID) -> QuotaLimits:
 
 
 def tenant_api_dependencies(settings: Settings) -> dict[str, Provide]:
-    """``vault`` (for the CardVault routes) and ``tenant_request`` (for the others), each in one step:
-    resolve the tenant, check the credential, count the call against the hourly limit, take a pooled
-    connection to the tenant's own database (as its own role), load the principal on it, check the
-    route's permission.
+    """``vault`` (for the CardVault routes) and ``tenant_request`` (for the others), each in one step
+    after ``tenant_guard``: take a pooled connection to the tenant's own database (as its own role),
+    load the principal on it, check the route's permission.
 
     One dependency rather than a chain: Litestar's dependency resolution is a large share of a hot
     read's cost. The request owns the transaction: committed when the handler returns, rolled back
@@ -137,33 +139,46 @@ def tenant_api_dependencies(settings: Settings) -> dict[str, Provide]:
     return {"vault": Provide(provide_vault), "tenant_request": Provide(provide_tenant_request)}
 
 
-@asynccontextmanager
-async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
-    state = request.app.state
-    permission: Permission | None = request.route_handler.opt.get(PERMISSION_OPT)
-    if permission is None:  # a programming error; a test walks every route so none ships
-        raise RuntimeError(f"route {request.route_handler} declares no permission")
-    cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
-    tenant = await _resolve(request, cache)
+async def tenant_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Who and which tenant, before the body is read: 401 / 403 / 404 / 423 / 429 come from here.
+
+    Resolves the tenant, verifies the credential in memory (JWT signature and claims, or an API key's
+    shape) and that it belongs to this tenant, and counts the call against the hourly limit. The
+    principal itself is loaded from the tenant's database by the ``vault`` / ``tenant_request``
+    dependency, on the request's own connection.
+    """
+    if handler.opt.get(PERMISSION_OPT) is None:  # a programming error; a test walks every route
+        raise RuntimeError(f"route {handler} declares no permission")
+    state = connection.app.state
+    tenant = await _resolve(connection, state[TENANT_CACHE_STATE_KEY])
     auth: Authenticator = state[AUTH_STATE_KEY]
-    credential = await auth.credential(request.headers.get("authorization"))
+    credential = await auth.credential(connection.headers.get("authorization"))
     auth.check_tenant(tenant, credential)
     calls: ApiCalls = state[API_CALLS_STATE_KEY]
     decision = await calls.admit(tenant.id)
     if decision is not None:
-        add_response_headers(request.scope, decision.headers())
+        add_response_headers(connection.scope, decision.headers())
+    connection.scope.setdefault("state", {})[_GUARDED_KEY] = (tenant, credential)
+
+
+@asynccontextmanager
+async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
+    tenant, credential = request.scope["state"][_GUARDED_KEY]
+    permission: Permission = request.route_handler.opt[PERMISSION_OPT]
+    state = request.app.state
+    auth: Authenticator = state[AUTH_STATE_KEY]
     pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
     try:
         async with pools.connection(tenant.id) as conn:
             principal = await auth.tenant_principal(conn, tenant, credential)
             if not principal.can(permission):
                 raise PermissionDenied(
-                    f"this needs the {permission.value} permission, which {principal.role.value} lacks",
+                    f"this needs the {permission.value} permission, which this {principal.kind.value} lacks",
                     permission=permission.value,
                 )
             yield TenantRequest(conn=conn, tenant=tenant, principal=principal, audit=audit_context(request, principal))
     except TenantUnavailable:  # no connection, or it was lost under the request
-        await _recheck(cache, tenant)
+        await _recheck(state[TENANT_CACHE_STATE_KEY], tenant)
         raise
 
 

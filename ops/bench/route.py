@@ -2,12 +2,16 @@
 
     .venv/bin/python ops/bench/route.py [--tenants 1000] [--duration 10] [--connections 64] [--dsn DSN]
 
-Provisions N tenants through the service (one card each), starts the real service (``cardvault serve``,
-pool capacity 100, connection budget 200, 2 connections per tenant) and a bare Litestar app (one GET
-handler running the same SQL as the cards GET handler on a plain ``psycopg_pool.AsyncConnectionPool``
-to the hot tenant's database as the tenant's role), each as its own uvicorn process with the same
-settings, then drives both with the same HTTP load generator (``wrk``; an asyncio client if wrk is
-missing) from the same machine:
+Provisions N tenants through the service (one card and a first tenant_admin each), starts the real
+service (``cardvault serve``, pool capacity 100, connection budget 200, 2 connections per tenant) and a
+bare Litestar app (one GET handler running the same SQL as the cards GET handler on a plain
+``psycopg_pool.AsyncConnectionPool`` to the hot tenant's database as the tenant's role), each as its own
+uvicorn process with the same settings, logs every tenant's admin in through the service
+(``POST /t/{slug}/auth/token``), then drives both with the same HTTP load generator (``wrk``; an asyncio
+client if wrk is missing) from the same machine. Every request carries the access token of the tenant
+it names (``Authorization: Bearer ...``; the baseline gets the same bytes and ignores them), so the
+routed numbers include authentication: the JWT check, the per-tenant API call meter and the session
+lookup on the tenant's connection.
 
 (a) GET one card of one hot tenant, bare baseline and routed alternating (``--rounds`` each): median
     throughput, p50 and p99 of each and the ratio routed/baseline (floor: >= 0.75);
@@ -17,7 +21,11 @@ missing) from the same machine:
 (c) RSS of the service process with N tenants registered and the pools (b) left open.
 
 The service is ``.venv/bin/cardvault serve`` itself; pool hits and misses come from its
-``GET /admin/pools``. Exits 1 if a floor is violated.
+``GET /admin/pools``. Exits 1 if a floor is violated. Two settings differ from a production service,
+neither on the measured path: argon2 runs at test strength (only the logins before the measurements
+hash), and the benchmarked tenants' ``api_calls_per_hour`` quota is raised far beyond what a run makes
+(the meter still counts every call; the tier's limit would only turn the hot tenant's load into 429s).
+Access tokens live for a day (``CARDVAULT_ACCESS_TOKEN_TTL``), so none expires during a long run.
 
 Without ``--dsn`` a private PostgreSQL cluster with default (durable) settings is started under a
 temporary directory and destroyed at the end; with ``--dsn`` (a superuser DSN) only databases and roles
@@ -61,9 +69,20 @@ RESULT_MARK = "CVBENCH "
 POLL_INTERVAL = 0.05
 #: Connections the bench needs besides the tenant budget: control pool, listener, baseline, poller, admin.
 OVERHEAD_CONNECTIONS = 30
+#: Password of each benchmarked tenant's first tenant_admin (``admin@<slug>.bench``).
+ADMIN_PASSWORD = "route-bench-password"
+#: argon2id cost of the run (service and provisioning): only the logins before the measurements hash.
+ARGON2_MEMORY_KIB = 64
+ARGON2_TIME_COST = 1
+#: Lifetime of the access tokens the run logs in for: longer than any run.
+ACCESS_TOKEN_TTL = "1d"
+#: ``api_calls_per_hour`` of the benchmarked tenants: never reached (the tier's would be within seconds).
+API_CALLS_PER_HOUR = 10**12
 
-# Runs inside wrk: one pre-formatted GET per path of the file args[1], taken round-robin (each thread
-# starting at its own offset) or at random; prints one JSON result line when done.
+# Runs inside wrk: one pre-formatted GET per line "<path> <access token>" of the file args[1] (the token
+# of the tenant the path names, sent as "Authorization: Bearer <token>"; a line without one is sent without
+# it), taken round-robin (each thread starting at its own offset) or at random; prints one JSON result
+# line when done.
 WRK_SCRIPT = r"""
 local threads = 0
 function setup(thread)
@@ -74,8 +93,17 @@ end
 local reqs, n, i, random = {}, 0, 0, false
 function init(args)
   for line in io.lines(args[1]) do
-    n = n + 1
-    reqs[n] = wrk.format("GET", line)
+    local path, token = line:match("^(%S+)%s*(%S*)")
+    if path then
+      local headers = nil
+      if token ~= "" then
+        headers = {}
+        for name, value in pairs(wrk.headers) do headers[name] = value end
+        headers["Authorization"] = "Bearer " .. token
+      end
+      n = n + 1
+      reqs[n] = wrk.format("GET", path, headers)
+    end
   end
   local count = tonumber(args[2])
   random = args[3] == "random"
@@ -162,10 +190,25 @@ class Tenant:
     tenant_id: uuid.UUID
     dsn: str
     card_id: int
+    #: Access token of the tenant's admin (set by ``login_all`` once the service runs).
+    token: str = ""
 
     @property
     def path(self) -> str:
         return f"/t/{self.slug}/api/cards/{self.card_id}"
+
+    @property
+    def email(self) -> str:
+        return f"admin@{self.slug}.bench"
+
+    @property
+    def request(self) -> str:
+        """The load generators' line for this tenant: its card's path and the token to send with it."""
+        return f"{self.path} {self.token}" if self.token else self.path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 def rss_kib(pid: int) -> dict[str, int]:
@@ -322,11 +365,12 @@ class ConnectionPeak:
 
 
 async def run_load(
-    args: argparse.Namespace, home: Path, server: Server, paths: Sequence[str], duration: float, pattern: str
+    args: argparse.Namespace, home: Path, server: Server, requests: Sequence[str], duration: float, pattern: str
 ) -> LoadResult:
-    """Drive ``server`` with GETs of ``paths`` for ``duration`` seconds; parse the result line."""
+    """Drive ``server`` with GETs of ``requests`` (``Tenant.request`` lines: path and token) for ``duration``
+    seconds; parse the result line."""
     paths_file = home / f"paths-{uuid.uuid4().hex[:6]}.txt"
-    paths_file.write_text("\n".join(paths) + "\n")
+    paths_file.write_text("\n".join(requests) + "\n")
     seconds = max(1, round(duration))
     if args.wrk:
         script = home / "round_robin.lua"
@@ -378,7 +422,7 @@ async def run_load(
 
 
 async def verify_all(server: Server, tenants: Sequence[Tenant], concurrency: int = 8) -> None:
-    """GET every tenant's card once (also warms the registry cache); every answer must be 200."""
+    """GET every tenant's card once with its token (also warms the registry cache); every answer must be 200."""
     queue = list(tenants)
     failures: list[str] = []
 
@@ -387,9 +431,9 @@ async def verify_all(server: Server, tenants: Sequence[Tenant], concurrency: int
         try:
             while queue and len(failures) < 5:
                 tenant = queue.pop()
-                status, _ = await _http_get(reader, writer, tenant.path)
+                status, body = await _http_get(reader, writer, tenant.path, tenant.headers)
                 if status != 200:
-                    failures.append(f"{tenant.path} -> {status}")
+                    failures.append(f"{tenant.path} -> {status} {body[:200]!r}")
         finally:
             writer.close()
 
@@ -398,9 +442,53 @@ async def verify_all(server: Server, tenants: Sequence[Tenant], concurrency: int
         raise RuntimeError(f"{server.name}: tenant requests failed: {failures}")
 
 
-async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> tuple[int, bytes]:
+async def login_all(server: Server, tenants: Sequence[Tenant], concurrency: int = 8) -> None:
+    """Log every tenant's admin in (``POST /t/{slug}/auth/token``) and keep its access token."""
+    queue = list(tenants)
+    failures: list[str] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            while queue and len(failures) < 5:
+                tenant = queue.pop()
+                body = json.dumps({"email": tenant.email, "password": ADMIN_PASSWORD}).encode()
+                status, answer = await _http_request(
+                    reader, writer, "POST", f"/t/{tenant.slug}/auth/token", {"Content-Type": "application/json"}, body
+                )
+                if status != 200:
+                    failures.append(f"{tenant.slug} -> {status} {answer[:200]!r}")
+                    continue
+                tenant.token = json.loads(answer)["access_token"]
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if failures:
+        raise RuntimeError(f"{server.name}: tenant logins failed: {failures}")
+
+
+async def _http_get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """One HTTP/1.1 keep-alive GET on an open connection: (status, body)."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    return await _http_request(reader, writer, "GET", path, headers)
+
+
+async def _http_request(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 keep-alive request on an open connection: (status, body)."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = 0
@@ -416,7 +504,12 @@ def python_load(port: int, paths_file: str, seconds: float, connections: int, pa
     """Fallback load generator (``_load``): keep-alive asyncio connections; prints the result line."""
     import random
 
-    paths = Path(paths_file).read_text().split()
+    # Lines "<path> <token>" (see Tenant.request): the path and the headers to send with it.
+    requests: list[tuple[str, dict[str, str]]] = []
+    for line in Path(paths_file).read_text().splitlines():
+        path, _, token = line.strip().partition(" ")
+        if path:
+            requests.append((path, {"Authorization": f"Bearer {token.strip()}"} if token.strip() else {}))
     latencies: list[float] = []
     errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
 
@@ -432,11 +525,11 @@ def python_load(port: int, paths_file: str, seconds: float, connections: int, pa
             try:
                 while (now := time.perf_counter()) < deadline:
                     if pattern == "random":
-                        path = random.choice(paths)
+                        path, headers = random.choice(requests)
                     else:
-                        path = paths[index % len(paths)]
+                        path, headers = requests[index % len(requests)]
                         index += 1
-                    status, _ = await asyncio.wait_for(_http_get(reader, writer, path), 10)
+                    status, _ = await asyncio.wait_for(_http_get(reader, writer, path, headers), 10)
                     latencies.append(time.perf_counter() - now)
                     if status > 399:
                         errors["status"] += 1
@@ -450,7 +543,7 @@ def python_load(port: int, paths_file: str, seconds: float, connections: int, pa
     async def main() -> float:
         started = time.perf_counter()
         deadline = started + seconds
-        await asyncio.gather(*(worker(i * len(paths) // connections, deadline) for i in range(connections)))
+        await asyncio.gather(*(worker(i * len(requests) // connections, deadline) for i in range(connections)))
         return time.perf_counter() - started
 
     elapsed = asyncio.run(main())
@@ -530,18 +623,25 @@ def serve_baseline(port: int) -> None:
 
 
 async def provision(args: argparse.Namespace, settings: Any, run_id: str) -> tuple[list[Tenant], float]:
-    """N tenants through TenantService, one card each (inserted through CardVault as the tenant's role)."""
+    """N tenants through TenantService, each with a first tenant_admin (``admin@<slug>.bench``, as the admin
+    API's ``admin_email``/``admin_password`` make it) and one card (inserted through CardVault as the
+    tenant's role); the API call quota raised out of the way (see the module's docstring)."""
     import psycopg
     from psycopg.rows import dict_row
 
+    from controlplane.auth.passwords import Passwords, normalize_email, validate_password
     from controlplane.cards.models import CardCreate
     from controlplane.cards.service import CARDS, CardVault, fixed_limits
     from controlplane.platform import Platform
-    from controlplane.provisioning.service import TenantService
+    from controlplane.provisioning.service import FirstAdmin, TenantService
+    from controlplane.registry import repository as registry
+    from controlplane.registry.models import QuotaType
     from controlplane.routing.cache import TenantCache
     from controlplane.storage.local import LocalStorage
 
     storage = LocalStorage(settings.data_dir / "storage")
+    # One hash for every tenant's admin (each tenant has its own users table; the salt being shared is harmless).
+    password_hash = await Passwords(settings.auth).hash(validate_password(ADMIN_PASSWORD))
     async with Platform.open(settings, migrate=False) as platform:
         service = TenantService(platform)
         cache = TenantCache(platform)  # not started: every credentials() reads the registry
@@ -551,8 +651,11 @@ async def provision(args: argparse.Namespace, settings: Any, run_id: str) -> tup
         async def one(i: int) -> Tenant:
             nonlocal done
             slug = f"rb{run_id}-{i}"
+            admin = FirstAdmin(email=normalize_email(f"admin@{slug}.bench"), password_hash=password_hash)
             async with gate:
-                tenant = await service.create(name=f"Route bench {i}", slug=slug, tier="professional")
+                tenant = await service.create(name=f"Route bench {i}", slug=slug, tier="professional", admin=admin)
+                async with platform.control.connection() as conn, conn.transaction():
+                    await registry.set_quotas(conn, tenant.id, {QuotaType.API_CALLS_PER_HOUR: API_CALLS_PER_HOUR})
                 dsn = await cache.credentials(tenant.id)
                 async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
                     vault = CardVault(
@@ -588,6 +691,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
     from controlplane.platform import migrate_registry
     from controlplane.provisioning.catalog import TENANT_GROUP_ROLE
     from controlplane.settings import (
+        AuthSettings,
         DatabaseSettings,
         ProvisioningSettings,
         SecuritySettings,
@@ -626,6 +730,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             database=DatabaseSettings(url=control_dsn),
             provisioning=dataclasses.replace(ProvisioningSettings(), template_database=template, reconcile_interval=0),
             security=SecuritySettings(secret_key=secret_key, admin_token=admin_token),
+            auth=AuthSettings(argon2_memory_kib=ARGON2_MEMORY_KIB, argon2_time_cost=ARGON2_TIME_COST),
         )
         if args.wrk:
             load_name = f"wrk ({args.wrk}, {args.threads} threads)"
@@ -638,7 +743,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         await migrate_registry(settings)
         tenants, provision_seconds = await provision(args, settings, run_id)
         print(
-            f"provisioned {len(tenants)} tenants with one card each in {provision_seconds:.1f} s "
+            f"provisioned {len(tenants)} tenants with an admin and one card each in {provision_seconds:.1f} s "
             f"({len(tenants) / provision_seconds:.1f}/s, concurrency {args.provision_concurrency})"
         )
         hot = tenants[0]
@@ -658,6 +763,9 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
                 "CARDVAULT_POOL_MAX_SIZE": str(args.pool_max),
                 "CARDVAULT_RECONCILE_INTERVAL": "0",
                 "CARDVAULT_LOG_LEVEL": "WARNING",
+                "CARDVAULT_ARGON2_MEMORY_KIB": str(ARGON2_MEMORY_KIB),
+                "CARDVAULT_ARGON2_TIME_COST": str(ARGON2_TIME_COST),
+                "CARDVAULT_ACCESS_TOKEN_TTL": ACCESS_TOKEN_TTL,
             }
         )
         cardvault = Path(sys.executable).parent / "cardvault"
@@ -681,7 +789,11 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         stats = RoutedStats(routed, admin_token)
         rss_start = rss_kib(routed.proc.pid)
 
-        # Every tenant answers (and the registry cache is warm) before anything is measured.
+        # Every tenant's admin logs in; every tenant answers (and the registry cache is warm) before anything
+        # is measured.
+        t0 = time.perf_counter()
+        await login_all(routed, tenants)
+        print(f"logged in: every tenant's admin through the service ({time.perf_counter() - t0:.1f} s)")
         await verify_all(baseline, [hot])
         t0 = time.perf_counter()
         await verify_all(routed, tenants)
@@ -691,15 +803,15 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         # -- (a) one hot tenant: baseline and routed alternating
         print(f"(a) GET one card of one hot tenant, {args.rounds} rounds alternating, after a 2 s warm-up each:")
         for server in (baseline, routed):
-            await run_load(args, home, server, [hot.path], 2, "round-robin")
+            await run_load(args, home, server, [hot.request], 2, "round-robin")
         base_runs: list[LoadResult] = []
         routed_runs: list[LoadResult] = []
         peak_a = ConnectionPeak(server_dsn)
         for i in range(args.rounds):
-            base_runs.append(await run_load(args, home, baseline, [hot.path], args.duration, "round-robin"))
+            base_runs.append(await run_load(args, home, baseline, [hot.request], args.duration, "round-robin"))
             print(base_runs[-1].line(f"round {i + 1} baseline"))
             async with peak_a.sampling():
-                routed_runs.append(await run_load(args, home, routed, [hot.path], args.duration, "round-robin"))
+                routed_runs.append(await run_load(args, home, routed, [hot.request], args.duration, "round-robin"))
             print(routed_runs[-1].line(f"round {i + 1} routed"))
         base_m, routed_m = median_result(base_runs), median_result(routed_runs)
         ratio = routed_m["rps"] / base_m["rps"] if base_m["rps"] else 0.0
@@ -717,7 +829,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         rss_after_a = rss_kib(routed.proc.pid)
 
         # -- (b) every tenant round-robin through capacity-bounded pools
-        paths = [t.path for t in tenants]
+        requests = [t.request for t in tenants]
         print(
             f"(b) GET one card per tenant, {args.pattern} over {len(tenants)} tenants, pool capacity "
             f"{args.capacity}, budget {args.budget} connections, {args.pool_max} per tenant:"
@@ -725,7 +837,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         before = stats.read()
         peak_b = ConnectionPeak(server_dsn)
         async with peak_b.sampling():
-            spread = await run_load(args, home, routed, paths, args.duration, args.pattern)
+            spread = await run_load(args, home, routed, requests, args.duration, args.pattern)
         after = stats.read()
         print(spread.line("routed, all tenants"))
         hit_ratio: float | None = None

@@ -23,6 +23,7 @@ from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
 from controlplane.registry.models import TIER_QUOTAS, Tenant, TenantStatus, Tier
+from tests.conftest import ADMIN_TOKEN
 
 REGISTRY_TABLES = ("tenants", "tenant_quotas", "tenant_operations")
 TENANT_TABLES = {"users", "manufacturers", "teams", "players", "cards", "files", "audit_log"}
@@ -193,3 +194,95 @@ async def wait_until_unlocked(control_dsn: str, within: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{row['n']} advisory lock(s) still held on the control database")
         await asyncio.sleep(0.02)
+
+
+# -- tenants with a first tenant_admin, and that admin's token -------------------------------------------
+
+#: Password of the first tenant_admin that ``create_tenant_as_admin`` provisions (12..1024 characters).
+TENANT_ADMIN_PASSWORD = "correct horse battery staple"
+
+
+def tenant_admin_email(slug: str) -> str:
+    """Email of the first tenant_admin that ``create_tenant_as_admin`` provisions for ``slug``."""
+    return f"admin@{slug}.test"
+
+
+def _create_body(slug: str, tier: str, name: str | None) -> dict[str, str]:
+    return {
+        "name": name or slug,
+        "slug": slug,
+        "tier": tier,
+        "admin_email": tenant_admin_email(slug),
+        "admin_password": TENANT_ADMIN_PASSWORD,
+    }
+
+
+def _login_body(slug: str) -> dict[str, str]:
+    return {"email": tenant_admin_email(slug), "password": TENANT_ADMIN_PASSWORD}
+
+
+def _admin_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}", **(headers or {})}
+
+
+def _created(response: Any) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _bearer(response: Any) -> dict[str, str]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "Bearer", body
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+async def provision_with_admin(
+    client: Any,
+    slug: str,
+    *,
+    tier: str = "professional",
+    headers: dict[str, str] | None = None,
+    name: str | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``create_tenant_as_admin`` that also returns the created tenant (the 201 body)."""
+    body = _created(
+        await client.post("/admin/tenants", json=_create_body(slug, tier, name), headers=_admin_headers(headers))
+    )
+    return body, await login_tenant_admin(client, slug)
+
+
+async def create_tenant_as_admin(
+    client: Any,
+    slug: str,
+    *,
+    tier: str = "professional",
+    headers: dict[str, str] | None = None,
+    name: str | None = None,
+) -> dict[str, str]:
+    """Create ``slug`` with its first tenant_admin (``POST /admin/tenants`` with the admin token, overridden
+    or extended by ``headers``), log that admin in and return the ``Authorization`` header of its access token.
+
+    ``client``: Litestar's ``AsyncTestClient`` or an ``httpx.AsyncClient``.
+    """
+    _, auth = await provision_with_admin(client, slug, tier=tier, headers=headers, name=name)
+    return auth
+
+
+async def login_tenant_admin(client: Any, slug: str) -> dict[str, str]:
+    """The ``Authorization`` header of a new login of the tenant_admin ``create_tenant_as_admin`` provisioned."""
+    return _bearer(await client.post(f"/t/{slug}/auth/token", json=_login_body(slug)))
+
+
+def create_tenant_as_admin_sync(
+    client: Any,
+    slug: str,
+    *,
+    tier: str = "professional",
+    headers: dict[str, str] | None = None,
+    name: str | None = None,
+) -> dict[str, str]:
+    """``create_tenant_as_admin`` for a synchronous client (``httpx.Client``)."""
+    _created(client.post("/admin/tenants", json=_create_body(slug, tier, name), headers=_admin_headers(headers)))
+    return _bearer(client.post(f"/t/{slug}/auth/token", json=_login_body(slug)))

@@ -19,25 +19,25 @@ from psycopg.rows import dict_row
 
 from controlplane.platform import Platform
 from controlplane.pools.models import APPLICATION_NAME
-from tests.integration.tenant_support import connect_as, refusal, tenant_password
+from tests.integration.tenant_support import connect_as, provision_with_admin, refusal, tenant_password
 
 Client = AsyncTestClient[Any]
 
 
 class Tenant:
-    def __init__(self, body: dict[str, Any], password: str) -> None:
+    def __init__(self, body: dict[str, Any], password: str, auth: dict[str, str]) -> None:
         self.id = uuid.UUID(body["id"])
         self.slug: str = body["slug"]
         self.role: str = body["role_name"]
         self.database: str = body["database_name"]
         self.password = password
+        #: ``Authorization`` header of the tenant's admin, for its API.
+        self.auth = auth
 
 
 async def create_tenant(client: Client, platform: Platform, slug: str) -> Tenant:
-    response = await client.post("/admin/tenants", json={"name": slug, "slug": slug, "tier": "professional"})
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return Tenant(body, await tenant_password(platform, uuid.UUID(body["id"])))
+    body, auth = await provision_with_admin(client, slug)
+    return Tenant(body, await tenant_password(platform, uuid.UUID(body["id"])), auth)
 
 
 def database_of(dsn: str) -> str:
@@ -120,10 +120,10 @@ async def test_api_requests_connect_to_each_database_as_its_own_role_only(
         for step, tenant in enumerate((alpha, bravo, bravo, alpha)):
             number = f"{tenant.slug}-{round_}-{step}"
             written[tenant.slug].append(number)
-            created = await client.post(f"/t/{tenant.slug}/api/cards", json={"cardnumber": number})
+            created = await client.post(f"/t/{tenant.slug}/api/cards", json={"cardnumber": number}, headers=tenant.auth)
             assert created.status_code == 201, created.text
             await observe()
-            listing = await client.get(f"/t/{tenant.slug}/api/cards", params={"limit": 100})
+            listing = await client.get(f"/t/{tenant.slug}/api/cards", params={"limit": 100}, headers=tenant.auth)
             assert listing.status_code == 200, listing.text
             assert {c["cardnumber"].split("-")[0] for c in listing.json()["items"]} == {tenant.slug}
             await observe()

@@ -36,10 +36,13 @@ from controlplane.routing.dependencies import TENANT_POOLS_STATE_KEY
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, eventually
 from tests.harness import LocalClusterHandle
+from tests.integration.tenant_support import provision_with_admin
 
 Client = httpx.AsyncClient
 StartCluster = Callable[[], LocalClusterHandle]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: The ``Authorization`` header of each tenant's admin, by slug.
+Tokens = dict[str, dict[str, str]]
 
 #: How long the server may take to come back and be served again (a restart takes about a second).
 RECOVERY_DEADLINE = 60.0
@@ -60,24 +63,23 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert int(response.headers["retry-after"]) >= 1, response.headers
 
 
-async def create_tenant(client: Client, slug: str) -> dict[str, Any]:
+async def create_tenant(client: Client, tokens: Tokens, slug: str) -> dict[str, Any]:
+    """Create ``slug`` with a tenant_admin, whose token goes into ``tokens``; the new tenant."""
+    body, tokens[slug] = await provision_with_admin(client, slug)
+    return body
+
+
+async def add_card(client: Client, tokens: Tokens, slug: str, number: str) -> dict[str, Any]:
     response = await client.post(
-        "/admin/tenants", json={"name": slug, "slug": slug, "tier": "professional"}, headers=ADMIN
+        cards(slug), json={"cardnumber": number, "notes": f"written to {slug}"}, headers=tokens[slug]
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-async def add_card(client: Client, slug: str, number: str) -> dict[str, Any]:
-    response = await client.post(cards(slug), json={"cardnumber": number, "notes": f"written to {slug}"})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def card_numbers(client: Client, slug: str) -> set[str]:
-    response = await client.get(cards(slug), params={"limit": 200})
+async def card_numbers(client: Client, tokens: Tokens, slug: str) -> set[str]:
+    response = await client.get(cards(slug), params={"limit": 200}, headers=tokens[slug])
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["next_cursor"] is None
@@ -98,18 +100,20 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[Litestar, Client]]:
             yield app, client
 
 
-async def two_servers(client: Client, second: LocalClusterHandle) -> tuple[uuid.UUID, uuid.UUID]:
-    """``faraway`` on ``second``, ``nearby`` on ``default``, each with one card; their tenant ids."""
+async def two_servers(client: Client, second: LocalClusterHandle) -> tuple[uuid.UUID, uuid.UUID, Tokens]:
+    """``faraway`` on ``second``, ``nearby`` on ``default``, each with one card; their tenant ids and the
+    tokens of their admins."""
     response = await client.post("/admin/servers", json={"name": "second", "dsn": second.dsn}, headers=ADMIN)
     assert response.status_code == 201, response.text
     assert (await client.post("/admin/servers/default/drain", headers=ADMIN)).status_code == 200
-    faraway = await create_tenant(client, "faraway")
+    tokens: Tokens = {}
+    faraway = await create_tenant(client, tokens, "faraway")
     assert (await client.post("/admin/servers/default/activate", headers=ADMIN)).status_code == 200
-    nearby = await create_tenant(client, "nearby")
+    nearby = await create_tenant(client, tokens, "nearby")
     assert (faraway["server_name"], nearby["server_name"]) == ("second", "default")
     for slug in ("faraway", "nearby"):
-        await add_card(client, slug, f"{slug}-before")
-    return uuid.UUID(faraway["id"]), uuid.UUID(nearby["id"])
+        await add_card(client, tokens, slug, f"{slug}-before")
+    return uuid.UUID(faraway["id"]), uuid.UUID(nearby["id"]), tokens
 
 
 def pools_of(app: Litestar) -> TenantPools:
@@ -138,7 +142,8 @@ async def test_a_server_outage_fails_its_tenants_fast_and_they_recover_by_themse
 
 
 async def outage_and_recovery(app: Litestar, client: Client, settings: Settings, second: LocalClusterHandle) -> None:
-    faraway_id, nearby_id = await two_servers(client, second)
+    faraway_id, nearby_id, tokens = await two_servers(client, second)
+    far, near = tokens["faraway"], tokens["nearby"]
     pools = pools_of(app)
     assert pools.is_open(faraway_id) and pools.is_open(nearby_id)
     bound = failure_bound(settings)
@@ -146,14 +151,16 @@ async def outage_and_recovery(app: Litestar, client: Client, settings: Settings,
     second.stop()
     try:
         # The pooled connection died with the server and new ones are refused: 503 at once, no hang.
-        assert_unavailable(await asyncio.wait_for(client.get(cards("faraway")), bound))
-        refused = await asyncio.wait_for(client.post(cards("faraway"), json={"cardnumber": "during-0"}), bound)
+        assert_unavailable(await asyncio.wait_for(client.get(cards("faraway"), headers=far), bound))
+        refused = await asyncio.wait_for(
+            client.post(cards("faraway"), json={"cardnumber": "during-0"}, headers=far), bound
+        )
         assert_unavailable(refused)
-        assert await card_numbers(client, "nearby") == {"nearby-before"}
+        assert await card_numbers(client, tokens, "nearby") == {"nearby-before"}
 
         # A burst for the tenant whose server is down, mixed with traffic for the other one.
-        burst = [client.get(cards("faraway")) for _ in range(20)]
-        others = [client.get(cards("nearby")) for _ in range(5)]
+        burst = [client.get(cards("faraway"), headers=far) for _ in range(20)]
+        others = [client.get(cards("nearby"), headers=near) for _ in range(5)]
         responses = await asyncio.wait_for(asyncio.gather(*burst, *others), bound)
         for response in responses[:20]:
             assert_unavailable(response)
@@ -170,8 +177,8 @@ async def outage_and_recovery(app: Litestar, client: Client, settings: Settings,
         assert stats.connections_open == stats.connections_idle <= settings.pools.per_tenant_max, stats
 
         # nearby is still served, reads and writes.
-        await add_card(client, "nearby", "nearby-during")
-        assert await card_numbers(client, "nearby") == {"nearby-before", "nearby-during"}
+        await add_card(client, tokens, "nearby", "nearby-during")
+        assert await card_numbers(client, tokens, "nearby") == {"nearby-before", "nearby-during"}
     finally:
         second.start()
 
@@ -183,7 +190,9 @@ async def outage_and_recovery(app: Litestar, client: Client, settings: Settings,
     while True:
         attempt += 1
         number = f"recovery-{attempt}"
-        response = await asyncio.wait_for(client.post(cards("faraway"), json={"cardnumber": number}), bound)
+        response = await asyncio.wait_for(
+            client.post(cards("faraway"), json={"cardnumber": number}, headers=far), bound
+        )
         if response.status_code == 201:
             break
         assert_unavailable(response)
@@ -192,11 +201,11 @@ async def outage_and_recovery(app: Litestar, client: Client, settings: Settings,
         await asyncio.sleep(0.2)
     assert pools.is_open(faraway_id)
 
-    await add_card(client, "faraway", "after-recovery")
-    numbers = await card_numbers(client, "faraway")
+    await add_card(client, tokens, "faraway", "after-recovery")
+    numbers = await card_numbers(client, tokens, "faraway")
     assert numbers == {"faraway-before", number, "after-recovery"}, numbers
     assert not numbers & refused_numbers
-    assert await card_numbers(client, "nearby") == {"nearby-before", "nearby-during"}
+    assert await card_numbers(client, tokens, "nearby") == {"nearby-before", "nearby-during"}
 
     # What the API says is what the server holds (read as the tenant's own role, bypassing the app).
     role, database, password = await tenant_row(settings.database.url, faraway_id)
@@ -217,13 +226,14 @@ async def test_a_request_in_flight_when_its_server_goes_down_is_a_503(
 
 
 async def death_under_a_query(app: Litestar, client: Client, settings: Settings, second: LocalClusterHandle) -> None:
-    faraway_id, _ = await two_servers(client, second)
+    faraway_id, _, tokens = await two_servers(client, second)
+    far = tokens["faraway"]
     role, database, _ = await tenant_row(settings.database.url, faraway_id)
 
     # Hold a lock that the tenant's next query waits on, so that the request is in flight.
     locker = await psycopg.AsyncConnection.connect(conninfo.make_conninfo(second.dsn, dbname=database))
     await locker.execute("LOCK TABLE cards IN ACCESS EXCLUSIVE MODE")
-    request = asyncio.create_task(client.get(cards("faraway")))
+    request = asyncio.create_task(client.get(cards("faraway"), headers=far))
     try:
 
         async def waiting_on_the_lock() -> bool:
@@ -249,10 +259,10 @@ async def death_under_a_query(app: Litestar, client: Client, settings: Settings,
     await eventually(lambda: pools.stats().connections_in_use == 0, "the broken connection went back")
 
     async def served() -> bool:
-        response = await client.get(cards("faraway"))
+        response = await client.get(cards("faraway"), headers=far)
         if response.status_code != 200:
             assert_unavailable(response)
         return response.status_code == 200
 
     await eventually(served, "faraway is served again", within=RECOVERY_DEADLINE)
-    assert await card_numbers(client, "faraway") == {"faraway-before"}
+    assert await card_numbers(client, tokens, "faraway") == {"faraway-before"}

@@ -29,6 +29,7 @@ from controlplane.pools.service import TenantPools
 from controlplane.routing.dependencies import TENANT_POOLS_STATE_KEY
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, eventually
+from tests.integration.tenant_support import provision_with_admin
 
 Client = AsyncTestClient[Any]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -63,21 +64,19 @@ async def exists(admin_dsn: str, query: str, name: str) -> bool:
 
 
 class Tenant:
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], auth: dict[str, str]) -> None:
         self.id = uuid.UUID(body["id"])
         self.slug: str = body["slug"]
         self.role: str = body["role_name"]
         self.database: str = body["database_name"]
+        #: ``Authorization`` header of the tenant's admin (bound to the tenant, so it outlives a rename).
+        self.auth = auth
 
 
 async def create_tenant(client: Client, slug: str) -> Tenant:
-    response = await client.post(
-        "/admin/tenants", json={"name": slug, "slug": slug, "tier": "professional"}, headers=ADMIN
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
+    body, auth = await provision_with_admin(client, slug)
     assert body["role_name"] == body["database_name"], body
-    return Tenant(body)
+    return Tenant(body, auth)
 
 
 async def admin(client: Client, method: str, path: str, status: int, **kwargs: Any) -> None:
@@ -85,14 +84,14 @@ async def admin(client: Client, method: str, path: str, status: int, **kwargs: A
     assert response.status_code == status, response.text
 
 
-async def team_names(client: Client, slug: str) -> list[str]:
-    response = await client.get(f"/t/{slug}/api/teams")
+async def team_names(client: Client, tenant: Tenant, slug: str) -> list[str]:
+    response = await client.get(f"/t/{slug}/api/teams", headers=tenant.auth)
     assert response.status_code == 200, response.text
     return [t["name"] for t in response.json()["items"]]
 
 
-async def refused(client: Client, slug: str, status: int, code: str) -> None:
-    response = await client.get(f"/t/{slug}/api/teams")
+async def refused(client: Client, tenant: Tenant, slug: str, status: int, code: str) -> None:
+    response = await client.get(f"/t/{slug}/api/teams", headers=tenant.auth)
     assert (response.status_code, response.json()["error"]) == (status, code), response.text
 
 
@@ -104,7 +103,7 @@ async def served_with_pool(client: Client, admin_dsn: str, tenant: Tenant, slug:
     """
 
     async def serve() -> bool:
-        assert await team_names(client, slug) == ["Tigers"]
+        assert await team_names(client, tenant, slug) == ["Tigers"]
         return is_open(client, tenant.id)
 
     await eventually(serve, "a served tenant has an open pool")
@@ -128,7 +127,7 @@ async def assert_pool_gone(client: Client, admin_dsn: str, tenant: Tenant) -> No
 
 async def new_tenant_with_data(client: Client, slug: str) -> Tenant:
     tenant = await create_tenant(client, slug)
-    response = await client.post(f"/t/{slug}/api/teams", json={"name": "Tigers"})
+    response = await client.post(f"/t/{slug}/api/teams", json={"name": "Tigers"}, headers=tenant.auth)
     assert response.status_code == 201, response.text
     return tenant
 
@@ -143,7 +142,7 @@ async def test_suspend_closes_the_pool_and_resume_makes_a_new_one(client: Client
 
     await admin(client, "POST", "/admin/tenants/acme/suspend", 200)
     await assert_pool_gone(client, pg_admin_dsn, tenant)
-    await refused(client, "acme", 423, "tenant_suspended")
+    await refused(client, tenant, "acme", 423, "tenant_suspended")
     assert not is_open(client, tenant.id)
 
     await admin(client, "POST", "/admin/tenants/acme/resume", 200)
@@ -160,7 +159,7 @@ async def test_soft_delete_closes_the_pool_and_purge_leaves_nothing(client: Clie
 
     await admin(client, "DELETE", "/admin/tenants/acme", 200)
     await assert_pool_gone(client, pg_admin_dsn, tenant)
-    await refused(client, "acme", 410, "tenant_deleted")
+    await refused(client, tenant, "acme", 410, "tenant_deleted")
 
     # Resuming cancels the deletion: served again from a new pool, data intact.
     await admin(client, "POST", "/admin/tenants/acme/resume", 200)
@@ -172,7 +171,7 @@ async def test_soft_delete_closes_the_pool_and_purge_leaves_nothing(client: Clie
     await assert_pool_gone(client, pg_admin_dsn, tenant)
     assert not await exists(pg_admin_dsn, "SELECT 1 FROM pg_database WHERE datname = %s", tenant.database)
     assert not await exists(pg_admin_dsn, "SELECT 1 FROM pg_roles WHERE rolname = %s", tenant.role)
-    await refused(client, "acme", 404, "tenant_not_found")
+    await refused(client, tenant, "acme", 404, "tenant_not_found")
     assert not is_open(client, tenant.id)
 
 
@@ -192,7 +191,7 @@ async def test_rename_invalidates_the_pool_and_the_new_slug_serves_the_same_data
 
     await eventually(old_sessions_gone, "the invalidated pool closed its connections")
 
-    await refused(client, "acme", 404, "tenant_not_found")
+    await refused(client, tenant, "acme", 404, "tenant_not_found")
     after = await served_with_pool(client, pg_admin_dsn, tenant, "acme-cards")
     assert not after & before
 
@@ -206,8 +205,8 @@ async def test_a_second_instance_stops_serving_a_suspended_tenant_within_a_secon
     async with AsyncTestClient(app=create_app(settings)) as first, AsyncTestClient(app=create_app(settings)) as other:
         tenant = await new_tenant_with_data(first, "acme")
         # Both instances serve it and hold a pool for it.
-        assert await team_names(first, "acme") == ["Tigers"]
-        assert await team_names(other, "acme") == ["Tigers"]
+        assert await team_names(first, tenant, "acme") == ["Tigers"]
+        assert await team_names(other, tenant, "acme") == ["Tigers"]
         assert is_open(first, tenant.id) and is_open(other, tenant.id)
         assert len(await backends(pg_admin_dsn, tenant.role)) >= 2
 
@@ -217,7 +216,7 @@ async def test_a_second_instance_stops_serving_a_suspended_tenant_within_a_secon
         while is_open(other, tenant.id):
             assert time.monotonic() < deadline, "the other instance still holds a pool for the suspended tenant"
             await asyncio.sleep(0.01)
-        response = await other.get("/t/acme/api/teams")
+        response = await other.get("/t/acme/api/teams", headers=tenant.auth)
         assert (response.status_code, response.json()["error"]) == (423, "tenant_suspended"), response.text
         assert time.monotonic() < deadline, "the other instance served the suspended tenant for over a second"
 
@@ -229,7 +228,7 @@ async def test_a_second_instance_stops_serving_a_suspended_tenant_within_a_secon
         await admin(first, "POST", "/admin/tenants/acme/resume", 200)
 
         async def served_by_other() -> bool:
-            response = await other.get("/t/acme/api/teams")
+            response = await other.get("/t/acme/api/teams", headers=tenant.auth)
             return response.status_code == 200 and [t["name"] for t in response.json()["items"]] == ["Tigers"]
 
         await eventually(served_by_other, "the other instance serves the resumed tenant")
@@ -239,12 +238,12 @@ async def test_a_second_instance_stops_serving_a_suspended_tenant_within_a_secon
         # other instance drop the old slug, within a second as well.
         await admin(first, "PATCH", "/admin/tenants/acme", 200, json={"slug": "acme-cards"})
         deadline = time.monotonic() + 1.0
-        while (response := await other.get("/t/acme/api/teams")).status_code != 404:
+        while (response := await other.get("/t/acme/api/teams", headers=tenant.auth)).status_code != 404:
             assert response.status_code == 200, response.text
             assert time.monotonic() < deadline, "the other instance still serves the old slug"
             await asyncio.sleep(0.01)
         assert response.json()["error"] == "tenant_not_found"
-        assert await team_names(other, "acme-cards") == ["Tigers"]
+        assert await team_names(other, tenant, "acme-cards") == ["Tigers"]
 
 
 async def test_an_instance_that_has_not_heard_of_the_change_yet_answers_the_new_status_not_503(
@@ -265,8 +264,8 @@ async def test_an_instance_that_has_not_heard_of_the_change_yet_answers_the_new_
                 await admin(first, "POST", "/admin/tenants/acme/suspend", 200)
                 await admin(first, "DELETE", "/admin/tenants/gone", 200)
                 assert is_open(other, acme.id) and is_open(other, gone.id), "nothing told the other instance"
-                await refused(other, "acme", 423, "tenant_suspended")
-                await refused(other, "gone", 410, "tenant_deleted")
+                await refused(other, acme, "acme", 423, "tenant_suspended")
+                await refused(other, gone, "gone", 410, "tenant_deleted")
             finally:
                 await control.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_notify_update")
         for tenant in (acme, gone):

@@ -3,9 +3,10 @@
 Every operation under ``/t/{tenant_slug}/api/...`` (cards and their images, players, teams,
 manufacturers) gets property-based requests, valid and invalid, plus stateful sequences. The path
 parameter ``tenant_slug`` is pinned (schemathesis ``[parameters]`` in a ``schemathesis.toml``) to a
-provisioned tenant, so that requests get past routing to the real handlers and the tenant's own
-database; a few rows of each kind are seeded so that small ids name real rows. Examples are bounded so
-the run stays well under a minute.
+provisioned tenant, and every request carries the access token of that tenant's admin (``-H
+"Authorization: Bearer ..."``), so that requests get past routing and authentication to the real
+handlers and the tenant's own database; a few rows of each kind are seeded so that small ids name real
+rows. Examples are bounded so the run stays well under a minute.
 
 When schemathesis reports a failure, the assertion message carries its output and the server's log
 (which holds the traceback of the 5xx).
@@ -22,20 +23,20 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, Served
+from tests.conftest import Served
+from tests.integration.tenant_support import create_tenant_as_admin_sync
 
 SLUG = "fuzz-shop"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 #: Tenant API operations: cards (list, create, get, patch, delete; image get, put, delete) and five each
 #: (list, create, get, patch, delete) for players, teams and manufacturers.
 TENANT_OPERATIONS = 8 + 3 * 5
 
 
-def provision(url: str) -> None:
-    """The fuzzed tenant, with rows of every kind so that ids 1-3 exist."""
+def provision(url: str) -> dict[str, str]:
+    """The fuzzed tenant, with rows of every kind so that ids 1-3 exist; the ``Authorization`` header of
+    its admin."""
     with httpx.Client(base_url=url, timeout=30) as http:
-        response = http.post("/admin/tenants", json={"name": "Fuzz", "slug": SLUG, "tier": "enterprise"}, headers=ADMIN)
-        assert response.status_code == 201, response.text
+        auth = create_tenant_as_admin_sync(http, SLUG, tier="enterprise", name="Fuzz")
         api = f"/t/{SLUG}/api"
         for i in range(1, 4):
             for path, body in (
@@ -44,7 +45,7 @@ def provision(url: str) -> None:
                 ("players", {"first_name": f"First {i}", "last_name": f"Last {i}", "team_id": i}),
                 ("cards", {"cardnumber": f"C-{i}", "player_id": i, "team_id": i, "manufacturer_id": i, "year": 1990}),
             ):
-                created = http.post(f"{api}/{path}/", json=body)
+                created = http.post(f"{api}/{path}/", json=body, headers=auth)
                 assert created.status_code == 201, (path, created.text)
                 assert created.json()["id"] == i, created.text
         png = (
@@ -52,11 +53,12 @@ def provision(url: str) -> None:
             b"\x89\x00\x00\x00\rIDATx\x9cc\xf8\xff\xff?\x00\x05\xfe\x02\xfe\xa7\x35\x81\x84\x00\x00\x00\x00IEND"
             b"\xaeB`\x82"
         )
-        uploaded = http.put(f"{api}/cards/1/image", content=png, headers={"content-type": "image/png"})
+        uploaded = http.put(f"{api}/cards/1/image", content=png, headers={"content-type": "image/png", **auth})
         assert uploaded.status_code == 200, uploaded.text
+    return auth
 
 
-def run_schemathesis(url: str, cwd: Path, max_examples: int) -> str:
+def run_schemathesis(url: str, cwd: Path, max_examples: int, auth: dict[str, str]) -> str:
     config = cwd / "schemathesis.toml"
     config.write_text(f'[parameters]\n"path.tenant_slug" = "{SLUG}"\n')
     st = str(Path(sys.executable).parent / "st")
@@ -67,6 +69,7 @@ def run_schemathesis(url: str, cwd: Path, max_examples: int) -> str:
         f"{url}/schema/openapi.json",
         "--checks=not_a_server_error",
         f"--max-examples={max_examples}",
+        *(f"--header={name}: {value}" for name, value in auth.items()),
         "--phases=examples,coverage,fuzzing,stateful",
         "--generation-allow-x00=true",
         "--workers=1",
@@ -83,8 +86,8 @@ def run_schemathesis(url: str, cwd: Path, max_examples: int) -> str:
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_in_the_tenant_api(served: Served, control_dsn: str, tmp_path: Path) -> None:
-    provision(served.url)
-    output = run_schemathesis(served.url, tmp_path, 40)
+    auth = provision(served.url)
+    output = run_schemathesis(served.url, tmp_path, 40, auth)
     server_log = served.log.read_text()
     report = f"{output}\n--- server log ---\n{server_log}"
     assert "No issues found" in output, report

@@ -1,0 +1,158 @@
+"""HTTP face of a tenant's accounts: ``/me``, ``/users``, ``/api-keys``, ``/settings``.
+
+Mounted with the CardVault API (``/t/{slug}/api`` and ``/api``), so the routing layer has already
+resolved the tenant, authenticated the caller and checked the route's permission (``opt``) when a
+handler runs. Handlers take one dependency, ``accounts``: an ``Accounts`` on the request's connection,
+committed after the handler returns and rolled back if it raises.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, patch, post, put
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from controlplane.accounts.models import (
+    ApiKey,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    PasswordChange,
+    Profile,
+    ProfileUpdate,
+    Session,
+    SettingsUpdate,
+    TenantSettings,
+    User,
+    UserCreate,
+    UserCreated,
+    UserPage,
+    UserUpdate,
+)
+from controlplane.accounts.service import Accounts
+from controlplane.auth.models import Permission
+from controlplane.auth.service import Authenticator
+from controlplane.cards.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from controlplane.routing.dependencies import AUTH_STATE_KEY, quota_limits_for, requires
+from controlplane.routing.models import TenantRequest
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
+Cursor = Annotated[str | None, QueryParameter(max_length=1024, description="next_cursor of the previous page")]
+Deps = NamedDependency[Accounts]
+
+
+def provide_accounts(request: Request[Any, Any, Any], tenant_request: NamedDependency[TenantRequest]) -> Accounts:
+    auth: Authenticator = request.app.state[AUTH_STATE_KEY]
+    limits = quota_limits_for(request.app.state.platform, tenant_request.tenant.id)
+    return Accounts(tenant_request, auth, limits)
+
+
+_DEPENDENCIES = {"accounts": Provide(provide_accounts, sync_to_thread=False)}
+
+
+class MeController(Controller):
+    path = "/me"
+    tags = ["me"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", opt=requires(Permission.SELF), summary="Who I am: profile, role and effective permissions")
+    async def get_me(self, accounts: Deps) -> Profile:
+        return await accounts.me()
+
+    @patch("/", opt=requires(Permission.SELF), summary="Change my display name")
+    async def update_me(self, accounts: Deps, data: JSONBody[ProfileUpdate]) -> Profile:
+        return await accounts.update_me(data)
+
+    @put(
+        "/password",
+        opt=requires(Permission.SELF),
+        status_code=204,
+        summary="Change my password (needs the current one); ends my other sessions",
+    )
+    async def change_password(self, accounts: Deps, data: JSONBody[PasswordChange]) -> None:
+        await accounts.change_password(data)
+
+    @get("/sessions", opt=requires(Permission.SELF), summary="My live login sessions")
+    async def list_sessions(self, accounts: Deps) -> list[Session]:
+        return await accounts.my_sessions()
+
+    @delete("/sessions/{session_id:uuid}", opt=requires(Permission.SELF), summary="End one of my sessions")
+    async def revoke_session(self, accounts: Deps, session_id: FromPath[uuid.UUID]) -> None:
+        await accounts.revoke_my_session(session_id)
+
+
+class UsersController(Controller):
+    path = "/users"
+    tags = ["users"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", opt=requires(Permission.USERS_READ), summary="List users (keyset pages by id)")
+    async def list_users(self, accounts: Deps, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE_SIZE) -> UserPage:
+        return await accounts.list_users(limit, cursor)
+
+    @post(
+        "/",
+        opt=requires(Permission.USERS_MANAGE),
+        summary="Create a user (with password) or invite one (without: the invite_token is shown once)",
+    )
+    async def create_user(self, accounts: Deps, data: JSONBody[UserCreate]) -> UserCreated:
+        return await accounts.create_user(data)
+
+    @get("/{user_id:int}", opt=requires(Permission.USERS_READ), summary="One user")
+    async def get_user(self, accounts: Deps, user_id: FromPath[int]) -> User:
+        return await accounts.get_user(user_id)
+
+    @patch(
+        "/{user_id:int}",
+        opt=requires(Permission.USERS_MANAGE),
+        summary="Change a user's role, permissions, disabled flag or display name",
+    )
+    async def update_user(self, accounts: Deps, user_id: FromPath[int], data: JSONBody[UserUpdate]) -> User:
+        return await accounts.update_user(user_id, data)
+
+    @post(
+        "/{user_id:int}/invitation",
+        opt=requires(Permission.USERS_MANAGE),
+        status_code=200,
+        summary="Re-issue a pending invitation (the old token stops working; the new one is shown once)",
+    )
+    async def reissue_invitation(self, accounts: Deps, user_id: FromPath[int]) -> UserCreated:
+        return await accounts.reissue_invitation(user_id)
+
+
+class ApiKeysController(Controller):
+    path = "/api-keys"
+    tags = ["api-keys"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", opt=requires(Permission.API_KEYS_MANAGE), summary="List API keys (never the keys themselves)")
+    async def list_api_keys(self, accounts: Deps) -> list[ApiKey]:
+        return await accounts.list_api_keys()
+
+    @post("/", opt=requires(Permission.API_KEYS_MANAGE), summary="Create an API key (the key is shown once)")
+    async def create_api_key(self, accounts: Deps, data: JSONBody[ApiKeyCreate]) -> ApiKeyCreated:
+        return await accounts.create_api_key(data)
+
+    @delete("/{key_id:int}", opt=requires(Permission.API_KEYS_MANAGE), summary="Revoke an API key")
+    async def revoke_api_key(self, accounts: Deps, key_id: FromPath[int]) -> None:
+        await accounts.revoke_api_key(key_id)
+
+
+class SettingsController(Controller):
+    path = "/settings"
+    tags = ["settings"]
+    dependencies = _DEPENDENCIES
+
+    @get("/", opt=requires(Permission.SETTINGS_READ), summary="The tenant's settings")
+    async def get_settings(self, accounts: Deps) -> TenantSettings:
+        return await accounts.get_settings()
+
+    @patch("/", opt=requires(Permission.SETTINGS_MANAGE), summary="Change the tenant's settings (null clears one)")
+    async def update_settings(self, accounts: Deps, data: JSONBody[SettingsUpdate]) -> TenantSettings:
+        return await accounts.update_settings(data)
+
+
+#: Mounted by the app next to ``TENANT_API_HANDLERS`` (under ``/t/{slug}/api`` and ``/api``).
+ACCOUNT_HANDLERS: list[type[Controller]] = [MeController, UsersController, ApiKeysController, SettingsController]

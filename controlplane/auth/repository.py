@@ -1,0 +1,158 @@
+"""SQL of platform identities in the control database: ``platform_admins`` (and a ``platform_audit`` helper).
+
+Callers own the transaction. Password hashes never leave through :class:`Admin`; only
+:func:`get_admin_credentials` returns one, for the login check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from controlplane.audit import repository as audit_repository
+from controlplane.audit.models import AuditContext, client_address
+from controlplane.db import AsyncConn
+from controlplane.errors import Conflict, NotFound
+
+
+class AdminExists(Conflict):
+    code = "admin_exists"
+
+
+class AdminNotFound(NotFound):
+    code = "admin_not_found"
+
+
+class Admin(msgspec.Struct, frozen=True, kw_only=True):
+    """A super-admin of the platform."""
+
+    id: uuid.UUID
+    email: str
+    disabled: bool
+    created_at: dt.datetime
+    last_login_at: dt.datetime | None
+
+
+_COLUMNS = sql.SQL("id, email, disabled, created_at, last_login_at")
+
+
+def _admin(row: Mapping[str, Any]) -> Admin:
+    return Admin(
+        id=row["id"],
+        email=row["email"],
+        disabled=row["disabled"],
+        created_at=row["created_at"],
+        last_login_at=row["last_login_at"],
+    )
+
+
+async def insert_admin(conn: AsyncConn, *, email: str, password_hash: str) -> Admin:
+    """A new, enabled admin; an email taken in any letter case raises ``AdminExists``."""
+    try:
+        async with conn.transaction():
+            cur = await conn.execute(
+                sql.SQL(
+                    "INSERT INTO platform_admins (id, email, password_hash) VALUES (%s, %s, %s) RETURNING {}"
+                ).format(_COLUMNS),
+                (uuid.uuid4(), email, password_hash),
+            )
+            row = await cur.fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise AdminExists(f"an admin with email {email!r} already exists", email=email) from None
+    assert row is not None
+    return _admin(row)
+
+
+async def get_admin_by_email(conn: AsyncConn, email: str) -> Admin | None:
+    """The admin with ``email`` in any letter case."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {} FROM platform_admins WHERE lower(email) = lower(%s)").format(_COLUMNS), (email,)
+    )
+    row = await cur.fetchone()
+    return _admin(row) if row else None
+
+
+async def get_admin_credentials(conn: AsyncConn, email: str) -> tuple[Admin, str] | None:
+    """The admin with ``email`` and its password hash (for the login check only)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {}, password_hash FROM platform_admins WHERE lower(email) = lower(%s)").format(_COLUMNS),
+        (email,),
+    )
+    row = await cur.fetchone()
+    return (_admin(row), str(row["password_hash"])) if row else None
+
+
+async def get_admin(conn: AsyncConn, admin_id: uuid.UUID) -> Admin | None:
+    cur = await conn.execute(sql.SQL("SELECT {} FROM platform_admins WHERE id = %s").format(_COLUMNS), (admin_id,))
+    row = await cur.fetchone()
+    return _admin(row) if row else None
+
+
+async def list_admins(conn: AsyncConn) -> list[Admin]:
+    """Every admin, ordered by email."""
+    cur = await conn.execute(sql.SQL("SELECT {} FROM platform_admins ORDER BY lower(email), id").format(_COLUMNS))
+    return [_admin(row) for row in await cur.fetchall()]
+
+
+async def set_admin_disabled(conn: AsyncConn, email: str, disabled: bool) -> Admin | None:
+    """Disable or enable the admin with ``email``; None if there is none."""
+    cur = await conn.execute(
+        sql.SQL(
+            "UPDATE platform_admins SET disabled = %s, updated_at = now() WHERE lower(email) = lower(%s) RETURNING {}"
+        ).format(_COLUMNS),
+        (disabled, email),
+    )
+    row = await cur.fetchone()
+    return _admin(row) if row else None
+
+
+async def set_admin_password(conn: AsyncConn, admin_id: uuid.UUID, password_hash: str) -> bool:
+    """Replace the admin's password hash; False if there is no such admin."""
+    cur = await conn.execute(
+        "UPDATE platform_admins SET password_hash = %s, updated_at = now() WHERE id = %s", (password_hash, admin_id)
+    )
+    return cur.rowcount > 0
+
+
+async def touch_login(conn: AsyncConn, admin_id: uuid.UUID) -> None:
+    """Record a successful login."""
+    await conn.execute("UPDATE platform_admins SET last_login_at = now() WHERE id = %s", (admin_id,))
+
+
+async def record_platform_audit(
+    conn: AsyncConn,
+    *,
+    actor: str,
+    action: str,
+    tenant_id: uuid.UUID | None = None,
+    tenant_slug: str | None = None,
+    entity: str | None = None,
+    entity_id: object = None,
+    outcome: str = "succeeded",
+    source_address: str | None = None,
+    request_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """One ``platform_audit`` row, inside the caller's transaction (so it commits with the action).
+
+    For callers without an ``AuditContext`` (the CLI); the SQL itself lives in ``controlplane.audit``.
+    ``outcome`` is ``succeeded`` or ``failed``; a ``source_address`` that is not an IP address is dropped.
+    """
+    ctx = AuditContext(actor=actor, source_address=client_address(source_address), request_id=request_id)
+    await audit_repository.record_platform(
+        conn,
+        ctx,
+        action,
+        tenant_id=tenant_id,
+        tenant_slug=tenant_slug,
+        entity=entity,
+        entity_id=entity_id,
+        outcome=outcome,
+        details=details,
+    )

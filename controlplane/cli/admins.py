@@ -1,0 +1,222 @@
+"""``cardvault admins ...`` and ``cardvault keys ...``: platform super-admins and token signing keys.
+
+Every change is recorded in ``platform_audit`` with the actor ``cli:<os user>``, in the same
+transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from controlplane.auth import repository as admins_repo
+from controlplane.auth import sessions, tokens
+from controlplane.auth.passwords import Passwords, normalize_email, validate_password
+from controlplane.auth.repository import Admin, AdminNotFound
+from controlplane.cli.common import emit_json, json_option, load_settings, run, table, to_builtins
+from controlplane.db import AsyncConn
+from controlplane.platform import Platform
+
+T = TypeVar("T")
+
+_ADMIN_COLUMNS = ("id", "email", "disabled", "created_at", "last_login_at")
+_KEY_COLUMNS = ("kid", "active", "created_at", "retired_at", "verify_until")
+#: Retired keys verify this much longer than the access-token lifetime (clock skew, slow refreshes).
+_ROTATION_MARGIN = 120.0
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
+        user = str(os.getuid())
+    return f"cli:{user}"
+
+
+def _with_platform(work: Callable[[Platform], Awaitable[T]]) -> T:
+    settings = load_settings()
+
+    async def go() -> T:
+        async with Platform.open(settings) as platform:
+            return await work(platform)
+
+    return run(go)
+
+
+def _read_password() -> str:
+    """The first line of stdin when it is not a terminal (scripts); else asked twice, hidden."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _show(admins: list[Admin], as_json: bool) -> None:
+    if as_json:
+        emit_json(admins[0] if len(admins) == 1 else admins)
+    else:
+        table([to_builtins(a) for a in admins], _ADMIN_COLUMNS)
+
+
+async def _audit(conn: AsyncConn, action: str, entity: str, entity_id: object, **details: Any) -> None:
+    await admins_repo.record_platform_audit(
+        conn, actor=_actor(), action=action, entity=entity, entity_id=entity_id, details=details
+    )
+
+
+@click.group()
+def admins() -> None:
+    """Platform super-admins (they log in to /admin/* and may impersonate tenant users)."""
+
+
+@admins.command("create")
+@click.option("--email", required=True, help="Login email (unique regardless of case).")
+@json_option
+def create(email: str, as_json: bool) -> None:
+    """Create a super-admin. The password is read from stdin (first line) or asked twice."""
+    password = _read_password()
+
+    async def work(platform: Platform) -> Admin:
+        address = normalize_email(email)
+        password_hash = await Passwords(platform.settings.auth).hash(validate_password(password))
+        async with platform.control.connection() as conn, conn.transaction():
+            admin = await admins_repo.insert_admin(conn, email=address, password_hash=password_hash)
+            await _audit(conn, "admin.create", "platform_admin", admin.id, email=admin.email)
+        return admin
+
+    _show([_with_platform(work)], as_json)
+
+
+@admins.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List super-admins (ordered by email)."""
+
+    async def work(platform: Platform) -> list[Admin]:
+        async with platform.control.connection() as conn:
+            return await admins_repo.list_admins(conn)
+
+    found = _with_platform(work)
+    if as_json:
+        emit_json(found)
+    else:
+        table([to_builtins(a) for a in found], _ADMIN_COLUMNS)
+
+
+def _set_disabled(email: str, disabled: bool) -> Admin:
+    async def work(platform: Platform) -> Admin:
+        async with platform.control.connection() as conn, conn.transaction():
+            admin = await admins_repo.set_admin_disabled(conn, normalize_email(email), disabled)
+            if admin is None:
+                raise AdminNotFound(f"no admin with email {email!r}")
+            revoked = await sessions.revoke_all(conn, "platform_sessions", admin.id) if disabled else 0
+            action = "admin.disable" if disabled else "admin.enable"
+            await _audit(conn, action, "platform_admin", admin.id, email=admin.email, sessions_revoked=revoked)
+        return admin
+
+    return _with_platform(work)
+
+
+@admins.command("disable")
+@click.option("--email", required=True)
+@json_option
+def disable(email: str, as_json: bool) -> None:
+    """Disable a super-admin and end all of its sessions."""
+    _show([_set_disabled(email, True)], as_json)
+
+
+@admins.command("enable")
+@click.option("--email", required=True)
+@json_option
+def enable(email: str, as_json: bool) -> None:
+    """Re-enable a disabled super-admin."""
+    _show([_set_disabled(email, False)], as_json)
+
+
+@admins.command("set-password")
+@click.option("--email", required=True)
+@json_option
+def set_password(email: str, as_json: bool) -> None:
+    """Replace a super-admin's password (stdin or asked twice) and end all of its sessions."""
+    password = _read_password()
+
+    async def work(platform: Platform) -> Admin:
+        password_hash = await Passwords(platform.settings.auth).hash(validate_password(password))
+        async with platform.control.connection() as conn, conn.transaction():
+            admin = await admins_repo.get_admin_by_email(conn, normalize_email(email))
+            if admin is None:
+                raise AdminNotFound(f"no admin with email {email!r}")
+            await admins_repo.set_admin_password(conn, admin.id, password_hash)
+            revoked = await sessions.revoke_all(conn, "platform_sessions", admin.id)
+            await _audit(
+                conn, "admin.set_password", "platform_admin", admin.id, email=admin.email, sessions_revoked=revoked
+            )
+        return admin
+
+    _show([_with_platform(work)], as_json)
+
+
+@click.group()
+def keys() -> None:
+    """The keys access tokens are signed with."""
+
+
+@keys.command("rotate")
+@json_option
+def rotate(as_json: bool) -> None:
+    """Sign new tokens with a new key; the old key keeps verifying for one token lifetime + 2 min."""
+
+    async def work(platform: Platform) -> dict[str, Any]:
+        verify_for = platform.settings.auth.access_token_ttl + _ROTATION_MARGIN
+        async with platform.control.connection() as conn, conn.transaction():
+            kid = await tokens.rotate(conn, platform.box, verify_for=verify_for)
+            await _audit(conn, "signing_key.rotate", "signing_key", kid, verify_for=verify_for)
+        return {"kid": kid, "previous_keys_verify_for": verify_for}
+
+    result = _with_platform(work)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"new signing key {result['kid']}; retired keys keep verifying for "
+            f"{result['previous_keys_verify_for']:.0f} s"
+        )
+
+
+@keys.command("list")
+@json_option
+def list_keys(as_json: bool) -> None:
+    """List signing keys (never their secrets)."""
+
+    async def work(platform: Platform) -> list[tokens.SigningKeyInfo]:
+        async with platform.control.connection() as conn:
+            return await tokens.list_keys(conn)
+
+    found = _with_platform(work)
+    if as_json:
+        emit_json(found)
+    else:
+        table([to_builtins(k) for k in found], _KEY_COLUMNS)
+
+
+@keys.command("prune")
+@json_option
+def prune(as_json: bool) -> None:
+    """Delete retired keys that no longer verify anything."""
+
+    async def work(platform: Platform) -> int:
+        async with platform.control.connection() as conn, conn.transaction():
+            deleted = await tokens.prune(conn)
+            await _audit(conn, "signing_key.prune", "signing_key", None, deleted=deleted)
+        return deleted
+
+    deleted = _with_platform(work)
+    if as_json:
+        emit_json({"deleted": deleted})
+    else:
+        click.echo(f"deleted {deleted} expired signing key(s)")
