@@ -16,7 +16,6 @@ Rules beyond the route's permission:
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import uuid
 import zoneinfo
@@ -97,10 +96,6 @@ class WrongPassword(PermissionDenied):
 @cache
 def _timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _user(row: Mapping[str, Any]) -> User:
@@ -375,7 +370,7 @@ class Accounts:
                 permission=Permission.API_KEYS_MANAGE.value,
             )
         key, prefix, key_hash = new_api_key(self._tenant.id)
-        expires_at = None if data.expires_in_days is None else _now() + dt.timedelta(days=data.expires_in_days)
+        expires_at = None if data.expires_in_days is None else expiry(data.expires_in_days * 86400.0)
         row = await users.insert_api_key(
             self._conn,
             name=data.name,
@@ -398,8 +393,7 @@ class Accounts:
     # -- /settings ------------------------------------------------------------------------------
 
     async def get_settings(self) -> TenantSettings:
-        row = await users.get_settings(self._conn)
-        return self._settings(row)
+        return self._settings(await users.get_settings(self._conn))
 
     async def update_settings(self, data: SettingsUpdate) -> TenantSettings:
         values = changes(data)
@@ -416,9 +410,6 @@ class Accounts:
     @staticmethod
     def _settings(row: Mapping[str, Any]) -> TenantSettings:
         # Only known keys, and only values of the right type: anything else stored earlier is ignored.
-        known = {}
-        for field in ("collection_name", "default_card_sort", "locale", "timezone"):
-            value = row["settings"].get(field)
-            if isinstance(value, str):
-                known[field] = value
+        fields = ("collection_name", "default_card_sort", "locale", "timezone")
+        known = {k: v for k, v in row["settings"].items() if k in fields and isinstance(v, str)}
         return TenantSettings(**known, updated_at=row["updated_at"])

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, Router, post
-from litestar.params import JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from controlplane.audit import repository as audit
 from controlplane.audit.models import AuditContext
@@ -162,8 +162,8 @@ async def refresh(request: Request[Any, Any, Any], data: JSONBody[RefreshRequest
     return pair
 
 
-@post("/logout", status_code=204, summary="End the session of the access token (all=true: every session)")
-async def logout(request: Request[Any, Any, Any], all: bool = False) -> Response[None]:
+@post("/logout", status_code=204, summary="End the session of the access token (all_sessions=true: every session)")
+async def logout(request: Request[Any, Any, Any], all_sessions: FromQuery[bool] = False) -> Response[None]:
     auth = _auth(request)
     claims = await auth.signer.verify(bearer(request.headers.get("authorization")))
     tenant = await _named_tenant(request)
@@ -175,18 +175,18 @@ async def logout(request: Request[Any, Any, Any], all: bool = False) -> Response
         async with _pools(request).connection(tenant.id) as conn:
             principal = await auth.tenant_principal(conn, tenant, claims)
             assert principal.user_id is not None
-            if all:
+            if all_sessions:
                 await sessions.revoke_all(conn, "auth_sessions", principal.user_id)
             else:
                 await sessions.revoke(conn, "auth_sessions", session_id)
             ctx = _audit(request, principal.subject, principal.label)
-            await audit.record_tenant(conn, ctx, "auth.logout", details={"all_sessions": all})
+            await audit.record_tenant(conn, ctx, "auth.logout", details={"all_sessions": all_sessions})
         return Response(None, status_code=204)
     if claims.aud != PLATFORM_AUDIENCE:
         raise InvalidToken("a tenant token: log out through its tenant (/t/{slug}/auth/logout)")
     admin_id = token_subject(claims, "admin")
     async with _platform(request).control.connection() as conn, conn.transaction():
-        if all:
+        if all_sessions:
             await sessions.revoke_all(conn, "platform_sessions", admin_id)
         else:
             await sessions.revoke(conn, "platform_sessions", session_id)

@@ -147,6 +147,8 @@ async def tenant_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     principal itself is loaded from the tenant's database by the ``vault`` / ``tenant_request``
     dependency, on the request's own connection.
     """
+    if connection.scope.get("method") == "OPTIONS":  # Litestar's CORS preflight handler: no data
+        return
     if handler.opt.get(PERMISSION_OPT) is None:  # a programming error; a test walks every route
         raise RuntimeError(f"route {handler} declares no permission")
     state = connection.app.state
