@@ -88,6 +88,11 @@ def _platform(request: Request[Any, Any, Any]) -> Platform:
     return platform
 
 
+def _client(request: Request[Any, Any, Any]) -> str | None:
+    """The peer's address as given (the throttle's key; stored sessions keep it only if it is an IP)."""
+    return request.client.host if request.client else None
+
+
 def _audit(request: Request[Any, Any, Any], actor: str, label: str = "") -> AuditContext:
     return AuditContext(
         actor=actor,
@@ -100,7 +105,7 @@ def _audit(request: Request[Any, Any, Any], actor: str, label: str = "") -> Audi
 @post("/token", status_code=200, summary="Log in with email and password: access JWT + refresh token")
 async def token(request: Request[Any, Any, Any], data: JSONBody[LoginRequest]) -> TokenPair:
     auth = _auth(request)
-    address = source_address(request.scope)
+    address = _client(request)
     agent = request.headers.get("user-agent", "")[:256] or None
     tenant = await _named_tenant(request)
     if tenant is not None:
@@ -213,7 +218,7 @@ async def accept_invitation(request: Request[Any, Any, Any], data: JSONBody[Acce
             tenant,
             user["email"],
             password,
-            source_address=source_address(request.scope),
+            source_address=_client(request),
             user_agent=request.headers.get("user-agent", "")[:256] or None,
         )
     return pair

@@ -61,7 +61,7 @@ MAX_IMAGE_BYTES = 64 * 1024
 
 
 #: Tables emptied between tests (all of them reference only each other).
-_TENANT_TABLES = "cards, players, teams, manufacturers, files, users, audit_log"
+_TENANT_TABLES = "cards, players, teams, manufacturers, files, users, audit_log, auth_sessions, api_keys"
 
 
 @dataclasses.dataclass

@@ -200,7 +200,7 @@ async def test_counters_follow_every_kind_of_write(api: CardApi) -> None:
     assert await counters(api) == {"cards": 66, "users": 6, "storage_bytes": 10 + 20 + 30 + 50 + 2}
 
     async with await psycopg.AsyncConnection.connect(api.tenants["acme"].admin_dsn, autocommit=True) as admin:
-        await admin.execute("TRUNCATE cards, files, users")
+        await admin.execute("TRUNCATE cards, files, users CASCADE")
     assert await counters(api) == {"cards": 0, "users": 0, "storage_bytes": 0}
 
 

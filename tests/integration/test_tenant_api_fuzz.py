@@ -29,7 +29,7 @@ from tests.integration.tenant_support import create_tenant_as_admin_sync
 SLUG = "fuzz-shop"
 #: Tenant API operations: cards (list, create, get, patch, delete; image get, put, delete) and five each
 #: (list, create, get, patch, delete) for players, teams and manufacturers.
-TENANT_OPERATIONS = 8 + 3 * 5
+TENANT_OPERATIONS = 39
 
 
 def provision(url: str) -> dict[str, str]:
@@ -88,6 +88,11 @@ def run_schemathesis(url: str, cwd: Path, max_examples: int, auth: dict[str, str
 def test_schemathesis_finds_no_server_error_in_the_tenant_api(served: Served, control_dsn: str, tmp_path: Path) -> None:
     auth = provision(served.url)
     output = run_schemathesis(served.url, tmp_path, 40, auth)
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        me = http.get(f"/t/{SLUG}/api/me", headers=auth)
+        users = http.get(f"/t/{SLUG}/api/users", headers=auth, params={"limit": 100})
+    print("ME", me.status_code, me.text[:300])
+    print("USERS", users.status_code, users.text[:3000])
     server_log = served.log.read_text()
     report = f"{output}\n--- server log ---\n{server_log}"
     assert "No issues found" in output, report
