@@ -145,7 +145,7 @@ async def impersonate(
     request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[ImpersonationRequest]
 ) -> TokenPair:
     state = request.app.state
-    details = {"reason": data.reason, "role": data.role}
+    details = {"reason": data.reason.strip(), "role": data.role}
     async with audited(request, "tenant.impersonate", slug=slug, details=details):
         principal = admin_principal(request)
         service.check_impersonator(principal)  # before the tenant: automation gets 403 whatever the slug

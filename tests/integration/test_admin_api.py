@@ -44,6 +44,8 @@ ADMIN_ROUTES = [
     ("POST", "/admin/reconcile"),
     ("GET", "/admin/migrations"),
     ("GET", "/admin/pools"),
+    ("GET", "/admin/audit"),
+    ("POST", "/admin/tenants/acme/impersonate"),
 ]
 
 
@@ -416,7 +418,8 @@ def selected(output: str) -> int:
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tmp_path: Path) -> None:
-    """Property-based requests (valid and invalid, stateful sequences) to every admin operation: no 5xx.
+    """Property-based requests (valid and invalid, stateful sequences) to every admin and /auth operation:
+    no 5xx.
 
     Two runs: draining every server makes tenant creation a correct 503 (no_server_available), so
     drain/activate are fuzzed on their own, after the tenant operations.
@@ -425,11 +428,11 @@ def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tm
         served.url,
         tmp_path,
         150,
-        "--include-path-regex=^/(admin|health)/",
+        "--include-path-regex=^/(admin|health|auth)/",
         "--exclude-path-regex=^/admin/servers/.+/(drain|activate)$",
     )
-    # Every admin operation but drain and activate, and the two probes.
-    assert selected(output) == len(ADMIN_ROUTES) - 2 + 2, output
+    # Every admin operation but drain and activate, the two probes and the four /auth operations.
+    assert selected(output) == len(ADMIN_ROUTES) - 2 + 2 + 4, output
     output = _schemathesis(served.url, tmp_path, 50, "--include-path-regex=^/admin/servers")
     assert selected(output) == 4, output
     with psycopg.connect(control_dsn) as conn:
