@@ -19,15 +19,19 @@ When schemathesis reports a failure, the assertion message carries its output an
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from controlplane.auth.passwords import Passwords
+from controlplane.settings import AuthSettings
 from tests.conftest import Served
 from tests.integration.tenant_support import create_tenant_as_admin_sync
 
@@ -37,6 +41,11 @@ SLUG = "fuzz-shop"
 TENANT_OPERATIONS = 8 + 3 * 5
 #: The paths of those operations (schemathesis ``--include-path-regex``).
 FUZZED_PATHS = r"^/t/\{tenant_slug\}/api/(cards|players|teams|manufacturers)(/|$)"
+#: The accounts and audit operations: /me (4 + delete session), /users (5), /api-keys (3), /settings (2),
+#: /audit (1). Fuzzed with an impersonation token: it has no user row or session the fuzzer could
+#: disable, revoke or log out, so every request is authenticated to the end.
+ACCOUNT_OPERATIONS = 5 + 5 + 3 + 2 + 1
+ACCOUNT_PATHS = r"^/t/\{tenant_slug\}/api/(me|users|api-keys|settings|audit)(/|$)"
 
 
 def provision(url: str) -> dict[str, str]:
@@ -65,7 +74,7 @@ def provision(url: str) -> dict[str, str]:
     return auth
 
 
-def run_schemathesis(url: str, cwd: Path, max_examples: int, auth: dict[str, str]) -> str:
+def run_schemathesis(url: str, cwd: Path, max_examples: int, auth: dict[str, str], paths: str = FUZZED_PATHS) -> str:
     config = cwd / "schemathesis.toml"
     config.write_text(f'[parameters]\n"path.tenant_slug" = "{SLUG}"\n')
     st = str(Path(sys.executable).parent / "st")
@@ -85,7 +94,7 @@ def run_schemathesis(url: str, cwd: Path, max_examples: int, auth: dict[str, str
         "--request-timeout=30",
         "--no-color",
         "--warnings=off",
-        f"--include-path-regex={FUZZED_PATHS}",
+        f"--include-path-regex={paths}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
     return result.stdout + result.stderr
@@ -118,3 +127,47 @@ def test_schemathesis_finds_no_server_error_in_the_tenant_api(served: Served, co
             for table in ("manufacturers", "teams", "players", "cards")
         }
     assert any(maximum is not None and maximum > 3 for _, maximum in counts.values()), counts
+
+
+def impersonate(url: str, control_dsn: str) -> dict[str, str]:
+    """A super-admin (written straight into the control database), logged in, impersonating the
+    fuzzed tenant's tenant_admin; the ``Authorization`` header of that token."""
+    password = "fuzzing super admin password"
+    hashed = asyncio.run(Passwords(AuthSettings(argon2_memory_kib=64, argon2_time_cost=1)).hash(password))
+    with psycopg.connect(control_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO platform_admins (id, email, password_hash) VALUES (%s, 'fuzz@platform.test', %s)",
+            (uuid.uuid4(), hashed),
+        )
+    with httpx.Client(base_url=url, timeout=30) as http:
+        login = http.post("/auth/token", json={"email": "fuzz@platform.test", "password": password})
+        assert login.status_code == 200, login.text
+        made = http.post(
+            f"/admin/tenants/{SLUG}/impersonate",
+            json={"reason": "schemathesis"},
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+        )
+        assert made.status_code == 200, made.text
+    return {"Authorization": f"Bearer {made.json()['access_token']}"}
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_in_accounts_and_audit(
+    served: Served, control_dsn: str, tmp_path: Path
+) -> None:
+    provision(served.url)
+    auth = impersonate(served.url, control_dsn)
+    output = run_schemathesis(served.url, tmp_path, 40, auth, ACCOUNT_PATHS)
+    server_log = served.log.read_text()
+    report = f"{output}\n--- server log ---\n{server_log}"
+    assert "No issues found" in output, report
+    assert "Traceback" not in server_log, report
+    match = re.search(r"Selected: (\d+)/", output)
+    assert match and int(match[1]) == ACCOUNT_OPERATIONS, report
+    # The requests reached the handlers: they wrote (audited) changes beyond the impersonation itself.
+    with psycopg.connect(control_dsn) as conn:
+        row = conn.execute("SELECT database_name FROM tenants WHERE slug = %s", (SLUG,)).fetchone()
+    assert row is not None
+    with psycopg.connect(psycopg.conninfo.make_conninfo(control_dsn, dbname=row[0])) as conn:
+        actions = dict(conn.execute("SELECT action, count(*) FROM audit_log GROUP BY action").fetchall())
+    assert set(actions) - {"impersonation.start"}, actions
