@@ -10,8 +10,9 @@ from controlplane.cli.admins import admins, keys
 from controlplane.cli.common import cli
 from controlplane.cli.operations import local, migrate, reconcile, serve, servers
 from controlplane.cli.tenants import tenants
+from controlplane.cli.users import users
 
-for command in (serve, local, migrate, servers, tenants, reconcile, admins, keys):
+for command in (serve, local, migrate, servers, tenants, users, reconcile, admins, keys):
     cli.add_command(command)
 
 

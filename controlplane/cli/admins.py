@@ -6,9 +6,6 @@ transaction as the change itself.
 
 from __future__ import annotations
 
-import getpass
-import os
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,7 +15,16 @@ from controlplane.auth import repository as admins_repo
 from controlplane.auth import sessions, tokens
 from controlplane.auth.passwords import Passwords, normalize_email, validate_password
 from controlplane.auth.repository import Admin, AdminNotFound
-from controlplane.cli.common import emit_json, json_option, load_settings, run, table, to_builtins
+from controlplane.cli.common import (
+    cli_actor,
+    emit_json,
+    json_option,
+    load_settings,
+    read_password,
+    run,
+    table,
+    to_builtins,
+)
 from controlplane.db import AsyncConn
 from controlplane.platform import Platform
 
@@ -28,14 +34,6 @@ _ADMIN_COLUMNS = ("id", "email", "disabled", "created_at", "last_login_at")
 _KEY_COLUMNS = ("kid", "active", "created_at", "retired_at", "verify_until")
 #: Retired keys verify this much longer than the access-token lifetime (clock skew, slow refreshes).
 _ROTATION_MARGIN = 120.0
-
-
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
-        user = str(os.getuid())
-    return f"cli:{user}"
 
 
 def _with_platform(work: Callable[[Platform], Awaitable[T]]) -> T:
@@ -48,14 +46,6 @@ def _with_platform(work: Callable[[Platform], Awaitable[T]]) -> T:
     return run(go)
 
 
-def _read_password() -> str:
-    """The first line of stdin when it is not a terminal (scripts); else asked twice, hidden."""
-    if not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\r\n")
-    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    return password
-
-
 def _show(admins: list[Admin], as_json: bool) -> None:
     if as_json:
         emit_json(admins[0] if len(admins) == 1 else admins)
@@ -65,7 +55,7 @@ def _show(admins: list[Admin], as_json: bool) -> None:
 
 async def _audit(conn: AsyncConn, action: str, entity: str, entity_id: object, **details: Any) -> None:
     await admins_repo.record_platform_audit(
-        conn, actor=_actor(), action=action, entity=entity, entity_id=entity_id, details=details
+        conn, actor=cli_actor(), action=action, entity=entity, entity_id=entity_id, details=details
     )
 
 
@@ -79,7 +69,7 @@ def admins() -> None:
 @json_option
 def create(email: str, as_json: bool) -> None:
     """Create a super-admin. The password is read from stdin (first line) or asked twice."""
-    password = _read_password()
+    password = read_password()
 
     async def work(platform: Platform) -> Admin:
         address = normalize_email(email)
@@ -143,7 +133,7 @@ def enable(email: str, as_json: bool) -> None:
 @json_option
 def set_password(email: str, as_json: bool) -> None:
     """Replace a super-admin's password (stdin or asked twice) and end all of its sessions."""
-    password = _read_password()
+    password = read_password()
 
     async def work(platform: Platform) -> Admin:
         password_hash = await Passwords(platform.settings.auth).hash(validate_password(password))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import getpass
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -114,6 +116,15 @@ def confirm_destructive(slug: str, action: str, yes: bool) -> Iterator[None]:
             click.echo("Aborted: the slug did not match.", err=True)
             sys.exit(1)
     yield
+
+
+def cli_actor() -> str:
+    """Who acts, for audit rows written by the CLI: ``cli:<os user>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
+        user = str(os.getuid())
+    return f"cli:{user}"
 
 
 def read_password(prompt: str = "Password") -> str:

@@ -57,6 +57,8 @@ def cli_env(control_dsn: str, template: str, data_dir: Path, **extra: str) -> di
         "CARDVAULT_DATA_DIR": str(data_dir),
         "CARDVAULT_CONNECT_TIMEOUT": "3",
         "CARDVAULT_LOG_LEVEL": "WARNING",
+        "CARDVAULT_ARGON2_MEMORY_KIB": "64",
+        "CARDVAULT_ARGON2_TIME_COST": "1",
     }
     return env | extra
 
@@ -258,3 +260,62 @@ def test_migrate_status_and_tenants(cli: Cli) -> None:
     assert run.stdout.strip() == f"head {HEAD}: 2 ok, 0 failed"
     assert "migrate: finished 2/2: 2 ok, 0 failed" in run.stderr
     # --json, --dry-run, --only-failed and a failing tenant: tests/integration/test_migrations.py.
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+def _tenant_users(control_dsn: str, slug: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(control_dsn) as conn:
+        row = conn.execute("SELECT database_name FROM tenants WHERE slug = %s", (slug,)).fetchone()
+    assert row is not None
+    with psycopg.connect(psycopg.conninfo.make_conninfo(control_dsn, dbname=row[0])) as conn:
+        return conn.execute(
+            "SELECT email, tenant_role, password_hash LIKE '$argon2id$%' FROM users ORDER BY id"
+        ).fetchall()
+
+
+def test_tenant_with_its_admin_and_users_from_the_cli(cli: Cli, control_dsn: str) -> None:
+    password = "a password long enough"
+    ok(
+        cli(
+            "tenants",
+            "create",
+            "--name",
+            "Acme",
+            "--slug",
+            "acme",
+            "--tier",
+            "professional",
+            "--admin-email",
+            "boss@acme.test",
+            stdin=password,
+        )
+    )
+    ok(
+        cli(
+            "users",
+            "create",
+            "--tenant",
+            "acme",
+            "--email",
+            "Ann@acme.test",
+            "--role",
+            "collection_manager",
+            stdin=password + "\n",
+        )
+    )
+    assert _tenant_users(control_dsn, "acme") == [
+        ("boss@acme.test", "tenant_admin", True),
+        ("Ann@acme.test", "collection_manager", True),
+    ]
+    listed = ok(cli("users", "list", "--tenant", "acme", "--json")).json()
+    assert [u["email"] for u in listed] == ["boss@acme.test", "Ann@acme.test"]
+    assert "password" not in json.dumps(listed)
+    refused(cli("users", "create", "--tenant", "acme", "--email", "ann@ACME.test", stdin=password), "email_taken")
+    refused(cli("users", "create", "--tenant", "acme", "--email", "x@acme.test", stdin="short"), "validation_failed")
+    refused(cli("users", "create", "--tenant", "nope", "--email", "x@acme.test", stdin=password), "tenant_not_found")
+    # The starter tier has room for one user: its admin.
+    ok(cli("tenants", "create", "--name", "Small", "--slug", "small", "--admin-email", "me@small.test", stdin=password))
+    refused(cli("users", "create", "--tenant", "small", "--email", "two@small.test", stdin=password), "quota_exceeded")
+    assert [email for email, *_ in _tenant_users(control_dsn, "small")] == ["me@small.test"]
