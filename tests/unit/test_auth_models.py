@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_roles_are_hierarchical() -> None:
     ranked = [Role.USER, Role.COLLECTION_MANAGER, Role.TENANT_ADMIN, Role.SUPER_ADMIN]
-    for lower, higher in zip(ranked, ranked[1:], strict=False):
+    for lower, higher in itertools.pairwise(ranked):
         assert ROLE_PERMISSIONS[lower] <= ROLE_PERMISSIONS[higher], (lower, higher)
         assert higher.at_least(lower) and not lower.at_least(higher)
     assert ROLE_PERMISSIONS[Role.SUPER_ADMIN] == frozenset(Permission)
