@@ -98,7 +98,7 @@ operation = st.tuples(
 
 @pytest.mark.slow
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
