@@ -135,6 +135,10 @@ class AuthSettings:
     login_max_failures: int = 10
     login_max_failures_per_address: int = 50
     login_window: float = 900.0
+    #: Seconds a request's principal (user, role, session state) is reused for the same session or key
+    #: (``CARDVAULT_PRINCIPAL_CACHE_TTL``; 0: read on every request). Bounds how late other instances
+    #: notice a logout, a disabled user or a role change.
+    principal_cache_ttl: float = 1.0
     #: Shared rate-limit counters across instances (``CARDVAULT_REDIS_URL``; empty: in-process counters).
     redis_url: str = ""
 
@@ -236,6 +240,7 @@ class Settings:
                     "LOGIN_MAX_FAILURES_PER_ADDRESS", AuthSettings.login_max_failures_per_address, 1
                 ),
                 login_window=get_duration("LOGIN_WINDOW", AuthSettings.login_window),
+                principal_cache_ttl=get_duration("PRINCIPAL_CACHE_TTL", AuthSettings.principal_cache_ttl),
                 redis_url=get("REDIS_URL", ""),
             ),
         )

@@ -139,7 +139,9 @@ class Accounts:
         self._limits = quota_limits
 
     async def _record(self, action: str, entity: str, entity_id: object, details: dict[str, Any] | None = None) -> None:
+        """Audit a change; every change of accounts also drops this instance's cached principals."""
         await audit.record_tenant(self._conn, self._audit, action, entity, entity_id, details)
+        self._auth.forget_principals(self._tenant.id)
 
     # -- guards ---------------------------------------------------------------------------------
 

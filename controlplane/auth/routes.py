@@ -16,7 +16,6 @@ from litestar.params import FromQuery, JSONBody
 
 from controlplane.audit import repository as audit
 from controlplane.audit.models import AuditContext
-from controlplane.auth import repository as admins
 from controlplane.auth import sessions
 from controlplane.auth import tenant_repository as users
 from controlplane.auth.passwords import validate_password
@@ -115,27 +114,8 @@ async def token(request: Request[Any, Any, Any], data: JSONBody[LoginRequest]) -
             )
             await audit.record_tenant(conn, _audit(request, f"user:{user_id}", data.email), "auth.login")
         return pair
-    keys = await auth.throttle_platform(data.email, address)
     async with _platform(request).control.connection() as conn:
-        found = await admins.get_admin_credentials(conn, data.email.strip())
-        if found is None:
-            await auth.passwords.verify_dummy(data.password)
-            raise await auth.platform_failed(keys)
-        admin, password_hash = found
-        if not await auth.passwords.verify(password_hash, data.password) or admin.disabled:
-            raise await auth.platform_failed(keys)
-        await auth.platform_succeeded(keys)
-        async with conn.transaction():
-            await admins.touch_login(conn, admin.id)
-            session_id, refresh = await sessions.open_session(
-                conn,
-                "platform_sessions",
-                admin.id,
-                ttl=auth.settings.refresh_token_ttl,
-                source_address=address,
-                user_agent=agent,
-            )
-    return auth.platform_pair(admin.id, session_id, refresh)
+        return await auth.login_platform(conn, data.email, data.password, source_address=address, user_agent=agent)
 
 
 @post("/refresh", status_code=200, summary="Trade a refresh token for new tokens (the old one is spent)")
@@ -150,15 +130,12 @@ async def refresh(request: Request[Any, Any, Any], data: JSONBody[RefreshRequest
                 pair = await auth.refresh_tenant(conn, tenant, data.refresh_token)
             except InvalidToken as exc:  # commit what it did (a replay revokes the session)
                 replayed = exc
+        if replayed is not None:
+            auth.forget_principals(tenant.id)
     else:
         async with _platform(request).control.connection() as conn, conn.transaction():
             try:
-                session, new_refresh = await sessions.rotate(conn, "platform_sessions", data.refresh_token)
-                admin = await admins.get_admin(conn, session.user_id)
-                if admin is None or admin.disabled:
-                    await sessions.revoke(conn, "platform_sessions", session.id)
-                    raise InvalidToken("this account is disabled")
-                pair = auth.platform_pair(admin.id, session.id, new_refresh)
+                pair = await auth.refresh_platform(conn, data.refresh_token)
             except InvalidToken as exc:
                 replayed = exc
     if replayed is not None:
@@ -186,6 +163,7 @@ async def logout(request: Request[Any, Any, Any], all_sessions: FromQuery[bool] 
                 await sessions.revoke(conn, "auth_sessions", session_id)
             ctx = _audit(request, principal.subject, principal.label)
             await audit.record_tenant(conn, ctx, "auth.logout", details={"all_sessions": all_sessions})
+        auth.forget_principals(tenant.id)
         return Response(None, status_code=204)
     if claims.aud != PLATFORM_AUDIENCE:
         raise InvalidToken("a tenant token: log out through its tenant (/t/{slug}/auth/logout)")

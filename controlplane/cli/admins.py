@@ -6,7 +6,6 @@ transaction as the change itself.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
@@ -19,11 +18,10 @@ from controlplane.cli.common import (
     cli_actor,
     emit_json,
     json_option,
-    load_settings,
     read_password,
-    run,
     table,
     to_builtins,
+    with_platform,
 )
 from controlplane.db import AsyncConn
 from controlplane.platform import Platform
@@ -34,16 +32,6 @@ _ADMIN_COLUMNS = ("id", "email", "disabled", "created_at", "last_login_at")
 _KEY_COLUMNS = ("kid", "active", "created_at", "retired_at", "verify_until")
 #: Retired keys verify this much longer than the access-token lifetime (clock skew, slow refreshes).
 _ROTATION_MARGIN = 120.0
-
-
-def _with_platform(work: Callable[[Platform], Awaitable[T]]) -> T:
-    settings = load_settings()
-
-    async def go() -> T:
-        async with Platform.open(settings) as platform:
-            return await work(platform)
-
-    return run(go)
 
 
 def _show(admins: list[Admin], as_json: bool) -> None:
@@ -79,7 +67,7 @@ def create(email: str, as_json: bool) -> None:
             await _audit(conn, "admin.create", "platform_admin", admin.id, email=admin.email)
         return admin
 
-    _show([_with_platform(work)], as_json)
+    _show([with_platform(work)], as_json)
 
 
 @admins.command("list")
@@ -91,7 +79,7 @@ def list_(as_json: bool) -> None:
         async with platform.control.connection() as conn:
             return await admins_repo.list_admins(conn)
 
-    found = _with_platform(work)
+    found = with_platform(work)
     if as_json:
         emit_json(found)
     else:
@@ -109,7 +97,7 @@ def _set_disabled(email: str, disabled: bool) -> Admin:
             await _audit(conn, action, "platform_admin", admin.id, email=admin.email, sessions_revoked=revoked)
         return admin
 
-    return _with_platform(work)
+    return with_platform(work)
 
 
 @admins.command("disable")
@@ -148,7 +136,7 @@ def set_password(email: str, as_json: bool) -> None:
             )
         return admin
 
-    _show([_with_platform(work)], as_json)
+    _show([with_platform(work)], as_json)
 
 
 @click.group()
@@ -168,7 +156,7 @@ def rotate(as_json: bool) -> None:
             await _audit(conn, "signing_key.rotate", "signing_key", kid, verify_for=verify_for)
         return {"kid": kid, "previous_keys_verify_for": verify_for}
 
-    result = _with_platform(work)
+    result = with_platform(work)
     if as_json:
         emit_json(result)
     else:
@@ -187,7 +175,7 @@ def list_keys(as_json: bool) -> None:
         async with platform.control.connection() as conn:
             return await tokens.list_keys(conn)
 
-    found = _with_platform(work)
+    found = with_platform(work)
     if as_json:
         emit_json(found)
     else:
@@ -205,7 +193,7 @@ def prune(as_json: bool) -> None:
             await _audit(conn, "signing_key.prune", "signing_key", None, deleted=deleted)
         return deleted
 
-    deleted = _with_platform(work)
+    deleted = with_platform(work)
     if as_json:
         emit_json({"deleted": deleted})
     else:

@@ -19,6 +19,7 @@ import click
 import msgspec
 
 from controlplane.errors import CardVaultError, ConfigError, ConfirmationRequired
+from controlplane.platform import Platform
 from controlplane.settings import SecuritySettings, Settings
 
 T = TypeVar("T")
@@ -116,6 +117,17 @@ def confirm_destructive(slug: str, action: str, yes: bool) -> Iterator[None]:
             click.echo("Aborted: the slug did not match.", err=True)
             sys.exit(1)
     yield
+
+
+def with_platform(work: Callable[[Platform], Awaitable[T]]) -> T:
+    """Run ``work`` on an opened ``Platform`` (settings from the environment); errors as ``run``."""
+    settings = load_settings()
+
+    async def go() -> T:
+        async with Platform.open(settings) as platform:
+            return await work(platform)
+
+    return run(go)
 
 
 def cli_actor() -> str:

@@ -12,11 +12,10 @@ from controlplane.cli.common import (
     confirm_destructive,
     emit_json,
     json_option,
-    load_settings,
     read_password,
-    run,
     table,
     to_builtins,
+    with_platform,
 )
 from controlplane.platform import Platform
 from controlplane.provisioning import repository as ledger
@@ -30,13 +29,7 @@ _COLUMNS = ("slug", "name", "status", "subscription_tier", "server_name", "schem
 
 
 def _with_service(work: Callable[[TenantService, Platform], Awaitable[T]]) -> T:
-    settings = load_settings()
-
-    async def go() -> T:
-        async with Platform.open(settings) as platform:
-            return await work(TenantService(platform), platform)
-
-    return run(go)
+    return with_platform(lambda platform: work(TenantService(platform), platform))
 
 
 def _show(tenants: list[Tenant], as_json: bool) -> None:

@@ -20,7 +20,7 @@ from controlplane.auth.passwords import Passwords
 from controlplane.auth.ratelimit import MemoryCounter, RateLimiter
 from controlplane.auth.service import Authenticator
 from controlplane.auth.tokens import KeyRing, TokenSigner
-from controlplane.cli.common import cli_actor, emit_json, json_option, load_settings, read_password, run, table
+from controlplane.cli.common import cli_actor, emit_json, json_option, read_password, table, with_platform
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.routing.dependencies import quota_limits_for
@@ -67,36 +67,34 @@ def _show(rows: list[Any], as_json: bool) -> None:
 
 
 def _as_operator(slug: str, work: Any) -> Any:
-    settings = load_settings()
+    """``work(accounts)`` as a platform operator inside the tenant, in one transaction of its database."""
     actor = cli_actor()
 
-    async def go() -> Any:
-        async with Platform.open(settings) as platform:
-            async with platform.control.connection() as conn:
-                tenant = await TenantService(platform).require(conn, slug)
-                keys = await KeyRing.load(conn, platform.box)
-            auth = Authenticator(
-                settings.auth, TokenSigner(keys), Passwords(settings.auth), RateLimiter(MemoryCounter())
+    async def go(platform: Platform) -> Any:
+        settings = platform.settings
+        async with platform.control.connection() as conn:
+            tenant = await TenantService(platform).require(conn, slug)
+            keys = await KeyRing.load(conn, platform.box)
+        auth = Authenticator(settings.auth, TokenSigner(keys), Passwords(settings.auth), RateLimiter(MemoryCounter()))
+        principal = Principal(
+            kind=PrincipalKind.AUTOMATION,
+            subject=actor,
+            label=actor,
+            role=Role.SUPER_ADMIN,
+            permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
+            tenant_id=tenant.id,
+        )
+        async with (
+            platform.control.connection() as control,
+            platform.fleet.connect_database(control, tenant.server_id, tenant.database_name) as conn,
+            conn.transaction(),
+        ):
+            request = TenantRequest(
+                conn=conn,
+                tenant=TenantContext.of(tenant),
+                principal=principal,
+                audit=AuditContext(actor=actor, actor_label="command line"),
             )
-            principal = Principal(
-                kind=PrincipalKind.AUTOMATION,
-                subject=actor,
-                label=actor,
-                role=Role.SUPER_ADMIN,
-                permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
-                tenant_id=tenant.id,
-            )
-            async with (
-                platform.control.connection() as control,
-                platform.fleet.connect_database(control, tenant.server_id, tenant.database_name) as conn,
-                conn.transaction(),
-            ):
-                request = TenantRequest(
-                    conn=conn,
-                    tenant=TenantContext.of(tenant),
-                    principal=principal,
-                    audit=AuditContext(actor=actor, actor_label="command line"),
-                )
-                return await work(Accounts(request, auth, quota_limits_for(platform, tenant.id)))
+            return await work(Accounts(request, auth, quota_limits_for(platform, tenant.id)))
 
-    return run(go)
+    return with_platform(go)

@@ -24,7 +24,7 @@ from controlplane.auth import tokens
 from controlplane.auth.passwords import Passwords
 from controlplane.platform import Platform
 from controlplane.settings import Settings
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, eventually
 from tests.integration.auth_support import USER_PASSWORD, add_user, bearer, create_tenant, login, tenant_rows
 
 Client = AsyncTestClient[Any]
@@ -331,3 +331,23 @@ async def test_two_instances_share_the_limit_through_redis(settings: Settings, r
             client = one if i % 2 == 0 else two
             statuses.append((await client.get(acme.api("/teams"), headers=acme.auth)).status_code)
         assert statuses == [200] * 6 + [429] * 2
+
+
+async def test_other_instances_notice_a_logout_within_the_principal_cache_ttl(settings: Settings) -> None:
+    async with (
+        AsyncTestClient(app=create_app(settings)) as one,
+        AsyncTestClient(app=create_app(settings)) as two,
+    ):
+        one.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        acme = await create_tenant(one, "acme")
+        pair = await login(one, "acme", acme.admin_email, acme.admin_password)
+        token = bearer(pair["access_token"])
+        assert (await two.get(acme.api("/teams"), headers=token)).status_code == 200  # now cached on two
+        assert (await one.post("/t/acme/auth/logout", headers=token)).status_code == 204
+        assert (await one.get(acme.api("/teams"), headers=token)).status_code == 401  # at once here
+
+        async def refused_on_two() -> bool:
+            return (await two.get(acme.api("/teams"), headers=token)).status_code == 401
+
+        # The cache lives 1 s: the deadline is generous (a bound for a hang, not a speed assertion).
+        await eventually(refused_on_two, "the other instance refuses the ended session", within=10)
