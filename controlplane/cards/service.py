@@ -156,7 +156,8 @@ class CardVault:
 
     ``principal`` is who acts: cards it creates are its own, and without ``cards:write_all`` it may
     change only those (None: the system itself, which may change anything). Every write is recorded
-    in the tenant's ``audit_log`` with ``audit`` in the same transaction.
+    in the tenant's ``audit_log`` in the same transaction, with the context ``audit()`` gives (asked
+    for only by writes).
     """
 
     def __init__(
@@ -168,7 +169,7 @@ class CardVault:
         quota_limits: QuotaLimits,
         max_image_bytes: int,
         principal: Principal | None = None,
-        audit: AuditContext = SYSTEM,
+        audit: Callable[[], AuditContext] = lambda: SYSTEM,
     ) -> None:
         self._conn = conn
         self._tenant_id = tenant_id
@@ -179,9 +180,8 @@ class CardVault:
         self._audit = audit
 
     async def _record(self, action: str, table: Table, row_id: object, details: dict[str, Any] | None = None) -> None:
-        await audit.record_tenant(
-            self._conn, self._audit, f"{table.resource}.{action}", table.resource, row_id, details
-        )
+        ctx = self._audit()
+        await audit.record_tenant(self._conn, ctx, f"{table.resource}.{action}", table.resource, row_id, details)
 
     def _check_owner(self, card: Row) -> None:
         """Without ``cards:write_all``, only the cards one created may be changed."""

@@ -1,15 +1,16 @@
 """Per-request facts every API module shares: the request id, the client address, extra response headers.
 
 The request id is the client's ``X-Request-ID`` when it is a sane token (so a gateway's id follows the
-request into audit rows and logs), else a new UUID; it is echoed on every response. Handlers and
-dependencies add response headers (``RateLimit-*``) with ``add_response_headers``; the ``before_send``
-hook writes them, on errors too.
+request into audit rows and logs), else a new one (process prefix + counter); it is echoed on every
+response. Handlers and dependencies add response headers (``RateLimit-*``) with
+``add_response_headers``; the ``before_send`` hook writes them, on errors too.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
+import secrets
 from typing import Any
 
 from litestar.datastructures import MutableScopeHeaders
@@ -19,6 +20,9 @@ from controlplane.audit.models import client_address
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Generated ids: this process's random prefix and a counter (unique without a uuid4 per response).
+_PROCESS = secrets.token_hex(6)
+_SEQUENCE = itertools.count(1)
 _ID_KEY = "cardvault.request_id"
 _HEADERS_KEY = "cardvault.response_headers"
 
@@ -33,7 +37,7 @@ def request_id(scope: Scope) -> str:
     rid: str | None = state.get(_ID_KEY)
     if rid is None:
         given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin-1")
-        rid = given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        rid = given if _REQUEST_ID.fullmatch(given) else f"{_PROCESS}-{next(_SEQUENCE):x}"
         state[_ID_KEY] = rid
     return rid
 

@@ -23,12 +23,11 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
 
-from controlplane.audit.models import AuditContext
-from controlplane.auth.models import Permission, Principal
+from controlplane.auth.models import Permission
 from controlplane.auth.service import Authenticator
 from controlplane.cards.service import CardVault, QuotaLimits
 from controlplane.errors import PermissionDenied, ServerUnavailable, TenantUnavailable
-from controlplane.http.context import add_response_headers, request_id, source_address
+from controlplane.http.context import add_response_headers
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
 from controlplane.registry import repository as registry
@@ -61,16 +60,6 @@ _GUARDED_KEY = "cardvault.tenant_credential"
 def requires(permission: Permission) -> dict[str, Any]:
     """A route's ``opt``: the permission it needs (``@get(..., opt=requires(Permission.CARDS_READ))``)."""
     return {PERMISSION_OPT: permission}
-
-
-def audit_context(request: Request[Any, Any, Any], principal: Principal) -> AuditContext:
-    return AuditContext(
-        actor=principal.subject,
-        actor_label=principal.label,
-        impersonator=f"admin:{principal.impersonator}" if principal.impersonator else None,
-        source_address=source_address(request.scope),
-        request_id=request_id(request.scope),
-    )
 
 
 def provide_tenant_cache(state: State) -> TenantCache:
@@ -129,7 +118,7 @@ def tenant_api_dependencies(settings: Settings) -> dict[str, Provide]:
                 quota_limits=quota_limits_for(request.app.state.platform, ctx.tenant.id),
                 max_image_bytes=max_image_bytes,
                 principal=ctx.principal,
-                audit=ctx.audit,
+                audit=lambda: ctx.audit,
             )
 
     async def provide_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
@@ -178,7 +167,7 @@ async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[
                     f"this needs the {permission.value} permission, which this {principal.kind.value} lacks",
                     permission=permission.value,
                 )
-            yield TenantRequest(conn=conn, tenant=tenant, principal=principal, audit=audit_context(request, principal))
+            yield TenantRequest(conn=conn, tenant=tenant, principal=principal, scope=request.scope)
     except TenantUnavailable:  # no connection, or it was lost under the request
         await _recheck(state[TENANT_CACHE_STATE_KEY], tenant)
         raise
