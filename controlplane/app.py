@@ -40,7 +40,7 @@ from controlplane.routing.dependencies import (
     TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
     tenant_api_dependencies,
-    tenant_guard,
+    tenant_auth_middleware,
 )
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
@@ -144,7 +144,7 @@ def create_app(settings: Settings) -> Litestar:
             route_handlers=[*TENANT_API_HANDLERS, *TENANT_AUDIT_HANDLERS, *ACCOUNT_HANDLERS],
             dependencies=tenant_api_dependencies(settings),
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
-            guards=[tenant_guard],
+            middleware=[tenant_auth_middleware],
             security=[{"bearer": []}],
         )
         for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")
