@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 from psycopg import errors as pg_errors
 
+from controlplane.accounts.errors import EmailTaken, InvitationAccepted, LastAdmin, WrongPassword
 from controlplane.accounts.models import (
     ApiKey,
     ApiKeyCreate,
@@ -54,7 +55,6 @@ from controlplane.cards.models import MAX_ID, changes
 from controlplane.cards.repository import SortKey
 from controlplane.cards.service import QuotaLimits, decode_cursor, encode_cursor, enforce_quota
 from controlplane.errors import (
-    Conflict,
     FeatureNotInTier,
     NotFound,
     PermissionDenied,
@@ -67,30 +67,6 @@ from controlplane.routing.models import TenantRequest
 _ID_KEY = SortKey("id", int)
 _EMAIL_INDEX = "users_email_lower_key"
 _SESSIONS: SessionTable = "auth_sessions"
-
-
-class EmailTaken(Conflict):
-    """Another user of the tenant has this email (compared case-insensitively)."""
-
-    code = "email_taken"
-
-
-class LastAdmin(Conflict):
-    """The change would leave the tenant without a tenant_admin who can act."""
-
-    code = "last_admin"
-
-
-class InvitationAccepted(Conflict):
-    """The user has no pending invitation to re-issue (it was accepted, or they were made with a password)."""
-
-    code = "invitation_accepted"
-
-
-class WrongPassword(PermissionDenied):
-    """The current password given to change it is wrong."""
-
-    code = "wrong_password"
 
 
 @cache

@@ -56,6 +56,21 @@ async def execute(dsn: str, query: str | sql.SQL | sql.Composed, params: tuple[A
         await conn.execute(query, params)
 
 
+def create_database(admin_dsn: str, name: str, template: str | None = None) -> str:
+    """``CREATE DATABASE name [TEMPLATE template]`` on the test server; its DSN."""
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(query)
+    return conninfo.make_conninfo(admin_dsn, dbname=name)
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 async def registry_rows(control_dsn: str) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     async with await _connect(control_dsn) as conn:

@@ -14,8 +14,9 @@ import psycopg
 from litestar.testing import AsyncTestClient
 from psycopg.rows import dict_row
 
+from controlplane.accounts.errors import LastAdmin
 from controlplane.accounts.models import UserUpdate
-from controlplane.accounts.service import Accounts, LastAdmin
+from controlplane.accounts.service import Accounts
 from controlplane.audit.models import AuditContext
 from controlplane.auth.models import ROLE_PERMISSIONS, Principal, PrincipalKind, Role
 from controlplane.auth.service import Authenticator

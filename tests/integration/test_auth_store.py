@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import conninfo, sql
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from controlplane.auth import repository as admins_repo
@@ -30,6 +30,7 @@ from controlplane.errors import InvalidToken
 from controlplane.migrations.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings, Settings
 from tests.conftest import SECRET_KEY
+from tests.integration.tenant_support import create_database, drop_database
 from tests.integration.test_cli import Result, cli_env, ok, refused, run_cli
 
 BOX = SecretBox(SECRET_KEY)
@@ -153,40 +154,26 @@ async def test_every_active_key_retires_on_rotation(control_dsn: str) -> None:
 # -- sessions --------------------------------------------------------------------------------------------
 
 
-def _create_database(admin_dsn: str, name: str, template: str | None = None) -> str:
-    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if template is not None:
-        query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(query)
-    return conninfo.make_conninfo(admin_dsn, dbname=name)
-
-
-def _drop_database(admin_dsn: str, name: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="module")
 def tenant_template(pg_admin_dsn: str) -> Iterator[str]:
     """A database at tenant_schema head, cloned per test."""
     name = f"cvtest_authtpl_{uuid.uuid4().hex[:12]}"
-    dsn = _create_database(pg_admin_dsn, name)
+    dsn = create_database(pg_admin_dsn, name)
     try:
         tenant_scripts(ProvisioningSettings()).upgrade(dsn)
         yield name
     finally:
-        _drop_database(pg_admin_dsn, name)
+        drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
 def tenant_dsn(pg_admin_dsn: str, tenant_template: str) -> Iterator[str]:
     name = f"cvtest_auth_{uuid.uuid4().hex[:16]}"
-    dsn = _create_database(pg_admin_dsn, name, template=tenant_template)
+    dsn = create_database(pg_admin_dsn, name, template=tenant_template)
     try:
         yield dsn
     finally:
-        _drop_database(pg_admin_dsn, name)
+        drop_database(pg_admin_dsn, name)
 
 
 @dataclasses.dataclass

@@ -12,11 +12,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import conninfo, errors, sql
+from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
 from controlplane.migrations.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
+from tests.integration.tenant_support import create_database, drop_database
 
 TenantConn = psycopg.Connection[tuple[Any, ...]]
 
@@ -30,43 +31,29 @@ def admin_dsn(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_admin_dsn"))
 
 
-def _create(admin_dsn: str, name: str, template: str | None = None) -> str:
-    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if template is not None:
-        query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(query)
-    return conninfo.make_conninfo(admin_dsn, dbname=name)
-
-
-def _drop(admin_dsn: str, name: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="module")
 def migrated_template(admin_dsn: str) -> Iterator[str]:
     """A database at tenant_schema head, cloned by every test (name returned)."""
     name = f"cvtest_tpl_{uuid.uuid4().hex[:12]}"
-    dsn = _create(admin_dsn, name)
+    dsn = create_database(admin_dsn, name)
     try:
         scripts = tenant_scripts(ProvisioningSettings())
         assert scripts.upgrade(dsn) == scripts.head()
         yield name
     finally:
-        _drop(admin_dsn, name)
+        drop_database(admin_dsn, name)
 
 
 @pytest.fixture
 def db(admin_dsn: str, migrated_template: str) -> Iterator[TenantConn]:
     """An autocommit connection to a fresh tenant database cloned from the template."""
     name = f"cvtest_{uuid.uuid4().hex[:16]}"
-    dsn = _create(admin_dsn, name, template=migrated_template)
+    dsn = create_database(admin_dsn, name, template=migrated_template)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             yield conn
     finally:
-        _drop(admin_dsn, name)
+        drop_database(admin_dsn, name)
 
 
 def one(conn: TenantConn, query: str, params: tuple[Any, ...] = ()) -> Any:
