@@ -66,7 +66,8 @@ class Scheduler:
         self._scheduler.start()
 
     async def stop(self) -> None:
-        self._scheduler.shutdown(wait=False)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
         if self._leader_conn is not None:
             await self._leader_conn.close()
             self._leader_conn = None
