@@ -615,6 +615,9 @@ class LocalCluster:
         }
         if self.fast:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        if (Path(self._bin("postgres")).parent.parent / "lib" / "pg_stat_statements.so").is_file():
+            # Slow queries per tenant for the admin API (the extension itself is created on first use).
+            settings["shared_preload_libraries"] = "'pg_stat_statements'"
         text = "# Written by controlplane.localpg on every start; use ALTER SYSTEM for local changes.\n"
         text += "".join(f"{key} = {value}\n" for key, value in settings.items())
         path = home / _DATA / _CONF_FILE

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from controlplane.cli.admins import admins, keys
 from controlplane.cli.common import cli
-from controlplane.cli.operations import local, migrate, reconcile, serve, servers
+from controlplane.cli.operations import local, maintenance, migrate, reconcile, serve, servers
 from controlplane.cli.tenants import tenants
 from controlplane.cli.users import users
 
-for command in (serve, local, migrate, servers, tenants, users, reconcile, admins, keys):
+for command in (serve, local, migrate, servers, tenants, users, reconcile, maintenance, admins, keys):
     cli.add_command(command)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from controlplane.cli.common import emit_json, json_option, load_settings, run, table, to_builtins
+from controlplane.cli.common import emit_json, json_option, load_settings, run, table, to_builtins, with_platform
 from controlplane.fleet import repository as fleet_repository
 from controlplane.fleet.models import ServerStatus
 from controlplane.migrations.fleet_runner import Progress
@@ -15,6 +15,9 @@ from controlplane.migrations.service import TenantMigrations
 from controlplane.platform import Platform, migrate_registry
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.service import TenantService
+from controlplane.registry import repository as registry
+from controlplane.registry.models import TenantStatus
+from controlplane.usage.operations import MaintenanceResult, maintain
 
 
 @click.command()
@@ -206,4 +209,30 @@ def reconcile(fix: bool, as_json: bool) -> None:
     else:
         table([to_builtins(f) for f in report.findings], ("kind", "server", "subject", "action", "detail"))
     if not report.clean and not fix:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--tenant", "slug", help="Only this tenant (default: every active tenant).")
+@click.option("--vacuum", "action", flag_value="vacuum", help="VACUUM (ANALYZE).")
+@click.option("--analyze", "action", flag_value="analyze", default=True, help="ANALYZE only (the default).")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Databases at once.")
+@json_option
+def maintenance(slug: str | None, action: str, concurrency: int, as_json: bool) -> None:
+    """ANALYZE (or VACUUM) tenant databases now. Exit 1 if any failed."""
+
+    async def work(platform: Platform) -> list[MaintenanceResult]:
+        async with platform.control.connection() as conn:
+            if slug is not None:
+                chosen = [await TenantService(platform).require(conn, slug)]
+            else:
+                chosen = await registry.list_tenants(conn, status=TenantStatus.ACTIVE)
+        return await maintain(platform, chosen, "vacuum" if action == "vacuum" else "analyze", concurrency=concurrency)
+
+    results = with_platform(work)
+    if as_json:
+        emit_json(results)
+    else:
+        table([to_builtins(r) for r in results], ("tenant", "action", "ok", "seconds", "error"))
+    if not all(r.ok for r in results):
         sys.exit(1)

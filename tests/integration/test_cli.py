@@ -319,3 +319,13 @@ def test_tenant_with_its_admin_and_users_from_the_cli(cli: Cli, control_dsn: str
     ok(cli("tenants", "create", "--name", "Small", "--slug", "small", "--admin-email", "me@small.test", stdin=password))
     refused(cli("users", "create", "--tenant", "small", "--email", "two@small.test", stdin=password), "quota_exceeded")
     assert [email for email, *_ in _tenant_users(control_dsn, "small")] == ["me@small.test"]
+
+
+def test_maintenance_command(cli: Cli) -> None:
+    ok(cli("tenants", "create", "--name", "Acme", "--slug", "acme"))
+    ok(cli("tenants", "create", "--name", "Beta", "--slug", "beta"))
+    (one,) = ok(cli("maintenance", "--tenant", "acme", "--vacuum", "--json")).json()
+    assert (one["tenant"], one["action"], one["ok"]) == ("acme", "vacuum", True)
+    every = ok(cli("maintenance", "--json")).json()
+    assert sorted(r["tenant"] for r in every) == ["acme", "beta"] and all(r["action"] == "analyze" for r in every)
+    refused(cli("maintenance", "--tenant", "nope"), "tenant_not_found")

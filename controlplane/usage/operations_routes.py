@@ -1,0 +1,63 @@
+"""Admin HTTP for operations data: ``/admin/tenants/{slug}/health``, ``/slow-queries``, ``/maintenance``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from litestar import Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from controlplane.audit.routes import audited
+from controlplane.platform import Platform
+from controlplane.provisioning.service import TenantService
+from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
+from controlplane.usage import operations
+from controlplane.usage.operations import Health, MaintenanceResult, SlowQuery
+
+
+@get("/admin/tenants/{slug:str}/health", tags=["operations"], summary="Connect as the tenant and run SELECT 1, timed")
+async def tenant_health(
+    request: Request[Any, Any, Any],
+    slug: FromPath[str],
+    tenants: NamedDependency[TenantService],
+    platform: NamedDependency[Platform],
+) -> Health:
+    tenant = await tenants.get(slug)
+    return await operations.check_health(platform, request.app.state[TENANT_CACHE_STATE_KEY], tenant)
+
+
+@get(
+    "/admin/tenants/{slug:str}/slow-queries",
+    tags=["operations"],
+    summary="The tenant's top statements by total time (pg_stat_statements; 409 when the server lacks it)",
+)
+async def tenant_slow_queries(
+    slug: FromPath[str],
+    tenants: NamedDependency[TenantService],
+    platform: NamedDependency[Platform],
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+) -> list[SlowQuery]:
+    return await operations.slow_queries(platform, await tenants.get(slug), limit)
+
+
+@post(
+    "/admin/tenants/{slug:str}/maintenance",
+    status_code=200,
+    tags=["operations"],
+    summary="VACUUM (ANALYZE) or ANALYZE the tenant's database now",
+)
+async def tenant_maintenance(
+    request: Request[Any, Any, Any],
+    slug: FromPath[str],
+    tenants: NamedDependency[TenantService],
+    platform: NamedDependency[Platform],
+    action: FromQuery[Literal["analyze", "vacuum"]] = "analyze",
+) -> MaintenanceResult:
+    async with audited(request, f"tenant.{action}", slug=slug):
+        tenant = await tenants.get(slug)
+        (result,) = await operations.maintain(platform, [tenant], action, concurrency=1)
+        return result
+
+
+OPERATIONS_HANDLERS = [tenant_health, tenant_slow_queries, tenant_maintenance]
