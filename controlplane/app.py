@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -24,6 +25,13 @@ from controlplane.http import health
 from controlplane.http.auth import ADMIN_TOKEN_HASH_STATE_KEY, admin_guard
 from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
+from controlplane.http.metrics import (
+    METRICS_STATE_KEY,
+    METRICS_TOKEN_HASH_STATE_KEY,
+    HttpMetrics,
+    instrument,
+    metrics_endpoint,
+)
 from controlplane.migrations.routes import migration_status
 from controlplane.platform import Platform
 from controlplane.pools.routes import pool_stats
@@ -45,9 +53,16 @@ from controlplane.routing.dependencies import (
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
 from controlplane.usage.api_calls import ApiCalls
+from controlplane.usage.metrics import CardVaultMetrics
+from controlplane.usage.operations import run_maintenance_window
+from controlplane.usage.operations_routes import OPERATIONS_HANDLERS
+from controlplane.usage.routes import ADMIN_USAGE_HANDLERS
+from controlplane.usage.service import USAGE_STATE_KEY, UsageService
 
 #: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
 KEY_REFRESH_INTERVAL = 60.0
+#: Seconds between maintenance-window runs (each tenant's window is one UTC hour a day).
+MAINTENANCE_INTERVAL = 3600.0
 #: Seconds between flushes of counted API calls into the registry.
 API_CALLS_FLUSH_INTERVAL = 30.0
 
@@ -64,6 +79,12 @@ def _tenants(state: State) -> TenantService:
 
 def create_app(settings: Settings) -> Litestar:
     admin_token = settings.security.admin_token
+    # /metrics: in-memory state only (snapshot, pools, cache, jobs) plus HTTP request counts.
+    metrics = CardVaultMetrics(
+        per_table=settings.usage.metrics_per_table, collection_interval=settings.usage.interval or None
+    )
+    http_metrics = HttpMetrics()
+    metrics.register(http_metrics)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -98,12 +119,26 @@ def create_app(settings: Settings) -> Litestar:
             scheduler.add_leader_job("reconcile", reconcile_job, settings.provisioning.reconcile_interval)
             scheduler.add_instance_job("reload_signing_keys", keys_job, KEY_REFRESH_INTERVAL)
             scheduler.add_instance_job("flush_api_calls", flush_api_calls, API_CALLS_FLUSH_INTERVAL)
+
+            async def maintenance_window() -> str:
+                results = await run_maintenance_window(platform, datetime.now(UTC).hour, concurrency=2)
+                failed = sum(not r.ok for r in results)
+                return f"vacuumed {len(results) - failed} tenant database(s), {failed} failed"
+
+            scheduler.add_leader_job("maintenance_window", maintenance_window, MAINTENANCE_INTERVAL)
+            usage = UsageService(platform)
+            await usage.load()  # the last persisted values: /metrics is not empty after a restart
+            scheduler.add_leader_job("collect_usage", usage.collect_job, settings.usage.interval)
+            scheduler.add_leader_job("compact_usage_history", usage.compact_job, settings.usage.compact_interval)
+            scheduler.add_instance_job("refresh_usage", usage.refresh_job, settings.usage.interval)
             cache = TenantCache(platform)
             pools = TenantPools(settings.pools, settings.database, cache.credentials)
             # Any registry change to a tenant (here or on another replica) closes its pool.
             cache.on_invalidate(pools.invalidate)
             tenants.on_change(cache.invalidate)
             await cache.start()
+            metrics.bind(pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot)
+            tenants.on_provisioned(metrics.observe_provisioning)
             app.state.platform = platform
             app.state.tenants = tenants
             app.state.scheduler = scheduler
@@ -112,6 +147,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state[BASE_DOMAIN_STATE_KEY] = settings.http.base_domain or None
             app.state[AUTH_STATE_KEY] = auth
             app.state[API_CALLS_STATE_KEY] = api_calls
+            app.state[USAGE_STATE_KEY] = usage
             scheduler.start()
             try:
                 yield
@@ -133,6 +169,8 @@ def create_app(settings: Settings) -> Litestar:
             migration_status,
             pool_stats,
             *ADMIN_AUDIT_HANDLERS,
+            *OPERATIONS_HANDLERS,
+            *ADMIN_USAGE_HANDLERS,
         ],
         guards=[admin_guard],
         security=[{"bearer": []}],
@@ -149,8 +187,16 @@ def create_app(settings: Settings) -> Litestar:
         )
         for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")
     ]
-    return Litestar(
-        route_handlers=[admin, *tenant_api, AUTH_ROUTER, TENANT_AUTH_ROUTER, health.live, health.ready],
+    app = Litestar(
+        route_handlers=[
+            admin,
+            *tenant_api,
+            AUTH_ROUTER,
+            TENANT_AUTH_ROUTER,
+            health.live,
+            health.ready,
+            metrics_endpoint,
+        ],
         dependencies={
             "platform": Provide(_platform, sync_to_thread=False),
             "tenants": Provide(_tenants, sync_to_thread=False),
@@ -158,7 +204,15 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[before_send],
         lifespan=[lifespan],
-        state=State({ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(admin_token) if admin_token else None}),
+        state=State(
+            {
+                ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(admin_token) if admin_token else None,
+                METRICS_STATE_KEY: metrics,
+                METRICS_TOKEN_HASH_STATE_KEY: (
+                    hash_secret(settings.security.metrics_token) if settings.security.metrics_token else None
+                ),
+            }
+        ),
         openapi_config=OpenAPIConfig(
             title="CardVault control plane",
             version="0.1.0",
@@ -176,3 +230,5 @@ def create_app(settings: Settings) -> Litestar:
             ),
         ),
     )
+    instrument(app, http_metrics)
+    return app

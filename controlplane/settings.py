@@ -112,6 +112,8 @@ class SecuritySettings:
     #: Automation credential for ``/admin/*`` (``CARDVAULT_ADMIN_TOKEN``); kept only as a hash in memory.
     #: Optional: without it, only super-admin JWTs reach ``/admin/*``.
     admin_token: str = ""
+    #: Scrape-only credential for ``GET /metrics`` (``CARDVAULT_METRICS_TOKEN``); kept only as a hash.
+    metrics_token: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +146,32 @@ class AuthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class UsageSettings:
+    """The usage collectors (database, table and storage sizes per tenant) and their history."""
+
+    #: Seconds between collections on the scheduler leader; 0 disables (``CARDVAULT_USAGE_INTERVAL``).
+    interval: float = 300.0
+    #: Tenant databases whose tables are scanned at once, each on a short-lived connection of its own
+    #: (``CARDVAULT_USAGE_CONCURRENCY``).
+    concurrency: int = 4
+    #: A tenant's tables are scanned again after this many seconds even if its database size held
+    #: (``CARDVAULT_USAGE_RESCAN_AFTER``; 0: only when the size changes): a row written into free space of a
+    #: page leaves the size as it was.
+    rescan_after: float = 3600.0
+    #: Seconds of history kept at full resolution (``CARDVAULT_USAGE_RAW_RETENTION``).
+    raw_retention: float = 7 * 86400.0
+    #: Seconds of history kept at one point per tenant, metric and hour (``CARDVAULT_USAGE_HOURLY_RETENTION``).
+    hourly_retention: float = 90 * 86400.0
+    #: Seconds of history kept at all, at one point per tenant, metric and day beyond the hourly window
+    #: (``CARDVAULT_USAGE_DAILY_RETENTION``).
+    daily_retention: float = 400 * 86400.0
+    #: Seconds between history compactions on the leader; 0 disables (``CARDVAULT_USAGE_COMPACT_INTERVAL``).
+    compact_interval: float = 86400.0
+    #: Per-table series in /metrics (``CARDVAULT_METRICS_PER_TABLE``, 1/0): off for very large fleets.
+    metrics_per_table: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the control plane is configured with."""
 
@@ -159,6 +187,7 @@ class Settings:
     http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    usage: UsageSettings = dataclasses.field(default_factory=UsageSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +212,21 @@ class Settings:
             raw = source.get(f"CARDVAULT_{name}", "").strip()
             return parse_duration(raw) if raw else default
 
+        usage = UsageSettings(
+            interval=get_duration("USAGE_INTERVAL", UsageSettings.interval),
+            concurrency=get_int("USAGE_CONCURRENCY", UsageSettings.concurrency, 1),
+            rescan_after=get_duration("USAGE_RESCAN_AFTER", UsageSettings.rescan_after),
+            raw_retention=get_duration("USAGE_RAW_RETENTION", UsageSettings.raw_retention),
+            hourly_retention=get_duration("USAGE_HOURLY_RETENTION", UsageSettings.hourly_retention),
+            daily_retention=get_duration("USAGE_DAILY_RETENTION", UsageSettings.daily_retention),
+            compact_interval=get_duration("USAGE_COMPACT_INTERVAL", UsageSettings.compact_interval),
+            metrics_per_table=get("METRICS_PER_TABLE", "1").lower() not in ("0", "false", "no", "off"),
+        )
+        if not usage.raw_retention <= usage.hourly_retention <= usage.daily_retention:
+            raise ConfigError(
+                "usage history windows must grow: CARDVAULT_USAGE_RAW_RETENTION <= "
+                "CARDVAULT_USAGE_HOURLY_RETENTION <= CARDVAULT_USAGE_DAILY_RETENTION"
+            )
         strategy = get("CLONE_STRATEGY", ProvisioningSettings.clone_strategy).lower()
         if strategy not in ("wal_log", "file_copy"):
             raise ConfigError(f"CARDVAULT_CLONE_STRATEGY must be wal_log or file_copy, got {strategy!r}")
@@ -227,6 +271,7 @@ class Settings:
             security=SecuritySettings(
                 secret_key=get("SECRET_KEY", ""),
                 admin_token=get("ADMIN_TOKEN", ""),
+                metrics_token=get("METRICS_TOKEN", ""),
             ),
             auth=AuthSettings(
                 access_token_ttl=get_duration("ACCESS_TOKEN_TTL", AuthSettings.access_token_ttl),
@@ -243,6 +288,7 @@ class Settings:
                 principal_cache_ttl=get_duration("PRINCIPAL_CACHE_TTL", AuthSettings.principal_cache_ttl),
                 redis_url=get("REDIS_URL", ""),
             ),
+            usage=usage,
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -20,7 +20,7 @@ import msgspec
 
 from controlplane.errors import CardVaultError, ConfigError, ConfirmationRequired
 from controlplane.platform import Platform
-from controlplane.settings import SecuritySettings, Settings
+from controlplane.settings import Settings
 
 T = TypeVar("T")
 
@@ -61,7 +61,9 @@ def load_settings(*, create_secrets: bool = False) -> Settings:
             click.echo(
                 f"Generated admin token (also in {settings.data_dir / ADMIN_TOKEN_FILE}):\n  {admin_token}", err=True
             )
-    settings = settings.replace(security=SecuritySettings(secret_key=secret_key, admin_token=admin_token))
+    settings = settings.replace(
+        security=dataclasses.replace(settings.security, secret_key=secret_key, admin_token=admin_token)
+    )
     if not settings.database.url:
         from controlplane.localpg import LocalCluster
 

@@ -9,6 +9,7 @@ how the reconciler recognises it and finishes or undoes it.
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -89,6 +90,11 @@ class TenantService:
         self._p = platform
         self.templates = Templates(platform)
         self._listeners: list[Callable[[uuid.UUID], None]] = []
+        self._provisioned: list[Callable[[float, bool], None]] = []
+
+    def on_provisioned(self, listener: Callable[[float, bool], None]) -> None:
+        """Call ``listener(seconds, succeeded)`` after every provisioning this process runs (metrics)."""
+        self._provisioned.append(listener)
 
     def on_change(self, listener: Callable[[uuid.UUID], None]) -> None:
         """Call ``listener(tenant_id)`` after every operation on a tenant, whatever its outcome.
@@ -170,9 +176,11 @@ class TenantService:
                     conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, **params}
                 )
             steps = Steps(self._p)
+            started = time.perf_counter()
             try:
                 await self.provision_steps(conn, tenant_id, server, password, op_id, steps, admin)
             except Exception as exc:
+                self._observe(time.perf_counter() - started, succeeded=False)
                 failed_step = steps.current  # before the undo runs its own steps
                 await self.undo_provision(conn, tenant_id, op_id, steps, exc)
                 if isinstance(exc, CardVaultError):
@@ -180,10 +188,15 @@ class TenantService:
                 raise OperationFailed(
                     f"provisioning failed at step {failed_step}: {exc}; nothing was kept", step=failed_step
                 ) from exc
+            self._observe(time.perf_counter() - started, succeeded=True)
             tenant = await registry.get_by_id(conn, tenant_id)
         assert tenant is not None
         log.info("tenant %s provisioned on %s in %s", slug, server.name, steps.timings)
         return tenant
+
+    def _observe(self, seconds: float, *, succeeded: bool) -> None:
+        for listener in self._provisioned:
+            listener(seconds, succeeded)
 
     async def provision_steps(
         self,

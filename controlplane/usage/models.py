@@ -59,6 +59,11 @@ class CollectionStats(msgspec.Struct, frozen=True, kw_only=True):
     #: Tenants whose tables were scanned this cycle (the others had an unchanged database size).
     scanned: int
     failed: int
+    #: Servers read this cycle / unreachable (their tenants count as failed).
+    servers: int = 0
+    failed_servers: int = 0
+    #: Slugs of the failed tenants (database missing, unreachable or unreadable).
+    failed_tenants: tuple[str, ...] = ()
 
 
 class UsageSnapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,6 +46,10 @@ ADMIN_ROUTES = [
     ("GET", "/admin/pools"),
     ("GET", "/admin/audit"),
     ("POST", "/admin/tenants/acme/impersonate"),
+    ("GET", "/admin/tenants/acme/health"),
+    ("GET", "/admin/tenants/acme/slow-queries"),
+    ("POST", "/admin/tenants/acme/maintenance"),
+    ("POST", "/admin/usage/collect"),
 ]
 
 

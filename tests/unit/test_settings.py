@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.errors import ConfigError
-from controlplane.settings import ProvisioningSettings, Settings, parse_duration
+from controlplane.settings import ProvisioningSettings, Settings, UsageSettings, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -119,3 +119,46 @@ def test_settings_are_immutable_and_replace_makes_a_copy() -> None:
     assert changed.failpoints == "before:template=raise" and settings.failpoints == ""
     assert changed.provisioning is settings.provisioning
     assert dataclasses.replace(settings.provisioning, delete_grace=0) != ProvisioningSettings()
+
+
+def test_usage_defaults() -> None:
+    usage = Settings.from_env({}).usage
+    assert usage == UsageSettings()
+    assert (usage.interval, usage.concurrency, usage.rescan_after) == (300.0, 4, 3600.0)
+    assert (usage.raw_retention, usage.hourly_retention, usage.daily_retention) == (7 * 86400, 90 * 86400, 400 * 86400)
+    assert usage.compact_interval == 86400
+
+
+def test_every_usage_variable_is_read() -> None:
+    env = {
+        "CARDVAULT_USAGE_INTERVAL": "1m",
+        "CARDVAULT_USAGE_CONCURRENCY": "8",
+        "CARDVAULT_USAGE_RESCAN_AFTER": "0",
+        "CARDVAULT_USAGE_RAW_RETENTION": "2d",
+        "CARDVAULT_USAGE_HOURLY_RETENTION": "30d",
+        "CARDVAULT_USAGE_DAILY_RETENTION": "365d",
+        "CARDVAULT_USAGE_COMPACT_INTERVAL": "6h",
+    }
+    assert Settings.from_env(env).usage == UsageSettings(
+        interval=60.0,
+        concurrency=8,
+        rescan_after=0.0,
+        raw_retention=2 * 86400.0,
+        hourly_retention=30 * 86400.0,
+        daily_retention=365 * 86400.0,
+        compact_interval=6 * 3600.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CARDVAULT_USAGE_CONCURRENCY": "0"}, "CARDVAULT_USAGE_CONCURRENCY must be >= 1"),
+        ({"CARDVAULT_USAGE_INTERVAL": "often"}, "not a duration"),
+        ({"CARDVAULT_USAGE_RAW_RETENTION": "100d"}, "must grow"),
+        ({"CARDVAULT_USAGE_HOURLY_RETENTION": "500d"}, "must grow"),
+    ],
+)
+def test_bad_usage_values_are_a_config_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

@@ -1,0 +1,167 @@
+"""HTTP request metrics by route template, and the ``/metrics`` endpoint.
+
+``HttpMetrics`` counts every request by method, **route template** and status and times it
+(``cardvault_http_requests_total``, ``cardvault_http_request_duration_seconds``). The label is the
+template Litestar matched (``/t/{tenant_slug}/api/cards/{card_id}``), never the raw path, and
+``unmatched`` for a request no route took (404/405), so a scanner cannot grow the series; methods
+outside the standard ones become ``OTHER``. ``instrument(app, ...)`` wraps the application's ASGI handler
+(outside the router, so unmatched requests and errors are seen too). The hot path costs two
+``perf_counter`` calls, one small closure for the status, one dict lookup and three integer/float
+updates: no locks (everything runs on the event loop) and no prometheus_client child lookups.
+
+``GET /metrics`` exposes tenant slugs and sizes, so it is not public: ``Authorization: Bearer`` with
+the scrape token ``CARDVAULT_METRICS_TOKEN`` (compared in constant time, only its SHA-256 is kept) or
+anything ``admin_guard`` accepts (``CARDVAULT_ADMIN_TOKEN``, a super-admin JWT).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import anyio.to_thread
+from litestar import Litestar, Response, get
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.enums import ScopeType
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from controlplane.auth.service import bearer, hash_secret
+from controlplane.http.auth import admin_guard
+from controlplane.usage.metrics import CardVaultMetrics, DurationHistogram
+
+#: ``app.state`` key of the ``CardVaultMetrics`` that ``/metrics`` renders.
+METRICS_STATE_KEY = "metrics"
+#: ``app.state`` key of the SHA-256 of CARDVAULT_METRICS_TOKEN (None: no scrape token).
+METRICS_TOKEN_HASH_STATE_KEY = "metrics_token_sha256"
+#: The text exposition format (Litestar adds ``charset=utf-8``); every name we use is a classic one.
+CONTENT_TYPE = "text/plain; version=0.0.4"
+#: Route label of requests that matched no route.
+UNMATCHED = "unmatched"
+#: Methods kept as their own label value; any other is ``OTHER``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Latency buckets: a routed tenant request takes about a millisecond, image uploads and admin
+#: operations up to seconds.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Route:
+    """Counts by status and the latency histogram of one (method, route template)."""
+
+    __slots__ = ("latency", "statuses")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.latency = DurationHistogram(bounds)
+        self.statuses: dict[int, int] = {}
+
+
+class HttpMetrics:
+    """Request counters and latency histograms by method and route template; a Prometheus collector."""
+
+    def __init__(self, buckets: Sequence[float] = BUCKETS) -> None:
+        self._bounds = tuple(buckets)
+        self._routes: dict[tuple[str, str], _Route] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in METHODS:
+            method = "OTHER"
+        stats = self._routes.get((method, route))
+        if stats is None:
+            stats = self._routes[(method, route)] = _Route(self._bounds)
+        stats.latency.observe(seconds)
+        statuses = stats.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, read on the event loop (where ``observe`` runs), so no lock is needed."""
+        requests = CounterMetricFamily(
+            "cardvault_http_requests_total",
+            "HTTP requests by method, route template and status",
+            labels=("method", "route", "status"),
+        )
+        durations = HistogramMetricFamily(
+            "cardvault_http_request_duration_seconds",
+            "Seconds from request to last response byte, by method and route template",
+            labels=("method", "route"),
+        )
+        for (method, route), stats in sorted(self._routes.items()):
+            for status, count in sorted(stats.statuses.items()):
+                requests.add_metric((method, route, str(status)), count)
+            stats.latency.add_to(durations, (method, route))
+        yield requests
+        yield durations
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """``app`` wrapped so that every HTTP request through it is counted and timed."""
+        return _Middleware(app, self)
+
+
+class _Middleware:
+    __slots__ = ("app", "metrics")
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # the app raised or the client left before a response started
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            # The router leaves the matched template in the scope; no template: nothing matched.
+            route = scope.get("path_template") or UNMATCHED
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+def instrument(app: Litestar, metrics: HttpMetrics) -> None:
+    """Count and time every HTTP request of ``app``, including those no route matches.
+
+    Litestar's ``middleware=`` runs after routing, so it never sees a 404 or 405; this wraps the
+    handler the application calls for every request instead (routing happens inside it and leaves
+    ``path_template`` in the scope).
+    """
+    app.asgi_handler = metrics.middleware(app.asgi_handler)
+
+
+async def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The scrape token, else whatever opens ``/admin/*``; 401 without a credential."""
+    token = bearer(connection.headers.get("authorization"))
+    expected: bytes | None = connection.app.state.get(METRICS_TOKEN_HASH_STATE_KEY)
+    if expected is not None and hmac.compare_digest(hash_secret(token), expected):
+        return
+    await admin_guard(connection, handler)
+
+
+@get(
+    "/metrics",
+    guards=[metrics_guard],
+    tags=["operations"],
+    summary="Prometheus metrics (scrape token or admin credential)",
+    security=[{"bearer": []}],
+    media_type=CONTENT_TYPE,
+)
+async def metrics_endpoint(state: State) -> Response[bytes]:
+    metrics: CardVaultMetrics = state[METRICS_STATE_KEY]
+    live = metrics.render_live()  # here, on the event loop: its sources change there
+    snapshot = metrics.current_snapshot()
+    if metrics.snapshot_rendered(snapshot):
+        text = metrics.render_snapshot(snapshot)
+    else:  # a new snapshot: render its (per-tenant, possibly large) text once, off the event loop
+        text = await anyio.to_thread.run_sync(metrics.render_snapshot, snapshot)
+    return Response(live + text, media_type=CONTENT_TYPE)

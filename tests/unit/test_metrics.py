@@ -1,0 +1,648 @@
+"""controlplane.usage.metrics and controlplane.http.metrics: the ``/metrics`` exposition, without a database.
+
+The exposition is checked by ``promtool check metrics`` (the real Prometheus linter; the test fails,
+never skips, when it cannot be had) and parsed back to check names and label sets against the
+documented table (``DOCUMENTED``). Snapshots are built here as the collectors would publish them; a
+1,000-tenant scrape runs with every way of reaching PostgreSQL made to fail. The HTTP middleware runs in
+a small Litestar app. The shipped Prometheus config and alert rules are checked with promtool, and the
+alert rules are exercised with ``promtool test rules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from litestar import Litestar, get
+from litestar.params import FromPath
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane.http.metrics import UNMATCHED, HttpMetrics, instrument
+from controlplane.pools.models import PoolStats
+from controlplane.scheduler.service import JobStats
+from controlplane.usage.metrics import CardVaultMetrics
+from controlplane.usage.models import (
+    CollectionStats,
+    ServerUsage,
+    StorageUsage,
+    TableUsage,
+    TenantUsage,
+    UsageSnapshot,
+)
+
+OPS = Path(__file__).resolve().parents[2] / "ops" / "prometheus"
+TABLES = ("audit_log", "cards", "files", "manufacturers", "players", "teams", "users")
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+#: Every documented family and its label names (the README table lists the same).
+DOCUMENTED: dict[str, frozenset[str]] = {
+    "cardvault_tenants": frozenset({"status", "tier"}),
+    "cardvault_tenant_info": frozenset({"tenant", "tier", "status", "server"}),
+    "cardvault_tenant_database_bytes": frozenset({"tenant"}),
+    "cardvault_tenant_table_bytes": frozenset({"tenant", "table"}),
+    "cardvault_tenant_table_rows": frozenset({"tenant", "table"}),
+    "cardvault_tenant_storage_bytes": frozenset({"tenant", "kind"}),
+    "cardvault_tenant_storage_files": frozenset({"tenant", "kind"}),
+    "cardvault_tenant_quota_usage_ratio": frozenset({"tenant", "quota"}),
+    "cardvault_quota_alerts_open": frozenset({"quota", "threshold"}),
+    "cardvault_server_info": frozenset({"server", "status"}),
+    "cardvault_server_tenants": frozenset({"server"}),
+    "cardvault_server_database_bytes": frozenset({"server"}),
+    "cardvault_server_connections": frozenset({"server"}),
+    "cardvault_server_max_connections": frozenset({"server"}),
+    "cardvault_usage_last_collection_timestamp_seconds": frozenset(),
+    "cardvault_usage_collection_duration_seconds": frozenset(),
+    "cardvault_usage_collection_interval_seconds": frozenset(),
+    "cardvault_usage_collection_tenants": frozenset(),
+    "cardvault_usage_collection_scanned_tenants": frozenset(),
+    "cardvault_usage_collection_failed_tenants": frozenset(),
+    "cardvault_usage_collection_servers": frozenset(),
+    "cardvault_usage_collection_failed_servers": frozenset(),
+    "cardvault_pool_hits": frozenset(),
+    "cardvault_pool_misses": frozenset(),
+    "cardvault_pool_evictions": frozenset(),
+    "cardvault_pool_invalidations": frozenset(),
+    "cardvault_pool_open": frozenset(),
+    "cardvault_pool_capacity": frozenset(),
+    "cardvault_pool_connections": frozenset(),
+    "cardvault_pool_connections_in_use": frozenset(),
+    "cardvault_pool_connections_idle": frozenset(),
+    "cardvault_pool_connection_budget": frozenset(),
+    "cardvault_pool_requests_waiting": frozenset(),
+    **{
+        f"cardvault_registry_cache_{name}": frozenset()
+        for name in (
+            "hits",
+            "negative_hits",
+            "misses",
+            "credential_hits",
+            "credential_misses",
+            "invalidations",
+            "resets",
+            "reconnects",
+            "listening",
+        )
+    },
+    "cardvault_registry_cache_entries": frozenset({"kind"}),
+    "cardvault_job_runs": frozenset({"job"}),
+    "cardvault_job_failures": frozenset({"job"}),
+    "cardvault_job_failing": frozenset({"job"}),
+    "cardvault_job_last_success_timestamp_seconds": frozenset({"job"}),
+    "cardvault_job_last_duration_seconds": frozenset({"job"}),
+    "cardvault_provisioning_duration_seconds": frozenset({"outcome"}),
+    "cardvault_http_requests": frozenset({"method", "route", "status"}),
+    "cardvault_http_request_duration_seconds": frozenset({"method", "route"}),
+}
+
+
+# -- Prometheus tools -------------------------------------------------------------------------------
+
+
+def prometheus_tool(name: str) -> str:
+    """Path of ``promtool`` or ``prometheus``; installed from Debian (``apt-get install prometheus``) when
+    missing and running as root, else the test fails saying what to install."""
+    found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.fail(f"{name} not found: install Prometheus (Debian/Ubuntu: `apt-get install prometheus`)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:  # a fresh image has no package lists yet
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
+    found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+    if not found:
+        pytest.fail(f"{name} not found and `apt-get install prometheus` failed:\n{done.stdout}\n{done.stderr}")
+    return found
+
+
+def promtool(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [prometheus_tool("promtool"), *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+        timeout=60,
+    )
+
+
+def assert_promtool_clean(text: bytes) -> None:
+    done = promtool("check", "metrics", stdin=text)
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
+        f"promtool check metrics: rc={done.returncode}\n{done.stdout}{done.stderr}"
+    )
+
+
+# -- building blocks --------------------------------------------------------------------------------
+
+
+def tenant(
+    slug: str,
+    *,
+    tier: str = "starter",
+    status: str = "active",
+    database_bytes: int = 8_000_000,
+    counters: Mapping[str, int] | None = None,
+    row_estimate: int = 10,
+) -> TenantUsage:
+    return TenantUsage(
+        tenant_id=uuid.uuid4(),
+        slug=slug,
+        tier=tier,
+        status=status,
+        server="default",
+        database_bytes=database_bytes,
+        tables=tuple(TableUsage(table=t, total_bytes=16_384, row_estimate=row_estimate) for t in TABLES),
+        storage={"image": StorageUsage(bytes=1234, files=2)},
+        counters=dict(counters if counters is not None else {"users": 1, "cards": 800, "storage_bytes": 1234}),
+        measured_at=NOW,
+        tables_scanned_at=NOW,
+    )
+
+
+def snapshot_of(*tenants: TenantUsage) -> UsageSnapshot:
+    return UsageSnapshot(
+        tenants={t.tenant_id: t for t in tenants},
+        servers={
+            "default": ServerUsage(
+                name="default",
+                status="active",
+                tenants=len(tenants),
+                database_bytes=sum(t.database_bytes for t in tenants),
+                connections=12,
+                max_connections=100,
+            )
+        },
+        last=CollectionStats(started_at=NOW, duration_seconds=1.5, tenants=len(tenants), scanned=1, failed=0),
+    )
+
+
+def many_tenants(n: int) -> UsageSnapshot:
+    tiers = ("starter", "professional", "enterprise")
+    return snapshot_of(*(tenant(f"tenant-{i:05d}", tier=tiers[i % 3]) for i in range(n)))
+
+
+class FakePools:
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            hits=90,
+            misses=10,
+            evictions=3,
+            invalidations=1,
+            open_pools=7,
+            connections_open=9,
+            connections_in_use=2,
+            connections_idle=7,
+            requests_waiting=0,
+            budget=200,
+            capacity=100,
+        )
+
+
+class FakeCache:
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "hits": 5,
+            "negative_hits": 1,
+            "misses": 2,
+            "credential_hits": 4,
+            "credential_misses": 2,
+            "invalidations": 1,
+            "resets": 0,
+            "reconnects": 0,
+            "listening": True,
+            "tenants": 3,
+            "credentials": 2,
+        }
+
+
+@dataclass
+class FakeScheduler:
+    stats: dict[str, JobStats] = field(
+        default_factory=lambda: {
+            "reconcile": JobStats(runs=3, failures=1, last_success=1_700_000_000.0, last_duration=0.2),
+            "usage": JobStats(runs=1, failures=1, last_error="server down"),
+        }
+    )
+
+
+@dataclass
+class FakeQuotas:
+    open_counts: dict[tuple[str, int], int] = field(
+        default_factory=lambda: {(q, t): 0 for q in ("cards", "storage_bytes", "users") for t in (80, 100)}
+    )
+    limits: dict[uuid.UUID, dict[str, int | None]] = field(default_factory=dict)
+
+
+def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> tuple[CardVaultMetrics, HttpMetrics]:
+    metrics = CardVaultMetrics(per_table=per_table, collection_interval=300.0)
+    http = HttpMetrics()
+    metrics.register(http)
+    metrics.bind(
+        snapshot=lambda: snapshot, pools=FakePools(), cache=FakeCache(), jobs=FakeScheduler(), quotas=FakeQuotas()
+    )
+    http.observe("GET", "/t/{tenant_slug}/api/cards/{card_id}", 200, 0.0012)
+    http.observe("POST", "/admin/tenants", 201, 0.3)
+    http.observe("GET", UNMATCHED, 404, 0.0001)
+    metrics.observe_provisioning(0.4, succeeded=True)
+    return metrics, http
+
+
+def families(text: bytes) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text.decode())}
+
+
+def samples(text: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text.decode())
+        for s in f.samples
+        if s.name == name
+    }
+
+
+# -- the exposition ---------------------------------------------------------------------------------
+
+
+def test_exposition_passes_promtool_and_has_the_documented_names_and_labels() -> None:
+    metrics, _ = full_metrics(snapshot_of(tenant("acme", tier="professional"), tenant("globex")))
+    text = metrics.render()
+    assert_promtool_clean(text)
+    found = families(text)
+    assert set(found) == set(DOCUMENTED)
+    for name, family in found.items():
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == DOCUMENTED[name], (name, sample.labels)
+
+
+def test_render_equals_the_registry_exposition() -> None:
+    """The two-part render (live + cached snapshot text) says what the registry's collect() says."""
+    from prometheus_client.exposition import generate_latest
+
+    metrics, _ = full_metrics(many_tenants(20))
+    assert sorted(metrics.render().splitlines()) == sorted(generate_latest(metrics.registry).splitlines())
+
+
+def test_tenant_values_and_label_is_the_slug() -> None:
+    acme = tenant("acme", tier="professional", database_bytes=123_456, counters={"cards": 25_000, "users": 10})
+    unlimited = tenant("initech", tier="enterprise", counters={"cards": 10**6, "users": 500, "storage_bytes": 0})
+    metrics, _ = full_metrics(snapshot_of(acme, unlimited, tenant("hooli", status="suspended")))
+    text = metrics.render()
+    assert samples(text, "cardvault_tenant_database_bytes")[(("tenant", "acme"),)] == 123_456
+    ratios = samples(text, "cardvault_tenant_quota_usage_ratio")
+    assert ratios[(("quota", "cards"), ("tenant", "acme"))] == 0.5  # professional: 50,000 cards
+    assert ratios[(("quota", "users"), ("tenant", "acme"))] == 1.0  # professional: 10 users
+    # enterprise: users and cards unlimited (no ratio), storage limited (ratio 0)
+    assert {q for (q, t) in ratios if t == ("tenant", "initech")} == {("quota", "storage_bytes")}
+    tenants = samples(text, "cardvault_tenants")
+    assert tenants[(("status", "active"), ("tier", "professional"))] == 1
+    assert tenants[(("status", "suspended"), ("tier", "starter"))] == 1
+    assert tenants[(("status", "deleting"), ("tier", "enterprise"))] == 0  # every combination, always
+    assert len(tenants) == 15  # 5 statuses x 3 tiers
+    rows = samples(text, "cardvault_tenant_table_rows")
+    assert rows[(("table", "cards"), ("tenant", "acme"))] == 10
+    assert samples(text, "cardvault_usage_last_collection_timestamp_seconds")[()] == NOW.timestamp() + 1.5
+
+
+def test_quota_ratios_use_the_effective_limits_and_follow_their_refresh() -> None:
+    acme = tenant("acme", tier="starter", counters={"cards": 900, "users": 1})
+    quotas = FakeQuotas()
+    quotas.open_counts[("cards", 80)] = 1
+    metrics = CardVaultMetrics()
+    snapshot = snapshot_of(acme)
+    metrics.bind(snapshot=lambda: snapshot, quotas=quotas)
+    text = metrics.render()
+    ratio = (("quota", "cards"), ("tenant", "acme"))
+    assert samples(text, "cardvault_tenant_quota_usage_ratio")[ratio] == 0.9  # not loaded yet: the tier's 1,000
+    assert samples(text, "cardvault_quota_alerts_open")[(("quota", "cards"), ("threshold", "80"))] == 1
+    # QuotaAlerts refreshed: an override (or expansion) to 3,000 cards, users unlimited. Same snapshot.
+    quotas.limits = {acme.tenant_id: {"cards": 3000, "users": None, "storage_bytes": 1024}}
+    assert not metrics.snapshot_rendered(snapshot)
+    ratios = samples(metrics.render(), "cardvault_tenant_quota_usage_ratio")
+    assert ratios == {ratio: 0.3}  # users unlimited: no ratio; no storage counter: no ratio
+    assert metrics.snapshot_rendered(snapshot)
+
+
+def test_unanalysed_tables_have_no_row_series() -> None:
+    metrics, _ = full_metrics(snapshot_of(tenant("acme", row_estimate=-1)))
+    text = metrics.render()
+    assert not samples(text, "cardvault_tenant_table_rows")
+    assert len(samples(text, "cardvault_tenant_table_bytes")) == len(TABLES)
+
+
+def test_per_table_series_can_be_turned_off() -> None:
+    snapshot = many_tenants(10)
+    on, _ = full_metrics(snapshot, per_table=True)
+    off, _ = full_metrics(snapshot, per_table=False)
+    assert len(samples(on.render(), "cardvault_tenant_table_bytes")) == 10 * len(TABLES)
+    text = off.render()
+    assert_promtool_clean(text)
+    assert not {"cardvault_tenant_table_bytes", "cardvault_tenant_table_rows"} & set(families(text))
+    assert len(samples(text, "cardvault_tenant_database_bytes")) == 10
+
+
+def test_before_any_collection_only_live_families() -> None:
+    metrics, _ = full_metrics(None)
+    text = metrics.render()
+    assert_promtool_clean(text)
+    names = set(families(text))
+    assert "cardvault_pool_open" in names and "cardvault_http_requests" in names
+    assert not {n for n in names if n.startswith(("cardvault_tenant", "cardvault_server_"))}
+    assert "cardvault_usage_last_collection_timestamp_seconds" not in names
+
+
+def test_unbound_metrics_render_without_any_source() -> None:
+    text = CardVaultMetrics().render()
+    assert_promtool_clean(text)
+    assert set(families(text)) == {"cardvault_provisioning_duration_seconds"}
+
+
+def test_jobs() -> None:
+    metrics, _ = full_metrics(None)
+    text = metrics.render()
+    assert samples(text, "cardvault_job_failing") == {(("job", "reconcile"),): 0, (("job", "usage"),): 1}
+    assert samples(text, "cardvault_job_runs_total")[(("job", "reconcile"),)] == 3
+    assert samples(text, "cardvault_job_failures_total")[(("job", "usage"),)] == 1
+    # never succeeded: no timestamp rather than a misleading 0
+    assert samples(text, "cardvault_job_last_success_timestamp_seconds") == {(("job", "reconcile"),): 1.7e9}
+
+
+# -- scrape cost ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way of reaching PostgreSQL (or anything else over a socket) fails loudly."""
+
+    def refuse(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a scrape tried to connect to something")
+
+    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(refuse))
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", classmethod(refuse))
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.usefixtures("no_database")
+def test_scrape_of_1000_tenants_makes_no_database_call_and_renders_the_snapshot_once() -> None:
+    snapshot = many_tenants(1000)
+    metrics, _ = full_metrics(snapshot)
+    assert not metrics.snapshot_rendered(snapshot)
+    started = time.perf_counter()
+    first = metrics.render()
+    first_took = time.perf_counter() - started
+    assert metrics.snapshot_rendered(snapshot)
+    started = time.perf_counter()
+    second = metrics.render()
+    second_took = time.perf_counter() - started
+    assert first == second
+    assert len(samples(first, "cardvault_tenant_database_bytes")) == 1000
+    # Series per tenant are a fixed number whatever the tenant count: info, size, 2 per table,
+    # storage bytes and files per kind, and its limited quotas.
+    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3
+    tenant_series = sum(len(f.samples) for name, f in families(first).items() if name.startswith("cardvault_tenant_"))
+    assert tenant_series <= 1000 * per_tenant
+    # A repeat scrape of the same snapshot reuses its text: far cheaper than the first.
+    assert second_took < first_took
+
+
+@pytest.mark.usefixtures("no_database")
+def test_a_new_snapshot_is_rendered_anew() -> None:
+    current = [many_tenants(3)]
+    metrics = CardVaultMetrics()
+    metrics.bind(snapshot=lambda: current[0])
+    assert len(samples(metrics.render(), "cardvault_tenant_database_bytes")) == 3
+    current[0] = many_tenants(5)
+    assert len(samples(metrics.render(), "cardvault_tenant_database_bytes")) == 5
+
+
+# -- HTTP metrics -----------------------------------------------------------------------------------
+
+
+@get("/t/{tenant_slug:str}/api/cards/{card_id:int}", sync_to_thread=False)
+def _card(tenant_slug: FromPath[str], card_id: FromPath[int]) -> dict[str, int]:
+    return {"id": card_id}
+
+
+@get("/boom", sync_to_thread=False)
+def _boom() -> None:
+    raise RuntimeError("boom")
+
+
+@pytest.fixture
+def instrumented() -> Iterator[tuple[TestClient[Litestar], HttpMetrics]]:
+    app = Litestar(route_handlers=[_card, _boom], debug=False)
+    http = HttpMetrics()
+    instrument(app, http)
+    with TestClient(app=app) as client:
+        yield client, http
+
+
+def test_http_requests_are_labelled_by_route_template_never_the_raw_path(
+    instrumented: tuple[TestClient[Litestar], HttpMetrics],
+) -> None:
+    client, http = instrumented
+    for slug in ("acme", "globex"):
+        for card in range(5):
+            assert client.get(f"/t/{slug}/api/cards/{card}").status_code == 200
+    for i in range(20):
+        assert client.get(f"/scanner/probe-{i}").status_code == 404
+    assert client.post("/t/acme/api/cards/1").status_code == 405
+    assert client.request("BREW", "/t/acme/api/cards/1").status_code in (400, 404, 405)
+    assert client.get("/boom").status_code == 500
+    metrics = CardVaultMetrics()
+    metrics.register(http)
+    text = metrics.render()
+    assert_promtool_clean(text)
+    requests = samples(text, "cardvault_http_requests_total")
+    template = "/t/{tenant_slug}/api/cards/{card_id}"
+    assert requests[(("method", "GET"), ("route", template), ("status", "200"))] == 10
+    assert requests[(("method", "GET"), ("route", UNMATCHED), ("status", "404"))] == 20
+    assert requests[(("method", "POST"), ("route", UNMATCHED), ("status", "405"))] == 1
+    assert requests[(("method", "GET"), ("route", "/boom"), ("status", "500"))] == 1
+    assert {dict(k)["method"] for k in requests} == {"GET", "POST", "OTHER"}
+    assert {dict(k)["route"] for k in requests} == {template, UNMATCHED, "/boom"}
+    counts = samples(text, "cardvault_http_request_duration_seconds_count")
+    assert counts[(("method", "GET"), ("route", template))] == 10
+    inf = samples(text, "cardvault_http_request_duration_seconds_bucket")
+    assert inf[(("le", "+Inf"), ("method", "GET"), ("route", template))] == 10
+
+
+def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
+    http = HttpMetrics(buckets=(0.1, 1.0))
+    for seconds in (0.05, 0.1, 0.5, 1.0, 3.0):
+        http.observe("GET", "/x", 200, seconds)
+    metrics = CardVaultMetrics()
+    metrics.register(http)
+    text = metrics.render()
+    buckets = samples(text, "cardvault_http_request_duration_seconds_bucket")
+    by_le = {dict(k)["le"]: v for k, v in buckets.items()}
+    assert by_le == {"0.1": 2, "1.0": 4, "+Inf": 5}
+    assert samples(text, "cardvault_http_request_duration_seconds_sum")[(("method", "GET"), ("route", "/x"))] == 4.65
+
+
+# -- shipped Prometheus config and rules ------------------------------------------------------------
+
+
+def test_alert_rules_pass_promtool() -> None:
+    done = promtool("check", "rules", str(OPS / "alerts.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    # Deployed, the scrape token file sits next to the config (it is a secret: not in the repository).
+    for name in ("prometheus.yml", "alerts.yml"):
+        shutil.copy(OPS / name, tmp_path / name)
+    (tmp_path / "cardvault_metrics_token").write_text("a-scrape-token\n")
+    done = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = yaml.safe_load((OPS / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"]["credentials_file"]
+
+
+def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
+    """``promtool test rules`` on synthetic series: quotas at 0.85 and 1.0, a stale collector, a failing
+    job, connections near max_connections, pool budget, acquire timeouts."""
+    # Annotations are for people; promtool would compare them too, so the copy under test has none.
+    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    series = [
+        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="a"}', "values": "0.85x40"},
+        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="b"}', "values": "0.85x40"},
+        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="users",instance="a"}', "values": "1x40"},
+        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="calm",quota="cards",instance="a"}', "values": "0.5x40"},
+        # the last collection finished at t=0, every 60 s expected: stale after 180 s (+5 min for)
+        {"series": 'cardvault_usage_last_collection_timestamp_seconds{job="cardvault",instance="a"}', "values": "0x40"},
+        {"series": 'cardvault_usage_collection_interval_seconds{job="cardvault",instance="a"}', "values": "60x40"},
+        {"series": 'cardvault_job_failing{job="reconcile",instance="a"}', "values": "1x40"},
+        {"series": 'cardvault_job_failing{job="flush_api_calls",instance="a"}', "values": "0x40"},
+        {"series": 'cardvault_server_connections{server="db1",instance="a"}', "values": "90x40"},
+        {"series": 'cardvault_server_max_connections{server="db1",instance="a"}', "values": "100x40"},
+        {"series": 'cardvault_pool_connections{instance="a"}', "values": "195x40"},
+        {"series": 'cardvault_pool_connection_budget{instance="a"}', "values": "200x40"},
+        {
+            "series": 'cardvault_http_requests_total{instance="a",method="GET",'
+            'route="/t/{tenant_slug}/api/cards/{card_id}",status="503"}',
+            "values": "0+10x40",
+        },
+    ]
+    ratio = {"severity": "info", "tenant": "acme", "quota": "cards"}
+    tests = {
+        "rule_files": ["alerts.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "20m",
+                        "alertname": "CardVaultTenantQuotaNearLimit",
+                        "exp_alerts": [{"exp_labels": ratio}],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "CardVaultTenantQuotaExhausted",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "acme", "quota": "users"}}],
+                    },
+                    {"eval_time": "3m", "alertname": "CardVaultUsageCollectionStale", "exp_alerts": []},
+                    {
+                        "eval_time": "10m",
+                        "alertname": "CardVaultUsageCollectionStale",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "CardVaultJobFailing",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "reconcile"}}],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "CardVaultServerConnectionsHigh",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "server": "db1"}}],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "CardVaultPoolConnectionsNearBudget",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "a"}}],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "CardVaultPoolAcquireTimeouts",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "a"}}],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests))
+    done = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _family_of(name: str) -> str:
+    """The family a series name belongs to (counters are parsed without ``_total``)."""
+    for suffix in ("_bucket", "_count", "_sum", "_total"):
+        if name.endswith(suffix) and name.removesuffix(suffix) in DOCUMENTED:
+            return name.removesuffix(suffix)
+    return name
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((OPS.parent / "grafana" / "cardvault.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_is_importable_json_on_the_datasource_variable() -> None:
+    dashboard = json.loads((OPS.parent / "grafana" / "cardvault.json").read_text())
+    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+    assert any(v["name"] == "DS_PROMETHEUS" and v["type"] == "datasource" for v in dashboard["templating"]["list"])
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dashboard["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
+            assert p["targets"], p["title"]
+            assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in p["targets"])
+
+
+def test_dashboard_and_alerts_use_only_documented_metrics() -> None:
+    alerts = yaml.safe_load((OPS / "alerts.yml").read_text())
+    expressions = [*dashboard_expressions(), *(r["expr"] for g in alerts["groups"] for r in g["rules"])]
+    used = {_family_of(m) for expr in expressions for m in re.findall(r"\bcardvault_[a-z_]+", expr)}
+    assert used - set(DOCUMENTED) == set()
+    # the panels the brief asks for
+    for needed in (
+        "cardvault_tenants",
+        "cardvault_tenant_database_bytes",
+        "cardvault_tenant_quota_usage_ratio",
+        "cardvault_pool_connections",
+        "cardvault_job_failing",
+        "cardvault_http_requests",
+        "cardvault_http_request_duration_seconds",
+    ):
+        assert needed in used
