@@ -10,7 +10,7 @@ DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv constraints run test lint format bench clean distclean
+.PHONY: help install .venv constraints run test lint format bench bench-collect clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make bench      provisioning benchmark (ops/bench/provision.py)"
+	@echo "make bench-collect  usage collection and /metrics benchmark (ops/bench/collect.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
@@ -66,6 +67,9 @@ format: install
 
 bench: install
 	$(BIN)/python ops/bench/provision.py
+
+bench-collect: install
+	$(BIN)/python ops/bench/collect.py
 
 clean:
 	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi

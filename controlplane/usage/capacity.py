@@ -1,0 +1,527 @@
+"""Capacity planning: usage trends, days until quotas are reached, tier upgrades, server fill dates.
+
+A **trend** is the least-squares line through a tenant's recorded points of one metric
+(``database_bytes``, ``storage_bytes``, ``cards``, ``users``) over the last ``TREND_WINDOW_DAYS`` days of
+``tenant_usage_metrics``. ``x`` is days since the Unix epoch (so ``intercept`` is the line's value at
+1970-01-01 UTC and ``slope_per_day`` is per day). Every point counts once: the last week, which the
+collectors keep at full resolution, is denser than the hourly points compaction leaves of older days,
+so recent growth weighs more, which suits a projection.
+
+- Fleet-wide (``fleet_fits``): PostgreSQL's ``regr_slope`` / ``regr_intercept`` / ``regr_r2`` fit every
+  tenant and metric in one hash aggregation over the window (no sort: one group per tenant and metric).
+- One tenant (``trend_points`` + the pure ``trend``): the same points, fitted in Python. The two agree
+  (a test checks).
+
+The usage view's history (``history``) is the same table averaged per bucket, for display.
+
+Projections: ``days_until`` a limit from the current usage at the trend's slope (None when the trend
+is flat or shrinking or the quota unlimited; 0 when already reached). ``recommend`` names the next
+tier when a quota is projected to reach the limit of the tenant's **tier** within
+``RECOMMEND_WITHIN_DAYS``. Servers: tenants, database bytes and connections (from the collectors'
+snapshot when there is one, else from the latest history), growth = sum of their tenants'
+``database_bytes`` slopes, and a fill date when a capacity is given.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from psycopg import sql
+
+from controlplane.db import AsyncConn
+from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
+from controlplane.usage.quotas import EFFECTIVE_QUOTAS
+
+#: The metrics trends are computed for.
+METRICS = ("database_bytes", "storage_bytes", "cards", "users")
+#: The quota each metric is limited by (``database_bytes`` has none).
+METRIC_QUOTAS: dict[str, QuotaType] = {
+    "storage_bytes": QuotaType.STORAGE_BYTES,
+    "cards": QuotaType.CARDS,
+    "users": QuotaType.USERS,
+}
+#: Days of history a trend is fitted over.
+TREND_WINDOW_DAYS = 30
+#: An upgrade is recommended when a tier limit is projected to be reached within this many days.
+RECOMMEND_WITHIN_DAYS = 14
+#: Most days of history the usage view returns (the collectors keep 400 by default).
+MAX_HISTORY_DAYS = 400
+#: Points per metric the usage view's history aims at (the bucket grows with the window).
+HISTORY_POINTS = 200
+#: Projections further out than this are reported without a date.
+_MAX_PROJECTION_DAYS = 36_500.0
+_SECONDS_PER_DAY = 86_400.0
+#: Hour and day buckets start at UTC midnight whatever the session time zone.
+_BUCKET_ORIGIN = "2000-01-01 00:00:00+00"
+
+
+class Trend(msgspec.Struct, frozen=True, kw_only=True):
+    """A least-squares line: ``value = intercept + slope_per_day * days_since_epoch``."""
+
+    slope_per_day: float
+    intercept: float
+    #: Coefficient of determination (1.0 for a perfectly straight, or flat, history).
+    r2: float
+    points: int
+
+    def at(self, moment: datetime) -> float:
+        """The line's value at ``moment``."""
+        return self.intercept + self.slope_per_day * day_number(moment)
+
+
+def day_number(moment: datetime) -> float:
+    """Days since the Unix epoch (the ``x`` of every trend)."""
+    return moment.timestamp() / _SECONDS_PER_DAY
+
+
+def trend(points: Sequence[tuple[datetime, float]]) -> Trend | None:
+    """The least-squares line through ``points``; None for fewer than 2 points or all at one moment.
+
+    Same definitions as PostgreSQL's ``regr_*``: ``r2`` is 1.0 when every value is equal.
+    """
+    n = len(points)
+    if n < 2:
+        return None
+    xs = [day_number(at) for at, _ in points]
+    ys = [float(value) for _, value in points]
+    mean_x, mean_y = math.fsum(xs) / n, math.fsum(ys) / n
+    sxx = math.fsum((x - mean_x) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    sxy = math.fsum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    syy = math.fsum((y - mean_y) ** 2 for y in ys)
+    slope = sxy / sxx
+    r2 = 1.0 if syy == 0 else min(1.0, sxy * sxy / (sxx * syy))
+    return Trend(slope_per_day=slope, intercept=mean_y - slope * mean_x, r2=r2, points=n)
+
+
+def days_until(line: Trend | None, current: float, limit: int | None) -> float | None:
+    """Days until ``current`` grows to ``limit`` at the trend's slope.
+
+    0 when already reached; None when unlimited, without a trend, or flat or shrinking.
+    """
+    if limit is None:
+        return None
+    if current >= limit:
+        return 0.0
+    if line is None or not line.slope_per_day > 0:
+        return None
+    days = (limit - current) / line.slope_per_day
+    return days if math.isfinite(days) else None
+
+
+def projected_at(now: datetime, days: float | None) -> datetime | None:
+    """``now + days``, or None when there is no projection or it is a century away or more."""
+    if days is None or days >= _MAX_PROJECTION_DAYS:
+        return None
+    return now + timedelta(days=days)
+
+
+def next_tier(tier: Tier) -> Tier | None:
+    """The tier after ``tier`` in ``Tier`` order (None for the top one)."""
+    order = list(Tier)
+    index = order.index(tier)
+    return order[index + 1] if index + 1 < len(order) else None
+
+
+class Recommendation(msgspec.Struct, kw_only=True):
+    tier: Tier
+    #: The lowest higher tier whose limits are not reached within the window (the top tier if none);
+    #: None when already on the top tier (custom limits are the way out).
+    next_tier: Tier | None
+    #: The quotas projected to reach the tier's limit within the window, soonest first.
+    quotas: list[QuotaType]
+    #: Days until the first of them is reached.
+    days_until: float
+    reason: str
+
+
+def recommend(
+    tier: Tier,
+    growth: Mapping[QuotaType, tuple[float, Trend | None]],
+    *,
+    within_days: float = RECOMMEND_WITHIN_DAYS,
+) -> Recommendation | None:
+    """An upgrade when a quota (current usage, trend) is projected to reach ``tier``'s limit in time."""
+    hits: dict[QuotaType, float] = {}
+    for quota, (current, line) in growth.items():
+        days = days_until(line, current, TIER_QUOTAS[tier].get(quota))
+        if days is not None and days <= within_days:
+            hits[quota] = days
+    if not hits:
+        return None
+    quotas = sorted(hits, key=lambda q: (hits[q], q.value))
+    higher: list[Tier] = []
+    candidate = next_tier(tier)
+    while candidate is not None:
+        higher.append(candidate)
+        candidate = next_tier(candidate)
+    target: Tier | None = higher[-1] if higher else None
+    for option in higher:
+        later = (days_until(growth[q][1], growth[q][0], TIER_QUOTAS[option].get(q)) for q in quotas)
+        if all(days is None or days > within_days for days in later):
+            target = option
+            break
+    soonest = hits[quotas[0]]
+    names = ", ".join(q.value for q in quotas)
+    if target is None:
+        reason = f"{names} projected to reach the {tier.value} limit in {soonest:.1f} day(s); already on the top tier"
+    else:
+        reason = f"{names} projected to reach the {tier.value} limit in {soonest:.1f} day(s)"
+    return Recommendation(tier=tier, next_tier=target, quotas=quotas, days_until=soonest, reason=reason)
+
+
+def history_bucket(days: int) -> timedelta:
+    """Bucket width of the usage view's history: whole hours, about ``HISTORY_POINTS`` per metric."""
+    return timedelta(hours=max(1, math.ceil(days * 24 / HISTORY_POINTS)))
+
+
+# -- queries -----------------------------------------------------------------------------------------
+
+
+#: x of every trend: days since the epoch (float8 all the way, as in ``day_number``).
+_X = "date_part('epoch', m.recorded_at) / 86400"
+#: The window of the metrics trends are fitted on.
+_WINDOW = "m.metric_name = ANY(%(metrics)s) AND m.recorded_at >= now() - make_interval(days => %(days)s)"
+
+_FLEET_FITS = sql.SQL(
+    """
+    WITH fits AS (
+        SELECT m.tenant_id, m.metric_name,
+               regr_slope(m.metric_value, {x}) AS slope, regr_intercept(m.metric_value, {x}) AS intercept,
+               regr_r2(m.metric_value, {x}) AS r2, regr_count(m.metric_value, {x}) AS points
+          FROM tenant_usage_metrics m
+         WHERE {window}
+         GROUP BY m.tenant_id, m.metric_name
+    )
+    SELECT f.tenant_id, t.slug, t.subscription_tier AS tier, t.server_id, f.metric_name,
+           f.slope, f.intercept, f.r2, f.points, q.usage, q.quota_type, q.effective_limit AS quota_limit
+      FROM fits f
+      JOIN tenants t ON t.id = f.tenant_id
+      LEFT JOIN ({effective}) q ON q.tenant_id = f.tenant_id AND q.quota_type = f.metric_name
+     WHERE t.status NOT IN ('provisioning', 'deleting')
+    """
+).format(x=sql.SQL(_X), window=sql.SQL(_WINDOW), effective=EFFECTIVE_QUOTAS)
+
+_TREND_POINTS = sql.SQL(
+    """
+    SELECT m.metric_name, m.recorded_at AS at, m.metric_value AS y
+      FROM tenant_usage_metrics m
+     WHERE m.tenant_id = %(tenant)s AND {window}
+     ORDER BY m.metric_name, m.recorded_at
+    """
+).format(window=sql.SQL(_WINDOW))
+
+# Averages per bucket (mean time, mean value), for display.
+_HISTORY = sql.SQL(
+    """
+    SELECT m.metric_name, to_timestamp(avg(date_part('epoch', m.recorded_at))) AS at, avg(m.metric_value) AS y
+      FROM tenant_usage_metrics m
+     WHERE m.tenant_id = %(tenant)s AND {window}
+     GROUP BY m.metric_name, date_bin(%(bucket)s, m.recorded_at, {origin}::timestamptz)
+     ORDER BY 1, 2
+    """
+).format(window=sql.SQL(_WINDOW), origin=sql.Literal(_BUCKET_ORIGIN))
+
+_SERVERS = """
+    SELECT s.id, s.name, s.status, count(t.id) AS tenants, coalesce(sum(x.metric_value), 0)::float8 AS database_bytes
+      FROM db_servers s
+      LEFT JOIN tenants t ON t.server_id = s.id AND t.status <> 'provisioning'
+      LEFT JOIN LATERAL (
+            SELECT u.metric_value FROM tenant_usage_metrics u
+             WHERE u.tenant_id = t.id AND u.metric_name = 'database_bytes'
+             ORDER BY u.recorded_at DESC LIMIT 1) x ON TRUE
+     GROUP BY s.id, s.name, s.status
+     ORDER BY s.name
+"""
+
+
+def _fit(row: Mapping[str, Any]) -> Trend | None:
+    if row["slope"] is None:  # one point, or all at one moment
+        return None
+    return Trend(
+        slope_per_day=float(row["slope"]),
+        intercept=float(row["intercept"]),
+        r2=float(row["r2"]) if row["r2"] is not None else 1.0,
+        points=int(row["points"]),
+    )
+
+
+async def fleet_fits(conn: AsyncConn, *, days: int = TREND_WINDOW_DAYS) -> list[dict[str, Any]]:
+    """Per tenant (not provisioning or deleting) and metric: slug, tier, server_id, metric_name, ``trend``
+    (a ``Trend`` or None), and for quota metrics ``usage`` and effective ``quota_limit`` (else None)."""
+    cur = await conn.execute(_FLEET_FITS, {"metrics": list(METRICS), "days": days})
+    out = []
+    for row in await cur.fetchall():
+        item = dict(row)
+        item["trend"] = _fit(row)
+        out.append(item)
+    return out
+
+
+async def _series(
+    conn: AsyncConn, query: sql.Composed, params: dict[str, Any]
+) -> dict[str, list[tuple[datetime, float]]]:
+    cur = await conn.execute(query, {"metrics": list(METRICS), **params})
+    out: dict[str, list[tuple[datetime, float]]] = {name: [] for name in METRICS}
+    for row in await cur.fetchall():
+        out[row["metric_name"]].append((row["at"], float(row["y"])))
+    return out
+
+
+async def trend_points(
+    conn: AsyncConn, tenant_id: uuid.UUID, *, days: int = TREND_WINDOW_DAYS
+) -> dict[str, list[tuple[datetime, float]]]:
+    """The tenant's recorded points per metric over the trend window, oldest first."""
+    return await _series(conn, _TREND_POINTS, {"tenant": tenant_id, "days": days})
+
+
+async def history(
+    conn: AsyncConn, tenant_id: uuid.UUID, *, days: int, bucket: timedelta
+) -> dict[str, list[tuple[datetime, float]]]:
+    """The tenant's history per metric over ``days``, averaged per ``bucket``, oldest first."""
+    return await _series(conn, _HISTORY, {"tenant": tenant_id, "days": days, "bucket": bucket})
+
+
+async def latest_values(conn: AsyncConn, tenant_id: uuid.UUID) -> dict[str, float]:
+    """The newest recorded value of each metric of the tenant (one index probe each)."""
+    cur = await conn.execute(
+        """
+        SELECT m.name, x.metric_value
+          FROM unnest(%s::text[]) AS m (name)
+          CROSS JOIN LATERAL (
+                SELECT u.metric_value FROM tenant_usage_metrics u
+                 WHERE u.tenant_id = %s AND u.metric_name = m.name
+                 ORDER BY u.recorded_at DESC LIMIT 1) x
+        """,
+        (list(METRICS), tenant_id),
+    )
+    return {r["name"]: float(r["metric_value"]) for r in await cur.fetchall()}
+
+
+async def server_rows(conn: AsyncConn) -> list[dict[str, Any]]:
+    """Every server with its tenants (not provisioning) and the sum of their latest ``database_bytes``."""
+    cur = await conn.execute(_SERVERS)
+    return list(await cur.fetchall())
+
+
+async def db_now(conn: AsyncConn) -> datetime:
+    cur = await conn.execute("SELECT now() AS now")
+    row = await cur.fetchone()
+    assert row is not None
+    now: datetime = row["now"]
+    return now
+
+
+# -- reports -----------------------------------------------------------------------------------------
+
+
+class Projection(msgspec.Struct, kw_only=True):
+    """One metric of one tenant: its trend and when it reaches its quota."""
+
+    metric: str
+    quota: QuotaType | None
+    #: Current usage (the quota's, else the newest recorded value).
+    current: float | None
+    #: Effective limit (None: unlimited, or no quota for the metric).
+    limit: int | None
+    slope_per_day: float | None
+    r2: float | None
+    points: int
+    days_until: float | None
+    projected_at: datetime | None
+
+
+class AtRisk(msgspec.Struct, kw_only=True):
+    """A tenant's quota projected to be reached within the horizon."""
+
+    tenant_id: uuid.UUID
+    slug: str
+    tier: Tier
+    quota: QuotaType
+    usage: int
+    limit: int
+    slope_per_day: float | None
+    r2: float | None
+    days_until: float
+    projected_at: datetime | None
+
+
+class TenantRecommendation(msgspec.Struct, kw_only=True):
+    tenant_id: uuid.UUID
+    slug: str
+    recommendation: Recommendation
+
+
+class ServerCapacity(msgspec.Struct, kw_only=True):
+    name: str
+    status: str
+    tenants: int
+    database_bytes: int
+    #: Client connections and ``max_connections`` (only from the collectors' snapshot).
+    connections: int | None
+    max_connections: int | None
+    #: ``snapshot`` (the collectors' last cycle on this instance) or ``history`` (latest recorded sizes).
+    source: str
+    #: Sum of the tenants' ``database_bytes`` slopes.
+    growth_bytes_per_day: float
+    capacity_bytes: int | None
+    days_until_full: float | None
+    projected_full_at: datetime | None
+
+
+class CapacityReport(msgspec.Struct, kw_only=True):
+    generated_at: datetime
+    window_days: int
+    horizon_days: int
+    #: Quotas projected to be reached within ``horizon_days``, soonest first (at most ``limit``).
+    at_risk: list[AtRisk]
+    at_risk_total: int
+    recommendations: list[TenantRecommendation]
+    servers: list[ServerCapacity]
+    #: Why fill dates are missing, if they are.
+    capacity_note: str | None
+
+
+class SnapshotServer(msgspec.Struct, frozen=True, kw_only=True):
+    """What the report takes from the collectors' snapshot for one server."""
+
+    tenants: int
+    database_bytes: int
+    connections: int
+    max_connections: int
+
+
+async def capacity_report(
+    conn: AsyncConn,
+    *,
+    horizon_days: int,
+    limit: int,
+    capacity_bytes: int | None = None,
+    snapshot: Mapping[str, SnapshotServer] | None = None,
+) -> CapacityReport:
+    """The fleet view: at-risk quotas, upgrade recommendations, servers (see the module doc)."""
+    now = await db_now(conn)
+    fits = await fleet_fits(conn)
+    at_risk: list[AtRisk] = []
+    growth: dict[uuid.UUID, dict[QuotaType, tuple[float, Trend | None]]] = {}
+    tenants: dict[uuid.UUID, tuple[str, Tier]] = {}
+    server_growth: dict[uuid.UUID, float] = {}
+    for row in fits:
+        line: Trend | None = row["trend"]
+        tenant_id, tier = row["tenant_id"], Tier(row["tier"])
+        tenants[tenant_id] = (row["slug"], tier)
+        if row["metric_name"] == "database_bytes":
+            if line is not None:
+                server_growth[row["server_id"]] = server_growth.get(row["server_id"], 0.0) + line.slope_per_day
+            continue
+        if row["quota_type"] is None:
+            continue
+        quota, usage = QuotaType(row["quota_type"]), int(row["usage"])
+        growth.setdefault(tenant_id, {})[quota] = (usage, line)
+        days = days_until(line, usage, row["quota_limit"])
+        if days is not None and days <= horizon_days:
+            at_risk.append(
+                AtRisk(
+                    tenant_id=tenant_id,
+                    slug=row["slug"],
+                    tier=tier,
+                    quota=quota,
+                    usage=usage,
+                    limit=int(row["quota_limit"]),
+                    slope_per_day=line.slope_per_day if line else None,
+                    r2=line.r2 if line else None,
+                    days_until=days,
+                    projected_at=projected_at(now, days),
+                )
+            )
+    at_risk.sort(key=lambda r: (r.days_until, r.slug, r.quota.value))
+    recommendations = []
+    for tenant_id, quotas in growth.items():
+        slug, tier = tenants[tenant_id]
+        found = recommend(tier, quotas)
+        if found is not None:
+            recommendations.append(TenantRecommendation(tenant_id=tenant_id, slug=slug, recommendation=found))
+    recommendations.sort(key=lambda r: (r.recommendation.days_until, r.slug))
+    servers = [
+        _server(row, snapshot or {}, server_growth.get(row["id"], 0.0), capacity_bytes, now)
+        for row in await server_rows(conn)
+    ]
+    return CapacityReport(
+        generated_at=now,
+        window_days=TREND_WINDOW_DAYS,
+        horizon_days=horizon_days,
+        at_risk=at_risk[:limit],
+        at_risk_total=len(at_risk),
+        recommendations=recommendations[:limit],
+        servers=servers,
+        capacity_note=None
+        if capacity_bytes is not None
+        else "server capacity unknown: pass capacity_bytes to project fill dates",
+    )
+
+
+def _server(
+    row: Mapping[str, Any],
+    snapshot: Mapping[str, SnapshotServer],
+    growth: float,
+    capacity_bytes: int | None,
+    now: datetime,
+) -> ServerCapacity:
+    seen = snapshot.get(row["name"])
+    size = seen.database_bytes if seen else int(row["database_bytes"])
+    days = None
+    if capacity_bytes is not None:
+        days = (
+            0.0
+            if size >= capacity_bytes
+            else days_until(Trend(slope_per_day=growth, intercept=0.0, r2=1.0, points=0), size, capacity_bytes)
+        )
+    return ServerCapacity(
+        name=row["name"],
+        status=row["status"],
+        tenants=seen.tenants if seen else int(row["tenants"]),
+        database_bytes=size,
+        connections=seen.connections if seen else None,
+        max_connections=seen.max_connections if seen else None,
+        source="snapshot" if seen else "history",
+        growth_bytes_per_day=growth,
+        capacity_bytes=capacity_bytes,
+        days_until_full=days,
+        projected_full_at=projected_at(now, days),
+    )
+
+
+def projections(
+    points: Mapping[str, Sequence[tuple[datetime, float]]],
+    current: Mapping[str, float],
+    limits: Mapping[QuotaType, int | None],
+    now: datetime,
+) -> list[Projection]:
+    """Each metric's trend (Python ``trend``) and when it reaches its quota's limit."""
+    out = []
+    for metric in METRICS:
+        line = trend(points.get(metric, ()))
+        quota = METRIC_QUOTAS.get(metric)
+        value = current.get(metric)
+        limit = limits.get(quota) if quota is not None else None
+        days = days_until(line, value, limit) if value is not None else None
+        out.append(
+            Projection(
+                metric=metric,
+                quota=quota,
+                current=value,
+                limit=limit,
+                slope_per_day=line.slope_per_day if line else None,
+                r2=line.r2 if line else None,
+                points=len(points.get(metric, ())),
+                days_until=days,
+                projected_at=projected_at(now, days),
+            )
+        )
+    return out

@@ -1,0 +1,677 @@
+"""Usage collection benchmark: the collector against a raw catalog scan, and ``/metrics``, in one run.
+
+    .venv/bin/python ops/bench/collect.py [--tenants 1000] [--rounds 3] [--scrapes 200] [--dsn DSN]
+
+Provisions N tenants on one server through ``TenantService``, then:
+
+(1) full cycle against a raw baseline, alternating (``--rounds`` each, after one untimed pass of both):
+    the baseline connects to every tenant database (``psycopg.AsyncConnection``, the conninfo the collector
+    builds), runs the collector's per-tenant catalog queries (own size, tables, counters, files by kind) and
+    closes, at most ``--concurrency`` at once, after the per-server size and connection queries once on a
+    connection kept open (the collector's is pooled); the full cycle is ``UsageService.collect(full=True)``
+    (registry read, server read, the same scans plus the storage directory walk, the snapshot and the history
+    written to the control database). Median wall time of each and the ratio (floor: full <= 1.5x raw);
+(2) incremental cycles after a full one: ``collect()`` with nothing changed, then again after 10 tenants grew
+    (~2 MB of card notes inserted into each through a superuser connection, then CHECKPOINT): seconds and
+    tenants scanned (floors: exactly the 10 grown tenants scanned, in < 5 s);
+(3) ``GET /metrics`` of the real service (``cardvault serve`` with ``CARDVAULT_USAGE_INTERVAL=0`` and
+    ``CARDVAULT_RECONCILE_INTERVAL=0``, so only this run collects) after ``POST /admin/usage/collect?full=true``:
+    the first scrape (renders the new snapshot) and ``--scrapes`` sequential scrapes on one keep-alive
+    connection with the scrape token: p50/p99 and response size (floor: p50 < 50 ms); then the same with
+    ``CARDVAULT_METRICS_PER_TABLE=0``.
+
+Exits 1 if a floor is violated. Without ``--dsn`` a private PostgreSQL cluster with default (durable)
+settings is started under a temporary directory and destroyed at the end; with ``--dsn`` (a superuser DSN)
+only databases and roles this run creates are touched, and all of them are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+SELF = Path(__file__).resolve()
+ROOT = SELF.parents[2]
+sys.path.insert(0, str(ROOT))
+
+from controlplane import db  # noqa: E402
+from controlplane.fleet import repository as fleet_repository  # noqa: E402
+from controlplane.platform import Platform, migrate_registry  # noqa: E402
+from controlplane.provisioning.catalog import TENANT_GROUP_ROLE  # noqa: E402
+from controlplane.provisioning.service import TenantService  # noqa: E402
+from controlplane.settings import (  # noqa: E402
+    DatabaseSettings,
+    ProvisioningSettings,
+    SecuritySettings,
+    Settings,
+    UsageSettings,
+)
+from controlplane.usage.collector import (  # noqa: E402
+    _COUNTERS,
+    _FILES,
+    _OWN_SIZE,
+    _SERVER,
+    _SIZES,
+    _TABLES,
+    SCAN_ROLE,
+)
+from controlplane.usage.models import CollectionStats  # noqa: E402
+from controlplane.usage.service import UsageService  # noqa: E402
+
+HOST = "127.0.0.1"
+#: Tenants grown before the incremental cycle, and how much each grows (card notes, incompressible text).
+GROWN_TENANTS = 10
+GROWTH_BYTES = 2_000_000
+GROWTH_ROWS = 20
+#: Floors.
+MAX_FULL_RATIO = 1.5
+MAX_INCREMENTAL_SECONDS = 5.0
+MAX_METRICS_P50_MS = 50.0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@dataclasses.dataclass
+class Tenant:
+    slug: str
+    tenant_id: uuid.UUID
+    database_name: str
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class MachineCpu:
+    """Busy share of all CPUs (everything on the machine) between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self._before = machine_busy()
+        self.percent = 0.0
+
+    def stop(self) -> float:
+        after = machine_busy()
+        self.percent = (after[0] - self._before[0]) / max(1, after[1] - self._before[1]) * 100
+        return self.percent
+
+
+def load_text() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+def server_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any CARDVAULT_* setting of the caller, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
+    env.update(extra)
+    return env
+
+
+@dataclasses.dataclass
+class Service:
+    """One ``cardvault serve`` process of this run."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+
+def start_service(env: dict[str, str], home: Path, name: str) -> Service:
+    cardvault = Path(sys.executable).parent / "cardvault"
+    if not cardvault.exists():
+        raise SystemExit(f"{cardvault} not found: run this with the project's .venv/bin/python")
+    port = free_port()
+    log = home / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(cardvault), "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            cwd=ROOT,
+        )
+    service = Service(proc, port, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited ({proc.returncode}):\n{tail(log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(service.url("/health/ready"), timeout=2).status_code == 200:
+                return service
+        time.sleep(0.2)
+    stop_service(service)
+    raise RuntimeError(f"service not ready after 120 s:\n{tail(log)}")
+
+
+def stop_service(service: Service) -> None:
+    if service.proc.poll() is None:
+        service.proc.send_signal(signal.SIGTERM)
+        try:
+            service.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            service.proc.kill()
+            service.proc.wait(5)
+
+
+# ------------------------------------------------------------------------------------ provisioning
+
+
+async def provision(args: argparse.Namespace, platform: Platform, run_id: str) -> list[Tenant]:
+    service = TenantService(platform)
+    gate = asyncio.Semaphore(args.provision_concurrency)
+    done = 0
+
+    async def one(i: int) -> Tenant:
+        nonlocal done
+        slug = f"cb{run_id}-{i}"
+        async with gate:
+            tenant = await service.create(name=f"Collect bench {i}", slug=slug, tier="professional")
+        done += 1
+        if done % 100 == 0:
+            print(f"  ... {done}/{args.tenants} tenants provisioned", file=sys.stderr)
+        return Tenant(slug, tenant.id, tenant.database_name)
+
+    first = await one(0)  # builds the template; the rest may clone concurrently
+    rest = await asyncio.gather(*(one(i) for i in range(1, args.tenants)))
+    return [first, *rest]
+
+
+# ------------------------------------------------------------------------------------ raw baseline
+
+
+class RawBaseline:
+    """The collector's queries without the collector: per-server read once, then every tenant database."""
+
+    def __init__(self, server_conn: db.AsyncConn, scan_infos: Sequence[str], names: Sequence[str], concurrency: int):
+        self.server_conn = server_conn
+        self.scan_infos = list(scan_infos)
+        self.names = list(names)
+        self.concurrency = concurrency
+
+    async def run(self) -> float:
+        started = time.perf_counter()
+        cur = await self.server_conn.execute(_SIZES, (self.names,))
+        sizes = await cur.fetchall()
+        cur = await self.server_conn.execute(_SERVER)
+        await cur.fetchone()
+        if len(sizes) != len(self.names):
+            raise RuntimeError(f"raw: {len(sizes)} database sizes for {len(self.names)} tenants")
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def scan(info: str) -> None:
+            async with gate:
+                conn = await psycopg.AsyncConnection.connect(info, autocommit=True, row_factory=dict_row)
+                try:
+                    for query in (_OWN_SIZE, _TABLES, _COUNTERS, _FILES):
+                        cur = await conn.execute(query)
+                        await cur.fetchall()
+                finally:
+                    await conn.close()
+
+        await asyncio.gather(*(scan(info) for info in self.scan_infos))
+        return time.perf_counter() - started
+
+
+async def timed_collect(usage: UsageService, *, full: bool) -> tuple[float, CollectionStats]:
+    started = time.perf_counter()
+    stats = await usage.collect(full=full)
+    seconds = time.perf_counter() - started
+    if stats.failed or stats.failed_servers:
+        raise RuntimeError(f"collection failed for {stats.failed} tenant(s): {stats.failed_tenants[:5]}")
+    return seconds, stats
+
+
+async def grow(server_dsn: str, tenant: Tenant) -> None:
+    """~2 MB of incompressible card notes into the tenant's database, as the superuser."""
+    chunk = GROWTH_BYTES // GROWTH_ROWS
+    rows = [(f"GROW-{i}", base64.b64encode(os.urandom(chunk * 3 // 4)).decode()) for i in range(GROWTH_ROWS)]
+    dsn = db.with_database(server_dsn, tenant.database_name)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        await cur.executemany("INSERT INTO cards (cardnumber, year, notes) VALUES (%s, 1990, %s)", rows)
+
+
+# ----------------------------------------------------------------------------------------- scrapes
+
+
+@dataclasses.dataclass
+class Scrapes:
+    label: str
+    collect_seconds: float
+    collect_stats: dict[str, Any]
+    first_ms: float
+    times_ms: list[float]
+    body_bytes: int
+    series: int
+    machine_cpu: float
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def p99(self) -> float:
+        return pct(self.times_ms, 0.99)
+
+
+def scrape(service: Service, admin_token: str, metrics_token: str, count: int, label: str) -> Scrapes:
+    """``POST /admin/usage/collect?full=true``, one first scrape, then ``count`` timed ones on one connection."""
+    with httpx.Client(base_url=service.url(""), timeout=600) as client:
+        t0 = time.perf_counter()
+        answer = client.post("/admin/usage/collect?full=true", headers={"Authorization": f"Bearer {admin_token}"})
+        collect_seconds = time.perf_counter() - t0
+        if answer.status_code != 200:
+            raise RuntimeError(f"POST /admin/usage/collect -> {answer.status_code}: {answer.text[:300]}")
+        stats = answer.json()
+        headers = {"Authorization": f"Bearer {metrics_token}"}
+        t0 = time.perf_counter()
+        first = client.get("/metrics", headers=headers)
+        first_ms = (time.perf_counter() - t0) * 1000
+        if first.status_code != 200:
+            raise RuntimeError(f"GET /metrics -> {first.status_code}: {first.text[:300]}")
+        body = first.content
+        times: list[float] = []
+        cpu = MachineCpu()
+        for _ in range(count):
+            t0 = time.perf_counter()
+            response = client.get("/metrics", headers=headers)
+            content = response.content
+            times.append((time.perf_counter() - t0) * 1000)
+            if response.status_code != 200:
+                raise RuntimeError(f"GET /metrics -> {response.status_code}: {response.text[:300]}")
+        cpu.stop()
+    series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+    return Scrapes(label, collect_seconds, stats, first_ms, times, len(content), series, cpu.percent)
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
+    run_id = uuid.uuid4().hex[:8]
+    control_db = f"cvcollect_ctl_{run_id}"
+    template = f"cvcollect_tpl_{run_id}"
+    secret_key = "collect-bench-" + uuid.uuid4().hex + uuid.uuid4().hex
+    admin_token = "collect-bench-admin-" + uuid.uuid4().hex
+    metrics_token = "collect-bench-scrape-" + uuid.uuid4().hex
+    data_dir = home / "data"
+    data_dir.mkdir()
+    services: list[Service] = []
+    group_role_existed = True  # until known otherwise: never drop a role this run did not create
+    admin = psycopg.connect(server_dsn, autocommit=True)
+    try:
+        row = admin.execute(
+            "SELECT current_setting('server_version'), current_setting('fsync'), current_setting('shared_buffers'),"
+            " current_setting('max_connections')"
+        ).fetchone()
+        assert row is not None
+        version, fsync, shared_buffers, max_connections = row
+        print(
+            f"machine: {os.cpu_count()} CPUs, {load_text()}; server: PostgreSQL {version}, fsync={fsync}, "
+            f"shared_buffers={shared_buffers}, max_connections={max_connections}"
+        )
+        group_role_existed = bool(
+            admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TENANT_GROUP_ROLE,)).fetchone()
+        )
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(control_db)))
+        control_dsn = db.with_database(server_dsn, control_db)
+        settings = Settings(
+            data_dir=data_dir,
+            database=DatabaseSettings(url=control_dsn),
+            provisioning=dataclasses.replace(ProvisioningSettings(), template_database=template, reconcile_interval=0),
+            security=SecuritySettings(secret_key=secret_key, admin_token=admin_token),
+            usage=dataclasses.replace(UsageSettings(), interval=0, concurrency=args.concurrency),
+        )
+        await migrate_registry(settings)
+        async with Platform.open(settings, migrate=False) as platform:
+            t0 = time.perf_counter()
+            tenants = await provision(args, platform, run_id)
+            seconds = time.perf_counter() - t0
+            print(
+                f"provisioned {len(tenants)} tenants in {seconds:.1f} s ({len(tenants) / seconds:.1f}/s, "
+                f"concurrency {args.provision_concurrency}); {load_text()}"
+            )
+            async with platform.control.connection() as conn:
+                servers = await fleet_repository.list_servers(conn)
+                if len(servers) != 1:
+                    raise RuntimeError(f"expected one registered server, found {len(servers)}")
+                fleet_dsn = await platform.fleet.dsn(conn, servers[0].id)
+
+            # -- (1) full cycle against the raw baseline
+            usage = UsageService(platform)
+            # The collector's conninfo: ``db.connect(dsn, settings.database, dbname=..., role=SCAN_ROLE)``.
+            scan_infos = [
+                db.management_conninfo(fleet_dsn, settings.database, dbname=t.database_name, role=SCAN_ROLE)
+                for t in tenants
+            ]
+            server_info = db.management_conninfo(fleet_dsn, settings.database, role="admin")
+            async with await psycopg.AsyncConnection.connect(
+                server_info, autocommit=True, row_factory=dict_row
+            ) as server_conn:
+                raw = RawBaseline(server_conn, scan_infos, [t.database_name for t in tenants], args.concurrency)
+                print(
+                    f"(1) full cycle vs raw catalog scan, {len(tenants)} tenants, concurrency {args.concurrency}, "
+                    f"{args.rounds} rounds alternating after one untimed pass of each:"
+                )
+                warm_raw = await raw.run()
+                warm_full, _ = await timed_collect(usage, full=True)
+                print(f"  warm-up: raw {warm_raw:.2f} s, full {warm_full:.2f} s (first cycle, loads the snapshot)")
+                raw_times: list[float] = []
+                full_times: list[float] = []
+                for i in range(args.rounds):
+                    cpu = MachineCpu()
+                    raw_times.append(await raw.run())
+                    raw_cpu = cpu.stop()
+                    cpu = MachineCpu()
+                    seconds, stats = await timed_collect(usage, full=True)
+                    full_cpu = cpu.stop()
+                    full_times.append(seconds)
+                    if stats.scanned != len(tenants):
+                        raise RuntimeError(f"full cycle scanned {stats.scanned} of {len(tenants)} tenants")
+                    print(
+                        f"  round {i + 1}: raw {raw_times[-1]:.2f} s (machine CPU {raw_cpu:.0f}%), full "
+                        f"{full_times[-1]:.2f} s (machine CPU {full_cpu:.0f}%, peak scans in flight "
+                        f"{usage.collector.peak_in_flight}), ratio {full_times[-1] / raw_times[-1]:.2f}x"
+                    )
+            raw_median, full_median = statistics.median(raw_times), statistics.median(full_times)
+            full_ratio = full_median / raw_median
+            per_tenant_raw = raw_median / len(tenants) * 1000
+            per_tenant_full = full_median / len(tenants) * 1000
+            print(
+                f"  median: raw {raw_median:.2f} s ({per_tenant_raw:.2f} ms/tenant), full {full_median:.2f} s "
+                f"({per_tenant_full:.2f} ms/tenant); ratio full/raw = {full_ratio:.2f}x (floor {MAX_FULL_RATIO}x)"
+            )
+
+            # -- (2) incremental cycles
+            print(f"(2) incremental cycles after the full one; {load_text()}:")
+            idle_seconds, idle_stats = await timed_collect(usage, full=False)
+            print(f"  nothing changed: {idle_seconds:.2f} s, {idle_stats.scanned} scanned")
+            step = max(1, len(tenants) // GROWN_TENANTS)
+            grown = tenants[::step][:GROWN_TENANTS]
+            before = {t.tenant_id: usage.snapshot.tenants[t.tenant_id] for t in tenants}
+            t0 = time.perf_counter()
+            for tenant in grown:
+                await grow(server_dsn, tenant)
+            grow_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            admin.execute("CHECKPOINT")  # also writes what provisioning and the cycles left dirty
+            print(
+                f"  grew {len(grown)} tenants by {GROWTH_BYTES / 1e6:.0f} MB of card notes each "
+                f"({grow_seconds:.1f} s), then CHECKPOINT ({time.perf_counter() - t0:.1f} s)"
+            )
+            cpu = MachineCpu()
+            incr_seconds, incr_stats = await timed_collect(usage, full=False)
+            incr_cpu = cpu.stop()
+            after = usage.snapshot.tenants
+            rescanned = {tid for tid, old in before.items() if after[tid].tables_scanned_at != old.tables_scanned_at}
+            grown_ids = {t.tenant_id for t in grown}
+            growth = [after[t.tenant_id].database_bytes - before[t.tenant_id].database_bytes for t in grown]
+            print(
+                f"  after growing {len(grown)}: {incr_seconds:.2f} s (machine CPU {incr_cpu:.0f}%), "
+                f"{incr_stats.scanned} scanned ({len(rescanned & grown_ids)} of them the grown tenants, "
+                f"{len(rescanned - grown_ids)} others); measured growth per grown tenant: median "
+                f"{statistics.median(growth) / 1e6:.2f} MB, min {min(growth) / 1e6:.2f} MB"
+            )
+
+        # -- (3) /metrics of the real service
+        base_env = {
+            "CARDVAULT_DATABASE_URL": control_dsn,
+            "CARDVAULT_SECRET_KEY": secret_key,
+            "CARDVAULT_ADMIN_TOKEN": admin_token,
+            "CARDVAULT_METRICS_TOKEN": metrics_token,
+            "CARDVAULT_TEMPLATE_DATABASE": template,
+            "CARDVAULT_DATA_DIR": str(data_dir),
+            "CARDVAULT_HOST": HOST,
+            "CARDVAULT_USAGE_INTERVAL": "0",
+            "CARDVAULT_USAGE_CONCURRENCY": str(args.concurrency),
+            "CARDVAULT_RECONCILE_INTERVAL": "0",
+            "CARDVAULT_LOG_LEVEL": "WARNING",
+        }
+        print(
+            f"(3) GET /metrics of `cardvault serve`, {args.scrapes} sequential scrapes on one keep-alive connection "
+            f"after POST /admin/usage/collect?full=true; {load_text()}:"
+        )
+        results: list[Scrapes] = []
+        for label, extra in (
+            ("per-table on", {}),
+            ("CARDVAULT_METRICS_PER_TABLE=0", {"CARDVAULT_METRICS_PER_TABLE": "0"}),
+        ):
+            service = start_service(server_env(base_env | extra), home, f"service-{len(results)}")
+            services.append(service)
+            try:
+                result = scrape(service, admin_token, metrics_token, args.scrapes, label)
+            finally:
+                stop_service(service)
+                services.remove(service)
+            results.append(result)
+            print(
+                f"  {label}: collect over HTTP {result.collect_seconds:.2f} s "
+                f"({result.collect_stats.get('scanned')} scanned); first scrape {result.first_ms:.1f} ms; "
+                f"p50 {result.p50:.2f} ms, p99 {result.p99:.2f} ms, max {max(result.times_ms):.2f} ms; "
+                f"{result.body_bytes / 1024:.0f} KiB, {result.series} series (machine CPU {result.machine_cpu:.0f}%)"
+            )
+        metrics = results[0]
+
+        # -- verdict
+        failures = []
+        if full_ratio > MAX_FULL_RATIO:
+            failures.append(f"(1) full/raw {full_ratio:.2f}x > {MAX_FULL_RATIO}x")
+        if incr_stats.scanned != len(grown) or rescanned != grown_ids:
+            failures.append(
+                f"(2) {incr_stats.scanned} tenants scanned, {len(rescanned & grown_ids)} of the {len(grown)} grown"
+            )
+        if incr_seconds >= MAX_INCREMENTAL_SECONDS:
+            failures.append(f"(2) incremental cycle {incr_seconds:.2f} s >= {MAX_INCREMENTAL_SECONDS:.0f} s")
+        if metrics.p50 >= MAX_METRICS_P50_MS:
+            failures.append(f"(3) /metrics p50 {metrics.p50:.2f} ms >= {MAX_METRICS_P50_MS:.0f} ms")
+
+        print()
+        print(
+            f"Results ({len(tenants)} tenants on one server, usage concurrency {args.concurrency}, {os.cpu_count()} "
+            f"CPUs, PostgreSQL {version}, fsync={fsync}; {load_text()} at the end):"
+        )
+        print()
+        print("| Measurement | Value | Notes |")
+        print("|---|---:|---|")
+        print(
+            f"| (1) raw catalog scan (connect + 4 queries + close per tenant, server read once) | "
+            f"{raw_median:.2f} s | median of {args.rounds}; {per_tenant_raw:.2f} ms/tenant |"
+        )
+        print(
+            f"| (1) `collect(full=True)` | {full_median:.2f} s | median of {args.rounds}; {per_tenant_full:.2f} "
+            f"ms/tenant; **{full_ratio:.2f}x** raw (floor <= {MAX_FULL_RATIO}x) |"
+        )
+        print(f"| (2) `collect()`, nothing changed | {idle_seconds:.2f} s | {idle_stats.scanned} scanned |")
+        print(
+            f"| (2) `collect()`, {len(grown)} tenants grown ~{GROWTH_BYTES / 1e6:.0f} MB | {incr_seconds:.2f} s | "
+            f"**{incr_stats.scanned} scanned** ({len(rescanned & grown_ids)} grown, {len(rescanned - grown_ids)} "
+            f"other); floor < {MAX_INCREMENTAL_SECONDS:.0f} s, exactly the {len(grown)} |"
+        )
+        for result in results:
+            floor = f" (floor < {MAX_METRICS_P50_MS:.0f} ms)" if result is metrics else ""
+            print(
+                f"| (3) `GET /metrics` p50 / p99, {result.label} | {result.p50:.2f} / {result.p99:.2f} ms | "
+                f"{args.scrapes} scrapes{floor}; {result.body_bytes / 1024:.0f} KiB, {result.series} series; first "
+                f"scrape after the collection {result.first_ms:.1f} ms |"
+            )
+        print()
+        if failures:
+            print("FLOOR VIOLATED: " + "; ".join(failures))
+            return 1
+        print(
+            f"floors met: (1) full <= {MAX_FULL_RATIO}x raw, (2) exactly the grown tenants scanned in < "
+            f"{MAX_INCREMENTAL_SECONDS:.0f} s, (3) /metrics p50 < {MAX_METRICS_P50_MS:.0f} ms"
+        )
+        return 0
+    finally:
+        for service in services:
+            stop_service(service)
+        if args.dsn:  # a private cluster is destroyed whole
+            try:
+                _drop_leftovers(admin, server_dsn, control_db, template, drop_group_role=not group_role_existed)
+            except Exception as exc:
+                print(f"warning: cleanup incomplete ({exc}); drop t_* of run {run_id} by hand", file=sys.stderr)
+        admin.close()
+
+
+def _drop_leftovers(
+    admin: psycopg.Connection[Any], server_dsn: str, control_db: str, template: str, *, drop_group_role: bool
+) -> None:
+    """Drop every tenant database and role this run made (known from its ledger), the template, the registry,
+    and the tenants' group role if this run created it."""
+    exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (control_db,)).fetchone()
+    if exists:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(db.with_database(server_dsn, control_db), autocommit=True) as control,
+        ):
+            ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]
+            for tenant_id in ids:
+                name = sql.Identifier(f"t_{tenant_id.hex}")
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+    if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
+        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(control_db)))
+    if drop_group_role:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(TENANT_GROUP_ROLE)))
+
+
+def stop_immediately(cluster_home: Path | None) -> None:
+    """Immediate shutdown (SIGQUIT) of a throwaway cluster: no shutdown checkpoint of 1,000 fresh databases."""
+    if cluster_home is None:
+        return
+    try:
+        pid = int((cluster_home / "data" / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGQUIT)
+    except (OSError, IndexError, ValueError):
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the cleanup in ``finally`` runs."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tenants", type=int, default=1000, help="tenants to provision (default 1000)")
+    parser.add_argument("--rounds", type=int, default=3, help="(1): raw/full pairs (default 3)")
+    parser.add_argument("--scrapes", type=int, default=200, help="(3): timed GET /metrics (default 200)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=UsageSettings.concurrency,
+        help=f"scans at once, collector and baseline (default {UsageSettings.concurrency})",
+    )
+    parser.add_argument("--provision-concurrency", type=int, default=4, help="tenants created at once (default 4)")
+    parser.add_argument("--dsn", help="superuser DSN of an existing server (default: a private durable cluster)")
+    args = parser.parse_args()
+    if args.tenants < GROWN_TENANTS or args.rounds < 1 or args.scrapes < 1:
+        parser.error(f"--tenants must be >= {GROWN_TENANTS}, --rounds and --scrapes >= 1")
+    if args.concurrency < 1 or args.provision_concurrency < 1:
+        parser.error("--concurrency and --provision-concurrency must be >= 1")
+
+    with terminate_as_interrupt():
+        started = time.perf_counter()
+        home = Path(tempfile.mkdtemp(prefix="cvcollect-", dir="/var/tmp"))
+        home.chmod(0o711)
+        status = 1
+        try:
+            if args.dsn:
+                status = asyncio.run(bench(args, args.dsn, home))
+            else:
+                from controlplane.localpg import LocalCluster
+
+                cluster = LocalCluster(home / "pg")
+                try:
+                    status = asyncio.run(bench(args, cluster.ensure_running(), home))
+                finally:
+                    cleanup_started = time.perf_counter()
+                    stop_immediately(cluster.home)
+                    cluster.destroy()
+                    print(
+                        f"private cluster destroyed in {time.perf_counter() - cleanup_started:.1f} s", file=sys.stderr
+                    )
+        except KeyboardInterrupt:
+            print("interrupted: cleaned up", file=sys.stderr)
+            status = 130
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+            print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
