@@ -56,7 +56,8 @@ from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.metrics import CardVaultMetrics
 from controlplane.usage.operations import run_maintenance_window
 from controlplane.usage.operations_routes import OPERATIONS_HANDLERS
-from controlplane.usage.routes import ADMIN_USAGE_HANDLERS
+from controlplane.usage.quotas import QuotaAlerts, delete_expired_expansions, delete_resolved_alerts
+from controlplane.usage.routes import ADMIN_USAGE_HANDLERS, QUOTA_ALERTS_STATE_KEY
 from controlplane.usage.service import USAGE_STATE_KEY, UsageService
 
 #: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
@@ -65,6 +66,8 @@ KEY_REFRESH_INTERVAL = 60.0
 MAINTENANCE_INTERVAL = 3600.0
 #: Seconds between flushes of counted API calls into the registry.
 API_CALLS_FLUSH_INTERVAL = 30.0
+#: Seconds between clean-ups of expired storage expansions and old resolved alerts.
+QUOTA_CLEANUP_INTERVAL = 86400.0
 
 
 def _platform(state: State) -> Platform:
@@ -128,7 +131,22 @@ def create_app(settings: Settings) -> Litestar:
             scheduler.add_leader_job("maintenance_window", maintenance_window, MAINTENANCE_INTERVAL)
             usage = UsageService(platform)
             await usage.load()  # the last persisted values: /metrics is not empty after a restart
-            scheduler.add_leader_job("collect_usage", usage.collect_job, settings.usage.interval)
+            alerts = QuotaAlerts(platform.control)
+            await alerts.refresh()
+
+            async def collect_usage() -> str:
+                # Quotas are evaluated on what this collection just measured.
+                return f"{await usage.collect_job()}; {await alerts.job()}"
+
+            async def quota_cleanup() -> str:
+                async with platform.control.connection() as conn:
+                    expansions = await delete_expired_expansions(conn)
+                    resolved = await delete_resolved_alerts(conn)
+                return f"{expansions} expired expansion(s), {resolved} old resolved alert(s) deleted"
+
+            scheduler.add_leader_job("collect_usage", collect_usage, settings.usage.interval)
+            scheduler.add_instance_job("refresh_quota_alerts", alerts.refresh_job, settings.usage.interval)
+            scheduler.add_leader_job("quota_cleanup", quota_cleanup, QUOTA_CLEANUP_INTERVAL)
             scheduler.add_leader_job("compact_usage_history", usage.compact_job, settings.usage.compact_interval)
             scheduler.add_instance_job("refresh_usage", usage.refresh_job, settings.usage.interval)
             cache = TenantCache(platform)
@@ -137,7 +155,7 @@ def create_app(settings: Settings) -> Litestar:
             cache.on_invalidate(pools.invalidate)
             tenants.on_change(cache.invalidate)
             await cache.start()
-            metrics.bind(pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot)
+            metrics.bind(pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot, quotas=alerts)
             tenants.on_provisioned(metrics.observe_provisioning)
             app.state.platform = platform
             app.state.tenants = tenants
@@ -148,6 +166,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state[AUTH_STATE_KEY] = auth
             app.state[API_CALLS_STATE_KEY] = api_calls
             app.state[USAGE_STATE_KEY] = usage
+            app.state[QUOTA_ALERTS_STATE_KEY] = alerts
             scheduler.start()
             try:
                 yield

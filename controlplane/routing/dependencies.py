@@ -32,13 +32,13 @@ from controlplane.errors import PermissionDenied, ServerUnavailable, TenantUnava
 from controlplane.http.context import add_response_headers
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
-from controlplane.registry import repository as registry
 from controlplane.registry.models import QuotaType
 from controlplane.routing.cache import TenantCache
 from controlplane.routing.models import TenantContext, TenantRequest
 from controlplane.routing.resolver import admit, resolve, resolve_slug
 from controlplane.settings import Settings
 from controlplane.storage.local import LocalStorage
+from controlplane.usage import quotas
 from controlplane.usage.api_calls import ApiCalls
 
 #: ``app.state`` key of the ``TenantCache``.
@@ -87,14 +87,14 @@ async def _resolve(request: ASGIConnection[Any, Any, Any, Any], cache: TenantCac
 
 
 def quota_limits_for(platform: Platform, tenant_id: uuid.UUID) -> QuotaLimits:
-    """Looks one of the tenant's limits up in the registry when called.
+    """Looks one of the tenant's effective limits (configured + active expansions) up when called.
 
     Lazy, so that reads never touch the control database; only a create that checks a quota does.
     """
 
     async def limit_of(quota: QuotaType) -> int | None:
         async with platform.control.connection() as conn:
-            return await registry.get_quota_limit(conn, tenant_id, quota)
+            return await quotas.effective_limit(conn, tenant_id, quota)
 
     return limit_of
 

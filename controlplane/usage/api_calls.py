@@ -23,8 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 from controlplane.auth.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from controlplane.db import AsyncConn
 from controlplane.errors import TooManyRequests
-from controlplane.registry import repository as registry
 from controlplane.registry.models import QuotaType
+from controlplane.usage import quotas
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ApiCalls:
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._control.connection() as conn:
-            value = await registry.get_quota_limit(conn, tenant_id, QuotaType.API_CALLS_PER_HOUR)
+            value = await quotas.effective_limit(conn, tenant_id, QuotaType.API_CALLS_PER_HOUR)
         self._limits[tenant_id] = (value, now + LIMIT_TTL)
         return value
 

@@ -13,9 +13,7 @@ from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
 from controlplane.usage import operations
-from controlplane.usage.models import CollectionStats
 from controlplane.usage.operations import Health, MaintenanceResult, SlowQuery
-from controlplane.usage.service import USAGE_STATE_KEY, UsageService
 
 
 @get("/admin/tenants/{slug:str}/health", tags=["operations"], summary="Connect as the tenant and run SELECT 1, timed")
@@ -62,15 +60,4 @@ async def tenant_maintenance(
         return result
 
 
-@post(
-    "/admin/usage/collect",
-    status_code=200,
-    tags=["operations"],
-    summary="Run one usage collection now (full=true: scan every tenant, changed or not)",
-)
-async def collect_usage(request: Request[Any, Any, Any], full: FromQuery[bool] = False) -> CollectionStats:
-    usage: UsageService = request.app.state[USAGE_STATE_KEY]
-    return await usage.collect(full=full)
-
-
-OPERATIONS_HANDLERS = [tenant_health, tenant_slow_queries, tenant_maintenance, collect_usage]
+OPERATIONS_HANDLERS = [tenant_health, tenant_slow_queries, tenant_maintenance]

@@ -1,5 +1,6 @@
 """Admin HTTP face of quotas and capacity: alerts, limit overrides, storage expansions, usage, capacity.
 
+- ``POST /admin/usage/collect``: one usage collection now, then an alert evaluation.
 - ``GET /admin/alerts``: quota alert events (open / resolved / all), newest first, keyset pages.
 - ``PUT /admin/tenants/{slug}/quotas``: override limits (audited ``tenant.quotas.update``).
 - ``POST /admin/tenants/{slug}/quotas/storage-expansion``: temporary extra storage (audited
@@ -8,7 +9,7 @@
 - ``GET /admin/capacity``: quotas projected to be reached soon, upgrade recommendations, servers.
 
 After a limit change or an expansion the tenant's alerts are re-evaluated at once (through the app's
-``QuotaAlerts`` under ``app.state["quota_alerts"]`` when there is one, so ``/metrics`` follows).
+``QuotaAlerts`` under ``app.state["quota_alerts"]``, so ``/metrics`` follows).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import msgspec
 from litestar import Request, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from controlplane.audit.models import InvalidCursor
 from controlplane.audit.routes import audited
@@ -34,10 +35,11 @@ from controlplane.registry.models import SLUG_PATTERN, TIER_QUOTAS, QuotaType, T
 from controlplane.routing.dependencies import API_CALLS_STATE_KEY
 from controlplane.usage import capacity, quotas
 from controlplane.usage.api_calls import ApiCalls
+from controlplane.usage.models import CollectionStats
 from controlplane.usage.quotas import MAX_LIMIT, Alert, AlertState, Expansion, QuotaAlerts, QuotaStatus
 from controlplane.usage.service import USAGE_STATE_KEY, UsageService
 
-#: ``app.state`` key of the app's ``QuotaAlerts`` (optional: without it, changes still re-evaluate).
+#: ``app.state`` key of the app's ``QuotaAlerts``.
 QUOTA_ALERTS_STATE_KEY = "quota_alerts"
 
 _NO_NUL = r"^[^\x00]*$"
@@ -120,17 +122,13 @@ def _with_tier(statuses: list[QuotaStatus], tier: Tier) -> list[QuotaStatus]:
     return [msgspec.structs.replace(s, tier_limit=TIER_QUOTAS[tier].get(s.quota)) for s in statuses]
 
 
-async def _after_change(request: Request[Any, Any, Any], platform: Platform, tenant_id: uuid.UUID) -> None:
+async def _after_change(request: Request[Any, Any, Any], tenant_id: uuid.UUID) -> None:
     """Re-evaluate the tenant's alerts now, and drop this instance's cached API call limit."""
     calls = request.app.state.get(API_CALLS_STATE_KEY)
     if isinstance(calls, ApiCalls):
         calls.forget(tenant_id)
-    alerts = request.app.state.get(QUOTA_ALERTS_STATE_KEY)
-    if isinstance(alerts, QuotaAlerts):
-        await alerts.evaluate(tenant_id=tenant_id)
-        return
-    async with platform.control.connection() as conn:
-        await quotas.evaluate(conn, tenant_id=tenant_id)
+    alerts: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
+    await alerts.evaluate(tenant_id=tenant_id)
 
 
 def _snapshot_servers(state: State) -> dict[str, capacity.SnapshotServer] | None:
@@ -188,7 +186,7 @@ async def update_quotas(
             before = {q.quota_type: q.quota_limit for q in await registry.get_quotas(conn, tenant.id)}
             await quotas.set_limits(conn, tenant.id, limits)
         audit.details["previous"] = {q.value: before.get(q) for q in limits}
-        await _after_change(request, platform, tenant.id)
+        await _after_change(request, tenant.id)
         async with platform.control.connection() as conn:
             statuses = await quotas.quota_status(conn, tenant.id)
         return TenantQuotas(slug=tenant.slug, quotas=_with_tier(statuses, tenant.subscription_tier))
@@ -226,7 +224,7 @@ async def expand_storage(
             )
         audit.entity_id = expansion.id
         audit.details["expires_at"] = expansion.expires_at.isoformat()
-        await _after_change(request, platform, tenant.id)
+        await _after_change(request, tenant.id)
         async with platform.control.connection() as conn:
             statuses = _with_tier(await quotas.quota_status(conn, tenant.id), tenant.subscription_tier)
         storage = next(s for s in statuses if s.quota is QuotaType.STORAGE_BYTES)
@@ -311,5 +309,19 @@ async def capacity_overview(
         )
 
 
+@post(
+    "/admin/usage/collect",
+    status_code=200,
+    tags=["usage"],
+    summary="Run one usage collection now, then evaluate quota alerts (full=true: scan every tenant)",
+)
+async def collect_usage(request: Request[Any, Any, Any], full: FromQuery[bool] = False) -> CollectionStats:
+    usage: UsageService = request.app.state[USAGE_STATE_KEY]
+    alerts: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
+    stats = await usage.collect(full=full)
+    await alerts.evaluate()
+    return stats
+
+
 #: Handlers of ``/admin`` (behind ``admin_guard``).
-ADMIN_USAGE_HANDLERS = [list_alerts, update_quotas, expand_storage, tenant_usage, capacity_overview]
+ADMIN_USAGE_HANDLERS = [collect_usage, list_alerts, update_quotas, expand_storage, tenant_usage, capacity_overview]

@@ -50,6 +50,11 @@ ADMIN_ROUTES = [
     ("GET", "/admin/tenants/acme/slow-queries"),
     ("POST", "/admin/tenants/acme/maintenance"),
     ("POST", "/admin/usage/collect"),
+    ("GET", "/admin/alerts"),
+    ("GET", "/admin/capacity"),
+    ("PUT", "/admin/tenants/acme/quotas"),
+    ("POST", "/admin/tenants/acme/quotas/storage-expansion"),
+    ("GET", "/admin/tenants/acme/usage"),
 ]
 
 
