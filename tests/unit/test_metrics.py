@@ -522,7 +522,8 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
 
 
 def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
-    """``promtool test rules`` on synthetic series: quotas at 0.85 and 1.0, a stale collector, a failing
+    """``promtool test rules`` on synthetic series: quotas at 0.85 and 1.0 (a full users quota, a single-seat
+    plan's normal state, is only info), a stale collector, a failing
     job, connections near max_connections, pool budget, acquire timeouts."""
     # Annotations are for people; promtool would compare them too, so the copy under test has none.
     rules = yaml.safe_load((OPS / "alerts.yml").read_text())
@@ -535,6 +536,7 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
         {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="b"}', "values": "0.85x40"},
         {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="users",instance="a"}', "values": "1x40"},
         {"series": 'cardvault_tenant_quota_usage_ratio{tenant="calm",quota="cards",instance="a"}', "values": "0.5x40"},
+        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="full",quota="cards",instance="a"}', "values": "1x40"},
         # the last collection finished at t=0, every 60 s expected: stale after 180 s (+5 min for)
         {"series": 'cardvault_usage_last_collection_timestamp_seconds{job="cardvault",instance="a"}', "values": "0x40"},
         {"series": 'cardvault_usage_collection_interval_seconds{job="cardvault",instance="a"}', "values": "60x40"},
@@ -562,12 +564,15 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
                     {
                         "eval_time": "20m",
                         "alertname": "CardVaultTenantQuotaNearLimit",
-                        "exp_alerts": [{"exp_labels": ratio}],
+                        "exp_alerts": [
+                            {"exp_labels": ratio},
+                            {"exp_labels": {**ratio, "quota": "users"}},
+                        ],
                     },
                     {
                         "eval_time": "20m",
                         "alertname": "CardVaultTenantQuotaExhausted",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "acme", "quota": "users"}}],
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "full", "quota": "cards"}}],
                     },
                     {"eval_time": "3m", "alertname": "CardVaultUsageCollectionStale", "exp_alerts": []},
                     {
