@@ -54,7 +54,7 @@ from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.metrics import CardVaultMetrics
-from controlplane.usage.operations import run_maintenance_window
+from controlplane.usage.operations import HealthMonitor, run_maintenance_window
 from controlplane.usage.operations_routes import OPERATIONS_HANDLERS
 from controlplane.usage.quotas import QuotaAlerts, delete_expired_expansions, delete_resolved_alerts
 from controlplane.usage.routes import ADMIN_USAGE_HANDLERS, QUOTA_ALERTS_STATE_KEY
@@ -155,7 +155,11 @@ def create_app(settings: Settings) -> Litestar:
             cache.on_invalidate(pools.invalidate)
             tenants.on_change(cache.invalidate)
             await cache.start()
-            metrics.bind(pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot, quotas=alerts)
+            health = HealthMonitor(platform, cache, concurrency=settings.usage.concurrency)
+            scheduler.add_leader_job("tenant_health", health.job, settings.usage.health_interval)
+            metrics.bind(
+                pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot, quotas=alerts, health=health
+            )
             tenants.on_provisioned(metrics.observe_provisioning)
             app.state.platform = platform
             app.state.tenants = tenants

@@ -169,6 +169,9 @@ class UsageSettings:
     compact_interval: float = 86400.0
     #: Per-table series in /metrics (``CARDVAULT_METRICS_PER_TABLE``, 1/0): off for very large fleets.
     metrics_per_table: bool = True
+    #: Seconds between health checks of every active tenant on the leader (connect as its role,
+    #: ``SELECT 1``; ``CARDVAULT_HEALTH_INTERVAL``; 0 disables). ``concurrency`` bounds them too.
+    health_interval: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +224,7 @@ class Settings:
             daily_retention=get_duration("USAGE_DAILY_RETENTION", UsageSettings.daily_retention),
             compact_interval=get_duration("USAGE_COMPACT_INTERVAL", UsageSettings.compact_interval),
             metrics_per_table=get("METRICS_PER_TABLE", "1").lower() not in ("0", "false", "no", "off"),
+            health_interval=get_duration("HEALTH_INTERVAL", UsageSettings.health_interval),
         )
         if not usage.raw_retention <= usage.hourly_retention <= usage.daily_retention:
             raise ConfigError(

@@ -159,9 +159,7 @@ async def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], handler:
 async def metrics_endpoint(state: State) -> Response[bytes]:
     metrics: CardVaultMetrics = state[METRICS_STATE_KEY]
     live = metrics.render_live()  # here, on the event loop: its sources change there
-    snapshot = metrics.current_snapshot()
-    if metrics.snapshot_rendered(snapshot):
-        text = metrics.render_snapshot(snapshot)
-    else:  # a new snapshot: render its (per-tenant, possibly large) text once, off the event loop
-        text = await anyio.to_thread.run_sync(metrics.render_snapshot, snapshot)
+    text = metrics.cached_tenants_text()
+    if text is None:  # new sources: render the (per-tenant, possibly large) text once, off the event loop
+        text = await anyio.to_thread.run_sync(metrics.render_tenants)
     return Response(live + text, media_type=CONTENT_TYPE)

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from controlplane.pools.models import PoolStats
 from controlplane.registry.models import TIER_QUOTAS, TenantStatus, Tier
 from controlplane.scheduler.service import JobStats
-from controlplane.usage.models import CollectionStats, TenantUsage, UsageSnapshot
+from controlplane.usage.models import CollectionStats, FleetHealth, TenantUsage, UsageSnapshot
 
 #: Buckets of ``cardvault_provisioning_duration_seconds``: a clone takes well under a second, a
 #: provisioning that waits on a busy server several.
@@ -114,6 +114,21 @@ class QuotaSource(Protocol):
     def limits(self) -> Limits: ...
 
 
+class HealthSource(Protocol):
+    """``HealthMonitor``: its last round of tenant health checks, replaced whole."""
+
+    @property
+    def latest(self) -> FleetHealth | None: ...
+
+
+#: What the cached per-tenant text is built from; each part is replaced whole, never changed in place.
+_Sources = tuple[UsageSnapshot | None, Limits | None, FleetHealth | None]
+
+
+def _same(a: _Sources, b: _Sources) -> bool:
+    return all(x is y for x, y in zip(a, b, strict=True))
+
+
 class _Families(Collector):
     """A fixed list of families, so ``generate_latest`` can render any list of them."""
 
@@ -151,10 +166,11 @@ class CardVaultMetrics(Collector):
         self._cache: CacheSource | None = None
         self._jobs: JobSource | None = None
         self._quotas: QuotaSource | None = None
+        self._health: HealthSource | None = None
         self._others: list[Collector] = []
-        # (snapshot, limits, their families, the text): rebuilt only when the collectors publish a new
-        # snapshot or the quota limits are refreshed (both are replaced whole, never changed in place).
-        self._built: tuple[UsageSnapshot, Limits | None, list[Metric], bytes] | None = None
+        # (sources, their families, the text): rebuilt only when the collectors publish a new snapshot,
+        # the quota limits are refreshed or a health round ends.
+        self._built: tuple[_Sources, list[Metric], bytes] | None = None
         self._build_lock = threading.Lock()
         self._provisioning = {outcome: DurationHistogram(PROVISIONING_BUCKETS) for outcome in ("succeeded", "failed")}
         #: Everything ``/metrics`` exposes; ``generate_latest(registry)`` works too (all on the caller).
@@ -171,6 +187,7 @@ class CardVaultMetrics(Collector):
         cache: CacheSource | None = None,
         jobs: JobSource | None = None,
         quotas: QuotaSource | None = None,
+        health: HealthSource | None = None,
     ) -> None:
         """Attach the sources (in the app lifespan); only those given are replaced."""
         if snapshot is not None:
@@ -183,6 +200,8 @@ class CardVaultMetrics(Collector):
             self._jobs = jobs
         if quotas is not None:
             self._quotas = quotas
+        if health is not None:
+            self._health = health
 
     def register(self, collector: Collector) -> None:
         """Expose another collector's live families too (e.g. the HTTP middleware's)."""
@@ -195,31 +214,27 @@ class CardVaultMetrics(Collector):
     # -- collection -----------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        """Every family: live ones, then the current snapshot's (built once per snapshot)."""
+        """Every family: live ones, then the per-tenant ones (built once per change of their sources)."""
         yield from self.collect_live()
-        snapshot = self._snapshot()
-        if snapshot is not None:
-            yield from self._build(snapshot)[2]
+        yield from self._build()[1]
 
     def render(self) -> bytes:
-        """The exposition text (on the caller's thread; see ``render_live`` + ``render_snapshot``)."""
-        return self.render_live() + self.render_snapshot(self._snapshot())
+        """The exposition text (on the caller's thread; see ``render_live`` + ``render_tenants``)."""
+        return self.render_live() + self.render_tenants()
 
     def render_live(self) -> bytes:
         """Text of the live families; call it where their sources are mutated (the event loop)."""
         return render(list(self.collect_live()))
 
-    def current_snapshot(self) -> UsageSnapshot | None:
-        return self._snapshot()
-
-    def snapshot_rendered(self, snapshot: UsageSnapshot | None) -> bool:
-        """Whether ``render_snapshot(snapshot)`` would only return cached text."""
+    def cached_tenants_text(self) -> bytes | None:
+        """The per-tenant text if its sources have not changed since it was rendered, else None."""
         built = self._built
-        return snapshot is None or (built is not None and built[0] is snapshot and built[1] is self._limits())
+        return built[2] if built is not None and _same(built[0], self._sources()) else None
 
-    def render_snapshot(self, snapshot: UsageSnapshot | None) -> bytes:
-        """Text of a snapshot's families, rendered once per snapshot; safe in a worker thread."""
-        return b"" if snapshot is None else self._build(snapshot)[3]
+    def render_tenants(self) -> bytes:
+        """Text of the per-tenant families (snapshot, quota ratios, health), rendered once per change of
+        their sources; safe in a worker thread."""
+        return self._build()[2]
 
     def collect_live(self) -> Iterator[Metric]:
         if self._interval is not None:
@@ -254,19 +269,26 @@ class CardVaultMetrics(Collector):
         for other in self._others:
             yield from other.collect()
 
-    def _limits(self) -> Limits | None:
-        return self._quotas.limits if self._quotas is not None else None
+    def _sources(self) -> _Sources:
+        return (
+            self._snapshot(),
+            self._quotas.limits if self._quotas is not None else None,
+            self._health.latest if self._health is not None else None,
+        )
 
-    def _build(self, snapshot: UsageSnapshot) -> tuple[UsageSnapshot, Limits | None, list[Metric], bytes]:
-        limits = self._limits()
+    def _build(self) -> tuple[_Sources, list[Metric], bytes]:
+        sources = self._sources()
         built = self._built
-        if built is not None and built[0] is snapshot and built[1] is limits:
+        if built is not None and _same(built[0], sources):
             return built
-        with self._build_lock:  # two scrapes racing on a new snapshot build it once
+        with self._build_lock:  # two scrapes racing on new sources build them once
             built = self._built
-            if built is None or built[0] is not snapshot or built[1] is not limits:
-                families = list(_snapshot_families(snapshot, self.per_table, limits))
-                built = (snapshot, limits, families, render(families))
+            if built is None or not _same(built[0], sources):
+                snapshot, limits, health = sources
+                families = list(_snapshot_families(snapshot, self.per_table, limits)) if snapshot else []
+                if health is not None:
+                    families.extend(_health_families(health))
+                built = (sources, families, render(families))
                 self._built = built
         return built
 
@@ -436,3 +458,29 @@ def _server_families(snapshot: UsageSnapshot) -> Iterator[Metric]:
         connections.add_metric((name,), usage.connections)
         maximum.add_metric((name,), usage.max_connections)
     yield from (info, tenants, size, connections, maximum)
+
+
+def _health_families(health: FleetHealth) -> Iterator[Metric]:
+    tenant = ("tenant",)
+    up = GaugeMetricFamily("cardvault_tenant_up", "1 if the tenant's last health check succeeded", labels=tenant)
+    connect = GaugeMetricFamily(
+        "cardvault_tenant_health_connect_seconds", "Seconds to connect as the tenant's role", labels=tenant
+    )
+    query = GaugeMetricFamily("cardvault_tenant_health_query_seconds", "Seconds SELECT 1 took", labels=tenant)
+    for result in health.results:
+        up.add_metric((result.tenant,), 1.0 if result.ok else 0.0)
+        if result.connect_ms is not None:
+            connect.add_metric((result.tenant,), result.connect_ms / 1000)
+        if result.query_ms is not None:
+            query.add_metric((result.tenant,), result.query_ms / 1000)
+    yield from (up, connect, query)
+    yield _gauge(
+        "cardvault_tenant_health_last_check_timestamp_seconds",
+        "Unix time the last round of tenant health checks ended",
+        health.finished_at.timestamp(),
+    )
+    yield _gauge(
+        "cardvault_tenant_health_check_duration_seconds",
+        "Seconds the last round of tenant health checks took",
+        health.duration_seconds,
+    )

@@ -2,7 +2,8 @@
 
 - ``check_health``: a fresh connection *as the tenant's own role* (what a request would need) and a
   trivial query, both timed. Never through the request pools, so a check neither hides a broken
-  login behind a pooled connection nor takes a slot from traffic.
+  login behind a pooled connection nor takes a slot from traffic. ``HealthMonitor`` checks every
+  active tenant, a bounded number at once, as a leader job; ``/metrics`` exposes its last round.
 - ``slow_queries``: the tenant's top statements by total time from ``pg_stat_statements`` on its
   server, when the extension is loaded there (a clear 409 saying how to enable it when not).
 - ``maintain``: ``VACUUM (ANALYZE)`` or ``ANALYZE`` of tenant databases with bounded concurrency,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -25,20 +27,13 @@ from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
 from controlplane.routing.cache import TenantCache
+from controlplane.usage.models import FleetHealth, Health
 
 Maintenance = Literal["analyze", "vacuum"]
 
 
 class ExtensionMissing(Conflict):
     code = "extension_missing"
-
-
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    tenant: str
-    ok: bool
-    connect_ms: float | None
-    query_ms: float | None
-    error: str | None = None
 
 
 class SlowQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +73,38 @@ async def check_health(platform: Platform, cache: TenantCache, tenant: Tenant) -
     return Health(
         tenant=tenant.slug, ok=True, connect_ms=(connected - started) * 1000, query_ms=(done - connected) * 1000
     )
+
+
+class HealthMonitor:
+    """Health checks of every active tenant, ``concurrency`` at a time; ``latest`` is the last round."""
+
+    def __init__(self, platform: Platform, cache: TenantCache, *, concurrency: int) -> None:
+        self._platform = platform
+        self._cache = cache
+        self._gate = asyncio.Semaphore(concurrency)
+        #: The last finished round (None: none yet on this instance).
+        self.latest: FleetHealth | None = None
+
+    async def check(self) -> FleetHealth:
+        async with self._platform.control.connection() as conn:
+            active = await registry.list_tenants(conn, status=TenantStatus.ACTIVE)
+        started = time.perf_counter()
+
+        async def one(tenant: Tenant) -> Health:
+            async with self._gate:
+                return await check_health(self._platform, self._cache, tenant)
+
+        results = tuple(await asyncio.gather(*(one(t) for t in active)))
+        self.latest = FleetHealth(
+            finished_at=datetime.now(UTC), duration_seconds=time.perf_counter() - started, results=results
+        )
+        return self.latest
+
+    async def job(self) -> str:
+        round_ = await self.check()
+        failed = [h.tenant for h in round_.results if not h.ok]
+        named = f" ({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''})" if failed else ""
+        return f"{len(round_.results)} tenant(s) checked, {len(failed)} unhealthy{named}"
 
 
 async def slow_queries(platform: Platform, tenant: Tenant, limit: int) -> list[SlowQuery]:

@@ -13,7 +13,8 @@ from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
 from controlplane.usage import operations
-from controlplane.usage.operations import Health, MaintenanceResult, SlowQuery
+from controlplane.usage.models import Health
+from controlplane.usage.operations import MaintenanceResult, SlowQuery
 
 
 @get("/admin/tenants/{slug:str}/health", tags=["operations"], summary="Connect as the tenant and run SELECT 1, timed")

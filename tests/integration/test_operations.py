@@ -8,10 +8,13 @@ from typing import Any
 
 import psycopg
 from litestar.testing import AsyncTestClient
+from psycopg import sql
 
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
-from controlplane.usage.operations import maintenance_hour, run_maintenance_window
+from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
+from controlplane.usage.metrics import CardVaultMetrics
+from controlplane.usage.operations import HealthMonitor, maintenance_hour, run_maintenance_window
 from tests.integration.auth_support import create_tenant
 
 Client = AsyncTestClient[Any]
@@ -74,3 +77,34 @@ async def test_the_maintenance_window_takes_the_tenants_due_this_hour(client: Cl
     results = await run_maintenance_window(platform, hour, concurrency=2)
     assert sorted(r.tenant for r in results) == sorted(t.slug for t in tenants if maintenance_hour(t) == hour)
     assert all(r.ok and r.action == "vacuum" for r in results)
+
+
+async def test_health_round_checks_active_tenants_and_exports_them(
+    client: Client, platform: Platform, pg_admin_dsn: str
+) -> None:
+    """A round over the fleet: active tenants only, a tenant whose role cannot log in is down (and the
+    others are not), and ``/metrics`` exposes the round."""
+    for slug in ("acme", "beta", "gamma"):
+        await create_tenant(client, slug)
+    assert (await client.post("/admin/tenants/gamma/suspend")).status_code == 200
+    async with platform.control.connection() as conn:
+        beta = await registry.get_by_slug(conn, "beta")
+    assert beta is not None
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:  # broken behind the registry's back
+        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(beta.role_name)))
+
+    monitor = HealthMonitor(platform, client.app.state[TENANT_CACHE_STATE_KEY], concurrency=2)
+    assert await monitor.job() == "2 tenant(s) checked, 1 unhealthy (beta)"
+    assert monitor.latest is not None
+    by_slug = {h.tenant: h for h in monitor.latest.results}
+    assert set(by_slug) == {"acme", "beta"}
+    assert by_slug["acme"].ok and by_slug["acme"].connect_ms and by_slug["acme"].query_ms is not None
+    assert not by_slug["beta"].ok and by_slug["beta"].connect_ms is None and by_slug["beta"].error
+
+    metrics = CardVaultMetrics()
+    metrics.bind(health=monitor)
+    text = metrics.render().decode()
+    assert 'cardvault_tenant_up{tenant="acme"} 1.0' in text
+    assert 'cardvault_tenant_up{tenant="beta"} 0.0' in text
+    assert 'tenant="gamma"' not in text
+    assert 'cardvault_tenant_health_connect_seconds{tenant="beta"}' not in text

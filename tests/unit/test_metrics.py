@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from controlplane.scheduler.service import JobStats
 from controlplane.usage.metrics import CardVaultMetrics
 from controlplane.usage.models import (
     CollectionStats,
+    FleetHealth,
+    Health,
     ServerUsage,
     StorageUsage,
     TableUsage,
@@ -60,6 +61,11 @@ DOCUMENTED: dict[str, frozenset[str]] = {
     "cardvault_tenant_storage_files": frozenset({"tenant", "kind"}),
     "cardvault_tenant_quota_usage_ratio": frozenset({"tenant", "quota"}),
     "cardvault_quota_alerts_open": frozenset({"quota", "threshold"}),
+    "cardvault_tenant_up": frozenset({"tenant"}),
+    "cardvault_tenant_health_connect_seconds": frozenset({"tenant"}),
+    "cardvault_tenant_health_query_seconds": frozenset({"tenant"}),
+    "cardvault_tenant_health_last_check_timestamp_seconds": frozenset(),
+    "cardvault_tenant_health_check_duration_seconds": frozenset(),
     "cardvault_server_info": frozenset({"server", "status"}),
     "cardvault_server_tenants": frozenset({"server"}),
     "cardvault_server_database_bytes": frozenset({"server"}),
@@ -253,12 +259,37 @@ class FakeQuotas:
     limits: dict[uuid.UUID, dict[str, int | None]] = field(default_factory=dict)
 
 
+@dataclass
+class FakeHealth:
+    latest: FleetHealth | None
+
+
+def health_of(snapshot: UsageSnapshot | None) -> FakeHealth:
+    """A health round over the snapshot's tenants: every one up but the last, whose login failed (no
+    round before the first collection)."""
+    if snapshot is None:
+        return FakeHealth(None)
+    slugs = [u.slug for u in snapshot.tenants.values()]
+    results = tuple(
+        Health(tenant=slug, ok=True, connect_ms=3.0, query_ms=0.1)
+        if n < len(slugs) - 1
+        else Health(tenant=slug, ok=False, connect_ms=None, query_ms=None, error="role cannot log in")
+        for n, slug in enumerate(slugs)
+    )
+    return FakeHealth(FleetHealth(finished_at=datetime.now(UTC), duration_seconds=0.5, results=results))
+
+
 def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> tuple[CardVaultMetrics, HttpMetrics]:
     metrics = CardVaultMetrics(per_table=per_table, collection_interval=300.0)
     http = HttpMetrics()
     metrics.register(http)
     metrics.bind(
-        snapshot=lambda: snapshot, pools=FakePools(), cache=FakeCache(), jobs=FakeScheduler(), quotas=FakeQuotas()
+        snapshot=lambda: snapshot,
+        pools=FakePools(),
+        cache=FakeCache(),
+        jobs=FakeScheduler(),
+        quotas=FakeQuotas(),
+        health=health_of(snapshot),
     )
     http.observe("GET", "/t/{tenant_slug}/api/cards/{card_id}", 200, 0.0012)
     http.observe("POST", "/admin/tenants", 201, 0.3)
@@ -336,10 +367,10 @@ def test_quota_ratios_use_the_effective_limits_and_follow_their_refresh() -> Non
     assert samples(text, "cardvault_quota_alerts_open")[(("quota", "cards"), ("threshold", "80"))] == 1
     # QuotaAlerts refreshed: an override (or expansion) to 3,000 cards, users unlimited. Same snapshot.
     quotas.limits = {acme.tenant_id: {"cards": 3000, "users": None, "storage_bytes": 1024}}
-    assert not metrics.snapshot_rendered(snapshot)
+    assert metrics.cached_tenants_text() is None
     ratios = samples(metrics.render(), "cardvault_tenant_quota_usage_ratio")
     assert ratios == {ratio: 0.3}  # users unlimited: no ratio; no storage counter: no ratio
-    assert metrics.snapshot_rendered(snapshot)
+    assert metrics.cached_tenants_text() is not None
 
 
 def test_unanalysed_tables_have_no_row_series() -> None:
@@ -406,23 +437,19 @@ def no_database(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_scrape_of_1000_tenants_makes_no_database_call_and_renders_the_snapshot_once() -> None:
     snapshot = many_tenants(1000)
     metrics, _ = full_metrics(snapshot)
-    assert not metrics.snapshot_rendered(snapshot)
-    started = time.perf_counter()
+    assert metrics.cached_tenants_text() is None
     first = metrics.render()
-    first_took = time.perf_counter() - started
-    assert metrics.snapshot_rendered(snapshot)
-    started = time.perf_counter()
+    cached = metrics.cached_tenants_text()
+    assert cached is not None and cached in first  # a repeat scrape reuses this text
     second = metrics.render()
-    second_took = time.perf_counter() - started
     assert first == second
     assert len(samples(first, "cardvault_tenant_database_bytes")) == 1000
+    assert sum(samples(first, "cardvault_tenant_up").values()) == 999
     # Series per tenant are a fixed number whatever the tenant count: info, size, 2 per table,
-    # storage bytes and files per kind, and its limited quotas.
-    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3
+    # storage bytes and files per kind, its limited quotas, and up + 2 health latencies.
+    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3 + 3
     tenant_series = sum(len(f.samples) for name, f in families(first).items() if name.startswith("cardvault_tenant_"))
     assert tenant_series <= 1000 * per_tenant
-    # A repeat scrape of the same snapshot reuses its text: far cheaper than the first.
-    assert second_took < first_took
 
 
 @pytest.mark.usefixtures("no_database")
@@ -541,6 +568,8 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
         {"series": 'cardvault_usage_last_collection_timestamp_seconds{job="cardvault",instance="a"}', "values": "0x40"},
         {"series": 'cardvault_usage_collection_interval_seconds{job="cardvault",instance="a"}', "values": "60x40"},
         {"series": 'cardvault_job_failing{job="reconcile",instance="a"}', "values": "1x40"},
+        {"series": 'cardvault_tenant_up{tenant="acme",instance="a"}', "values": "1x40"},
+        {"series": 'cardvault_tenant_up{tenant="broken",instance="a"}', "values": "0x40"},
         {"series": 'cardvault_job_failing{job="flush_api_calls",instance="a"}', "values": "0x40"},
         {"series": 'cardvault_server_connections{server="db1",instance="a"}', "values": "90x40"},
         {"series": 'cardvault_server_max_connections{server="db1",instance="a"}', "values": "100x40"},
@@ -573,6 +602,12 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
                         "eval_time": "20m",
                         "alertname": "CardVaultTenantQuotaExhausted",
                         "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "full", "quota": "cards"}}],
+                    },
+                    {"eval_time": "5m", "alertname": "CardVaultTenantDown", "exp_alerts": []},
+                    {
+                        "eval_time": "15m",
+                        "alertname": "CardVaultTenantDown",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "broken"}}],
                     },
                     {"eval_time": "3m", "alertname": "CardVaultUsageCollectionStale", "exp_alerts": []},
                     {

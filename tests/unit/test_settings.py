@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from controlplane.errors import ConfigError
+from controlplane.localpg import BINDIR_ENV
 from controlplane.settings import ProvisioningSettings, Settings, UsageSettings, parse_duration
 
 
@@ -127,6 +129,7 @@ def test_usage_defaults() -> None:
     assert (usage.interval, usage.concurrency, usage.rescan_after) == (300.0, 4, 3600.0)
     assert (usage.raw_retention, usage.hourly_retention, usage.daily_retention) == (7 * 86400, 90 * 86400, 400 * 86400)
     assert usage.compact_interval == 86400
+    assert (usage.health_interval, usage.metrics_per_table) == (300.0, True)
 
 
 def test_every_usage_variable_is_read() -> None:
@@ -138,6 +141,8 @@ def test_every_usage_variable_is_read() -> None:
         "CARDVAULT_USAGE_HOURLY_RETENTION": "30d",
         "CARDVAULT_USAGE_DAILY_RETENTION": "365d",
         "CARDVAULT_USAGE_COMPACT_INTERVAL": "6h",
+        "CARDVAULT_HEALTH_INTERVAL": "2m",
+        "CARDVAULT_METRICS_PER_TABLE": "off",
     }
     assert Settings.from_env(env).usage == UsageSettings(
         interval=60.0,
@@ -147,6 +152,8 @@ def test_every_usage_variable_is_read() -> None:
         hourly_retention=30 * 86400.0,
         daily_retention=365 * 86400.0,
         compact_interval=6 * 3600.0,
+        health_interval=120.0,
+        metrics_per_table=False,
     )
 
 
@@ -162,3 +169,14 @@ def test_every_usage_variable_is_read() -> None:
 def test_bad_usage_values_are_a_config_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_the_readme_documents_every_variable() -> None:
+    """Every ``CARDVAULT_*`` name ``Settings.from_env`` reads (and the local cluster's binaries) is in the
+    README's configuration table."""
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "controlplane" / "settings.py").read_text()
+    names = {f"CARDVAULT_{n}" for n in re.findall(r'get[a-z_]*\(\s*"([A-Z0-9_]+)"', source)} | {BINDIR_ENV}
+    assert len(names) > 40  # the pattern still finds the reads
+    readme = (root / "README.md").read_text()
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []
