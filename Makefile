@@ -10,7 +10,7 @@ DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv constraints run test lint format bench bench-collect clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-collect clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
@@ -24,6 +24,23 @@ help:
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
 
 install .venv: $(VENV)/.installed
+
+# Debian packages the tests start or call: PostgreSQL, Redis (shared rate limits), Prometheus (promtool
+# and a real scrape). Installed with apt-get when missing and running as root; otherwise named.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || [ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	else \
+		echo "warning: missing system packages:$$missing (as root: apt-get install$$missing); tests that need them fail" >&2; \
+	fi
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
@@ -50,7 +67,7 @@ run: install
 	url=$$($(BIN)/python -m controlplane.localpg start --data-dir "$(DATA_DIR)") || exit $$?; \
 	CARDVAULT_DATABASE_URL="$$url" exec $(BIN)/cardvault serve
 
-test: install
+test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict controlplane

@@ -15,10 +15,11 @@ Provisions N tenants on one server through ``TenantService``, then:
     (~2 MB of card notes inserted into each through a superuser connection, then CHECKPOINT): seconds and
     tenants scanned (floors: exactly the 10 grown tenants scanned, in < 5 s);
 (3) ``GET /metrics`` of the real service (``cardvault serve`` with ``CARDVAULT_USAGE_INTERVAL=0`` and
-    ``CARDVAULT_RECONCILE_INTERVAL=0``, so only this run collects) after ``POST /admin/usage/collect?full=true``:
-    the first scrape (renders the new snapshot) and ``--scrapes`` sequential scrapes on one keep-alive
-    connection with the scrape token: p50/p99 and response size (floor: p50 < 50 ms); then the same with
-    ``CARDVAULT_METRICS_PER_TABLE=0``.
+    ``CARDVAULT_RECONCILE_INTERVAL=0``, so only this run collects) after ``POST /admin/usage/collect?full=true``
+    and the leader's first tenant health round (``CARDVAULT_HEALTH_INTERVAL`` long enough that no second
+    round runs during the scrapes): the first scrape (renders the new snapshot) and ``--scrapes`` sequential
+    scrapes on one keep-alive connection with the scrape token: p50/p99 and response size (floor: p50 <
+    50 ms); then the same with ``CARDVAULT_METRICS_PER_TABLE=0``.
 
 Exits 1 if a floor is violated. Without ``--dsn`` a private PostgreSQL cluster with default (durable)
 settings is started under a temporary directory and destroyed at the end; with ``--dsn`` (a superuser DSN)
@@ -31,19 +32,17 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ctypes
 import dataclasses
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,20 @@ from psycopg.rows import dict_row
 SELF = Path(__file__).resolve()
 ROOT = SELF.parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    HOST,
+    die_with_parent,
+    drop_leftovers,
+    free_port,
+    machine_busy,
+    pct,
+    server_env,
+    stop_immediately,
+    tail,
+    terminate_as_interrupt,
+)
 
 from controlplane import db  # noqa: E402
 from controlplane.fleet import repository as fleet_repository  # noqa: E402
@@ -80,7 +93,6 @@ from controlplane.usage.collector import (  # noqa: E402
 from controlplane.usage.models import CollectionStats  # noqa: E402
 from controlplane.usage.service import UsageService  # noqa: E402
 
-HOST = "127.0.0.1"
 #: Tenants grown before the incremental cycle, and how much each grows (card notes, incompressible text).
 GROWN_TENANTS = 10
 GROWTH_BYTES = 2_000_000
@@ -89,6 +101,10 @@ GROWTH_ROWS = 20
 MAX_FULL_RATIO = 1.5
 MAX_INCREMENTAL_SECONDS = 5.0
 MAX_METRICS_P50_MS = 50.0
+#: The service's tenant health interval: its first round comes this long after start, the next only
+#: after the collection and the scrapes that follow it.
+HEALTH_INTERVAL_SECONDS = 30.0
+HEALTH_MARK = b"cardvault_tenant_health_last_check_timestamp_seconds "
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -99,18 +115,6 @@ class Tenant:
     slug: str
     tenant_id: uuid.UUID
     database_name: str
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
 
 
 class MachineCpu:
@@ -129,32 +133,6 @@ class MachineCpu:
 def load_text() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return "(no log)"
-
-
-def server_env(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without any CARDVAULT_* setting of the caller, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
-    env.update(extra)
-    return env
 
 
 @dataclasses.dataclass
@@ -181,7 +159,7 @@ def start_service(env: dict[str, str], home: Path, name: str) -> Service:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             cwd=ROOT,
         )
     service = Service(proc, port, log)
@@ -309,14 +287,21 @@ class Scrapes:
 
 def scrape(service: Service, admin_token: str, metrics_token: str, count: int, label: str) -> Scrapes:
     """``POST /admin/usage/collect?full=true``, one first scrape, then ``count`` timed ones on one connection."""
+    headers = {"Authorization": f"Bearer {metrics_token}"}
     with httpx.Client(base_url=service.url(""), timeout=600) as client:
+        # First the leader's first tenant health round (every tenant's cardvault_tenant_up), so that the
+        # scrapes below expose it too; the next round is due after them.
+        deadline = time.monotonic() + HEALTH_INTERVAL_SECONDS * 3
+        while HEALTH_MARK not in client.get("/metrics", headers=headers).content:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no tenant health round within {HEALTH_INTERVAL_SECONDS * 3:.0f} s")
+            time.sleep(0.5)
         t0 = time.perf_counter()
         answer = client.post("/admin/usage/collect?full=true", headers={"Authorization": f"Bearer {admin_token}"})
         collect_seconds = time.perf_counter() - t0
         if answer.status_code != 200:
             raise RuntimeError(f"POST /admin/usage/collect -> {answer.status_code}: {answer.text[:300]}")
         stats = answer.json()
-        headers = {"Authorization": f"Bearer {metrics_token}"}
         t0 = time.perf_counter()
         first = client.get("/metrics", headers=headers)
         first_ms = (time.perf_counter() - t0) * 1000
@@ -478,6 +463,8 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             "CARDVAULT_USAGE_INTERVAL": "0",
             "CARDVAULT_USAGE_CONCURRENCY": str(args.concurrency),
             "CARDVAULT_RECONCILE_INTERVAL": "0",
+            # A round soon after start, then none during the scrapes (they take a few seconds).
+            "CARDVAULT_HEALTH_INTERVAL": f"{HEALTH_INTERVAL_SECONDS:.0f}s",
             "CARDVAULT_LOG_LEVEL": "WARNING",
         }
         print(
@@ -561,67 +548,10 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             stop_service(service)
         if args.dsn:  # a private cluster is destroyed whole
             try:
-                _drop_leftovers(admin, server_dsn, control_db, template, drop_group_role=not group_role_existed)
+                drop_leftovers(admin, server_dsn, control_db, template, drop_group_role=not group_role_existed)
             except Exception as exc:
                 print(f"warning: cleanup incomplete ({exc}); drop t_* of run {run_id} by hand", file=sys.stderr)
         admin.close()
-
-
-def _drop_leftovers(
-    admin: psycopg.Connection[Any], server_dsn: str, control_db: str, template: str, *, drop_group_role: bool
-) -> None:
-    """Drop every tenant database and role this run made (known from its ledger), the template, the registry,
-    and the tenants' group role if this run created it."""
-    exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (control_db,)).fetchone()
-    if exists:
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(db.with_database(server_dsn, control_db), autocommit=True) as control,
-        ):
-            ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]
-            for tenant_id in ids:
-                name = sql.Identifier(f"t_{tenant_id.hex}")
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
-    if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
-        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(control_db)))
-    if drop_group_role:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(TENANT_GROUP_ROLE)))
-
-
-def stop_immediately(cluster_home: Path | None) -> None:
-    """Immediate shutdown (SIGQUIT) of a throwaway cluster: no shutdown checkpoint of 1,000 fresh databases."""
-    if cluster_home is None:
-        return
-    try:
-        pid = int((cluster_home / "data" / "postmaster.pid").read_text().splitlines()[0])
-        os.kill(pid, signal.SIGQUIT)
-    except (OSError, IndexError, ValueError):
-        return
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so the cleanup in ``finally`` runs."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main() -> None:

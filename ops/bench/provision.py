@@ -33,6 +33,9 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import drop_leftovers, pct  # noqa: E402
 
 from controlplane import db  # noqa: E402
 from controlplane.localpg import LocalCluster  # noqa: E402
@@ -64,11 +67,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("ALTER TABLE cards DROP COLUMN bench_grade")
 '''
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def line(label: str, values: list[float]) -> str:
@@ -179,25 +177,9 @@ async def bench(args: argparse.Namespace, server_dsn: str) -> None:
     finally:
         for name in raw_names:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        _drop_leftovers(admin, server_dsn, control_db, template)
+        drop_leftovers(admin, server_dsn, control_db, template)
         admin.close()
         shutil.rmtree(schema_copy, ignore_errors=True)
-
-
-def _drop_leftovers(
-    admin: psycopg.Connection[tuple[object, ...]], server_dsn: str, control_db: str, template: str
-) -> None:
-    """Drop every tenant database and role this run made (known from its ledger), the template, the registry."""
-    with psycopg.connect(db.with_database(server_dsn, control_db), autocommit=True) as control:
-        ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]
-    for tenant_id in ids:
-        name = sql.Identifier(f"t_{tenant_id.hex}")
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
-    if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
-        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(control_db)))
 
 
 def main() -> None:

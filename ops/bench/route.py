@@ -37,13 +37,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,15 +50,27 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 SELF = Path(__file__).resolve()
 ROOT = SELF.parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HOST = "127.0.0.1"
+from harness import (  # noqa: E402
+    HOST,
+    die_with_parent,
+    drop_leftovers,
+    free_port,
+    machine_busy,
+    server_env,
+    stop_immediately,
+    tail,
+    terminate_as_interrupt,
+)
+
 #: ``application_name`` of the baseline's connections (the service's are ``cardvault-tenant``).
 BASELINE_APP_NAME = "cvbench-baseline"
 #: Marker of the one result line every load generator prints.
@@ -227,26 +237,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 # -------------------------------------------------------------------------------- server processes
 
 
@@ -254,7 +244,7 @@ def start_server(name: str, argv: Sequence[str], env: dict[str, str], home: Path
     log = home / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            list(argv), env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd=ROOT
+            list(argv), env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, cwd=ROOT
         )
     return Server(name, proc, port, log)
 
@@ -274,12 +264,6 @@ def wait_ready(server: Server, timeout: float = 90.0) -> None:
     raise RuntimeError(f"{server.name} server not ready after {timeout:.0f} s:\n{tail(server.log)}")
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return "(no log)"
-
-
 def stop_server(server: Server) -> None:
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)  # uvicorn: graceful shutdown, lifespan closes the pools
@@ -288,13 +272,6 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait(5)
-
-
-def server_env(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without any CARDVAULT_* setting of the caller, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
-    env.update(extra)
-    return env
 
 
 class RoutedStats:
@@ -929,71 +906,10 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             print(f"servers stopped in {time.perf_counter() - stopping:.1f} s", file=sys.stderr)
         if args.dsn:  # a private cluster is destroyed whole
             try:
-                _drop_leftovers(admin, server_dsn, control_db, template, drop_group_role=not group_role_existed)
+                drop_leftovers(admin, server_dsn, control_db, template, drop_group_role=not group_role_existed)
             except Exception as exc:
                 print(f"warning: cleanup incomplete ({exc}); drop t_* of run {run_id} by hand", file=sys.stderr)
         admin.close()
-
-
-def _drop_leftovers(admin: Any, server_dsn: str, control_db: str, template: str, *, drop_group_role: bool) -> None:
-    """Drop every tenant database and role this run made (known from its ledger), the template, the registry,
-    and the tenants' group role if this run created it."""
-    import psycopg
-    from psycopg import sql
-
-    from controlplane import db
-    from controlplane.provisioning.catalog import TENANT_GROUP_ROLE
-
-    exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (control_db,)).fetchone()
-    if exists:
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(db.with_database(server_dsn, control_db), autocommit=True) as control,
-        ):
-            ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]
-            for tenant_id in ids:
-                name = sql.Identifier(f"t_{tenant_id.hex}")
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
-    if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
-        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(control_db)))
-    if drop_group_role:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(TENANT_GROUP_ROLE)))
-
-
-def stop_immediately(cluster_home: Path | None) -> None:
-    """Immediate shutdown (SIGQUIT) of a throwaway cluster: no shutdown checkpoint of 1,000 fresh databases."""
-    if cluster_home is None:
-        return
-    try:
-        pid = int((cluster_home / "data" / "postmaster.pid").read_text().splitlines()[0])
-        os.kill(pid, signal.SIGQUIT)
-    except (OSError, IndexError, ValueError):
-        return
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so the cleanup in ``finally`` runs."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main() -> None:

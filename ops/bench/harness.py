@@ -1,0 +1,121 @@
+"""What the benchmarks in ``ops/bench`` share: machine CPU, ports, child processes, signals and clean-up.
+
+Standard library only at import time (``route.py`` runs load generators and a baseline server in
+subprocesses that must start light); ``drop_leftovers`` imports psycopg and the control plane when called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def die_with_parent() -> None:
+    """In a child: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+def server_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any CARDVAULT_* setting of the caller, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
+    env.update(extra)
+    return env
+
+
+def drop_leftovers(
+    admin: Any, server_dsn: str, control_db: str, template: str, *, drop_group_role: bool = False
+) -> None:
+    """Drop every tenant database and role this run made (known from its ledger), the template, the registry,
+    and the tenants' group role if this run created it (``drop_group_role``)."""
+    import psycopg
+    from psycopg import sql
+
+    from controlplane import db
+    from controlplane.provisioning.catalog import TENANT_GROUP_ROLE
+
+    exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (control_db,)).fetchone()
+    if exists:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(db.with_database(server_dsn, control_db), autocommit=True) as control,
+        ):
+            ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]
+            for tenant_id in ids:
+                name = sql.Identifier(f"t_{tenant_id.hex}")
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+    if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
+        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(control_db)))
+    if drop_group_role:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(TENANT_GROUP_ROLE)))
+
+
+def stop_immediately(cluster_home: Path | None) -> None:
+    """Immediate shutdown (SIGQUIT) of a throwaway cluster: no shutdown checkpoint of 1,000 fresh databases."""
+    if cluster_home is None:
+        return
+    try:
+        pid = int((cluster_home / "data" / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGQUIT)
+    except (OSError, IndexError, ValueError):
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the cleanup in ``finally`` runs."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
