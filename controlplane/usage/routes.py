@@ -33,7 +33,7 @@ from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, TIER_QUOTAS, QuotaType, Tenant, TenantStatus, Tier
 from controlplane.routing.dependencies import API_CALLS_STATE_KEY
-from controlplane.usage import capacity, quotas
+from controlplane.usage import capacity, quotas, trends
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.models import CollectionStats
 from controlplane.usage.quotas import MAX_LIMIT, Alert, AlertState, Expansion, QuotaAlerts, QuotaStatus
@@ -96,8 +96,8 @@ class TenantUsageView(msgspec.Struct, kw_only=True):
     #: Per metric, averaged per bucket, oldest first.
     history: dict[str, list[HistoryPoint]]
     window_days: int
-    projections: list[capacity.Projection]
-    recommendation: capacity.Recommendation | None
+    projections: list[trends.Projection]
+    recommendation: trends.Recommendation | None
     alerts: list[Alert]
 
 
@@ -253,14 +253,14 @@ async def tenant_usage(
         alerts = await quotas.list_alerts(conn, state=AlertState.OPEN, tenant_id=tenant.id, limit=100)
     by_quota = {s.quota: s for s in statuses}
     current = dict(latest)
-    for metric, quota in capacity.METRIC_QUOTAS.items():
+    for metric, quota in trends.METRIC_QUOTAS.items():
         if quota in by_quota:
             current[metric] = float(by_quota[quota].usage)
     limits = {s.quota: s.effective_limit for s in statuses}
-    projections = capacity.projections(points, current, limits, now)
+    projections = trends.projections(points, current, limits, now)
     growth = {
-        quota: (by_quota[quota].usage, capacity.trend(points[metric]))
-        for metric, quota in capacity.METRIC_QUOTAS.items()
+        quota: (by_quota[quota].usage, trends.trend(points[metric]))
+        for metric, quota in trends.METRIC_QUOTAS.items()
         if quota in by_quota
     }
     return TenantUsageView(
@@ -278,9 +278,9 @@ async def tenant_usage(
         history_days=days,
         bucket_seconds=int(bucket.total_seconds()),
         history={m: [HistoryPoint(at, value) for at, value in series] for m, series in history.items()},
-        window_days=capacity.TREND_WINDOW_DAYS,
+        window_days=trends.TREND_WINDOW_DAYS,
         projections=projections,
-        recommendation=capacity.recommend(tenant.subscription_tier, growth),
+        recommendation=trends.recommend(tenant.subscription_tier, growth),
         alerts=alerts,
     )
 

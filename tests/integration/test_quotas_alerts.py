@@ -35,7 +35,7 @@ from controlplane.migrations.alembic_runner import registry_scripts
 from controlplane.platform import Platform
 from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
 from controlplane.settings import ProvisioningSettings, Settings, UsageSettings
-from controlplane.usage import capacity, quotas
+from controlplane.usage import capacity, quotas, trends
 from controlplane.usage.quotas import ChangeKind
 from tests.conftest import ADMIN_TOKEN, Served, make_settings
 from tests.integration.auth_support import TenantAdmin, create_tenant
@@ -538,7 +538,7 @@ async def test_sql_and_python_trends_agree(client: Client, platform: Platform, c
         series = await capacity.trend_points(conn, acme.id)
     assert set(fleet) == {"storage_bytes", "cards"}
     for metric, sql_fit in fleet.items():
-        python_fit = capacity.trend(series[metric])
+        python_fit = trends.trend(series[metric])
         assert sql_fit is not None and python_fit is not None
         assert python_fit.points == sql_fit.points == len(series[metric])
         assert python_fit.slope_per_day == pytest.approx(sql_fit.slope_per_day, rel=1e-6)

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
-from controlplane.usage import capacity
-from controlplane.usage.capacity import Trend, days_until, history_bucket, next_tier, recommend, trend
+from controlplane.usage import trends
+from controlplane.usage.capacity import HISTORY_POINTS, history_bucket
+from controlplane.usage.trends import Trend, days_until, next_tier, recommend, trend
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 GIB = 1024**3
@@ -96,9 +97,9 @@ def test_days_until() -> None:
 
 
 def test_projected_at() -> None:
-    assert capacity.projected_at(T0, 2.5) == T0 + timedelta(days=2.5)
-    assert capacity.projected_at(T0, None) is None
-    assert capacity.projected_at(T0, 1e12) is None  # no OverflowError
+    assert trends.projected_at(T0, 2.5) == T0 + timedelta(days=2.5)
+    assert trends.projected_at(T0, None) is None
+    assert trends.projected_at(T0, 1e12) is None  # no OverflowError
 
 
 def test_history_bucket() -> None:
@@ -106,7 +107,7 @@ def test_history_bucket() -> None:
     assert history_bucket(30) == timedelta(hours=4)
     assert history_bucket(400) == timedelta(hours=48)
     for days in (1, 7, 30, 90, 400):
-        assert days * 24 / (history_bucket(days).total_seconds() / 3600) <= capacity.HISTORY_POINTS
+        assert days * 24 / (history_bucket(days).total_seconds() / 3600) <= HISTORY_POINTS
 
 
 # -- recommendations --------------------------------------------------------------------------------
@@ -170,8 +171,8 @@ def test_soonest_quota_first_and_top_tier() -> None:
 def test_projections_use_quota_limits() -> None:
     points = {"cards": line(10.0, 0.0), "database_bytes": line(1000.0, 8e6)}
     current = {"cards": 290.0, "database_bytes": 8.03e6}
-    out = {p.metric: p for p in capacity.projections(points, current, {QuotaType.CARDS: 1000}, T0)}
-    assert set(out) == set(capacity.METRICS)
+    out = {p.metric: p for p in trends.projections(points, current, {QuotaType.CARDS: 1000}, T0)}
+    assert set(out) == set(trends.METRICS)
     assert out["cards"].days_until == pytest.approx(71.0)
     assert out["cards"].projected_at == T0 + timedelta(days=71)
     assert out["database_bytes"].quota is None and out["database_bytes"].days_until is None
