@@ -52,11 +52,12 @@ from controlplane.routing.dependencies import (
 )
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
+from controlplane.usage.alerts import QuotaAlerts, delete_resolved_alerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.metrics import CardVaultMetrics
 from controlplane.usage.operations import HealthMonitor, run_maintenance_window
 from controlplane.usage.operations_routes import OPERATIONS_HANDLERS
-from controlplane.usage.quotas import QuotaAlerts, delete_expired_expansions, delete_resolved_alerts
+from controlplane.usage.quotas import delete_expired_expansions
 from controlplane.usage.routes import ADMIN_USAGE_HANDLERS, QUOTA_ALERTS_STATE_KEY
 from controlplane.usage.service import USAGE_STATE_KEY, UsageService
 

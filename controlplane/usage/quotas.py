@@ -1,35 +1,25 @@
-"""Quotas as the platform manages them: effective limits, alert events, admin overrides, expansions.
+"""Quotas as the platform manages them: effective limits, admin overrides, temporary expansions.
 
 - **Effective limit** of a quota = its ``tenant_quotas.quota_limit`` (None: unlimited) plus every
   ``quota_expansions`` row of that tenant and quota whose ``expires_at`` is still ahead
   (``effective_limit``). Expired expansions stop counting by themselves; ``delete_expired_expansions``
-  is the clean-up for a leader job.
-- **Alerts** (``evaluate``): for every tenant and limited quota, usage = ``current_usage`` (written by
-  the collectors) against the effective limit. Reaching 80 % or 100 % opens an alert event in
-  ``quota_alerts``; while the condition holds the open row is updated (usage, limit), never
-  duplicated (a partial unique index on open alerts); when usage falls below the threshold (or the
-  limit is raised, or lifted) the alert is resolved. Usage 0 never alerts, so a zero limit on an
-  unused quota is quiet. Tenants provisioning or being deleted are not evaluated (their open alerts
-  resolve). One SQL statement covers every tenant, whatever their number.
+  is the clean-up for a leader job. Enforcement, the API call limiter and ``alerts`` all use it.
 - **Admin overrides**: ``parse_limits`` validates ``{quota_type: limit | None}``; the limits are
   written with ``registry.set_quotas`` (a later tier change resets them to the tier's defaults).
 
-``QuotaAlerts`` runs ``evaluate`` on the control pool and keeps, in memory, the open alerts per
-(quota, threshold) and every tenant's effective limits, for ``/metrics``. Callers own transactions.
+Callers own transactions.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from controlplane.db import AsyncConn
 from controlplane.errors import ValidationFailed
@@ -38,13 +28,9 @@ from controlplane.registry.models import QuotaType
 
 log = logging.getLogger(__name__)
 
-#: Percentages of the effective limit at which an alert opens.
-THRESHOLDS = (80, 100)
 #: Largest limit (and expansion) an admin may set: far below bigint, so sums never overflow.
 MAX_LIMIT = 2**62
 _BIGINT_MAX = 2**63 - 1
-#: Alert events logged one by one per evaluation; beyond, only counted.
-_LOGGED_CHANGES = 20
 
 
 def _effective(one: bool) -> sql.Composed:
@@ -74,74 +60,10 @@ def _effective(one: bool) -> sql.Composed:
     )
 
 
-def _evaluate(one: bool) -> sql.Composed:
-    """Measure, find the breached thresholds, resolve open alerts that no longer hold, upsert the rest."""
-    return sql.SQL(
-        """
-        WITH measured AS (
-            SELECT e.tenant_id, e.quota_type, e.usage, e.effective_limit AS quota_limit
-              FROM ({effective}) e
-              JOIN tenants t ON t.id = e.tenant_id
-             WHERE e.effective_limit IS NOT NULL AND t.status IN ('active', 'suspended', 'broken')
-        ),
-        breached AS (
-            SELECT m.tenant_id, m.quota_type, th.threshold, m.usage, m.quota_limit
-              FROM measured m CROSS JOIN unnest(%(thresholds)s::smallint[]) AS th (threshold)
-             WHERE m.usage > 0 AND m.usage::numeric * 100 >= m.quota_limit::numeric * th.threshold
-        ),
-        resolved AS (
-            UPDATE quota_alerts a
-               SET state = 'resolved', resolved_at = now(), updated_at = now(),
-                   usage = coalesce((SELECT m.usage FROM measured m
-                                      WHERE m.tenant_id = a.tenant_id AND m.quota_type = a.quota_type), a.usage)
-             WHERE a.state = 'open' {alert_filter}
-               AND NOT EXISTS (SELECT 1 FROM breached b
-                                WHERE b.tenant_id = a.tenant_id AND b.quota_type = a.quota_type
-                                  AND b.threshold = a.threshold)
-            RETURNING a.id, a.tenant_id, a.quota_type, a.threshold, a.usage, a.quota_limit, 'resolved' AS kind
-        ),
-        upserted AS (
-            INSERT INTO quota_alerts AS a (tenant_id, quota_type, threshold, usage, quota_limit)
-            SELECT tenant_id, quota_type, threshold, usage, quota_limit FROM breached
-            ON CONFLICT (tenant_id, quota_type, threshold) WHERE state = 'open'
-            DO UPDATE SET usage = EXCLUDED.usage, quota_limit = EXCLUDED.quota_limit, updated_at = now()
-             WHERE (a.usage, a.quota_limit) IS DISTINCT FROM (EXCLUDED.usage, EXCLUDED.quota_limit)
-            RETURNING a.id, a.tenant_id, a.quota_type, a.threshold, a.usage, a.quota_limit,
-                      CASE WHEN a.xmax = 0 THEN 'opened' ELSE 'updated' END AS kind
-        )
-        SELECT c.*, t.slug
-          FROM (SELECT * FROM resolved UNION ALL SELECT * FROM upserted) c
-          JOIN tenants t ON t.id = c.tenant_id
-         ORDER BY t.slug, c.quota_type, c.threshold
-        """
-    ).format(effective=_effective(one), alert_filter=sql.SQL("AND a.tenant_id = %(tenant)s" if one else ""))
-
-
-# Built once: the fleet-wide and the one-tenant variant of each (the latter uses the tenant's indexes).
-_EFFECTIVE = {False: _effective(False), True: _effective(True)}
-_EVALUATE = {False: _evaluate(False), True: _evaluate(True)}
+# Built once: the fleet-wide and the one-tenant variant (the latter uses the tenant's indexes).
+EFFECTIVE = {False: _effective(False), True: _effective(True)}
 #: Every tenant's quotas: tenant_id, quota_type, quota_limit, usage, extra, effective_limit (for joins).
-EFFECTIVE_QUOTAS = _EFFECTIVE[False]
-
-
-class ChangeKind(enum.StrEnum):
-    OPENED = "opened"
-    #: Still open; its usage or limit changed.
-    UPDATED = "updated"
-    RESOLVED = "resolved"
-
-
-class AlertChange(msgspec.Struct, frozen=True, kw_only=True):
-    """What one evaluation did to one alert."""
-
-    kind: ChangeKind
-    alert_id: int
-    tenant_id: uuid.UUID
-    slug: str
-    quota: QuotaType
-    threshold: int
-    usage: int
-    limit: int
+EFFECTIVE_QUOTAS = EFFECTIVE[False]
 
 
 class QuotaStatus(msgspec.Struct, kw_only=True):
@@ -170,31 +92,6 @@ class Expansion(msgspec.Struct, kw_only=True):
     expires_at: datetime
     created_at: datetime
     created_by: str
-
-
-class AlertState(enum.StrEnum):
-    OPEN = "open"
-    RESOLVED = "resolved"
-    #: Listing filter only: both.
-    ALL = "all"
-
-
-class Alert(msgspec.Struct, kw_only=True):
-    """One alert event: opened when usage reached ``threshold`` % of the effective limit."""
-
-    id: int
-    tenant_id: uuid.UUID
-    tenant_slug: str
-    quota: QuotaType
-    threshold: int
-    state: AlertState
-    #: Usage and effective limit at the last evaluation that touched the alert.
-    usage: int
-    limit: int
-    ratio: float | None
-    opened_at: datetime
-    resolved_at: datetime | None
-    updated_at: datetime
 
 
 def ratio(usage: int, limit: int | None) -> float | None:
@@ -226,7 +123,7 @@ async def effective_limit(conn: AsyncConn, tenant_id: uuid.UUID, quota: QuotaTyp
 
     A drop-in for ``registry.get_quota_limit`` (same arguments, same meaning of None).
     """
-    query = sql.SQL("SELECT effective_limit FROM ({}) e WHERE e.quota_type = %(quota)s").format(_EFFECTIVE[True])
+    query = sql.SQL("SELECT effective_limit FROM ({}) e WHERE e.quota_type = %(quota)s").format(EFFECTIVE[True])
     cur = await conn.execute(query, {"tenant": tenant_id, "quota": quota.value})
     row = await cur.fetchone()
     return int(row["effective_limit"]) if row and row["effective_limit"] is not None else None
@@ -234,7 +131,7 @@ async def effective_limit(conn: AsyncConn, tenant_id: uuid.UUID, quota: QuotaTyp
 
 async def quota_status(conn: AsyncConn, tenant_id: uuid.UUID) -> list[QuotaStatus]:
     """Every quota of the tenant with usage, expansion, effective limit and ratio."""
-    cur = await conn.execute(sql.SQL("{} ORDER BY q.quota_type").format(_EFFECTIVE[True]), {"tenant": tenant_id})
+    cur = await conn.execute(sql.SQL("{} ORDER BY q.quota_type").format(EFFECTIVE[True]), {"tenant": tenant_id})
     return [
         QuotaStatus(
             quota=QuotaType(r["quota_type"]),
@@ -250,7 +147,7 @@ async def quota_status(conn: AsyncConn, tenant_id: uuid.UUID) -> list[QuotaStatu
 
 async def effective_limits(conn: AsyncConn) -> dict[uuid.UUID, dict[str, int | None]]:
     """Every tenant's effective limits by quota name, in one query."""
-    cur = await conn.execute(_EFFECTIVE[False])
+    cur = await conn.execute(EFFECTIVE[False])
     out: dict[uuid.UUID, dict[str, int | None]] = {}
     for r in await cur.fetchall():
         out.setdefault(r["tenant_id"], {})[r["quota_type"]] = r["effective_limit"]
@@ -320,160 +217,3 @@ async def delete_expired_expansions(conn: AsyncConn, *, grace: timedelta = timed
     """
     cur = await conn.execute("DELETE FROM quota_expansions WHERE expires_at < now() - %s", (grace,))
     return cur.rowcount
-
-
-# -- alerts ------------------------------------------------------------------------------------------
-
-
-async def evaluate(conn: AsyncConn, *, tenant_id: uuid.UUID | None = None) -> list[AlertChange]:
-    """Open, update and resolve alerts of every tenant (or only ``tenant_id``) in one statement.
-
-    Returns what changed: alerts opened, open alerts whose usage or limit moved, alerts resolved.
-    Safe to run concurrently with itself (the open-alert index arbitrates).
-    """
-    cur = await conn.execute(_EVALUATE[tenant_id is not None], {"tenant": tenant_id, "thresholds": list(THRESHOLDS)})
-    return [
-        AlertChange(
-            kind=ChangeKind(r["kind"]),
-            alert_id=r["id"],
-            tenant_id=r["tenant_id"],
-            slug=r["slug"],
-            quota=QuotaType(r["quota_type"]),
-            threshold=r["threshold"],
-            usage=r["usage"],
-            limit=r["quota_limit"],
-        )
-        for r in await cur.fetchall()
-    ]
-
-
-async def list_alerts(
-    conn: AsyncConn,
-    *,
-    state: AlertState = AlertState.OPEN,
-    tenant_id: uuid.UUID | None = None,
-    before_id: int | None = None,
-    limit: int = 100,
-) -> list[Alert]:
-    """Alerts newest first (by id), filtered; ``before_id`` is the keyset cursor."""
-    where: list[sql.Composable] = [sql.SQL("TRUE")]
-    params: list[Any] = []
-    if state is not AlertState.ALL:
-        where.append(sql.SQL("a.state = %s"))
-        params.append(state.value)
-    if tenant_id is not None:
-        where.append(sql.SQL("a.tenant_id = %s"))
-        params.append(tenant_id)
-    if before_id is not None:
-        where.append(sql.SQL("a.id < %s"))
-        params.append(before_id)
-    query = sql.SQL(
-        """
-        SELECT a.*, t.slug FROM quota_alerts a JOIN tenants t ON t.id = a.tenant_id
-         WHERE {} ORDER BY a.id DESC LIMIT %s
-        """
-    ).format(sql.SQL(" AND ").join(where))
-    cur = await conn.execute(query, [*params, limit])
-    return [
-        Alert(
-            id=r["id"],
-            tenant_id=r["tenant_id"],
-            tenant_slug=r["slug"],
-            quota=QuotaType(r["quota_type"]),
-            threshold=r["threshold"],
-            state=AlertState(r["state"]),
-            usage=r["usage"],
-            limit=r["quota_limit"],
-            ratio=ratio(r["usage"], r["quota_limit"]),
-            opened_at=r["opened_at"],
-            resolved_at=r["resolved_at"],
-            updated_at=r["updated_at"],
-        )
-        for r in await cur.fetchall()
-    ]
-
-
-async def delete_resolved_alerts(conn: AsyncConn, *, older_than: timedelta = timedelta(days=90)) -> int:
-    """Delete alerts resolved more than ``older_than`` ago (history retention, for a leader job)."""
-    cur = await conn.execute(
-        "DELETE FROM quota_alerts WHERE state = 'resolved' AND resolved_at < now() - %s", (older_than,)
-    )
-    return cur.rowcount
-
-
-async def open_counts(conn: AsyncConn) -> dict[tuple[str, int], int]:
-    """Open alerts per (quota, threshold); every pair present (0 when none), so gauges never vanish."""
-    counts = {(q.value, t): 0 for q in QuotaType for t in THRESHOLDS}
-    cur = await conn.execute(
-        "SELECT quota_type, threshold, count(*) AS n FROM quota_alerts WHERE state = 'open' GROUP BY 1, 2"
-    )
-    for r in await cur.fetchall():
-        counts[(r["quota_type"], int(r["threshold"]))] = int(r["n"])
-    return counts
-
-
-def describe(changes: list[AlertChange], counts: Mapping[tuple[str, int], int]) -> str:
-    """The one outcome line of an evaluation."""
-    by_kind = {kind: sum(c.kind is kind for c in changes) for kind in ChangeKind}
-    return (
-        f"quota alerts: {by_kind[ChangeKind.OPENED]} opened, {by_kind[ChangeKind.RESOLVED]} resolved, "
-        f"{by_kind[ChangeKind.UPDATED]} updated; {sum(counts.values())} open"
-    )
-
-
-class QuotaAlerts:
-    """Evaluates alerts on the control pool and keeps the latest fleet-wide view in memory.
-
-    ``open_counts`` (open alerts per (quota, threshold)) and ``limits_of`` (a tenant's effective limits)
-    are what ``/metrics`` reads; both are replaced whole after each ``evaluate()`` / ``refresh()``.
-    Run ``job`` on the leader after every usage collection, ``refresh_job`` on the other instances.
-    """
-
-    def __init__(self, control: AsyncConnectionPool[AsyncConn]) -> None:
-        self._control = control
-        self.open_counts: dict[tuple[str, int], int] = {(q.value, t): 0 for q in QuotaType for t in THRESHOLDS}
-        self.limits: dict[uuid.UUID, dict[str, int | None]] = {}
-        #: When the last evaluation or refresh finished (None: never).
-        self.refreshed_at: datetime | None = None
-
-    def limits_of(self, tenant_id: uuid.UUID) -> Mapping[str, int | None]:
-        """The tenant's effective limits by quota name, as of the last refresh (empty if unknown)."""
-        return self.limits.get(tenant_id, {})
-
-    async def evaluate(self, *, tenant_id: uuid.UUID | None = None) -> list[AlertChange]:
-        """``evaluate`` (all tenants, or one) then refresh the in-memory view; logs opened/resolved alerts."""
-        async with self._control.connection() as conn:
-            changes = await evaluate(conn, tenant_id=tenant_id)
-            await self._refresh(conn)
-        events = [c for c in changes if c.kind is not ChangeKind.UPDATED]
-        for change in events[:_LOGGED_CHANGES]:
-            log.info(
-                "quota alert %s: tenant %s %s at %d%% (%d of %d)",
-                change.kind.value,
-                change.slug,
-                change.quota.value,
-                change.threshold,
-                change.usage,
-                change.limit,
-            )
-        if len(events) > _LOGGED_CHANGES:
-            log.info("quota alerts: %d more opened or resolved", len(events) - _LOGGED_CHANGES)
-        return changes
-
-    async def refresh(self) -> None:
-        """Reload the in-memory view without evaluating (instances that are not the leader)."""
-        async with self._control.connection() as conn:
-            await self._refresh(conn)
-
-    async def _refresh(self, conn: AsyncConn) -> None:
-        counts = await open_counts(conn)
-        limits = await effective_limits(conn)
-        self.open_counts, self.limits = counts, limits
-        self.refreshed_at = datetime.now(UTC)
-
-    async def job(self) -> str:
-        return describe(await self.evaluate(), self.open_counts)
-
-    async def refresh_job(self) -> str:
-        await self.refresh()
-        return f"quota alerts: {sum(self.open_counts.values())} open"

@@ -33,10 +33,11 @@ from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, TIER_QUOTAS, QuotaType, Tenant, TenantStatus, Tier
 from controlplane.routing.dependencies import API_CALLS_STATE_KEY
-from controlplane.usage import capacity, quotas, trends
+from controlplane.usage import alerts, capacity, quotas, trends
+from controlplane.usage.alerts import Alert, AlertState, QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.models import CollectionStats
-from controlplane.usage.quotas import MAX_LIMIT, Alert, AlertState, Expansion, QuotaAlerts, QuotaStatus
+from controlplane.usage.quotas import MAX_LIMIT, Expansion, QuotaStatus
 from controlplane.usage.service import USAGE_STATE_KEY, UsageService
 
 #: ``app.state`` key of the app's ``QuotaAlerts``.
@@ -127,8 +128,8 @@ async def _after_change(request: Request[Any, Any, Any], tenant_id: uuid.UUID) -
     calls = request.app.state.get(API_CALLS_STATE_KEY)
     if isinstance(calls, ApiCalls):
         calls.forget(tenant_id)
-    alerts: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
-    await alerts.evaluate(tenant_id=tenant_id)
+    evaluator: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
+    await evaluator.evaluate(tenant_id=tenant_id)
 
 
 def _snapshot_servers(state: State) -> dict[str, capacity.SnapshotServer] | None:
@@ -163,7 +164,7 @@ async def list_alerts(
         before = int(cursor)
     async with platform.control.connection() as conn:
         tenant_id = (await _tenant(conn, tenant)).id if tenant is not None else None
-        items = await quotas.list_alerts(
+        items = await alerts.list_alerts(
             conn, state=alert_state, tenant_id=tenant_id, before_id=before, limit=limit + 1
         )
     more = len(items) > limit
@@ -250,7 +251,7 @@ async def tenant_usage(
         history = await capacity.history(conn, tenant.id, days=days, bucket=bucket)
         points = await capacity.trend_points(conn, tenant.id)
         latest = await capacity.latest_values(conn, tenant.id)
-        alerts = await quotas.list_alerts(conn, state=AlertState.OPEN, tenant_id=tenant.id, limit=100)
+        open_alerts = await alerts.list_alerts(conn, state=AlertState.OPEN, tenant_id=tenant.id, limit=100)
     by_quota = {s.quota: s for s in statuses}
     current = dict(latest)
     for metric, quota in trends.METRIC_QUOTAS.items():
@@ -281,7 +282,7 @@ async def tenant_usage(
         window_days=trends.TREND_WINDOW_DAYS,
         projections=projections,
         recommendation=trends.recommend(tenant.subscription_tier, growth),
-        alerts=alerts,
+        alerts=open_alerts,
     )
 
 
@@ -317,9 +318,9 @@ async def capacity_overview(
 )
 async def collect_usage(request: Request[Any, Any, Any], full: FromQuery[bool] = False) -> CollectionStats:
     usage: UsageService = request.app.state[USAGE_STATE_KEY]
-    alerts: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
+    evaluator: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
     stats = await usage.collect(full=full)
-    await alerts.evaluate()
+    await evaluator.evaluate()
     return stats
 
 

@@ -35,8 +35,8 @@ from controlplane.migrations.alembic_runner import registry_scripts
 from controlplane.platform import Platform
 from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
 from controlplane.settings import ProvisioningSettings, Settings, UsageSettings
-from controlplane.usage import capacity, quotas, trends
-from controlplane.usage.quotas import ChangeKind
+from controlplane.usage import alerts, capacity, quotas, trends
+from controlplane.usage.alerts import ChangeKind
 from tests.conftest import ADMIN_TOKEN, Served, make_settings
 from tests.integration.auth_support import TenantAdmin, create_tenant
 from tests.integration.test_admin_api import _schemathesis, selected
@@ -76,9 +76,9 @@ async def alert_rows(control: psycopg.AsyncConnection[Any], tenant_id: uuid.UUID
     return await cur.fetchall()
 
 
-async def evaluate(platform: Platform, tenant_id: uuid.UUID | None = None) -> list[quotas.AlertChange]:
+async def evaluate(platform: Platform, tenant_id: uuid.UUID | None = None) -> list[alerts.AlertChange]:
     async with platform.control.connection() as conn:
-        return await quotas.evaluate(conn, tenant_id=tenant_id)
+        return await alerts.evaluate(conn, tenant_id=tenant_id)
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -152,8 +152,8 @@ async def test_a_collection_measures_evaluates_and_exports_alerts(client: Client
 
     assert (await client.post("/admin/usage/collect")).status_code == 200
     # (Each starter tenant's one admin is also 100 % of its users quota of 1: alerts, not asserted here.)
-    alerts = [a for a in (await client.get("/admin/alerts")).json()["items"] if a["quota"] == "cards"]
-    assert sorted((a["tenant_slug"], a["quota"], a["threshold"], a["usage"], a["limit"]) for a in alerts) == [
+    cards = [a for a in (await client.get("/admin/alerts")).json()["items"] if a["quota"] == "cards"]
+    assert sorted((a["tenant_slug"], a["quota"], a["threshold"], a["usage"], a["limit"]) for a in cards) == [
         ("acme", "cards", 80, 2, 2),
         ("acme", "cards", 100, 2, 2),
     ]
@@ -229,15 +229,15 @@ async def test_concurrent_evaluations_do_not_duplicate(client: Client, platform:
 async def test_quota_alerts_keeps_counts_and_limits(client: Client, platform: Platform, control: Any) -> None:
     acme = await create_tenant(client, "acme", "starter")
     await set_usage(control, acme.id, "storage_bytes", GIB)
-    alerts = quotas.QuotaAlerts(platform.control)
-    assert alerts.open_counts[("storage_bytes", 100)] == 0
-    line = await alerts.job()
+    evaluator = alerts.QuotaAlerts(platform.control)
+    assert evaluator.open_counts[("storage_bytes", 100)] == 0
+    line = await evaluator.job()
     assert line == "quota alerts: 2 opened, 0 resolved, 0 updated; 2 open"
-    assert alerts.open_counts[("storage_bytes", 80)] == alerts.open_counts[("storage_bytes", 100)] == 1
-    assert sum(alerts.open_counts.values()) == 2 and len(alerts.open_counts) == 8
-    assert alerts.limits_of(acme.id)["storage_bytes"] == GIB
-    assert alerts.limits_of(uuid.uuid4()) == {}
-    assert await alerts.refresh_job() == "quota alerts: 2 open"
+    assert evaluator.open_counts[("storage_bytes", 80)] == evaluator.open_counts[("storage_bytes", 100)] == 1
+    assert sum(evaluator.open_counts.values()) == 2 and len(evaluator.open_counts) == 8
+    assert evaluator.limits_of(acme.id)["storage_bytes"] == GIB
+    assert evaluator.limits_of(uuid.uuid4()) == {}
+    assert await evaluator.refresh_job() == "quota alerts: 2 open"
 
 
 async def test_alert_listing_pages_and_filters(client: Client, platform: Platform, control: Any) -> None:
@@ -357,7 +357,7 @@ async def test_storage_expansion_raises_the_effective_limit_until_it_expires(
     await control.execute("UPDATE quota_expansions SET expires_at = now() - interval '1 second'")
     async with platform.control.connection() as conn:
         assert await quotas.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 1000
-        assert {c.threshold for c in await quotas.evaluate(conn)} == {80, 100}
+        assert {c.threshold for c in await alerts.evaluate(conn)} == {80, 100}
         assert await quotas.delete_expired_expansions(conn) == 0  # within the grace
         assert await quotas.delete_expired_expansions(conn, grace=timedelta(0)) == 2
     cur = await control.execute(
@@ -621,11 +621,11 @@ async def test_evaluate_covers_a_large_fleet_in_one_statement(
             return await original(query, *args, **kwargs)
 
         conn.execute = counting  # type: ignore[method-assign]
-        changes = await quotas.evaluate(conn)
+        changes = await alerts.evaluate(conn)
         assert len(statements) == 1
         assert len(changes) == expected > 1000
-        assert await quotas.evaluate(conn) == []
-        counts = await quotas.open_counts(conn)
+        assert await alerts.evaluate(conn) == []
+        counts = await alerts.open_counts(conn)
     assert sum(counts.values()) == expected
 
 
