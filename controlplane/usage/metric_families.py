@@ -1,0 +1,223 @@
+"""The metric families of ``/metrics``, built from plain values (no I/O): ``CardVaultMetrics`` calls these.
+
+*Live* families (pools, registry cache, jobs) are built at each scrape; *per-tenant* families (the usage
+snapshot, quota ratios, servers, the last collection, tenant health) once per change of their sources.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from controlplane.pools.models import PoolStats
+from controlplane.registry.models import TIER_QUOTAS, TenantStatus, Tier
+from controlplane.scheduler.service import JobStats
+from controlplane.usage.models import CollectionStats, FleetHealth, TenantUsage, UsageSnapshot
+
+#: Effective quota limits by tenant id, then quota name (None: unlimited).
+Limits = Mapping[uuid.UUID, Mapping[str, int | None]]
+
+_TIER_LIMITS: dict[str, dict[str, int | None]] = {
+    tier.value: {quota.value: limit for quota, limit in limits.items()} for tier, limits in TIER_QUOTAS.items()
+}
+
+
+def quota_limits(usage: TenantUsage, limits: Limits | None) -> Mapping[str, int | None]:
+    """The tenant's effective limits when known, else its tier's (what provisioning writes)."""
+    known = limits.get(usage.tenant_id) if limits is not None else None
+    return known if known is not None else _TIER_LIMITS.get(usage.tier, {})
+
+
+# -- live families ----------------------------------------------------------------------------------
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def pool_families(s: PoolStats) -> Iterator[Metric]:
+    yield counter("cardvault_pool_hits_total", "Tenant requests served by a pool already open", s.hits)
+    yield counter("cardvault_pool_misses_total", "Tenant requests that had to create a pool", s.misses)
+    yield counter("cardvault_pool_evictions_total", "Pools evicted for capacity or the budget", s.evictions)
+    yield counter("cardvault_pool_invalidations_total", "Pools dropped by a tenant change", s.invalidations)
+    yield gauge("cardvault_pool_open", "Tenant pools open (including evicted ones draining)", s.open_pools)
+    yield gauge("cardvault_pool_capacity", "Tenant pools open at most (LRU capacity)", s.capacity)
+    yield gauge("cardvault_pool_connections", "Tenant connections held or being opened", s.connections_open)
+    yield gauge("cardvault_pool_connections_in_use", "Tenant connections checked out", s.connections_in_use)
+    yield gauge("cardvault_pool_connections_idle", "Tenant connections idle in pools", s.connections_idle)
+    yield gauge("cardvault_pool_connection_budget", "Tenant connections across all pools at most", s.budget)
+    yield gauge("cardvault_pool_requests_waiting", "Requests waiting for a tenant connection", s.requests_waiting)
+
+
+_CACHE_COUNTERS = (
+    ("hits", "Tenant lookups answered from memory"),
+    ("negative_hits", "Unknown-slug lookups answered from memory"),
+    ("misses", "Tenant lookups that read the registry"),
+    ("credential_hits", "Tenant credentials answered from memory"),
+    ("credential_misses", "Tenant credentials read from the registry"),
+    ("invalidations", "Registry cache invalidations (notifications and local changes)"),
+    ("resets", "Whole registry cache clears (listen connection lost)"),
+    ("reconnects", "Registry cache listen connections re-established"),
+)
+
+
+def cache_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
+    for key, doc in _CACHE_COUNTERS:
+        yield counter(f"cardvault_registry_cache_{key}_total", doc, float(snap.get(key, 0)))
+    yield gauge(
+        "cardvault_registry_cache_listening",
+        "1 while the registry cache receives change notifications (and so caches)",
+        1.0 if snap.get("listening") else 0.0,
+    )
+    entries = GaugeMetricFamily("cardvault_registry_cache_entries", "Registry cache entries", labels=("kind",))
+    for kind in ("tenants", "credentials"):
+        entries.add_metric((kind,), float(snap.get(kind, 0)))
+    yield entries
+
+
+def job_families(jobs: Mapping[str, JobStats]) -> Iterator[Metric]:
+    label = ("job",)
+    runs = CounterMetricFamily("cardvault_job_runs_total", "Job runs started on this replica", labels=label)
+    failures = CounterMetricFamily("cardvault_job_failures_total", "Job runs that raised", labels=label)
+    failing = GaugeMetricFamily("cardvault_job_failing", "1 when the job's last run failed", labels=label)
+    success = GaugeMetricFamily(
+        "cardvault_job_last_success_timestamp_seconds", "Unix time of the job's last successful run", labels=label
+    )
+    duration = GaugeMetricFamily(
+        "cardvault_job_last_duration_seconds", "Seconds the job's last successful run took", labels=label
+    )
+    for name, stats in sorted(jobs.items()):
+        runs.add_metric((name,), stats.runs)
+        failures.add_metric((name,), stats.failures)
+        failing.add_metric((name,), 1.0 if stats.last_error is not None else 0.0)
+        if stats.last_success is not None:
+            success.add_metric((name,), stats.last_success)
+        if stats.last_duration is not None:
+            duration.add_metric((name,), stats.last_duration)
+    yield from (runs, failures, failing, success, duration)
+
+
+# -- snapshot families ------------------------------------------------------------------------------
+
+
+def snapshot_families(snapshot: UsageSnapshot, per_table: bool, all_limits: Limits | None) -> Iterator[Metric]:
+    tenant = ("tenant",)
+    counts: dict[tuple[str, str], int] = {(s.value, t.value): 0 for s in TenantStatus for t in Tier}
+    info = GaugeMetricFamily(
+        "cardvault_tenant_info",
+        "1 per tenant, with its tier, status and server",
+        labels=("tenant", "tier", "status", "server"),
+    )
+    database = GaugeMetricFamily(
+        "cardvault_tenant_database_bytes", "Size of the tenant's database (pg_database_size)", labels=tenant
+    )
+    table_bytes = GaugeMetricFamily(
+        "cardvault_tenant_table_bytes", "Size of a tenant table with indexes and TOAST", labels=("tenant", "table")
+    )
+    table_rows = GaugeMetricFamily(
+        "cardvault_tenant_table_rows", "Planner estimate of a tenant table's rows", labels=("tenant", "table")
+    )
+    storage_bytes = GaugeMetricFamily(
+        "cardvault_tenant_storage_bytes", "Bytes of the tenant's stored objects by kind", labels=("tenant", "kind")
+    )
+    storage_files = GaugeMetricFamily(
+        "cardvault_tenant_storage_files", "Number of the tenant's stored objects by kind", labels=("tenant", "kind")
+    )
+    quota_ratio = GaugeMetricFamily(
+        "cardvault_tenant_quota_usage_ratio",
+        "Usage / limit of each limited quota",
+        labels=("tenant", "quota"),
+    )
+    for usage in snapshot.tenants.values():
+        slug = usage.slug
+        counts[(usage.status, usage.tier)] = counts.get((usage.status, usage.tier), 0) + 1
+        info.add_metric((slug, usage.tier, usage.status, usage.server), 1.0)
+        database.add_metric((slug,), usage.database_bytes)
+        if per_table:
+            for table in usage.tables:
+                table_bytes.add_metric((slug, table.table), table.total_bytes)
+                if table.row_estimate >= 0:  # -1: never analysed, unknown rather than empty
+                    table_rows.add_metric((slug, table.table), table.row_estimate)
+        for kind, stored in usage.storage.items():
+            storage_bytes.add_metric((slug, kind), stored.bytes)
+            storage_files.add_metric((slug, kind), stored.files)
+        limits = quota_limits(usage, all_limits)
+        for quota, used in usage.counters.items():
+            limit = limits.get(quota)
+            if limit:  # None: unlimited; 0 would make every use infinitely over
+                quota_ratio.add_metric((slug, quota), used / limit)
+    tenants = GaugeMetricFamily(
+        "cardvault_tenants", "Tenants by status and tier (at the last collection)", labels=("status", "tier")
+    )
+    for (status, tier), count in sorted(counts.items()):
+        tenants.add_metric((status, tier), count)
+    yield tenants
+    yield from (info, database)
+    if per_table:
+        yield from (table_bytes, table_rows)
+    yield from (storage_bytes, storage_files, quota_ratio)
+    yield from _server_families(snapshot)
+    if snapshot.last is not None:
+        yield from _collection_families(snapshot.last)
+
+
+def _collection_families(last: CollectionStats) -> Iterator[Metric]:
+    prefix = "cardvault_usage_collection"
+    finished = last.started_at.timestamp() + last.duration_seconds
+    yield gauge("cardvault_usage_last_collection_timestamp_seconds", "Unix time the last collection ended", finished)
+    yield gauge(f"{prefix}_duration_seconds", "Seconds the last collection took", last.duration_seconds)
+    yield gauge(f"{prefix}_tenants", "Tenants measured by the last collection", last.tenants)
+    yield gauge(f"{prefix}_scanned_tenants", "Tenants whose tables the last collection scanned", last.scanned)
+    yield gauge(f"{prefix}_failed_tenants", "Tenants the last collection failed to measure", last.failed)
+    yield gauge(f"{prefix}_servers", "Database servers the last collection read", last.servers)
+    yield gauge(f"{prefix}_failed_servers", "Database servers the last collection could not reach", last.failed_servers)
+
+
+def _server_families(snapshot: UsageSnapshot) -> Iterator[Metric]:
+    server = ("server",)
+    info = GaugeMetricFamily("cardvault_server_info", "1 per database server: its status", labels=("server", "status"))
+    tenants = GaugeMetricFamily("cardvault_server_tenants", "Tenants placed on the server", labels=server)
+    size = GaugeMetricFamily("cardvault_server_database_bytes", "Bytes of the server's tenant databases", labels=server)
+    connections = GaugeMetricFamily("cardvault_server_connections", "Backends connected to the server", labels=server)
+    maximum = GaugeMetricFamily("cardvault_server_max_connections", "The server's max_connections", labels=server)
+    for name, usage in sorted(snapshot.servers.items()):
+        info.add_metric((name, usage.status), 1.0)
+        tenants.add_metric((name,), usage.tenants)
+        size.add_metric((name,), usage.database_bytes)
+        connections.add_metric((name,), usage.connections)
+        maximum.add_metric((name,), usage.max_connections)
+    yield from (info, tenants, size, connections, maximum)
+
+
+def health_families(health: FleetHealth) -> Iterator[Metric]:
+    tenant = ("tenant",)
+    up = GaugeMetricFamily("cardvault_tenant_up", "1 if the tenant's last health check succeeded", labels=tenant)
+    connect = GaugeMetricFamily(
+        "cardvault_tenant_health_connect_seconds", "Seconds to connect as the tenant's role", labels=tenant
+    )
+    query = GaugeMetricFamily("cardvault_tenant_health_query_seconds", "Seconds SELECT 1 took", labels=tenant)
+    for result in health.results:
+        up.add_metric((result.tenant,), 1.0 if result.ok else 0.0)
+        if result.connect_ms is not None:
+            connect.add_metric((result.tenant,), result.connect_ms / 1000)
+        if result.query_ms is not None:
+            query.add_metric((result.tenant,), result.query_ms / 1000)
+    yield from (up, connect, query)
+    yield gauge(
+        "cardvault_tenant_health_last_check_timestamp_seconds",
+        "Unix time the last round of tenant health checks ended",
+        health.finished_at.timestamp(),
+    )
+    yield gauge(
+        "cardvault_tenant_health_check_duration_seconds",
+        "Seconds the last round of tenant health checks took",
+        health.duration_seconds,
+    )
