@@ -34,12 +34,10 @@ import base64
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -63,10 +61,9 @@ from harness import (  # noqa: E402
     free_port,
     machine_busy,
     pct,
+    run,
     server_env,
-    stop_immediately,
     tail,
-    terminate_as_interrupt,
 )
 
 from controlplane import db  # noqa: E402
@@ -573,34 +570,7 @@ def main() -> None:
     if args.concurrency < 1 or args.provision_concurrency < 1:
         parser.error("--concurrency and --provision-concurrency must be >= 1")
 
-    with terminate_as_interrupt():
-        started = time.perf_counter()
-        home = Path(tempfile.mkdtemp(prefix="cvcollect-", dir="/var/tmp"))
-        home.chmod(0o711)
-        status = 1
-        try:
-            if args.dsn:
-                status = asyncio.run(bench(args, args.dsn, home))
-            else:
-                from controlplane.localpg import LocalCluster
-
-                cluster = LocalCluster(home / "pg")
-                try:
-                    status = asyncio.run(bench(args, cluster.ensure_running(), home))
-                finally:
-                    cleanup_started = time.perf_counter()
-                    stop_immediately(cluster.home)
-                    cluster.destroy()
-                    print(
-                        f"private cluster destroyed in {time.perf_counter() - cleanup_started:.1f} s", file=sys.stderr
-                    )
-        except KeyboardInterrupt:
-            print("interrupted: cleaned up", file=sys.stderr)
-            status = 130
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-            print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    sys.exit(status)
+    run("cvcollect-", args.dsn, lambda server_dsn, home: bench(args, server_dsn, home))
 
 
 if __name__ == "__main__":

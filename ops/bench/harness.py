@@ -6,15 +6,19 @@ subprocesses that must start light); ``drop_leftovers`` imports psycopg and the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 HOST = "127.0.0.1"
 
@@ -119,3 +123,37 @@ def terminate_as_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run(prefix: str, dsn: str | None, bench: Callable[[str, Path], Coroutine[Any, Any, int]]) -> NoReturn:
+    """Run ``bench(server_dsn, home)`` and exit with its status: against ``dsn``, or a private durable
+    cluster started under a fresh ``/var/tmp/{prefix}*`` home and destroyed afterwards (also on Ctrl-C,
+    SIGTERM or SIGHUP)."""
+    with terminate_as_interrupt():
+        started = time.perf_counter()
+        home = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+        home.chmod(0o711)
+        status = 1
+        try:
+            if dsn:
+                status = asyncio.run(bench(dsn, home))
+            else:
+                from controlplane.localpg import LocalCluster
+
+                cluster = LocalCluster(home / "pg")
+                try:
+                    status = asyncio.run(bench(cluster.ensure_running(), home))
+                finally:
+                    cleanup_started = time.perf_counter()
+                    stop_immediately(cluster.home)
+                    cluster.destroy()
+                    print(
+                        f"private cluster destroyed in {time.perf_counter() - cleanup_started:.1f} s", file=sys.stderr
+                    )
+        except KeyboardInterrupt:
+            print("interrupted: cleaned up", file=sys.stderr)
+            status = 130
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+            print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sys.exit(status)

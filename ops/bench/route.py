@@ -45,7 +45,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -65,10 +64,9 @@ from harness import (  # noqa: E402
     drop_leftovers,
     free_port,
     machine_busy,
+    run,
     server_env,
-    stop_immediately,
     tail,
-    terminate_as_interrupt,
 )
 
 #: ``application_name`` of the baseline's connections (the service's are ``cardvault-tenant``).
@@ -946,34 +944,7 @@ def main() -> None:
             file=sys.stderr,
         )
 
-    with terminate_as_interrupt():
-        started = time.perf_counter()
-        home = Path(tempfile.mkdtemp(prefix="cvroute-", dir="/var/tmp"))
-        home.chmod(0o711)
-        status = 1
-        try:
-            if args.dsn:
-                status = asyncio.run(bench(args, args.dsn, home))
-            else:
-                from controlplane.localpg import LocalCluster
-
-                cluster = LocalCluster(home / "pg")
-                try:
-                    status = asyncio.run(bench(args, cluster.ensure_running(), home))
-                finally:
-                    cleanup_started = time.perf_counter()
-                    stop_immediately(cluster.home)
-                    cluster.destroy()
-                    print(
-                        f"private cluster destroyed in {time.perf_counter() - cleanup_started:.1f} s", file=sys.stderr
-                    )
-        except KeyboardInterrupt:
-            print("interrupted: cleaned up", file=sys.stderr)
-            status = 130
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-            print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    sys.exit(status)
+    run("cvroute-", args.dsn, lambda server_dsn, home: bench(args, server_dsn, home))
 
 
 if __name__ == "__main__":
