@@ -125,18 +125,17 @@ def _with_tier(statuses: list[QuotaStatus], tier: Tier) -> list[QuotaStatus]:
 
 async def _after_change(request: Request[Any, Any, Any], tenant_id: uuid.UUID) -> None:
     """Re-evaluate the tenant's alerts now, and drop this instance's cached API call limit."""
-    calls = request.app.state.get(API_CALLS_STATE_KEY)
-    if isinstance(calls, ApiCalls):
-        calls.forget(tenant_id)
+    calls: ApiCalls = request.app.state[API_CALLS_STATE_KEY]
+    calls.forget(tenant_id)
     evaluator: QuotaAlerts = request.app.state[QUOTA_ALERTS_STATE_KEY]
     await evaluator.evaluate(tenant_id=tenant_id)
 
 
 def _snapshot_servers(state: State) -> dict[str, capacity.SnapshotServer] | None:
-    usage = state.get(USAGE_STATE_KEY)
-    if not isinstance(usage, UsageService) or not usage.snapshot.servers:
-        return None
+    usage: UsageService = state[USAGE_STATE_KEY]
     snapshot = usage.snapshot
+    if not snapshot.servers:
+        return None
     return {
         name: capacity.SnapshotServer(
             tenants=s.tenants,
