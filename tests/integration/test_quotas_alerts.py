@@ -39,7 +39,7 @@ from controlplane.usage import alerts, capacity, quotas, trends
 from controlplane.usage.alerts import ChangeKind
 from tests.conftest import ADMIN_TOKEN, Served, make_settings
 from tests.integration.auth_support import TenantAdmin, create_tenant
-from tests.integration.test_admin_api import _schemathesis, selected
+from tests.integration.test_admin_api import _schemathesis, registry_snapshot, selected
 
 Client = AsyncTestClient[Any]
 GIB = 1024**3
@@ -374,9 +374,11 @@ async def test_storage_expansion_raises_the_effective_limit_until_it_expires(
     assert details["extra_bytes"] == 1000 and details["hours"] == 2 and details["reason"] == "import day"
 
 
-async def test_bad_input_is_a_4xx(client: Client, control: Any) -> None:
+async def test_bad_input_is_a_4xx(client: Client, control: Any, control_dsn: str) -> None:
+    """Every refusal is a 4xx JSON error and changes nothing in the registry (but the audit trail)."""
     await create_tenant(client, "acme", "enterprise")
     put = "/admin/tenants/acme/quotas"
+    before = registry_snapshot(control_dsn)
     for body in (
         {"limits": {"bogus": 1}},
         {"limits": {"cards": -1}},
@@ -395,8 +397,10 @@ async def test_bad_input_is_a_4xx(client: Client, control: Any) -> None:
         await client.put("/admin/tenants/nobody/quotas", json={"limits": {"cards": 1}}), 404, "tenant_not_found"
     )
     assert_error(await client.put("/admin/tenants/NO%00BODY/quotas", json={"limits": {"cards": 1}}), 404)
+    assert registry_snapshot(control_dsn) == before
     assert (await client.put(put, json={"limits": {"cards": 2**62}})).status_code == 200
 
+    before = registry_snapshot(control_dsn)
     expand = "/admin/tenants/acme/quotas/storage-expansion"
     for body in (
         {"extra_bytes": 0, "hours": 1, "reason": "why not"},
@@ -412,8 +416,11 @@ async def test_bad_input_is_a_4xx(client: Client, control: Any) -> None:
         assert_error(await client.post(expand, json=body), 400)
     ok = {"extra_bytes": 10, "hours": 1, "reason": "why not"}
     assert_error(await client.post("/admin/tenants/nobody/quotas/storage-expansion", json=ok), 404, "tenant_not_found")
+    assert registry_snapshot(control_dsn) == before
     assert (await client.put(put, json={"limits": {"storage_bytes": None}})).status_code == 200
+    before = registry_snapshot(control_dsn)
     assert_error(await client.post(expand, json=ok), 409, "conflict")  # unlimited: nothing to expand
+    assert registry_snapshot(control_dsn) == before
 
     for params in (
         {"state": "bogus"},
