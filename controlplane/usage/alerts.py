@@ -155,6 +155,8 @@ async def list_alerts(
     *,
     state: AlertState = AlertState.OPEN,
     tenant_id: uuid.UUID | None = None,
+    quota: QuotaType | None = None,
+    threshold: int | None = None,
     before_id: int | None = None,
     limit: int = 100,
 ) -> list[Alert]:
@@ -167,6 +169,12 @@ async def list_alerts(
     if tenant_id is not None:
         where.append(sql.SQL("a.tenant_id = %s"))
         params.append(tenant_id)
+    if quota is not None:
+        where.append(sql.SQL("a.quota_type = %s"))
+        params.append(quota.value)
+    if threshold is not None:
+        where.append(sql.SQL("a.threshold = %s"))
+        params.append(threshold)
     if before_id is not None:
         where.append(sql.SQL("a.id < %s"))
         params.append(before_id)

@@ -34,7 +34,7 @@ from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, TIER_QUOTAS, QuotaType, Tenant, TenantStatus, Tier
 from controlplane.routing.dependencies import API_CALLS_STATE_KEY
 from controlplane.usage import alerts, capacity, quotas, trends
-from controlplane.usage.alerts import Alert, AlertState, QuotaAlerts
+from controlplane.usage.alerts import THRESHOLDS, Alert, AlertState, QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.models import CollectionStats
 from controlplane.usage.quotas import MAX_LIMIT, Expansion, QuotaStatus
@@ -153,9 +153,13 @@ async def list_alerts(
     # "state" is a reserved parameter name in Litestar (the app state): renamed, same query key.
     alert_state: Annotated[AlertState, QueryParameter(name="state")] = AlertState.OPEN,
     tenant: Annotated[str | None, QueryParameter(min_length=1, max_length=63, pattern=_NO_NUL)] = None,
+    quota: FromQuery[QuotaType | None] = None,
+    threshold: Annotated[int | None, QueryParameter(description="80 or 100")] = None,
     cursor: Annotated[str | None, QueryParameter(max_length=32, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
 ) -> AlertPage:
+    if threshold is not None and threshold not in THRESHOLDS:
+        raise ValidationFailed(f"threshold must be one of {', '.join(map(str, THRESHOLDS))}")
     before: int | None = None
     if cursor is not None:
         if not cursor.isascii() or not cursor.isdigit() or not 0 < int(cursor) < 2**63:
@@ -164,7 +168,13 @@ async def list_alerts(
     async with platform.control.connection() as conn:
         tenant_id = (await _tenant(conn, tenant)).id if tenant is not None else None
         items = await alerts.list_alerts(
-            conn, state=alert_state, tenant_id=tenant_id, before_id=before, limit=limit + 1
+            conn,
+            state=alert_state,
+            tenant_id=tenant_id,
+            quota=quota,
+            threshold=threshold,
+            before_id=before,
+            limit=limit + 1,
         )
     more = len(items) > limit
     items = items[:limit]

@@ -275,6 +275,10 @@ async def test_alert_listing_pages_and_filters(client: Client, platform: Platfor
     mine = (await client.get("/admin/alerts", params={"tenant": "other", "state": "all"})).json()["items"]
     assert {a["tenant_slug"] for a in mine} == {"other"}
     assert mine[0]["ratio"] == 1.0
+    cards = (await client.get("/admin/alerts", params={"quota": "cards", "state": "all"})).json()["items"]
+    assert {(a["tenant_slug"], a["threshold"]) for a in cards} == {("acme", 80), ("acme", 100)}
+    full = (await client.get("/admin/alerts", params={"threshold": 100})).json()["items"]
+    assert {(a["tenant_slug"], a["quota"]) for a in full} == {("other", "users")}
 
 
 # -- admin controls ---------------------------------------------------------------------------------
@@ -431,6 +435,9 @@ async def test_bad_input_is_a_4xx(client: Client, control: Any, control_dsn: str
         {"cursor": "١٢"},
         {"limit": 0},
         {"limit": 501},
+        {"quota": "bogus"},
+        {"threshold": 90},
+        {"threshold": "x"},
     ):
         assert_error(await client.get("/admin/alerts", params=params), 400)
     assert_error(await client.get("/admin/alerts", params={"tenant": "nobody"}), 404, "tenant_not_found")
