@@ -22,7 +22,7 @@ import msgspec
 import psycopg
 
 from controlplane import db
-from controlplane.errors import Conflict
+from controlplane.errors import Conflict, TenantNotFound
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
@@ -56,11 +56,11 @@ async def check_health(platform: Platform, cache: TenantCache, tenant: Tenant) -
     """Connect as the tenant's role and run ``SELECT 1``; either step's failure is reported, not raised."""
     started = time.perf_counter()
     try:
-        dsn = await cache.credentials(tenant.id)
+        dsn = await cache.credentials(tenant.id)  # TenantNotFound if it was purged meanwhile
         conn = await psycopg.AsyncConnection.connect(
             db.management_conninfo(dsn, platform.settings.database, role="health"), autocommit=True
         )
-    except (psycopg.Error, OSError) as exc:
+    except (psycopg.Error, OSError, TenantNotFound) as exc:
         return Health(tenant=tenant.slug, ok=False, connect_ms=None, query_ms=None, error=str(exc).strip())
     connected = time.perf_counter()
     try:

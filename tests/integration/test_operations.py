@@ -14,7 +14,7 @@ from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
 from controlplane.usage.metrics import CardVaultMetrics
-from controlplane.usage.operations import HealthMonitor, maintenance_hour, run_maintenance_window
+from controlplane.usage.operations import HealthMonitor, check_health, maintenance_hour, run_maintenance_window
 from tests.integration.auth_support import create_tenant
 
 Client = AsyncTestClient[Any]
@@ -108,3 +108,11 @@ async def test_health_round_checks_active_tenants_and_exports_them(
     assert 'cardvault_tenant_up{tenant="beta"} 0.0' in text
     assert 'tenant="gamma"' not in text
     assert 'cardvault_tenant_health_connect_seconds{tenant="beta"}' not in text
+
+    # A tenant purged while a round is under way is reported down, not an error of the whole round.
+    async with platform.control.connection() as conn:
+        acme = await registry.get_by_slug(conn, "acme")
+    assert acme is not None
+    assert (await client.delete("/admin/tenants/acme", params={"now": "true"})).status_code == 204
+    gone = await check_health(platform, client.app.state[TENANT_CACHE_STATE_KEY], acme)
+    assert not gone.ok and gone.error and "no tenant" in gone.error
