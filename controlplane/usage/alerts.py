@@ -161,23 +161,16 @@ async def list_alerts(
     limit: int = 100,
 ) -> list[Alert]:
     """Alerts newest first (by id), filtered; ``before_id`` is the keyset cursor."""
-    where: list[sql.Composable] = [sql.SQL("TRUE")]
-    params: list[Any] = []
-    if state is not AlertState.ALL:
-        where.append(sql.SQL("a.state = %s"))
-        params.append(state.value)
-    if tenant_id is not None:
-        where.append(sql.SQL("a.tenant_id = %s"))
-        params.append(tenant_id)
-    if quota is not None:
-        where.append(sql.SQL("a.quota_type = %s"))
-        params.append(quota.value)
-    if threshold is not None:
-        where.append(sql.SQL("a.threshold = %s"))
-        params.append(threshold)
-    if before_id is not None:
-        where.append(sql.SQL("a.id < %s"))
-        params.append(before_id)
+    conditions: list[tuple[str, Any]] = [
+        ("a.state = %s", None if state is AlertState.ALL else state.value),
+        ("a.tenant_id = %s", tenant_id),
+        ("a.quota_type = %s", quota.value if quota is not None else None),
+        ("a.threshold = %s", threshold),
+        ("a.id < %s", before_id),
+    ]
+    chosen = [(clause, value) for clause, value in conditions if value is not None]
+    where = [sql.SQL("TRUE"), *(sql.SQL(clause) for clause, _ in chosen)]
+    params = [value for _, value in chosen]
     query = sql.SQL(
         """
         SELECT a.*, t.slug FROM quota_alerts a JOIN tenants t ON t.id = a.tenant_id
