@@ -17,12 +17,12 @@ from controlplane.auth.ratelimit import LimiterUnavailable, RateLimiter, RedisCo
 from tests.redis_harness import free_port
 
 WINDOW = 3600
-# Every counter in a test uses this frozen clock, so a window boundary can never fall mid-test.
-NOW = time.time()
 
 
-def frozen() -> float:
-    return NOW
+@pytest.fixture
+def now() -> float:
+    """The frozen clock of one test (taken when it starts), so a window boundary can never fall mid-test."""
+    return time.time()
 
 
 @pytest.fixture
@@ -32,12 +32,12 @@ def key() -> str:
 
 
 @pytest.fixture
-async def make_counter(redis_url: str) -> AsyncIterator[Callable[[], RedisCounter]]:
+async def make_counter(redis_url: str, now: float) -> AsyncIterator[Callable[[], RedisCounter]]:
     """Builds RedisCounters, each with its own client and connection pool (like separate instances)."""
     counters: list[RedisCounter] = []
 
     def make() -> RedisCounter:
-        counters.append(RedisCounter(redis_url, clock=frozen))
+        counters.append(RedisCounter(redis_url, clock=lambda: now))
         return counters[-1]
 
     yield make
@@ -66,14 +66,14 @@ async def test_concurrent_hits_allow_exactly_the_limit(make_counter: Callable[[]
 
 
 async def test_keys_expire_after_their_window(
-    make_counter: Callable[[], RedisCounter], key: str, redis_url: str
+    make_counter: Callable[[], RedisCounter], key: str, redis_url: str, now: float
 ) -> None:
     limiter = RateLimiter(make_counter())
     decision = await limiter.hit(key, limit=5, window=WINDOW)
     client = aioredis.Redis.from_url(redis_url)
     try:
         names = [name async for name in client.scan_iter(match=f"cardvault:rl:{key}:*")]
-        assert names == [f"cardvault:rl:{key}:{WINDOW}:{int(NOW // WINDOW)}".encode()]
+        assert names == [f"cardvault:rl:{key}:{WINDOW}:{int(now // WINDOW)}".encode()]
         assert 0 < await client.ttl(names[0]) <= decision.reset_after + 1
     finally:
         await client.aclose()

@@ -22,7 +22,9 @@ def test_secret_box_round_trips() -> None:
     for secret in ("pw", "host=db user=u password=p dbname=x", "ünïcødé ✓", ""):
         token = box.encrypt(secret)
         assert secret == box.decrypt(token)
-        assert secret not in token or not secret
+        # A short plaintext turns up inside random base64 now and then (1 in ~100 runs for "pw"):
+        # only long ones say anything about the ciphertext hiding them.
+        assert len(secret) < 8 or secret not in token
 
 
 def test_encryption_is_randomised_but_any_box_with_the_key_decrypts() -> None:

@@ -149,15 +149,18 @@ async def test_missing_claims(claim: str) -> None:
         ({"sub": 12}, "malformed token"),
         ({"sub": ""}, "invalid token claims"),
         ({"role": 5}, "invalid token claims"),
-        ({"exp": str(int(time.time()) + 600)}, "invalid token claims"),
+        ({"exp": lambda now: str(now + 600)}, "invalid token claims"),
         ({"exp": "soon"}, "malformed token"),
-        ({"iat": int(time.time()) + 86400}, "issued in the future"),
+        ({"iat": lambda now: now + 86400}, "issued in the future"),
         ({"tid": 42}, "invalid token claims"),
         ({"sid": ["x"]}, "invalid token claims"),
     ],
 )
 async def test_claims_of_the_wrong_kind(overrides: dict[str, Any], detail: str) -> None:
-    await refused(signer(), sign(claims(**overrides)), detail)
+    # Clock-relative values are functions of the time the test runs, never of collection time.
+    now = int(time.time())
+    resolved = {name: value(now) if callable(value) else value for name, value in overrides.items()}
+    await refused(signer(), sign(claims(**resolved)), detail)
 
 
 async def test_small_clock_skew_on_iat_is_tolerated() -> None:
