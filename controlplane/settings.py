@@ -7,6 +7,7 @@ environment at import time. Each group holds the fields of one concern and docum
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +29,21 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def parse_trusted_proxies(text: str) -> tuple[str, ...]:
+    """The proxies in ``text``: comma-separated IP addresses or networks (CIDR), or ``*`` for any peer."""
+    proxies: list[str] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item == "*":
+            return ("*",)
+        try:
+            proxies.append(str(ipaddress.ip_network(item, strict=False) if "/" in item else ipaddress.ip_address(item)))
+        except ValueError:
+            raise ConfigError(
+                f"CARDVAULT_TRUSTED_PROXIES: {item!r} is no IP address or network (e.g. 10.0.0.5, 10.0.0.0/8)"
+            ) from None
+    return tuple(proxies)
+
+
 @dataclasses.dataclass(frozen=True)
 class DatabaseSettings:
     """Where the control database is and how management connections behave."""
@@ -43,6 +59,10 @@ class DatabaseSettings:
     migration_statement_timeout: float = 3600.0
     #: Connections in the control-database pool (``CARDVAULT_CONTROL_POOL_SIZE``).
     control_pool_size: int = 10
+    #: Seconds a fleet server's decrypted DSN is kept in memory before it is read from the registry
+    #: again (``CARDVAULT_SERVER_DSN_TTL``; 0: read every time). Bounds how late a replica that missed
+    #: the change notification uses a rotated password.
+    server_dsn_ttl: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +121,10 @@ class HttpSettings:
     base_domain: str = ""
     #: Largest card image accepted, in bytes (``CARDVAULT_MAX_IMAGE_BYTES``).
     max_image_bytes: int = 5 * 1024 * 1024
+    #: Peers whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed (``CARDVAULT_TRUSTED_PROXIES``:
+    #: comma-separated IPs or CIDR networks, ``*`` for any peer). Empty: none, not even 127.0.0.1; the
+    #: address the login throttle, sessions and audit rows see is then always the connecting peer's.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +148,10 @@ class AuthSettings:
     access_token_ttl: float = 900.0
     #: Lifetime of a login session (its refresh token) in seconds (``CARDVAULT_REFRESH_TOKEN_TTL``).
     refresh_token_ttl: float = 30 * 86400.0
+    #: Seconds after a refresh in which the refresh token it spent gets the same successor again instead of
+    #: counting as a replay (``CARDVAULT_REFRESH_GRACE``; 0: no grace). Covers concurrent refreshes and a
+    #: retry after a lost response.
+    refresh_grace: float = 5.0
     #: Lifetime of an impersonation token in seconds; not refreshable (``CARDVAULT_IMPERSONATION_TTL``).
     impersonation_ttl: float = 900.0
     #: Lifetime of an invitation in seconds (``CARDVAULT_INVITE_TTL``).
@@ -247,6 +275,7 @@ class Settings:
                     "MIGRATION_STATEMENT_TIMEOUT", DatabaseSettings.migration_statement_timeout
                 ),
                 control_pool_size=get_int("CONTROL_POOL_SIZE", DatabaseSettings.control_pool_size, 2),
+                server_dsn_ttl=get_duration("SERVER_DSN_TTL", DatabaseSettings.server_dsn_ttl),
             ),
             provisioning=ProvisioningSettings(
                 template_database=get("TEMPLATE_DATABASE", defaults.template_database),
@@ -271,6 +300,7 @@ class Settings:
                 port=get_int("PORT", HttpSettings.port, 1),
                 base_domain=get("BASE_DOMAIN", "").lower().strip("."),
                 max_image_bytes=get_int("MAX_IMAGE_BYTES", HttpSettings.max_image_bytes, 1),
+                trusted_proxies=parse_trusted_proxies(get("TRUSTED_PROXIES", "")),
             ),
             security=SecuritySettings(
                 secret_key=get("SECRET_KEY", ""),
@@ -280,6 +310,7 @@ class Settings:
             auth=AuthSettings(
                 access_token_ttl=get_duration("ACCESS_TOKEN_TTL", AuthSettings.access_token_ttl),
                 refresh_token_ttl=get_duration("REFRESH_TOKEN_TTL", AuthSettings.refresh_token_ttl),
+                refresh_grace=get_duration("REFRESH_GRACE", AuthSettings.refresh_grace),
                 impersonation_ttl=get_duration("IMPERSONATION_TTL", AuthSettings.impersonation_ttl),
                 invite_ttl=get_duration("INVITE_TTL", AuthSettings.invite_ttl),
                 argon2_memory_kib=get_int("ARGON2_MEMORY_KIB", AuthSettings.argon2_memory_kib, 8),

@@ -9,6 +9,7 @@ every server it registered, then the control database itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -154,6 +155,13 @@ def _free_port() -> int:
 @pytest.fixture
 def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Iterator[Served]:
     """``cardvault serve`` (uvicorn) on a free port against this test's control database."""
+    with serve(control_dsn, tenant_template_name, tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve(control_dsn: str, tenant_template_name: str, tmp_path: Path, **extra_env: str) -> Iterator[Served]:
+    """Run ``cardvault serve`` until the block ends (``extra_env``: more ``CARDVAULT_*`` variables)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
     env |= {
@@ -167,8 +175,9 @@ def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Itera
         "CARDVAULT_LOG_LEVEL": "WARNING",
         "CARDVAULT_ARGON2_MEMORY_KIB": "64",
         "CARDVAULT_ARGON2_TIME_COST": "1",
+        **extra_env,
     }
-    log_path = tmp_path / "serve.log"
+    log_path = tmp_path / f"serve-{port}.log"
     cardvault = str(Path(sys.executable).parent / "cardvault")
     with log_path.open("w") as log:
         proc = subprocess.Popen(

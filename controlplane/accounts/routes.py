@@ -3,12 +3,14 @@
 Mounted with the CardVault API (``/t/{slug}/api`` and ``/api``), so the routing layer has already
 resolved the tenant, authenticated the caller and checked the route's permission (``opt``) when a
 handler runs. Handlers take one dependency, ``accounts``: an ``Accounts`` on the request's connection,
-committed after the handler returns and rolled back if it raises.
+committed after the handler returns and rolled back if it raises; after a commit that changed
+anything, this instance's cached principals of the tenant are dropped.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, patch, post, put
@@ -35,21 +37,31 @@ from controlplane.accounts.service import Accounts
 from controlplane.auth.models import Permission
 from controlplane.auth.service import Authenticator
 from controlplane.cards.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from controlplane.routing.dependencies import AUTH_STATE_KEY, quota_limits_for, requires
-from controlplane.routing.models import TenantRequest
+from controlplane.routing.dependencies import AUTH_STATE_KEY, open_tenant_request, quota_limits_for, requires
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
 Cursor = Annotated[str | None, QueryParameter(max_length=1024, description="next_cursor of the previous page")]
 Deps = NamedDependency[Accounts]
 
 
-def provide_accounts(request: Request[Any, Any, Any], tenant_request: NamedDependency[TenantRequest]) -> Accounts:
+async def provide_accounts(request: Request[Any, Any, Any]) -> AsyncIterator[Accounts]:
+    """The request's ``Accounts``; its transaction is committed (or rolled back) when the handler is done.
+
+    It opens the tenant request itself rather than depending on ``tenant_request``: the cached principals
+    must be dropped after the commit, and Litestar ends sibling generator dependencies concurrently, in
+    no set order. Dropped before the commit, a request in between could cache the old state again.
+    """
     auth: Authenticator = request.app.state[AUTH_STATE_KEY]
-    limits = quota_limits_for(request.app.state.platform, tenant_request.tenant.id)
-    return Accounts(tenant_request, auth, limits)
+    async with open_tenant_request(request) as tenant_request:
+        accounts = Accounts(
+            tenant_request, auth, quota_limits_for(request.app.state.platform, tenant_request.tenant.id)
+        )
+        yield accounts
+    if accounts.changed:
+        auth.forget_principals(tenant_request.tenant.id)
 
 
-_DEPENDENCIES = {"accounts": Provide(provide_accounts, sync_to_thread=False)}
+_DEPENDENCIES = {"accounts": Provide(provide_accounts)}
 
 
 class MeController(Controller):

@@ -2,14 +2,19 @@
 
 An ``Accounts`` works on one authenticated request (``TenantRequest``: its connection, tenant and
 principal) and never commits: the request wrapper does, or rolls back when something here raises.
-Every write is recorded in the tenant's ``audit_log`` in the same transaction, never with a secret.
+Every write is recorded in the tenant's ``audit_log`` in the same transaction, never with a secret,
+and sets ``changed``: the wrapper then drops the tenant's cached principals *after* the commit (dropped
+before it, a concurrent request could cache the old state again, e.g. a just-disabled user).
 
 Rules beyond the route's permission:
 
 - nobody hands out more than they have: a user's or an API key's role may not be above the actor's
   role, and a permission may be granted only by someone who holds it;
 - nobody changes their own role, permissions or disabled flag (no self-lockout, no self-promotion);
-- the last tenant_admin who can act (enabled, invitation accepted) cannot be demoted or disabled;
+- the last tenant_admin who can manage users (enabled, invitation accepted, ``users:manage`` not denied)
+  cannot be demoted, disabled or lose ``users:manage``; changes of roles, permissions and disabled flags
+  lock everyone who may manage users first, so concurrent changes cannot together break the rule, and
+  are refused if the actor's own role or permissions changed since the request was authorised;
 - disabling a user ends all of their sessions (their access tokens fail on the next request);
 - a password change needs the current password (throttled like a login) and ends every other session.
 """
@@ -27,7 +32,8 @@ from typing import Any
 import msgspec
 from psycopg import errors as pg_errors
 
-from controlplane.accounts.errors import EmailTaken, InvitationAccepted, LastAdmin, WrongPassword
+from controlplane.accounts import guards, repository
+from controlplane.accounts.errors import EmailTaken, InvitationAccepted, WrongPassword
 from controlplane.accounts.models import (
     ApiKey,
     ApiKeyCreate,
@@ -49,7 +55,7 @@ from controlplane.auth import sessions
 from controlplane.auth import tenant_repository as users
 from controlplane.auth.models import Permission, PrincipalKind, Role, effective_permissions, parse_overrides
 from controlplane.auth.passwords import normalize_email, validate_password
-from controlplane.auth.service import API_KEY_TIERS, Authenticator, expiry, hash_secret, new_api_key
+from controlplane.auth.service import API_KEY_TIERS, Authenticator, api_key_maker, expiry, hash_secret, new_api_key
 from controlplane.auth.sessions import SessionTable
 from controlplane.cards.models import MAX_ID, changes
 from controlplane.cards.repository import SortKey
@@ -113,11 +119,13 @@ class Accounts:
         self._audit = request.audit
         self._auth = auth
         self._limits = quota_limits
+        #: Something was written: once the transaction commits, the tenant's cached principals must go.
+        self.changed = False
 
     async def _record(self, action: str, entity: str, entity_id: object, details: dict[str, Any] | None = None) -> None:
-        """Audit a change; every change of accounts also drops this instance's cached principals."""
+        """Audit a change (and note it: the request wrapper drops the cached principals after commit)."""
         await audit.record_tenant(self._conn, self._audit, action, entity, entity_id, details)
-        self._auth.forget_principals(self._tenant.id)
+        self.changed = True
 
     # -- guards ---------------------------------------------------------------------------------
 
@@ -130,20 +138,6 @@ class Accounts:
                 permission=Permission.SELF.value,
             )
         return principal.user_id
-
-    def _check_grantable(self, role: Role | None, overrides: Mapping[Permission, bool]) -> None:
-        """Refuse handing out a role above the actor's own, or a permission the actor does not hold."""
-        principal = self._principal
-        if role is not None and role.rank > principal.role.rank:
-            raise PermissionDenied(
-                f"a {principal.role.value} cannot give the role {role.value}", permission=Permission.USERS_MANAGE.value
-            )
-        beyond = sorted(p.value for p, granted in overrides.items() if granted and not principal.can(p))
-        if beyond:
-            raise PermissionDenied(
-                f"cannot grant permissions you do not hold: {', '.join(beyond)}",
-                permission=Permission.USERS_MANAGE.value,
-            )
 
     async def _user_row(self, user_id: int) -> dict[str, Any]:
         row = await users.get_user(self._conn, user_id) if 1 <= user_id <= MAX_ID else None
@@ -247,7 +241,7 @@ class Accounts:
         email = normalize_email(data.email)
         role = Role(data.role)
         overrides = _overrides(data.permissions or {})
-        self._check_grantable(role, overrides)
+        guards.check_grantable(self._principal, role, overrides)
         token: str | None = None
         invite_hash, invite_expires_at = None, None
         if data.password is not None:
@@ -275,11 +269,11 @@ class Accounts:
 
     async def update_user(self, user_id: int, data: UserUpdate) -> User:
         principal = self._principal
-        might_demote = (
-            data.role is not msgspec.UNSET and data.role != Role.TENANT_ADMIN.value
-        ) or data.disabled is True
-        # Lock the admins first (always in the same order) so concurrent demotions cannot both pass.
-        admins = await users.lock_active_admins(self._conn) if might_demote else []
+        guarded = any(field is not msgspec.UNSET for field in (data.role, data.permissions, data.disabled))
+        # Lock everyone who may manage users first (always in the same order) so that concurrent changes
+        # of roles, permissions or disabled flags queue, and each one sees what the others left.
+        locked = await repository.lock_user_managers(self._conn) if guarded else []
+        managers = {int(row["id"]): row for row in locked}
         current = await self._user_row(user_id)
         old_role = Role(current["tenant_role"])
         if old_role.rank > principal.role.rank:
@@ -293,9 +287,9 @@ class Accounts:
             values["tenant_role"] = new_role.value
         if data.permissions is not msgspec.UNSET:
             overrides = _overrides(data.permissions)
-            self._check_grantable(None, overrides)
+            guards.check_grantable(self._principal, None, overrides)
             values["permissions"] = {p.value: v for p, v in overrides.items()}
-        self._check_grantable(new_role, {})
+        guards.check_grantable(self._principal, new_role, {})
         if data.disabled is not msgspec.UNSET and data.disabled != current["disabled"]:
             values["disabled"] = data.disabled
         if data.display_name is not msgspec.UNSET:
@@ -305,9 +299,11 @@ class Accounts:
                 "you cannot change your own role, permissions or disabled flag; ask another tenant_admin",
                 permission=Permission.USERS_MANAGE.value,
             )
-        loses_admin = new_role is not Role.TENANT_ADMIN or values.get("disabled") is True
-        if user_id in admins and loses_admin and len(admins) <= 1:
-            raise LastAdmin("this is the tenant's last active tenant_admin; make another one first")
+        if guarded:
+            kept = values.get("permissions", current["permissions"])
+            still_able = guards.manages_users(new_role, kept, disabled=values.get("disabled", current["disabled"]))
+            guards.keep_a_user_manager(user_id, managers, still_able)
+            guards.check_actor_unchanged(principal, managers)
         row = await users.update_user(self._conn, user_id, values)
         assert row is not None
         ended = await sessions.revoke_all(self._conn, _SESSIONS, user_id) if values.get("disabled") else 0
@@ -322,7 +318,7 @@ class Accounts:
     async def reissue_invitation(self, user_id: int) -> UserCreated:
         current = await self._user_row(user_id)
         role = Role(current["tenant_role"])
-        self._check_grantable(role, {})
+        guards.check_grantable(self._principal, role, {})
         token = secrets.token_urlsafe(32)
         expires_at = expiry(self._auth.settings.invite_ttl)
         row = await users.reissue_invite(self._conn, user_id, hash_secret(token), expires_at)
@@ -348,15 +344,19 @@ class Accounts:
                 permission=Permission.API_KEYS_MANAGE.value,
             )
         key, prefix, key_hash = new_api_key(self._tenant.id)
-        expires_at = None if data.expires_in_days is None else expiry(data.expires_in_days * 86400.0)
+        requested = None if data.expires_in_days is None else expiry(data.expires_in_days * 86400.0)
+        maker = api_key_maker(self._principal, requested)  # a user, or an impersonating admin (bounded)
+        expires_at = maker.expires_at
         row = await users.insert_api_key(
             self._conn,
             name=data.name,
             prefix=prefix,
             key_hash=key_hash,
             role=role.value,
-            created_by=self._principal.user_id,
+            created_by=maker.user_id,
             expires_at=expires_at,
+            created_by_admin=maker.admin_id,
+            admin_session=maker.admin_session,
         )
         details = {"name": data.name, "role": role.value, "prefix": prefix, "expires_at": expires_at}
         await self._record("api_key.create", "api_key", row["id"], msgspec.to_builtins(details))

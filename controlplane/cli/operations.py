@@ -1,23 +1,32 @@
-"""``cardvault serve | local | migrate | servers | reconcile``."""
+"""``cardvault serve | local | migrate | servers | reconcile``.
+
+Domain modules are imported inside the commands that use them: ``cardvault --help`` (and every other
+command) starts without loading alembic, litestar and the rest.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from controlplane.cli.common import emit_json, json_option, load_settings, run, table, to_builtins, with_platform
-from controlplane.fleet import repository as fleet_repository
+from controlplane.cli.common import (
+    cli_actor,
+    emit_json,
+    json_option,
+    load_settings,
+    run,
+    table,
+    to_builtins,
+    with_platform,
+)
 from controlplane.fleet.models import ServerStatus
-from controlplane.migrations.fleet_runner import Progress
-from controlplane.migrations.service import TenantMigrations
-from controlplane.platform import Platform, migrate_registry
-from controlplane.provisioning.reconciler import Reconciler
-from controlplane.provisioning.service import TenantService
-from controlplane.registry import repository as registry
 from controlplane.registry.models import TenantStatus
-from controlplane.usage.operations import MaintenanceResult, maintain
+
+if TYPE_CHECKING:
+    from controlplane.platform import Platform
+    from controlplane.usage.operations import MaintenanceResult
 
 
 @click.command()
@@ -31,11 +40,16 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = load_settings(create_secrets=True)
     app = create_app(settings)
+    proxies = settings.http.trusted_proxies
     uvicorn.run(
         app,
         host=host or settings.http.host,
         port=port or settings.http.port,
         log_level=settings.log_level.lower(),
+        # X-Forwarded-For only from CARDVAULT_TRUSTED_PROXIES: never uvicorn's default (FORWARDED_ALLOW_IPS,
+        # else 127.0.0.1), which would let any local process choose the address the throttle sees.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=list(proxies),
     )
 
 
@@ -69,6 +83,8 @@ def migrate() -> None:
 @migrate.command("registry")
 def migrate_registry_cmd() -> None:
     """Upgrade the control database to head."""
+    from controlplane.platform import migrate_registry
+
     settings = load_settings()
     click.echo(f"registry at {run(lambda: migrate_registry(settings))}")
 
@@ -77,15 +93,29 @@ def migrate_registry_cmd() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Databases at once (CARDVAULT_MIGRATION_CONCURRENCY).")
 @click.option("--only-failed", is_flag=True, help="Only tenants whose last migration failed.")
 @click.option("--dry-run", is_flag=True, help="Show what would be applied; change nothing.")
+@click.option(
+    "--canary",
+    type=click.IntRange(0),
+    default=0,
+    help="Migrate this many tenants first; the rest only if all of them succeed.",
+)
 @json_option
-def migrate_tenants(concurrency: int | None, only_failed: bool, dry_run: bool, as_json: bool) -> None:
+def migrate_tenants(concurrency: int | None, only_failed: bool, dry_run: bool, canary: int, as_json: bool) -> None:
     """Upgrade the template(s), then every tenant database to head. Exit 1 if any tenant failed."""
+    from controlplane.migrations.fleet_runner import Progress
+    from controlplane.migrations.service import TenantMigrations
+    from controlplane.platform import Platform
+
     settings = load_settings()
 
     async def go() -> Any:
         async with Platform.open(settings) as platform:
             return await TenantMigrations(platform).run(
-                concurrency=concurrency, only_failed=only_failed, dry_run=dry_run, progress=Progress(sys.stderr)
+                concurrency=concurrency,
+                only_failed=only_failed,
+                dry_run=dry_run,
+                canary=canary,
+                progress=Progress(sys.stderr),
             )
 
     report = run(go)
@@ -96,6 +126,8 @@ def migrate_tenants(concurrency: int | None, only_failed: bool, dry_run: bool, a
             click.echo(f"{outcome.target.slug}: {outcome.revision if outcome.ok else outcome.error}")
         for failure in report.failures:
             click.echo(f"FAILED {failure.target.slug}: {failure.error}", err=True)
+        if report.skipped:
+            click.echo(f"canary failed: {report.skipped} tenants not attempted", err=True)
         click.echo(
             f"head {report.head}: {len(report.outcomes) - len(report.failures)} ok, {len(report.failures)} failed"
         )
@@ -107,6 +139,9 @@ def migrate_tenants(concurrency: int | None, only_failed: bool, dry_run: bool, a
 @json_option
 def migrate_status(as_json: bool) -> None:
     """Tenants per schema revision, and the tenants whose last migration failed."""
+    from controlplane.migrations.service import TenantMigrations
+    from controlplane.platform import Platform
+
     settings = load_settings()
 
     async def go() -> dict[str, Any]:
@@ -134,7 +169,10 @@ def servers() -> None:
 @click.argument("dsn")
 @json_option
 def servers_add(name: str, dsn: str, as_json: bool) -> None:
-    """Register a server; DSN's user needs CREATEDB and CREATEROLE (or SUPERUSER)."""
+    """Register a server. DSN names host, port, user and dbname; its user needs CREATEDB and CREATEROLE
+    (or SUPERUSER). Every database of the server but the tenants' own is closed to PUBLIC."""
+    from controlplane.platform import Platform
+
     settings = load_settings()
 
     async def go() -> Any:
@@ -144,10 +182,42 @@ def servers_add(name: str, dsn: str, as_json: bool) -> None:
     _servers([run(go)], as_json)
 
 
+@servers.command("set-dsn")
+@click.argument("name")
+@click.argument("dsn", required=False)
+@json_option
+def servers_set_dsn(name: str, dsn: str | None, as_json: bool) -> None:
+    """Replace NAME's DSN (a rotated password, a new address); it must reach the same server.
+
+    Without DSN the first line of stdin is read, which keeps the password out of the process list.
+    Every replica drops the old DSN when notified (CARDVAULT_SERVER_DSN_TTL at the latest).
+    """
+    from controlplane.audit.models import AuditContext
+    from controlplane.audit.service import audited
+    from controlplane.platform import Platform
+
+    new_dsn = dsn if dsn is not None else sys.stdin.readline().rstrip("\r\n")
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with Platform.open(settings) as platform:
+            context = AuditContext(actor=cli_actor(), actor_label="command line")
+            async with audited(platform.control, context, "server.set_dsn", entity="server", entity_id=name) as audit:
+                async with platform.control.connection() as conn:
+                    server = await platform.fleet.update_dsn(conn, name, new_dsn)
+                audit.details["dsn"] = server.dsn_display
+                return server
+
+    _servers([run(go)], as_json)
+
+
 @servers.command("list")
 @json_option
 def servers_list(as_json: bool) -> None:
     """Servers with their status, template revision and tenant count."""
+    from controlplane.fleet import repository as fleet_repository
+    from controlplane.platform import Platform
+
     settings = load_settings()
 
     async def go() -> Any:
@@ -174,6 +244,8 @@ def servers_activate(name: str, as_json: bool) -> None:
 
 
 def _set_server_status(name: str, status: ServerStatus, as_json: bool) -> None:
+    from controlplane.platform import Platform
+
     settings = load_settings()
 
     async def go() -> Any:
@@ -195,6 +267,10 @@ def _servers(found: list[Any], as_json: bool) -> None:
 @json_option
 def reconcile(fix: bool, as_json: bool) -> None:
     """Finish or undo interrupted operations; find orphans in both directions. Exit 1 if unclean."""
+    from controlplane.platform import Platform
+    from controlplane.provisioning.reconciler import Reconciler
+    from controlplane.provisioning.service import TenantService
+
     settings = load_settings()
 
     async def go() -> Any:
@@ -220,6 +296,9 @@ def reconcile(fix: bool, as_json: bool) -> None:
 @json_option
 def maintenance(slug: str | None, action: str, concurrency: int, as_json: bool) -> None:
     """ANALYZE (or VACUUM) tenant databases now. Exit 1 if any failed."""
+    from controlplane.provisioning.service import TenantService
+    from controlplane.registry import repository as registry
+    from controlplane.usage.operations import maintain
 
     async def work(platform: Platform) -> list[MaintenanceResult]:
         async with platform.control.connection() as conn:

@@ -4,6 +4,11 @@ The request id is the client's ``X-Request-ID`` when it is a sane token (so a ga
 request into audit rows and logs), else a new one (process prefix + counter); it is echoed on every
 response. Handlers and dependencies add response headers (``RateLimit-*``) with
 ``add_response_headers``; the ``before_send`` hook writes them, on errors too.
+
+Every response also says ``X-Content-Type-Options: nosniff`` and, unless its handler chose a caching
+policy of its own (a card image: ``private, no-cache`` with an ETag), ``Cache-Control: no-store``.
+Everything this service answers is private to its caller (tokens, API keys, invitation tokens,
+a tenant's data), so no browser or proxy cache may keep any of it.
 """
 
 from __future__ import annotations
@@ -56,5 +61,8 @@ async def before_send(message: Message, scope: Scope) -> None:
         return
     headers = MutableScopeHeaders.from_message(message)
     headers[REQUEST_ID_HEADER] = request_id(scope)
+    headers["X-Content-Type-Options"] = "nosniff"
+    if "cache-control" not in headers:
+        headers["Cache-Control"] = "no-store"
     for name, value in _state(scope).get(_HEADERS_KEY, {}).items():
         headers[name] = value

@@ -49,6 +49,8 @@ from controlplane.registry.models import (
     role_name_for,
     validate_slug,
 )
+from controlplane.storage import Storage
+from controlplane.storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,8 +88,10 @@ def validate_name(name: str) -> str:
 class TenantService:
     """One service behind both the CLI and the admin API."""
 
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, storage: Storage | None = None) -> None:
         self._p = platform
+        #: Where the tenants' files live; a purge removes the tenant's whole area.
+        self.storage = storage if storage is not None else LocalStorage(platform.settings.data_dir / "storage")
         self.templates = Templates(platform)
         self._listeners: list[Callable[[uuid.UUID], None]] = []
         self._provisioned: list[Callable[[float, bool], None]] = []
@@ -142,6 +146,21 @@ class TenantService:
                 await db.advisory_unlock(conn, key)
                 for listener in self._listeners:
                     listener(tenant_id)
+
+    @asynccontextmanager
+    async def locked_slug(self, slug: str) -> AsyncIterator[tuple[AsyncConn, Tenant]]:
+        """The tenant ``slug`` names, read again under its lock (the lock is taken by id).
+
+        Between the first lookup and the lock, a rename plus a new tenant taking the slug would make
+        the slug name another tenant than the one locked: that is refused (retry), never acted on.
+        """
+        async with self._p.control.connection() as conn:
+            seen = await self.require(conn, slug)
+        async with self.locked(seen.id) as conn:
+            tenant = await self.require(conn, slug)
+            if tenant.id != seen.id:
+                raise OperationInProgress(f"the slug {slug!r} was given to another tenant meanwhile; retry", slug=slug)
+            yield conn, tenant
 
     # -- create ---------------------------------------------------------------------------------
 
@@ -266,7 +285,8 @@ class TenantService:
             )
 
     async def _remove_everything(self, conn: AsyncConn, tenant_id: uuid.UUID, steps: Steps) -> None:
-        """Drop the tenant's database and role, then its registry row (in that order: no orphans)."""
+        """Drop the tenant's database and role, remove its files, then its registry row (in that order:
+        until the row goes, an interrupted purge is finished by the reconciler, so nothing is orphaned)."""
         tenant = await registry.get_by_id(conn, tenant_id)
         if tenant is None:
             return
@@ -280,11 +300,16 @@ class TenantService:
             async with self._p.fleet.admin(conn, tenant.server_id) as admin:
                 await catalog.drop_role(admin, role)
 
+        async def drop_files() -> None:
+            removed = await self.storage.delete_all(tenant_id)
+            log.info("removed %d stored file(s) of tenant %s", removed, tenant_id)
+
         async def forget() -> None:
             await registry.delete_tenant(conn, tenant_id)
 
         await steps.run("drop_database", drop_database)
         await steps.run("drop_role", drop_role)
+        await steps.run("drop_files", drop_files)
         await steps.run("forget", forget)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -307,10 +332,7 @@ class TenantService:
         )
 
     async def _transition(self, slug: str, kind: OperationKind, allowed_from: set[TenantStatus]) -> Tenant:
-        async with self._p.control.connection() as conn:
-            tenant = await self.require(conn, slug)
-        async with self.locked(tenant.id) as conn:
-            tenant = await self.require(conn, slug)
+        async with self.locked_slug(slug) as (conn, tenant):
             if tenant.status not in allowed_from:
                 raise InvalidState(
                     f"cannot {kind.value} a tenant that is {tenant.status.value}",
@@ -376,11 +398,9 @@ class TenantService:
         await steps.run("record", record)
 
     async def purge(self, slug: str) -> None:
-        """End every session, drop the database and the role, forget the tenant. Nothing is left."""
-        async with self._p.control.connection() as conn:
-            tenant = await self.require(conn, slug)
-        async with self.locked(tenant.id) as conn:
-            tenant = await self.require(conn, slug)
+        """End every session, drop the database and the role, remove the tenant's files, forget the
+        tenant. Nothing is left."""
+        async with self.locked_slug(slug) as (conn, tenant):
             if tenant.status is TenantStatus.PROVISIONING:
                 raise InvalidState("the tenant is still being provisioned", status=tenant.status.value)
             # From here on the tenant is deleting and due: if a step fails (or the process dies), the
@@ -421,10 +441,7 @@ class TenantService:
         if new_slug is not None:
             validate_slug(new_slug)
         tier_ = parse_tier(tier) if tier is not None else None
-        async with self._p.control.connection() as conn:
-            tenant = await self.require(conn, slug)
-        async with self.locked(tenant.id) as conn:
-            tenant = await self.require(conn, slug)
+        async with self.locked_slug(slug) as (conn, tenant):
             if tenant.status in (TenantStatus.PROVISIONING, TenantStatus.DELETING):
                 raise InvalidState(f"cannot change a tenant that is {tenant.status.value}", status=tenant.status.value)
             changes = {"slug": new_slug, "name": name, "tier": tier_.value if tier_ else None}

@@ -4,7 +4,7 @@ Keys are made here (``new_key``), never taken from user input, and every impleme
 that does not look like one, so no request can name a path outside its tenant's area. Objects are
 grouped per tenant (``tenant_id``) so that one tenant's uploads can never touch another's objects.
 ``LocalStorage`` (``controlplane.storage.local``) keeps them on disk; an object store can replace it
-behind the same four methods.
+behind the same five methods.
 """
 
 from __future__ import annotations
@@ -66,4 +66,12 @@ class Storage(Protocol):
 
     async def usage(self, tenant_id: uuid.UUID) -> int:
         """Bytes the tenant's objects take up."""
+        ...
+
+    async def delete_all(self, tenant_id: uuid.UUID) -> int:
+        """Remove every object of the tenant and its area (a purge); the number of objects removed.
+
+        Idempotent: a second call (say, the reconciler finishing an interrupted purge) removes what the
+        first one left and returns 0 when nothing was left.
+        """
         ...

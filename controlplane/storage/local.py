@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import uuid
 from pathlib import Path
 
@@ -55,6 +56,9 @@ class LocalStorage:
     async def usage(self, tenant_id: uuid.UUID) -> int:
         return await asyncio.to_thread(self._usage, tenant_id)
 
+    async def delete_all(self, tenant_id: uuid.UUID) -> int:
+        return await asyncio.to_thread(self._delete_all, tenant_id)
+
     # -- blocking halves, run in worker threads -------------------------------------------------
 
     def _put(self, tenant_id: uuid.UUID, key: str, data: bytes) -> None:
@@ -96,3 +100,20 @@ class LocalStorage:
                 with contextlib.suppress(FileNotFoundError):  # deleted while we were counting
                     total += entry.stat(follow_symlinks=False).st_size
         return total
+
+    def _delete_all(self, tenant_id: uuid.UUID) -> int:
+        directory = self.tenant_dir(tenant_id)
+        if directory.is_symlink():  # planted: remove the link, never what it points at
+            directory.unlink()
+            return 0
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(directory):
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile (a retry, a discard)
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)  # nothing makes one; removed all the same
+                    else:
+                        os.unlink(entry.path)
+                        removed += not entry.name.startswith(_TMP_PREFIX)
+            directory.rmdir()
+        return removed

@@ -2,18 +2,23 @@
 
 Every transition is checked where it matters: on the server (can the tenant role log in, are its open
 sessions ended, is the database still there) and in the registry and ledger. A tenant whose lock is
-held by another operation refuses every change with OperationInProgress.
+held by another operation refuses every change with OperationInProgress, and an operation whose slug
+is given to another tenant between its lookup and its lock refuses rather than act on that other tenant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
+from controlplane.db import AsyncConn
 from controlplane.errors import InvalidState, OperationInProgress, TenantNotFound
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
@@ -31,6 +36,7 @@ from tests.integration.tenant_support import (
     quotas,
     reconcile,
     refusal,
+    registry_row,
     role_exists,
     snapshot,
     tenant_password,
@@ -241,3 +247,55 @@ async def test_purge_while_provisioning_is_refused(service: TenantService, contr
     with pytest.raises(InvalidState):
         await service.delete("acme", now=True)
     assert await snapshot(control_dsn, pg_admin_dsn) == before
+
+
+#: Operations by slug, each of which looks the tenant up, locks its id, and acts.
+BY_SLUG: dict[str, Callable[[TenantService], Awaitable[object]]] = {
+    "suspend": lambda s: s.suspend("acme"),
+    "delete": lambda s: s.delete("acme"),
+    "delete-now": lambda s: s.delete("acme", now=True),
+    "purge": lambda s: s.purge("acme"),
+    "update": lambda s: s.update("acme", name="Changed", tier="enterprise"),
+}
+
+
+@pytest.mark.parametrize("operation", list(BY_SLUG))
+async def test_an_operation_never_acts_on_a_tenant_that_took_its_slug_meanwhile(
+    operation: str,
+    service: TenantService,
+    platform: Platform,
+    control_dsn: str,
+    pg_admin_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Paused after its lookup by slug and before the lock: meanwhile (another replica) the tenant is
+    renamed and a new tenant takes the slug. The operation holds the first tenant's lock, so acting on
+    the newcomer would be unlocked: it refuses (retry), and neither tenant is changed."""
+    first = await service.create(name="Acme", slug="acme", tier="starter")
+    looked_up, resume = asyncio.Event(), asyncio.Event()
+    take_lock = service.locked
+
+    @asynccontextmanager
+    async def paused(tenant_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
+        looked_up.set()
+        await resume.wait()
+        async with take_lock(tenant_id) as conn:
+            yield conn
+
+    monkeypatch.setattr(service, "locked", paused)
+    pending = asyncio.create_task(BY_SLUG[operation](service))
+    await looked_up.wait()
+    elsewhere = TenantService(platform)
+    await elsewhere.update("acme", new_slug="acme-old")
+    newcomer = await elsewhere.create(name="Newcomer", slug="acme", tier="starter")
+    before = (await registry_row(control_dsn, first.id), await registry_row(control_dsn, newcomer.id))
+    resume.set()
+
+    with pytest.raises(OperationInProgress) as caught:
+        await pending
+    assert (caught.value.status, caught.value.extra["slug"]) == (409, "acme")
+    assert (await registry_row(control_dsn, first.id), await registry_row(control_dsn, newcomer.id)) == before
+    assert [op["kind"] for op in await operations(control_dsn, newcomer.id)] == ["provision"]
+    assert [op["kind"] for op in await operations(control_dsn, first.id)] == ["provision", "update"]
+    await assert_tenant_works(platform, pg_admin_dsn, await elsewhere.get("acme"))
+    await assert_tenant_works(platform, pg_admin_dsn, await elsewhere.get("acme-old"))

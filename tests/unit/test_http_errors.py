@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
-from litestar import Litestar, Router, get, post
+from litestar import Litestar, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import FromPath, JSONBody
@@ -32,6 +32,7 @@ from controlplane.errors import (
     TenantNotFound,
 )
 from controlplane.http.auth import ADMIN_TOKEN_HASH_STATE_KEY, admin_guard
+from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.settings import AuthSettings
 
@@ -83,10 +84,15 @@ def client() -> Any:
     async def ping() -> dict[str, str]:
         return {"pong": "yes"}
 
+    @get("/cacheable")
+    async def cacheable() -> Response[bytes]:
+        return Response(b"img", media_type="image/png", headers={"Cache-Control": "private, no-cache"})
+
     admin = Router(path="/", route_handlers=[ping], guards=[admin_guard])
     app = Litestar(
-        route_handlers=[domain, litestar_not_found, litestar_forbidden, slow, bug, body, admin],
+        route_handlers=[domain, litestar_not_found, litestar_forbidden, slow, bug, body, cacheable, admin],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[before_send],
         state=State(
             {
                 ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(TOKEN),
@@ -173,3 +179,28 @@ def test_admin_guard_refuses_anything_but_the_token(client: Any, authorization: 
 def test_admin_guard_accepts_the_token(client: Any, authorization: str) -> None:
     response = client.get("/admin/ping", headers={"Authorization": authorization})
     assert response.status_code == 200 and response.json() == {"pong": "yes"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/body", 201),
+        ("GET", "/domain/1", 404),
+        ("GET", "/bug", 500),
+        ("GET", "/admin/ping", 401),
+        ("GET", "/no/such/route", 404),
+    ],
+)
+def test_every_response_is_nosniff_and_no_store(client: Any, method: str, path: str, status: int) -> None:
+    response = client.request(method, path, json={"name": "x"} if method == "POST" else None)
+    assert response.status_code == status
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-request-id"]
+
+
+def test_a_route_with_its_own_caching_policy_keeps_it(client: Any) -> None:
+    response = client.get("/cacheable")
+    assert response.status_code == 200 and response.content == b"img"
+    assert response.headers["cache-control"] == "private, no-cache"
+    assert response.headers["x-content-type-options"] == "nosniff"
