@@ -18,6 +18,7 @@ from controlplane.auth.passwords import Passwords
 from controlplane.auth.ratelimit import RateLimiter, counter_from_url
 from controlplane.auth.routes import AUTH_ROUTER, TENANT_AUTH_ROUTER
 from controlplane.auth.service import Authenticator, hash_secret
+from controlplane.auth.sessions import refresh_key
 from controlplane.auth.tokens import KeyRing, TokenSigner
 from controlplane.cards.routes import TENANT_API_HANDLERS
 from controlplane.fleet.routes import ServersController
@@ -105,7 +106,14 @@ def create_app(settings: Settings) -> Litestar:
 
             counter = counter_from_url(settings.auth.redis_url or None)
             limiter = RateLimiter(counter)
-            auth = Authenticator(settings.auth, TokenSigner(keys, reload_keys), Passwords(settings.auth), limiter)
+            auth = Authenticator(
+                settings.auth,
+                TokenSigner(keys, reload_keys),
+                Passwords(settings.auth),
+                limiter,
+                refresh_key=refresh_key(settings.security.secret_key),
+                control=platform.control,
+            )
             api_calls = ApiCalls(limiter, platform.control)
 
             async def reconcile_job() -> str:

@@ -44,8 +44,9 @@ def with_database(dsn: str, dbname: str) -> str:
 def redact(dsn: str) -> str:
     """``dsn`` without its password, for logs and listings."""
     params = conninfo.conninfo_to_dict(dsn)
-    if "password" in params:
-        params["password"] = "***"
+    for secret in ("password", "sslpassword"):
+        if secret in params:
+            params[secret] = "***"
     return conninfo.make_conninfo("", **params)
 
 

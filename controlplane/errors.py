@@ -119,6 +119,12 @@ class ServerExists(Conflict):
     code = "server_exists"
 
 
+class ServerMismatch(Conflict):
+    """A server's new DSN reaches a different PostgreSQL server than the one registered."""
+
+    code = "server_mismatch"
+
+
 class InvalidState(Conflict):
     """The operation is not valid for the tenant's current status."""
 

@@ -308,7 +308,9 @@ async def impersonate(
         raise ValidationFailed("reason must be 3..500 characters (not counting surrounding spaces)")
     if role not in TENANT_ROLES:
         raise ValidationFailed("role must be one of the tenant roles", role=role.value)
-    pair = auth.impersonation_token(tenant, admin_id, role)
+    if principal.session_id is None:
+        raise PermissionDenied("impersonation needs a super-admin's login session", permission="impersonate")
+    pair = auth.impersonation_token(tenant, admin_id, role, principal.session_id)  # ends with that session
     start = msgspec.structs.replace(ctx, impersonator=principal.subject)
     async with pools.connection(tenant.id) as conn:
         await repository.record_tenant(

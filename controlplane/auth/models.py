@@ -10,6 +10,7 @@ JSONB grants (``true``) or denies (``false``) single permissions on top of the r
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import uuid
 from collections.abc import Mapping
@@ -134,8 +135,12 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     #: The tenant user (owner of the cards it creates); an API key acts as the user who made it.
     user_id: int | None = None
     session_id: uuid.UUID | None = None
-    #: For impersonation: the super_admin's id.
+    #: For impersonation, and for API keys made during one: the super_admin's id.
     impersonator: uuid.UUID | None = None
+    #: The super_admin's login session the credential depends on (it ends with that session).
+    impersonator_session: uuid.UUID | None = None
+    #: When the credential stops working (impersonation tokens; API keys with an expiry), if known.
+    expires_at: dt.datetime | None = None
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions

@@ -1,7 +1,7 @@
 """SQL of platform identities in the control database: ``platform_admins`` (and a ``platform_audit`` helper).
 
 Callers own the transaction. Password hashes never leave through :class:`Admin`; only
-:func:`get_admin_credentials` returns one, for the login check.
+:func:`admin_login_lookup` returns one, for the login check.
 """
 
 from __future__ import annotations
@@ -78,14 +78,36 @@ async def get_admin_by_email(conn: AsyncConn, email: str) -> Admin | None:
     return _admin(row) if row else None
 
 
-async def get_admin_credentials(conn: AsyncConn, email: str) -> tuple[Admin, str] | None:
-    """The admin with ``email`` and its password hash (for the login check only)."""
+async def admin_login_lookup(conn: AsyncConn, email: str) -> tuple[str, tuple[Admin, str] | None]:
+    """``(login key, (admin, password hash))`` for a login attempt with ``email`` (the login check only).
+
+    The login key is ``lower(email)`` as the control database computes it, which is exactly what the
+    admin is looked up by, so every spelling that reaches an admin shares one login throttle.
+    """
     cur = await conn.execute(
-        sql.SQL("SELECT {}, password_hash FROM platform_admins WHERE lower(email) = lower(%s)").format(_COLUMNS),
+        sql.SQL(
+            "SELECT k.login_key, a.id, a.email, a.disabled, a.created_at, a.last_login_at, a.password_hash"
+            " FROM (SELECT lower(%s) AS login_key) k LEFT JOIN platform_admins a ON lower(a.email) = k.login_key"
+        ),
         (email,),
     )
     row = await cur.fetchone()
-    return (_admin(row), str(row["password_hash"])) if row else None
+    assert row is not None
+    found = (_admin(row), str(row["password_hash"])) if row["id"] is not None else None
+    return str(row["login_key"]), found
+
+
+async def admin_session_live(conn: AsyncConn, admin_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+    """Whether ``session_id`` is a live login session of ``admin_id`` and the admin is enabled.
+
+    What an impersonation token (and an API key made with one) depends on.
+    """
+    cur = await conn.execute(
+        "SELECT 1 FROM platform_sessions s JOIN platform_admins a ON a.id = s.user_id"
+        " WHERE s.id = %s AND s.user_id = %s AND s.revoked_at IS NULL AND s.expires_at > now() AND NOT a.disabled",
+        (session_id, admin_id),
+    )
+    return await cur.fetchone() is not None
 
 
 async def get_admin(conn: AsyncConn, admin_id: uuid.UUID) -> Admin | None:

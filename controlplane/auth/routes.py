@@ -149,8 +149,10 @@ async def logout(request: Request[Any, Any, Any], all_sessions: FromQuery[bool] 
     auth = _auth(request)
     claims = await auth.signer.verify(bearer(request.headers.get("authorization")))
     tenant = await _named_tenant(request)
-    if claims.sid is None:
-        raise InvalidToken("this token has no session to end (impersonation tokens simply expire)")
+    if claims.sid is None or claims.imp is not None:
+        raise InvalidToken(
+            "this token has no session of its own to end (an impersonation ends with the admin's platform session)"
+        )
     session_id = uuid.UUID(claims.sid)
     if tenant is not None:
         auth.check_tenant(tenant, claims)
@@ -173,6 +175,7 @@ async def logout(request: Request[Any, Any, Any], all_sessions: FromQuery[bool] 
             await sessions.revoke_all(conn, "platform_sessions", admin_id)
         else:
             await sessions.revoke(conn, "platform_sessions", session_id)
+    auth.forget_admin_sessions()  # impersonations made in those sessions end here at once
     return Response(None, status_code=204)
 
 

@@ -9,25 +9,38 @@ Tenant side, in two steps so that a bad token never costs a database connection:
    query (cached for ``principal_cache_ttl``), so disabling a user, changing their role or logging
    out takes effect on this instance at once and on every other within that TTL.
 
-Login is throttled per account and per source address; passwords are argon2id.
+Login is throttled per account and per source address; passwords are argon2id. The account's throttle
+key is the address exactly as the database looks the account up (its ``lower()``), so no spelling of
+an address that reaches an account gets an allowance of its own.
+
+Impersonation tokens carry the impersonating super-admin's login session (``sid``): they, and the API
+keys made with them, stop as soon as that session ends or the admin is disabled (one control-database
+read, cached for ``principal_cache_ttl``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
+from psycopg_pool import AsyncConnectionPool
 
 from controlplane.auth import repository as admins
-from controlplane.auth import sessions
 from controlplane.auth import tenant_repository as users
+from controlplane.auth.api_keys import (
+    API_KEY_PREFIX,
+    ApiKeyCredential,
+    ApiKeyMaker,
+    api_key_maker,
+    hash_secret,
+    key_principal,
+    new_api_key,
+)
+from controlplane.auth.logins import PLATFORM_AUDIENCE, TENANT_AUDIENCE, Logins, TokenPair
 from controlplane.auth.models import (
     ROLE_PERMISSIONS,
     Principal,
@@ -41,9 +54,7 @@ from controlplane.auth.tokens import AccessClaims, TokenSigner
 from controlplane.db import AsyncConn
 from controlplane.errors import (
     FeatureNotInTier,
-    InvalidCredentials,
     InvalidToken,
-    TooManyRequests,
     Unauthorized,
     WrongTenant,
 )
@@ -51,28 +62,27 @@ from controlplane.registry.models import Tier
 from controlplane.routing.models import TenantContext
 from controlplane.settings import AuthSettings
 
-#: ``aud`` of tokens for the platform API and for one tenant's API.
-PLATFORM_AUDIENCE = "platform"
-TENANT_AUDIENCE = "tenant"
-#: API keys: ``cvk_<tenant id hex>_<secret>``. The tenant id lets a key presented to the wrong tenant
-#: be told apart (403) from one that does not exist (401) without asking the other tenant's database.
-API_KEY_PREFIX = "cvk_"
 #: Tiers whose tenants may use API keys ("API access").
 API_KEY_TIERS = frozenset({Tier.ENTERPRISE})
 
-
-class TokenPair(msgspec.Struct, frozen=True, kw_only=True):
-    access_token: str
-    token_type: str
-    expires_in: int
-    refresh_token: str | None = None
-    refresh_expires_in: int | None = None
-
-
-@dataclass(frozen=True)
-class ApiKeyCredential:
-    tenant_hex: str
-    digest: bytes
+__all__ = [
+    "API_KEY_PREFIX",
+    "API_KEY_TIERS",
+    "PLATFORM_AUDIENCE",
+    "TENANT_AUDIENCE",
+    "ApiKeyCredential",
+    "ApiKeyMaker",
+    "Authenticator",
+    "Credential",
+    "TokenPair",
+    "api_key_maker",
+    "automation_token_matches",
+    "bearer",
+    "expiry",
+    "hash_secret",
+    "new_api_key",
+    "subject_id",
+]
 
 
 Credential = AccessClaims | ApiKeyCredential
@@ -87,18 +97,7 @@ def bearer(header: str | None) -> str:
     return token
 
 
-def new_api_key(tenant_id: uuid.UUID) -> tuple[str, str, bytes]:
-    """(the key to show once, its display prefix, its hash to store)."""
-    secret = secrets.token_urlsafe(32)
-    key = f"{API_KEY_PREFIX}{tenant_id.hex}_{secret}"
-    return key, key[: len(API_KEY_PREFIX) + 32 + 7], hash_secret(key)
-
-
-def hash_secret(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
-class Authenticator:
+class Authenticator(Logins):
     """Issues and checks credentials. One per service instance.
 
     Two small caches keep a hot caller's requests cheap (each was a third of a routed request's CPU):
@@ -111,18 +110,58 @@ class Authenticator:
     #: Entries kept at most in each cache (beyond that the cache starts over).
     CACHE_LIMIT = 10_000
 
-    def __init__(self, settings: AuthSettings, signer: TokenSigner, passwords: Passwords, limiter: RateLimiter):
+    def __init__(
+        self,
+        settings: AuthSettings,
+        signer: TokenSigner,
+        passwords: Passwords,
+        limiter: RateLimiter,
+        *,
+        refresh_key: bytes | None = None,
+        control: AsyncConnectionPool[AsyncConn] | None = None,
+    ):
+        """``refresh_key``: ``sessions.refresh_key(CARDVAULT_SECRET_KEY)``, the same on every instance (a
+        random one is only good for a single process that never sees a session twice). ``control``: the
+        control database, to check the admin session behind impersonations (without it, impersonation
+        tokens and keys made with them are refused)."""
         self.settings = settings
         self.signer = signer
         self.passwords = passwords
         self.limiter = limiter
+        self._refresh_key = refresh_key if refresh_key is not None else secrets.token_bytes(32)
+        self._control = control
         self._verified: dict[str, AccessClaims] = {}
         self._principals: dict[uuid.UUID, dict[object, tuple[Principal, float]]] = {}
         self._principal_count = 0
+        self._admin_sessions: dict[tuple[uuid.UUID, uuid.UUID], tuple[bool, float]] = {}
 
     def forget_principals(self, tenant_id: uuid.UUID) -> None:
         """Drop the cached principals of a tenant (its users, sessions or keys changed)."""
         self._principal_count -= len(self._principals.pop(tenant_id, {}))
+
+    def forget_admin_sessions(self) -> None:
+        """Drop the cached state of admin sessions (an admin logged out or was disabled here), and every
+        cached principal with it (keys made during an impersonation depend on an admin session)."""
+        self._admin_sessions.clear()
+        self._principals.clear()
+        self._principal_count = 0
+
+    async def admin_session_live(self, admin_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+        """Whether the super-admin's login session is live and the admin enabled (cached for the principal TTL)."""
+        key = (admin_id, session_id)
+        cached = self._admin_sessions.get(key)
+        if cached is not None and cached[1] >= time.monotonic():
+            return cached[0]
+        if self._control is None:
+            return False
+        async with self._control.connection() as conn:
+            live = await admins.admin_session_live(conn, admin_id, session_id)
+        ttl = self.settings.principal_cache_ttl
+        if ttl > 0:
+            if len(self._admin_sessions) >= self.CACHE_LIMIT:
+                self._admin_sessions.clear()
+            self._admin_sessions[key] = (live, time.monotonic() + ttl)
+        return live
 
     def _cached_principal(self, tenant_id: uuid.UUID, key: object) -> Principal | None:
         entry = self._principals.get(tenant_id, {}).get(key)
@@ -180,16 +219,7 @@ class Authenticator:
         if isinstance(credential, ApiKeyCredential):
             return await self._api_key_principal(conn, tenant, credential)
         if credential.imp is not None:
-            role = Role(credential.role)
-            return Principal(
-                kind=PrincipalKind.IMPERSONATION,
-                subject=credential.sub,
-                label=f"impersonation by {credential.sub}",
-                role=role,
-                permissions=ROLE_PERMISSIONS[role],
-                tenant_id=tenant.id,
-                impersonator=uuid.UUID(credential.imp),
-            )
+            return await self._impersonation_principal(tenant, credential)
         user_id, session_id = _tenant_subject(credential)
         cached = self._cached_principal(tenant.id, session_id)
         if cached is not None:
@@ -212,174 +242,41 @@ class Authenticator:
         )
         return self._remember(tenant.id, session_id, principal)
 
+    async def _impersonation_principal(self, tenant: TenantContext, claims: AccessClaims) -> Principal:
+        """A super-admin inside the tenant, for as long as the admin's login session lasts."""
+        try:
+            admin_id = uuid.UUID(claims.imp or "")
+            admin_session = uuid.UUID(claims.sid or "")
+        except ValueError:
+            raise InvalidToken("this impersonation token is not tied to a login session") from None
+        if not await self.admin_session_live(admin_id, admin_session):
+            raise InvalidToken("the impersonating admin's session has ended or the admin is disabled")
+        role = Role(claims.role)
+        return Principal(
+            kind=PrincipalKind.IMPERSONATION,
+            subject=claims.sub,
+            label=f"impersonation by {claims.sub}",
+            role=role,
+            permissions=ROLE_PERMISSIONS[role],
+            tenant_id=tenant.id,
+            impersonator=admin_id,
+            impersonator_session=admin_session,
+            expires_at=dt.datetime.fromtimestamp(claims.exp, dt.UTC),
+        )
+
     async def _api_key_principal(self, conn: AsyncConn, tenant: TenantContext, key: ApiKeyCredential) -> Principal:
         cached = self._cached_principal(tenant.id, key.digest)
         if cached is not None:
             return cached
         row = await users.api_key_by_hash(conn, key.digest)
-        if row is None or not row["live"] or row["maker_disabled"]:
-            raise InvalidToken("unknown, expired or revoked API key")
-        await users.touch_api_key(conn, row["id"])
-        role = Role(row["tenant_role"])
-        # A key never has more than its role, nor more than its maker has now (grants are not inherited).
-        permissions = ROLE_PERMISSIONS[role]
-        if row["permissions"] is not None:
-            maker = effective_permissions(role, row["permissions"])
-            permissions = permissions & maker
-        principal = Principal(
-            kind=PrincipalKind.API_KEY,
-            subject=f"api_key:{row['id']}",
-            label=row["name"],
-            role=role,
-            permissions=permissions,
-            tenant_id=tenant.id,
-            user_id=row["created_by"],
-        )
-        return self._remember(tenant.id, key.digest, principal)
-
-    # -- tenant logins --------------------------------------------------------------------------
-
-    async def _throttle(self, account: str, address: str | None) -> list[tuple[str, int]]:
-        """The throttle keys of this attempt; 429 if either is over its failure budget."""
-        window = int(self.settings.login_window)
-        keys = [(f"login:account:{account}", self.settings.login_max_failures)]
-        if address:
-            keys.append((f"login:address:{address}", self.settings.login_max_failures_per_address))
-        for key, limit in keys:
-            decision = await self.limiter.check(key, limit, window)
-            if not decision.allowed:
-                raise TooManyRequests(
-                    "too many failed logins; try again later",
-                    headers={"Retry-After": str(decision.reset_after)},
-                    retry_after=decision.reset_after,
-                )
-        return keys
-
-    async def _failed(self, keys: list[tuple[str, int]]) -> InvalidCredentials:
-        for key, _limit in keys:
-            await self.limiter.fail(key, int(self.settings.login_window))
-        return InvalidCredentials("wrong email or password")
-
-    async def login_tenant(
-        self,
-        conn: AsyncConn,
-        tenant: TenantContext,
-        email: str,
-        password: str,
-        *,
-        source_address: str | None,
-        user_agent: str | None,
-    ) -> tuple[TokenPair, int]:
-        """Tokens for a tenant user, and the user's id; the caller commits."""
-        keys = await self._throttle(f"{tenant.id}:{email.strip().lower()}", source_address)
-        row = await users.credentials_by_email(conn, email.strip())
         if row is None:
-            await self.passwords.verify_dummy(password)
-            raise await self._failed(keys)
-        if not await self.passwords.verify(row["password_hash"], password) or row["disabled"]:
-            raise await self._failed(keys)
-        await self.limiter.clear(keys[0][0], int(self.settings.login_window))
-        if self.passwords.needs_rehash(row["password_hash"]):
-            await users.update_user(conn, row["id"], {"password_hash": await self.passwords.hash(password)})
-        await users.touch_login(conn, row["id"])
-        session_id, refresh = await sessions.open_session(
-            conn,
-            "auth_sessions",
-            row["id"],
-            ttl=self.settings.refresh_token_ttl,
-            source_address=source_address,
-            user_agent=user_agent,
-        )
-        return self._tenant_pair(tenant, row["id"], Role(row["tenant_role"]), session_id, refresh), row["id"]
-
-    def _tenant_pair(
-        self, tenant: TenantContext, user_id: int, role: Role, session_id: uuid.UUID, refresh: str
-    ) -> TokenPair:
-        return self._session_pair(TENANT_AUDIENCE, f"user:{user_id}", role, session_id, refresh, tenant.id)
-
-    def _session_pair(
-        self,
-        audience: str,
-        subject: str,
-        role: Role,
-        session_id: uuid.UUID,
-        refresh: str,
-        tenant_id: uuid.UUID | None = None,
-    ) -> TokenPair:
-        ttl = self.settings.access_token_ttl
-        access = self.signer.issue(
-            audience=audience, subject=subject, role=role.value, ttl=ttl, tenant_id=tenant_id, session_id=session_id
-        )
-        return TokenPair(
-            access_token=access,
-            token_type="Bearer",
-            expires_in=int(ttl),
-            refresh_token=refresh,
-            refresh_expires_in=int(self.settings.refresh_token_ttl),
-        )
-
-    async def refresh_tenant(self, conn: AsyncConn, tenant: TenantContext, refresh_token: str) -> TokenPair:
-        """New tokens for a live session (the old refresh token is spent). Replaying a spent one
-        raises ``RefreshReplayed`` after revoking the session: the caller must commit on it."""
-        session, new_refresh = await sessions.rotate(conn, "auth_sessions", refresh_token)
-        user = await users.get_user(conn, session.user_id)
-        if user is None or user["disabled"]:
-            await sessions.revoke(conn, "auth_sessions", session.id)
-            raise InvalidToken("this account is disabled")
-        return self._tenant_pair(tenant, user["id"], Role(user["tenant_role"]), session.id, new_refresh)
-
-    def impersonation_token(self, tenant: TenantContext, admin_id: uuid.UUID, role: Role) -> TokenPair:
-        ttl = self.settings.impersonation_ttl
-        access = self.signer.issue(
-            audience=TENANT_AUDIENCE,
-            subject=f"admin:{admin_id}",
-            role=role.value,
-            ttl=ttl,
-            tenant_id=tenant.id,
-            impersonator=admin_id,
-        )
-        return TokenPair(access_token=access, token_type="Bearer", expires_in=int(ttl))
-
-    # -- platform logins ------------------------------------------------------------------------
-
-    def _platform_pair(self, admin_id: uuid.UUID, session_id: uuid.UUID, refresh: str) -> TokenPair:
-        return self._session_pair(PLATFORM_AUDIENCE, f"admin:{admin_id}", Role.SUPER_ADMIN, session_id, refresh)
-
-    async def login_platform(
-        self, conn: AsyncConn, email: str, password: str, *, source_address: str | None, user_agent: str | None
-    ) -> TokenPair:
-        """Tokens for a super-admin (``conn``: an autocommit control-database connection)."""
-        keys = await self._throttle(f"platform:{email.strip().lower()}", source_address)
-        found = await admins.get_admin_credentials(conn, email.strip())
-        if found is None:
-            await self.passwords.verify_dummy(password)
-            raise await self._failed(keys)
-        admin, password_hash = found
-        if not await self.passwords.verify(password_hash, password) or admin.disabled:
-            raise await self._failed(keys)
-        await self.limiter.clear(keys[0][0], int(self.settings.login_window))
-        async with conn.transaction():
-            if self.passwords.needs_rehash(password_hash):
-                await admins.set_admin_password(conn, admin.id, await self.passwords.hash(password))
-            await admins.touch_login(conn, admin.id)
-            session_id, refresh = await sessions.open_session(
-                conn,
-                "platform_sessions",
-                admin.id,
-                ttl=self.settings.refresh_token_ttl,
-                source_address=source_address,
-                user_agent=user_agent,
-            )
-        return self._platform_pair(admin.id, session_id, refresh)
-
-    async def refresh_platform(self, conn: AsyncConn, refresh_token: str) -> TokenPair:
-        """Like ``refresh_tenant``, in the control database: the caller commits, on ``InvalidToken`` too."""
-        session, new_refresh = await sessions.rotate(conn, "platform_sessions", refresh_token)
-        admin = await admins.get_admin(conn, session.user_id)
-        if admin is None or admin.disabled:
-            await sessions.revoke(conn, "platform_sessions", session.id)
-            raise InvalidToken("this account is disabled")
-        return self._platform_pair(admin.id, session.id, new_refresh)
+            raise InvalidToken("unknown, expired or revoked API key")
+        admin_live = False
+        if row["live"] and row["created_by"] is None and row["admin_session"] is not None:
+            admin_live = await self.admin_session_live(row["created_by_admin"], row["admin_session"])
+        principal = key_principal(tenant.id, row, admin_live=admin_live)
+        await users.touch_api_key(conn, row["id"])
+        return self._remember(tenant.id, key.digest, principal)
 
 
 def _tenant_subject(claims: AccessClaims) -> tuple[int, uuid.UUID]:

@@ -54,13 +54,17 @@ async def session_user(conn: AsyncConn, user_id: int, session_id: uuid.UUID) -> 
 
 
 async def api_key_by_hash(conn: AsyncConn, key_hash: bytes) -> Row | None:
-    """The key with this hash and whether it may be used now, with the permissions of its maker."""
+    """The key with this hash, whether it may be used now, and its maker as they are now.
+
+    ``maker_*`` are NULL when the key has no maker user (made during an impersonation: then
+    ``created_by_admin`` / ``admin_session`` name the super-admin it answers to).
+    """
     return await _one(
         conn,
         sql.SQL(
-            "SELECT k.id, k.name, k.tenant_role, k.created_by, k.last_used_at,"
-            " (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS live,"
-            " u.permissions, u.disabled AS maker_disabled"
+            "SELECT k.id, k.name, k.tenant_role, k.created_by, k.created_by_admin, k.admin_session, k.expires_at,"
+            " k.last_used_at, (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS live,"
+            " u.tenant_role AS maker_role, u.permissions AS maker_permissions, u.disabled AS maker_disabled"
             " FROM api_keys k LEFT JOIN users u ON u.id = k.created_by WHERE k.key_hash = %s"
         ),
         (key_hash,),
@@ -76,12 +80,23 @@ async def touch_api_key(conn: AsyncConn, key_id: int) -> None:
     )
 
 
-async def credentials_by_email(conn: AsyncConn, email: str) -> Row | None:
-    return await _one(
+async def login_lookup(conn: AsyncConn, email: str) -> tuple[str, Row | None]:
+    """``(login key, account)`` for a login attempt with ``email``.
+
+    The login key is ``lower(email)`` as this database computes it, which is exactly what the account
+    is looked up by: every spelling that reaches an account has the same key (the login throttle's),
+    whatever the database's locale makes of case (``vİctim@`` and ``victim@`` under a UTF-8 ``LC_CTYPE``).
+    """
+    row = await _one(
         conn,
-        sql.SQL("SELECT id, email, password_hash, tenant_role, disabled FROM users WHERE lower(email) = lower(%s)"),
+        sql.SQL(
+            "SELECT k.login_key, u.id, u.email, u.password_hash, u.tenant_role, u.disabled"
+            " FROM (SELECT lower(%s) AS login_key) k LEFT JOIN users u ON lower(u.email) = k.login_key"
+        ),
         (email,),
     )
+    assert row is not None
+    return str(row["login_key"]), (row if row["id"] is not None else None)
 
 
 async def touch_login(conn: AsyncConn, user_id: int) -> None:
@@ -173,14 +188,16 @@ async def insert_api_key(
     role: str,
     created_by: int | None,
     expires_at: dt.datetime | None,
+    created_by_admin: uuid.UUID | None = None,
+    admin_session: uuid.UUID | None = None,
 ) -> Row:
     row = await _one(
         conn,
         sql.SQL(
-            "INSERT INTO api_keys (name, prefix, key_hash, tenant_role, created_by, expires_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING {}"
+            "INSERT INTO api_keys (name, prefix, key_hash, tenant_role, created_by, expires_at, created_by_admin,"
+            " admin_session) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
         ).format(_KEY_COLUMNS),
-        (name, prefix, key_hash, role, created_by, expires_at),
+        (name, prefix, key_hash, role, created_by, expires_at, created_by_admin, admin_session),
     )
     assert row is not None
     return row

@@ -189,14 +189,19 @@ def servers_add(name: str, dsn: str, as_json: bool) -> None:
 def servers_set_dsn(name: str, dsn: str | None, as_json: bool) -> None:
     """Replace NAME's DSN (a rotated password, a new address); it must reach the same server.
 
-    Without DSN the first line of stdin is read, which keeps the password out of the process list.
-    Every replica drops the old DSN when notified (CARDVAULT_SERVER_DSN_TTL at the latest).
+    Without DSN it is read from stdin (first line) or prompted for, hidden: the password stays out of the
+    process list. Every replica drops the old DSN when notified (CARDVAULT_SERVER_DSN_TTL at the latest).
     """
     from controlplane.audit.models import AuditContext
     from controlplane.audit.service import audited
     from controlplane.platform import Platform
 
-    new_dsn = dsn if dsn is not None else sys.stdin.readline().rstrip("\r\n")
+    if dsn is not None:
+        new_dsn = dsn
+    elif sys.stdin.isatty():
+        new_dsn = click.prompt("New DSN", hide_input=True)
+    else:
+        new_dsn = sys.stdin.readline().rstrip("\r\n")
     settings = load_settings()
 
     async def go() -> Any:

@@ -18,10 +18,23 @@ DEFAULT_SERVER_NAME = "default"
 
 
 class ServerStatus(enum.StrEnum):
+    """What placement does with a server (``db_servers.status`` allows exactly these values)."""
+
     #: Receives new tenants.
     ACTIVE = "active"
     #: Keeps its tenants, receives no new ones.
     DRAINING = "draining"
+
+
+class ServerIdentity(msgspec.Struct, frozen=True):
+    """What a PostgreSQL server is, whatever host name reaches it: ``pg_control_system()``'s system
+    identifier and the port the server itself listens on."""
+
+    system_identifier: int
+    port: int
+
+    def describe(self) -> str:
+        return f"system identifier {self.system_identifier}, port {self.port}"
 
 
 class Server(msgspec.Struct, kw_only=True):
@@ -32,6 +45,17 @@ class Server(msgspec.Struct, kw_only=True):
     template_revision: str | None
     tenants: int
     created_at: datetime
+    #: ``pg_control_system().system_identifier`` as a string (64 bits do not survive JSON numbers);
+    #: None for a server registered before identities were recorded, until the reconciler records it.
+    system_identifier: str | None = None
+    #: The port the server listens on (its own ``port`` setting), with ``system_identifier``.
+    port: int | None = None
+
+    @property
+    def identity(self) -> ServerIdentity | None:
+        if self.system_identifier is None or self.port is None:
+            return None
+        return ServerIdentity(int(self.system_identifier), self.port)
 
 
 def validate_server_name(name: str) -> str:

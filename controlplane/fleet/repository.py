@@ -10,10 +10,11 @@ import psycopg
 
 from controlplane.db import AsyncConn
 from controlplane.errors import ServerExists
-from controlplane.fleet.models import Server, ServerStatus
+from controlplane.fleet.models import Server, ServerIdentity, ServerStatus
 
 _SELECT = """
     SELECT s.id, s.name, s.dsn_display, s.status, s.template_revision, s.created_at,
+           s.system_identifier, s.port,
            (SELECT count(*) FROM tenants t WHERE t.server_id = s.id) AS tenants
       FROM db_servers s
 """
@@ -28,20 +29,73 @@ def _server(row: Mapping[str, Any]) -> Server:
         template_revision=row["template_revision"],
         tenants=row["tenants"],
         created_at=row["created_at"],
+        system_identifier=None if row["system_identifier"] is None else str(row["system_identifier"]),
+        port=row["port"],
     )
 
 
+def _identity_params(identity: ServerIdentity | None) -> tuple[int | None, int | None]:
+    return (None, None) if identity is None else (identity.system_identifier, identity.port)
+
+
+def _exists(exc: psycopg.errors.UniqueViolation, name: str, identity: ServerIdentity | None) -> ServerExists:
+    if exc.diag.constraint_name == "db_servers_identity_key" and identity is not None:
+        return ServerExists(f"this PostgreSQL server ({identity.describe()}) is already registered", name=name)
+    return ServerExists(f"a server named {name!r} is already registered", name=name)
+
+
 async def insert_server(
-    conn: AsyncConn, *, server_id: uuid.UUID, name: str, dsn_encrypted: str, dsn_display: str
+    conn: AsyncConn,
+    *,
+    server_id: uuid.UUID,
+    name: str,
+    dsn_encrypted: str,
+    dsn_display: str,
+    identity: ServerIdentity | None,
 ) -> None:
     try:
         async with conn.transaction():
             await conn.execute(
-                "INSERT INTO db_servers (id, name, dsn_encrypted, dsn_display) VALUES (%s, %s, %s, %s)",
-                (server_id, name, dsn_encrypted, dsn_display),
+                "INSERT INTO db_servers (id, name, dsn_encrypted, dsn_display, system_identifier, port)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (server_id, name, dsn_encrypted, dsn_display, *_identity_params(identity)),
             )
-    except psycopg.errors.UniqueViolation:
-        raise ServerExists(f"a server named {name!r} is already registered", name=name) from None
+    except psycopg.errors.UniqueViolation as exc:
+        raise _exists(exc, name, identity) from None
+
+
+async def update_dsn(
+    conn: AsyncConn, server: Server, *, dsn_encrypted: str, dsn_display: str, identity: ServerIdentity
+) -> None:
+    """A new DSN (and the identity it was checked against); the row's trigger tells every replica."""
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE db_servers SET dsn_encrypted = %s, dsn_display = %s, system_identifier = %s, port = %s,"
+                " updated_at = now() WHERE id = %s",
+                (dsn_encrypted, dsn_display, *_identity_params(identity), server.id),
+            )
+    except psycopg.errors.UniqueViolation as exc:
+        raise _exists(exc, server.name, identity) from None
+
+
+async def set_identity(conn: AsyncConn, server: Server, identity: ServerIdentity) -> None:
+    """Record the identity of a server registered before identities were (``ServerExists`` if taken)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE db_servers SET system_identifier = %s, port = %s, updated_at = now()"
+                " WHERE id = %s AND system_identifier IS NULL",
+                (*_identity_params(identity), server.id),
+            )
+    except psycopg.errors.UniqueViolation as exc:
+        raise _exists(exc, server.name, identity) from None
+
+
+async def get_by_identity(conn: AsyncConn, identity: ServerIdentity) -> Server | None:
+    cur = await conn.execute(_SELECT + " WHERE s.system_identifier = %s AND s.port = %s", _identity_params(identity))
+    row = await cur.fetchone()
+    return _server(row) if row else None
 
 
 async def list_servers(conn: AsyncConn) -> list[Server]:
@@ -51,6 +105,12 @@ async def list_servers(conn: AsyncConn) -> list[Server]:
 
 async def get_by_name(conn: AsyncConn, name: str) -> Server | None:
     cur = await conn.execute(_SELECT + " WHERE s.name = %s", (name,))
+    row = await cur.fetchone()
+    return _server(row) if row else None
+
+
+async def get_by_id(conn: AsyncConn, server_id: uuid.UUID) -> Server | None:
+    cur = await conn.execute(_SELECT + " WHERE s.id = %s", (server_id,))
     row = await cur.fetchone()
     return _server(row) if row else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, KwargDefinition
 
@@ -18,7 +18,21 @@ from controlplane.platform import Platform
 class AddServer(msgspec.Struct, forbid_unknown_fields=True):
     # Documented in the OpenAPI schema; the fleet service checks the name (validation_failed).
     name: Annotated[str, KwargDefinition(pattern=SERVER_NAME_PATTERN.pattern)]
-    dsn: Annotated[str, KwargDefinition(description="libpq DSN of a user with CREATEDB and CREATEROLE")]
+    dsn: Annotated[
+        str,
+        KwargDefinition(
+            description="libpq DSN naming host, port, user and dbname, of a user with CREATEDB and CREATEROLE"
+        ),
+    ]
+
+
+class ServerDsn(msgspec.Struct, forbid_unknown_fields=True):
+    dsn: Annotated[
+        str,
+        KwargDefinition(
+            description="the server's new libpq DSN (host, port, user, dbname); must reach the same server"
+        ),
+    ]
 
 
 class ServersController(Controller):
@@ -38,6 +52,24 @@ class ServersController(Controller):
             async with platform.control.connection() as conn:
                 server = await platform.fleet.register(conn, data.name, data.dsn)
             audit.details["dsn"] = server.dsn_display  # never the DSN as given: it may hold a password
+            return server
+
+    @put(
+        "/{name:str}/dsn",
+        status_code=200,
+        summary="Replace the server's DSN (rotated password, new address); it must reach the same server",
+    )
+    async def set_dsn(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        data: JSONBody[ServerDsn],
+        platform: NamedDependency[Platform],
+    ) -> Server:
+        async with audited(request, "server.set_dsn", entity="server", entity_id=name) as audit:
+            async with platform.control.connection() as conn:
+                server = await platform.fleet.update_dsn(conn, name, data.dsn)
+            audit.details["dsn"] = server.dsn_display  # never the DSN as given: it holds the password
             return server
 
     @post("/{name:str}/drain", status_code=200, summary="Stop placing new tenants on the server")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import psycopg
 from psycopg import conninfo
@@ -16,12 +18,20 @@ from psycopg_pool import AsyncConnectionPool
 from controlplane import db
 from controlplane.crypto import SecretBox
 from controlplane.db import AsyncConn
-from controlplane.errors import NoServerAvailable, ServerExists, ServerNotFound, ServerUnavailable, ValidationFailed
-from controlplane.fleet import repository
+from controlplane.errors import (
+    NoServerAvailable,
+    ServerExists,
+    ServerMismatch,
+    ServerNotFound,
+    ServerUnavailable,
+    ValidationFailed,
+)
+from controlplane.fleet import catalog, dsns, repository
 from controlplane.fleet.models import (
     DEFAULT_SERVER_NAME,
     SERVER_NAME_PATTERN,
     Server,
+    ServerIdentity,
     ServerStatus,
     validate_server_name,
 )
@@ -31,67 +41,162 @@ from controlplane.settings import DatabaseSettings
 _ADMIN_POOL_SIZE = 4
 
 
+class _CachedDsn(NamedTuple):
+    dsn: str
+    #: ``clock()`` value after which the DSN is read from the registry again.
+    expires: float
+
+
+class _AdminPool(NamedTuple):
+    #: The DSN the pool connects with: a different current DSN (rotated password) replaces the pool.
+    dsn: str
+    pool: AsyncConnectionPool[AsyncConn]
+
+
 class Fleet:
     """The servers hosting tenant databases and a small management pool for each.
 
     Management connections are autocommit (``CREATE DATABASE`` needs it) and are reused across
     operations: a new connection costs milliseconds, as much as the rest of a provisioning step.
+
+    Decrypted DSNs are kept for ``server_dsn_ttl`` seconds at most, one entry per server. ``forget``
+    drops them at once: this process calls it when it changes a server, and the registry cache calls
+    it when another replica's change is notified (``cardvault_servers``). A management pool opened
+    with an older DSN is replaced (and the old one closed) the next time the server is used.
     """
 
-    def __init__(self, box: SecretBox, settings: DatabaseSettings) -> None:
+    def __init__(
+        self, box: SecretBox, settings: DatabaseSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._box = box
         self._settings = settings
-        self._dsns: dict[uuid.UUID, str] = {}
-        self._pools: dict[uuid.UUID, AsyncConnectionPool[AsyncConn]] = {}
+        self._clock = clock
+        self._dsns: dict[uuid.UUID, _CachedDsn] = {}
+        #: Bumped by ``forget``: a registry read that started before it is not cached.
+        self._generation = 0
+        self._pools: dict[uuid.UUID, _AdminPool] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         #: Servers whose last management connection failed: probed before their pool is used again.
         self._suspect: set[uuid.UUID] = set()
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            await pool.close()
+        self._dsns.clear()
+        for entry in pools.values():
+            await entry.pool.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # -- registration ---------------------------------------------------------------------------
 
     async def register(self, conn: AsyncConn, name: str, dsn: str, *, check: bool = True) -> Server:
-        """Add a server; with ``check`` its DSN must connect with rights to create databases and roles."""
+        """Add a server. Its DSN must name host, port, user and database.
+
+        With ``check`` (always, but for tests that register a server nobody can reach) the DSN must
+        connect as a user with rights to create databases and roles, to a primary that is not
+        registered yet (by system identifier and port); PUBLIC then loses CONNECT on every database
+        of the server, in the same transaction as the registry row is written.
+        """
         validate_server_name(name)
-        try:
-            conninfo.conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError as exc:
-            raise ValidationFailed(f"invalid DSN: {exc}") from None
-        if check:
-            await self._check_rights(dsn)
+        dsns.explicit(dsn)
+        if not check:
+            await self._insert(conn, name, dsn, None)
+            return await self.get(conn, name)
+        async with self._checked(dsn) as (admin, facts):
+            await self._refuse_taken(conn, name, facts.identity)
+            open_databases = await catalog.open_databases(admin)
+            blocked = [d for d in open_databases if not d.manageable]
+            if blocked:
+                raise ValidationFailed(catalog.unmanageable_detail(blocked))
+            async with conn.transaction():
+                await self._insert(conn, name, dsn, facts.identity)
+                still_open = await catalog.lock_down(admin, (d.name for d in open_databases))
+                if still_open:
+                    raise ValidationFailed(
+                        catalog.unmanageable_detail(d for d in open_databases if d.name in still_open)
+                    )
+        return await self.get(conn, name)
+
+    async def ensure_default(self, conn: AsyncConn, control_dsn: str) -> None:
+        """Register the control database's own server when the fleet is empty.
+
+        Host, port and user are the ones the control connection actually reached, so the registered
+        DSN is explicit even when ``CARDVAULT_DATABASE_URL`` leans on libpq defaults.
+        """
+        if await repository.list_servers(conn):
+            return
+        info = conn.info
+        dsn = conninfo.make_conninfo(
+            control_dsn, host=info.host, port=str(info.port), user=info.user, dbname="postgres"
+        )
+        with contextlib.suppress(ServerExists):  # another replica starting at the same time
+            await self.register(conn, DEFAULT_SERVER_NAME, dsn)
+
+    async def update_dsn(self, conn: AsyncConn, name: str, dsn: str) -> Server:
+        """Replace a server's DSN (a rotated password, a new address): it must reach the same server.
+
+        The registry row's trigger notifies every replica; this one forgets the old DSN at once.
+        """
+        server = await self.get(conn, name)
+        dsns.explicit(dsn)
+        async with self._checked(dsn) as (_, facts):
+            registered = server.identity
+            if registered is not None and registered != facts.identity:
+                raise ServerMismatch(
+                    f"the new DSN reaches another PostgreSQL server ({facts.identity.describe()}); "
+                    f"{server.name!r} is {registered.describe()}",
+                    name=server.name,
+                )
+            if registered is None:
+                other = await repository.get_by_identity(conn, facts.identity)
+                if other is not None and other.id != server.id:
+                    raise ServerExists(f"the new DSN reaches the server registered as {other.name!r}", name=server.name)
+            await repository.update_dsn(
+                conn,
+                server,
+                dsn_encrypted=self._box.encrypt(dsn),
+                dsn_display=db.redact(dsn),
+                identity=facts.identity,
+            )
+        self.forget(server.id)
+        self._suspect.discard(server.id)
+        return await self.get(conn, name)
+
+    async def _insert(self, conn: AsyncConn, name: str, dsn: str, identity: ServerIdentity | None) -> None:
         await repository.insert_server(
             conn,
             server_id=uuid.uuid4(),
             name=name,
             dsn_encrypted=self._box.encrypt(dsn),
             dsn_display=db.redact(dsn),
+            identity=identity,
         )
-        server = await repository.get_by_name(conn, name)
-        assert server is not None
-        return server
 
-    async def ensure_default(self, conn: AsyncConn, control_dsn: str) -> None:
-        """Register the control database's own server when the fleet is empty."""
-        if not await repository.list_servers(conn):
-            with contextlib.suppress(ServerExists):  # another replica starting at the same time
-                await self.register(conn, DEFAULT_SERVER_NAME, db.with_database(control_dsn, "postgres"))
+    async def _refuse_taken(self, conn: AsyncConn, name: str, identity: ServerIdentity) -> None:
+        if await repository.get_by_name(conn, name) is not None:
+            raise ServerExists(f"a server named {name!r} is already registered", name=name)
+        same = await repository.get_by_identity(conn, identity)
+        if same is not None:
+            raise ServerExists(
+                f"this PostgreSQL server ({identity.describe()}) is already registered as {same.name!r}", name=name
+            )
 
-    async def _check_rights(self, dsn: str) -> None:
-        try:
-            async with db.connect(dsn, self._settings, role="check") as conn:
-                cur = await conn.execute(
-                    "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
-                )
-                row = await cur.fetchone()
-        except ServerUnavailable as exc:
-            # The DSN given is what is wrong (host, port, credentials, database): a client error.
-            raise ValidationFailed(f"cannot connect with this DSN: {exc.detail}") from None
-        if not row or not (row["rolsuper"] or (row["rolcreatedb"] and row["rolcreaterole"])):
-            raise ValidationFailed("the DSN's user needs SUPERUSER or CREATEDB and CREATEROLE")
+    @asynccontextmanager
+    async def _checked(self, dsn: str) -> AsyncIterator[tuple[AsyncConn, catalog.ServerFacts]]:
+        """A connection with ``dsn`` whose user may manage tenants on a primary; the server's facts."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(db.connect(dsn, self._settings, role="check"))
+            except ServerUnavailable as exc:
+                # The DSN given is what is wrong (host, port, credentials, database): a client error.
+                raise ValidationFailed(f"cannot connect with this DSN: {exc.detail}") from None
+            facts = await catalog.facts(conn)
+            if not facts.can_manage_tenants:
+                raise ValidationFailed("the DSN's user needs SUPERUSER or CREATEDB and CREATEROLE")
+            if facts.in_recovery:
+                raise ValidationFailed("the DSN reaches a standby (in recovery): register the primary")
+            yield conn, facts
 
     async def get(self, conn: AsyncConn, name: str) -> Server:
         # A name no server can have (say, with a NUL byte) is not looked up.
@@ -103,6 +208,7 @@ class Fleet:
     async def set_status(self, conn: AsyncConn, name: str, status: ServerStatus) -> Server:
         server = await self.get(conn, name)
         await repository.set_status(conn, server.id, status)
+        self.forget(server.id)
         return await self.get(conn, name)
 
     async def place(self, conn: AsyncConn) -> Server:
@@ -120,52 +226,98 @@ class Fleet:
     # -- connections ----------------------------------------------------------------------------
 
     async def dsn(self, conn: AsyncConn, server_id: uuid.UUID) -> str:
-        """The server's management DSN (decrypted, cached)."""
+        """The server's management DSN (decrypted; kept for ``server_dsn_ttl`` seconds at most)."""
         cached = self._dsns.get(server_id)
-        if cached is None:
-            encrypted = await repository.dsn_encrypted(conn, server_id)
-            if encrypted is None:
-                raise ServerNotFound(f"no server with id {server_id}")
-            cached = self._dsns[server_id] = self._box.decrypt(encrypted)
-        return cached
+        if cached is not None and cached.expires > self._clock():
+            return cached.dsn
+        generation = self._generation
+        encrypted = await repository.dsn_encrypted(conn, server_id)
+        if encrypted is None:
+            self._dsns.pop(server_id, None)
+            raise ServerNotFound(f"no server with id {server_id}")
+        dsn = self._box.decrypt(encrypted)
+        ttl = self._settings.server_dsn_ttl
+        if ttl > 0 and generation == self._generation:
+            now = self._clock()
+            for expired in [k for k, v in self._dsns.items() if v.expires <= now]:
+                del self._dsns[expired]
+            self._dsns[server_id] = _CachedDsn(dsn, now + ttl)
+        else:
+            self._dsns.pop(server_id, None)
+        return dsn
 
-    async def _probe(self, control: AsyncConn, server_id: uuid.UUID) -> None:
-        """One direct connection: fails at once when the server is down, where a pool waits its timeout."""
+    def forget(self, server_id: uuid.UUID | None = None) -> None:
+        """Drop the cached DSN of ``server_id`` (of every server when None): the next use reads it again."""
+        self._generation += 1
+        if server_id is None:
+            self._dsns.clear()
+        else:
+            self._dsns.pop(server_id, None)
+
+    async def _probe(self, control: AsyncConn, server_id: uuid.UUID, dsn: str) -> None:
+        """One direct connection: fails at once when the server is down, where a pool waits its timeout.
+
+        It also checks the DSN still reaches the server that was registered.
+        """
         try:
-            async with db.connect(await self.dsn(control, server_id), self._settings, role="probe") as conn:
-                await conn.execute("SELECT 1")
+            async with db.connect(dsn, self._settings, role="probe") as conn:
+                reached = await catalog.identity(conn)
         except psycopg.OperationalError as exc:
             raise ServerUnavailable(f"database server unreachable: {str(exc).strip()}") from exc
+        server = await repository.get_by_id(control, server_id)
+        registered = server.identity if server is not None else None
+        if registered is not None and registered != reached:
+            name = server.name if server is not None else str(server_id)
+            raise ServerUnavailable(
+                f"the DSN of server {name!r} now reaches another PostgreSQL server ({reached.describe()}, "
+                f"registered: {registered.describe()}); give it the right one with `cardvault servers set-dsn`"
+            )
+
+    async def _pool(self, control: AsyncConn, server_id: uuid.UUID) -> AsyncConnectionPool[AsyncConn]:
+        dsn = await self.dsn(control, server_id)
+        entry = self._pools.get(server_id)
+        current = entry is not None and entry.dsn == dsn
+        if not current or server_id in self._suspect:
+            await self._probe(control, server_id, dsn)
+            if entry is not None and current and server_id in self._suspect:
+                await entry.pool.check()  # back up: drop connections that died with the old server process
+            self._suspect.discard(server_id)
+        if entry is not None and current:
+            return entry.pool
+        async with self._lock:
+            entry = self._pools.get(server_id)
+            if entry is not None and entry.dsn == dsn:
+                return entry.pool
+            pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
+                db.management_conninfo(dsn, self._settings, role="admin"),
+                min_size=0,
+                max_size=_ADMIN_POOL_SIZE,
+                open=False,
+                timeout=self._settings.connect_timeout + 5,
+                kwargs={"autocommit": True, "row_factory": dict_row},
+                name=f"admin-{server_id}",
+            )
+            await pool.open()
+            self._pools[server_id] = _AdminPool(dsn, pool)
+            if entry is not None:
+                self._retire(entry.pool)
+            return pool
+
+    def _retire(self, pool: AsyncConnectionPool[AsyncConn]) -> None:
+        """Close a replaced pool in the background (connections in use close when they come back)."""
+        task = asyncio.get_running_loop().create_task(pool.close(), name="fleet-retire-pool")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @asynccontextmanager
     async def admin(self, control: AsyncConn, server_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
         """A pooled autocommit management connection to the server's maintenance database.
 
-        A server is probed with a direct connection before its pool is first made and after a failure,
-        so an unreachable server fails fast (``ServerUnavailable``) instead of after the pool timeout.
+        A server is probed with a direct connection before its pool is first made, after a failure and
+        after its DSN changed, so an unreachable server fails fast (``ServerUnavailable``) instead of
+        after the pool timeout.
         """
-        pool = self._pools.get(server_id)
-        if pool is None or server_id in self._suspect:
-            await self._probe(control, server_id)
-            if pool is not None and server_id in self._suspect:
-                await pool.check()  # back up: drop connections that died with the old server process
-            self._suspect.discard(server_id)
-        if pool is None:
-            dsn = await self.dsn(control, server_id)
-            async with self._lock:
-                pool = self._pools.get(server_id)
-                if pool is None:
-                    pool = AsyncConnectionPool(
-                        db.management_conninfo(dsn, self._settings, role="admin"),
-                        min_size=0,
-                        max_size=_ADMIN_POOL_SIZE,
-                        open=False,
-                        timeout=self._settings.connect_timeout + 5,
-                        kwargs={"autocommit": True, "row_factory": dict_row},
-                        name=f"admin-{server_id}",
-                    )
-                    await pool.open()
-                    self._pools[server_id] = pool
+        pool = await self._pool(control, server_id)
         try:
             async with pool.connection() as conn:
                 yield conn

@@ -52,7 +52,7 @@ async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
         async with platform.control.connection() as conn:
             admin = await admins.get_admin(conn, admin_id)
             live = claims.sid is not None and await sessions.is_active(conn, "platform_sessions", uuid.UUID(claims.sid))
-        if admin is None or admin.disabled or not live:
+        if admin is None or admin.disabled or not live or claims.sid is None:
             raise InvalidToken("the session has ended or the account is disabled; log in again")
         principal = Principal(
             kind=PrincipalKind.PLATFORM_ADMIN,
@@ -60,6 +60,7 @@ async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
             label=admin.email,
             role=Role.SUPER_ADMIN,
             permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
+            session_id=uuid.UUID(claims.sid),  # impersonation tokens it makes end with this session
         )
     connection.scope.setdefault("state", {})[_PRINCIPAL_KEY] = principal
 

@@ -10,7 +10,12 @@ One cycle (``cardvault reconcile [--fix]``, and periodically inside the service)
 4. every server is diffed against the registry: a registry row whose database is gone is marked
    ``broken`` (or purged if it was being deleted); a lost login role is re-created; a ``t_*`` database or
    role with no registry row is dropped **only if the ledger shows this control plane made it** — anything
-   else is reported as foreign and never touched.
+   else is reported as foreign and never touched;
+5. on every server, a database PUBLIC may connect to (``public_connect``: every tenant role could log
+   in to it) has that privilege revoked, the server's own user keeping CONNECT; tenant databases still
+   being provisioned are skipped (their provisioning revokes it). A server registered before server
+   identities were recorded gets its identity (``server_identity``) recorded, unless another
+   registered server already has it (the same server twice: reported, never changed).
 
 Without ``fix`` nothing is changed; everything found is reported.
 """
@@ -24,9 +29,10 @@ from datetime import UTC, datetime
 
 from controlplane.crypto import scram_sha256_verifier
 from controlplane.db import AsyncConn
-from controlplane.errors import CardVaultError, OperationInProgress
+from controlplane.errors import CardVaultError, OperationInProgress, ServerExists
+from controlplane.fleet import catalog as fleet_catalog
 from controlplane.fleet import repository as fleet_repository
-from controlplane.fleet.models import Server
+from controlplane.fleet.models import Server, ServerIdentity
 from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
@@ -176,7 +182,9 @@ class Reconciler:
             )
             report.findings.append(finding)
             if fix:
-                finding.action = await self._attempt(self._service.purge(tenant.slug), "purged")
+                finding.action = await self._attempt(
+                    self._service.purge(tenant.slug, expect=tenant.id, only_due=True), "purged"
+                )
 
     # -- 4. registry vs servers --------------------------------------------------------------------
 
@@ -186,11 +194,17 @@ class Reconciler:
                 databases = await catalog.tenant_databases(admin)
                 roles = await catalog.tenant_roles(admin)
                 tenants = await registry.list_tenants(conn, server_id=server.id)
+                open_databases = await fleet_catalog.open_databases(admin)
+                reached = await fleet_catalog.identity(admin) if server.identity is None else None
         except CardVaultError as exc:
             report.findings.append(
                 Finding(kind="server_unreachable", server=server.name, subject=server.name, detail=exc.detail)
             )
             return
+        if reached is not None:
+            await self._unidentified(report, server, reached, fix)
+        being_provisioned = {t.database_name for t in tenants if t.status is TenantStatus.PROVISIONING}
+        await self._public_connect(report, server, [d for d in open_databases if d.name not in being_provisioned], fix)
         registered = {t.database_name for t in tenants}
         for tenant in tenants:
             if tenant.status is TenantStatus.PROVISIONING or tenant.status is TenantStatus.BROKEN:
@@ -215,7 +229,7 @@ class Reconciler:
         if not fix:
             return
         if tenant.status is TenantStatus.DELETING:
-            finding.action = await self._attempt(self._service.purge(tenant.slug), "purged")
+            finding.action = await self._attempt(self._service.purge(tenant.slug, expect=tenant.id), "purged")
             return
         try:
             async with self._service.locked(tenant.id) as conn:
@@ -278,6 +292,54 @@ class Reconciler:
                     finding.action = "dropped"
             except OperationInProgress:
                 finding.action = "skipped: operation in progress"
+
+    # -- 5. server privileges and identity ---------------------------------------------------------
+
+    async def _public_connect(
+        self, report: ReconcileReport, server: Server, databases: list[fleet_catalog.OpenDatabase], fix: bool
+    ) -> None:
+        findings = {
+            d.name: Finding(
+                kind="public_connect",
+                server=server.name,
+                subject=d.name,
+                detail=f"every role may connect (PUBLIC has CONNECT; owner {d.owner}), tenant roles included",
+            )
+            for d in databases
+        }
+        report.findings.extend(findings.values())
+        if not fix or not databases:
+            return
+        for d in databases:
+            if not d.manageable:
+                findings[d.name].action = "failed: " + fleet_catalog.unmanageable_detail([d])
+        manageable = [d.name for d in databases if d.manageable]
+        try:
+            async with self._p.control.connection() as conn, self._p.fleet.admin(conn, server.id) as admin:
+                still_open = set(await fleet_catalog.lock_down(admin, manageable))
+        except CardVaultError as exc:
+            for name in manageable:
+                findings[name].action = f"failed: {exc.detail}"
+            return
+        for name in manageable:
+            findings[name].action = "failed: still open" if name in still_open else "revoked"
+
+    async def _unidentified(self, report: ReconcileReport, server: Server, reached: ServerIdentity, fix: bool) -> None:
+        finding = Finding(
+            kind="server_identity",
+            server=server.name,
+            subject=server.name,
+            detail=f"registered before server identities were recorded; its DSN reaches {reached.describe()}",
+        )
+        report.findings.append(finding)
+        if not fix:
+            return
+        try:
+            async with self._p.control.connection() as conn:
+                await fleet_repository.set_identity(conn, server, reached)
+            finding.action = "recorded"
+        except ServerExists as exc:
+            finding.action = f"failed: {exc.detail} (the same server under two names)"
 
     @staticmethod
     async def _attempt(work: Awaitable[None], done: str) -> str:

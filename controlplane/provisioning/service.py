@@ -148,17 +148,21 @@ class TenantService:
                     listener(tenant_id)
 
     @asynccontextmanager
-    async def locked_slug(self, slug: str) -> AsyncIterator[tuple[AsyncConn, Tenant]]:
+    async def locked_slug(
+        self, slug: str, *, expect: uuid.UUID | None = None
+    ) -> AsyncIterator[tuple[AsyncConn, Tenant]]:
         """The tenant ``slug`` names, read again under its lock (the lock is taken by id).
 
         Between the first lookup and the lock, a rename plus a new tenant taking the slug would make
         the slug name another tenant than the one locked: that is refused (retry), never acted on.
+        ``expect``: the id the caller listed the tenant under (the reconciler); another one is refused too.
         """
         async with self._p.control.connection() as conn:
             seen = await self.require(conn, slug)
-        async with self.locked(seen.id) as conn:
+        expected = seen.id if expect is None else expect
+        async with self.locked(expected) as conn:
             tenant = await self.require(conn, slug)
-            if tenant.id != seen.id:
+            if tenant.id != expected:
                 raise OperationInProgress(f"the slug {slug!r} was given to another tenant meanwhile; retry", slug=slug)
             yield conn, tenant
 
@@ -397,15 +401,24 @@ class TenantService:
             await steps.run("set_access", set_access)
         await steps.run("record", record)
 
-    async def purge(self, slug: str) -> None:
+    async def purge(self, slug: str, *, expect: uuid.UUID | None = None, only_due: bool = False) -> None:
         """End every session, drop the database and the role, remove the tenant's files, forget the
-        tenant. Nothing is left."""
-        async with self.locked_slug(slug) as (conn, tenant):
+        tenant. Nothing is left.
+
+        For the reconciler, which acts on what it listed a moment ago: ``expect`` refuses a slug that
+        now names another tenant, ``only_due`` a tenant that is no longer deleting and past its grace
+        period under the lock (resumed meanwhile): either is left alone.
+        """
+        async with self.locked_slug(slug, expect=expect) as (conn, tenant):
             if tenant.status is TenantStatus.PROVISIONING:
                 raise InvalidState("the tenant is still being provisioned", status=tenant.status.value)
+            now = datetime.now(UTC)
+            if only_due and (
+                tenant.status is not TenantStatus.DELETING or tenant.delete_after is None or tenant.delete_after > now
+            ):
+                raise InvalidState("the tenant is no longer due for purging", status=tenant.status.value)
             # From here on the tenant is deleting and due: if a step fails (or the process dies), the
             # reconciler finishes the purge instead of finding an active tenant without a database.
-            now = datetime.now(UTC)
             due = min(tenant.delete_after, now) if tenant.delete_after else now
             async with conn.transaction():
                 await registry.set_status(

@@ -375,6 +375,7 @@ class TenantCache:
 
     def _drop_server(self, server_id: uuid.UUID) -> None:
         self.stats.invalidations += 1
+        self._p.fleet.forget(server_id)  # its DSN changed: the next use reads (and checks) the new one
         for flight in self._flights:
             flight.dropped.add(server_id)
         affected = {tid for tid, (sid, _) in self._credentials.items() if sid == server_id}
@@ -385,6 +386,7 @@ class TenantCache:
 
     def _reset(self, reason: str) -> None:
         self.stats.resets += 1
+        self._p.fleet.forget()  # server notifications may have been missed too
         known = self._clear()
         log.debug("tenant cache reset (%s): %d tenant(s) forgotten", reason, len(known))
         self._run_callbacks(known)

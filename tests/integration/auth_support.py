@@ -16,6 +16,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from controlplane import db
+from controlplane.auth import repository as admins
+from controlplane.auth import sessions
 from controlplane.auth.passwords import Passwords
 from controlplane.fleet import repository as fleet
 from controlplane.platform import Platform
@@ -128,3 +130,22 @@ async def login(client: Any, slug: str, email: str, password: str = USER_PASSWOR
 async def login_as(client: Any, slug: str, email: str, password: str = USER_PASSWORD) -> dict[str, str]:
     """The ``Authorization`` header of a fresh login."""
     return bearer((await login(client, slug, email, password))["access_token"])
+
+
+async def admin_session(platform: Platform) -> tuple[uuid.UUID, uuid.UUID]:
+    """A new super-admin with a live platform login session: ``(admin id, session id)``.
+
+    What an impersonation token depends on (it stops when that session ends or the admin is disabled).
+    """
+    async with platform.control.connection() as conn, conn.transaction():
+        admin = await admins.insert_admin(conn, email=f"imp-{uuid.uuid4().hex[:12]}@platform.test", password_hash="")
+        session_id, _ = await sessions.open_session(
+            conn,
+            "platform_sessions",
+            admin.id,
+            key=sessions.refresh_key(platform.settings.security.secret_key),
+            ttl=3600,
+            source_address=None,
+            user_agent=None,
+        )
+    return admin.id, session_id

@@ -34,6 +34,7 @@ from controlplane.auth.passwords import Passwords
 from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN
+from tests.harness import LocalClusterHandle
 from tests.integration.auth_support import add_user, audit_rows, bearer, create_tenant, login_as
 from tests.integration.tenant_support import execute, fetch
 
@@ -126,8 +127,9 @@ def jwt_subject(auth: dict[str, str]) -> str:
 
 
 async def test_every_platform_action_leaves_exactly_one_row(
-    remote: httpx.AsyncClient, control_dsn: str, pg_admin_dsn: str
+    remote: httpx.AsyncClient, control_dsn: str, extra_cluster: Callable[[], LocalClusterHandle]
 ) -> None:
+    second = extra_cluster()
     Check = Callable[[Row], None]
     created: Json = {}
 
@@ -151,9 +153,9 @@ async def test_every_platform_action_leaves_exactly_one_row(
     def server_added(row: Row) -> None:
         server("second")(row)
         assert "dsn" in row["details"]
-        with psycopg.connect(pg_admin_dsn) as conn:
+        with psycopg.connect(second.dsn) as conn:
             password = conn.info.password
-        assert not password or password not in json.dumps(row["details"])
+        assert password and password not in json.dumps(row["details"])
 
     def reconciled(row: Row) -> None:
         assert row["details"]["fix"] is True and isinstance(row["details"]["findings"], int)
@@ -173,7 +175,7 @@ async def test_every_platform_action_leaves_exactly_one_row(
         ("POST", "/admin/tenants/acme-two/resume", {}, 200, "tenant.resume", "acme-two",
          changed("status", "suspended", "active")),
         ("POST", "/admin/reconcile?fix=true", {}, 200, "reconcile.run", None, reconciled),
-        ("POST", "/admin/servers", {"name": "second", "dsn": pg_admin_dsn}, 201, "server.add", None, server_added),
+        ("POST", "/admin/servers", {"name": "second", "dsn": second.dsn}, 201, "server.add", None, server_added),
         ("POST", "/admin/servers/second/drain", {}, 200, "server.drain", None, server("second")),
         ("POST", "/admin/servers/second/activate", {}, 200, "server.activate", None, server("second")),
         ("DELETE", "/admin/tenants/acme-two", {}, 200, "tenant.delete", "acme-two",

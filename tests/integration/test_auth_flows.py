@@ -92,11 +92,16 @@ async def test_platform_refresh_rotates_and_a_replay_revokes_the_session(client:
     second = (await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
     assert second["refresh_token"] != first["refresh_token"]
     assert (await client.get("/admin/pools", headers=bearer(second["access_token"]))).status_code == 200
-    # The spent refresh token again: a stolen copy is being used; the whole session ends.
+    # Within the grace window the spent token is a retry: the same successor again.
+    retry = (await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    assert retry["refresh_token"] == second["refresh_token"]
+    third = (await client.post("/auth/refresh", json={"refresh_token": second["refresh_token"]})).json()
+    assert third["refresh_token"] not in (first["refresh_token"], second["refresh_token"])
+    # A token spent two rotations ago: a stolen copy is being used; the whole session ends.
     replay = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert (replay.status_code, replay.json()["error"]) == (401, "invalid_token")
-    assert (await client.get("/admin/pools", headers=bearer(second["access_token"]))).status_code == 401
-    assert (await client.post("/auth/refresh", json={"refresh_token": second["refresh_token"]})).status_code == 401
+    assert (await client.get("/admin/pools", headers=bearer(third["access_token"]))).status_code == 401
+    assert (await client.post("/auth/refresh", json={"refresh_token": third["refresh_token"]})).status_code == 401
 
 
 async def test_disabled_admin_loses_access_at_once(client: Client, platform: Platform) -> None:

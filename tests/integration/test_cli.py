@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import SECRET_KEY
+from tests.harness import LocalClusterHandle
 from tests.integration.test_admin_api import HEAD, registry_snapshot, tenant_databases
 
 CARDVAULT = str(Path(sys.executable).parent / "cardvault")
@@ -185,9 +186,11 @@ def test_bad_input_is_a_json_error_and_changes_nothing(cli: Cli, control_dsn: st
         (("tenants", "suspend", "beta"), "invalid_state"),
         (("tenants", "delete", "nope", "--yes"), "tenant_not_found"),
         (("tenants", "purge", "nope", "--yes"), "tenant_not_found"),
-        (("servers", "add", "Bad Name", "host=127.0.0.1"), "validation_failed"),
+        (("servers", "add", "Bad Name", "host=127.0.0.1 port=1 user=nobody dbname=postgres"), "validation_failed"),
         (("servers", "add", "other", "host=127.0.0.1 port=1"), "validation_failed"),
         (("servers", "drain", "nope"), "server_not_found"),
+        (("servers", "set-dsn", "nope", "host=127.0.0.1 port=1 user=nobody dbname=postgres"), "server_not_found"),
+        (("servers", "set-dsn", "default", "host=127.0.0.1 port=1"), "validation_failed"),
     ]
     # Independent and each refused before any change: run them side by side.
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -211,17 +214,32 @@ def test_configuration_errors_exit_2_with_json(tenant_template_name: str, tmp_pa
 # -- servers, reconcile, migrations ------------------------------------------------------------------
 
 
-def test_servers_commands(cli: Cli, pg_admin_dsn: str) -> None:
+def test_servers_commands(cli: Cli, pg_admin_dsn: str, extra_cluster: Callable[[], LocalClusterHandle]) -> None:
     table = ok(cli("servers", "list")).stdout.splitlines()
     assert table[0].split() == ["NAME", "STATUS", "TENANTS", "TEMPLATE_REVISION", "DSN_DISPLAY"]
     assert table[1].split()[:3] == ["default", "active", "0"]
+    # The control database's own server under a second name: the same server, refused.
+    assert (
+        "already registered as 'default'"
+        in refused(cli("servers", "add", "again", pg_admin_dsn), "server_exists")["detail"]
+    )
 
-    added = ok(cli("servers", "add", "second", pg_admin_dsn, "--json")).json()
+    second = extra_cluster()
+    added = ok(cli("servers", "add", "second", second.dsn, "--json")).json()
     assert added["name"] == "second" and added["status"] == "active" and added["tenants"] == 0
-    with psycopg.connect(pg_admin_dsn) as conn:
+    with psycopg.connect(second.dsn) as conn:
         password = conn.info.password
-    assert not password or password not in added["dsn_display"]
-    refused(cli("servers", "add", "second", pg_admin_dsn), "server_exists")
+        conn.execute("CREATE ROLE rotating SUPERUSER LOGIN PASSWORD 'first-pw'")
+    assert password and password not in added["dsn_display"]
+    refused(cli("servers", "add", "second", second.dsn), "server_exists")
+
+    # A new DSN from stdin (the password stays out of the process list); it must reach the same server.
+    rotating = psycopg.conninfo.make_conninfo(second.dsn, user="rotating", password="first-pw")
+    changed = ok(cli("servers", "set-dsn", "second", "--json", stdin=rotating + "\n")).json()
+    assert "user=rotating" in changed["dsn_display"] and "first-pw" not in changed["dsn_display"]
+    assert changed["system_identifier"] == added["system_identifier"]
+    refused(cli("servers", "set-dsn", "second", pg_admin_dsn), "server_mismatch")
+    assert ok(cli("servers", "list", "--json")).json()[1]["dsn_display"] == changed["dsn_display"]
 
     assert ok(cli("servers", "drain", "second", "--json")).json()["status"] == "draining"
     servers = ok(cli("servers", "list", "--json")).json()

@@ -43,7 +43,7 @@ from tests.integration.tenant_support import (
 )
 
 PROVISION_STEPS = ("template", "create_database", "create_role", "activate")
-PURGE_STEPS = ("drop_database", "drop_role", "forget")
+PURGE_STEPS = ("drop_database", "drop_role", "drop_files", "forget")
 PROVISION_POINTS = [f"{when}:{step}" for step in PROVISION_STEPS for when in ("before", "after")]
 PURGE_POINTS = [f"{when}:{step}" for step in PURGE_STEPS for when in ("before", "after")]
 CARDVAULT = Path(sys.executable).with_name("cardvault")

@@ -71,13 +71,36 @@ async def test_rights_are_checked_when_adding_a_server(
     assert_error(
         await client.post("/admin/servers", json={"name": "second", "dsn": wrong_password}), 400, "validation_failed"
     )
+    manager = conninfo.make_conninfo(second.dsn, user="manager", password="manager-pw")
+    # CREATEDB and CREATEROLE, but postgres and template1 belong to the superuser: the manager could
+    # not keep tenant roles out of them, so the server is refused and nothing on it changes.
+    body = assert_error(
+        await client.post("/admin/servers", json={"name": "second", "dsn": manager}), 400, "validation_failed"
+    )
+    assert "postgres (owner" in body["detail"] and "template1 (owner" in body["detail"], body
+    assert "REVOKE CONNECT" in body["detail"]
+    assert {"postgres", "template1"} <= public_databases(second.dsn)
     assert registry_snapshot(control_dsn) == before
 
-    # CREATEDB and CREATEROLE without SUPERUSER is enough.
-    added = await add_server(
-        client, "second", conninfo.make_conninfo(second.dsn, user="manager", password="manager-pw")
-    )
+    # The owner closes them to PUBLIC (the manager keeps its maintenance database): now it is enough.
+    with psycopg.connect(second.dsn, autocommit=True) as conn:
+        conn.execute("GRANT CONNECT ON DATABASE postgres TO manager")
+        conn.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+        conn.execute("REVOKE CONNECT ON DATABASE template1 FROM PUBLIC")
+    added = await add_server(client, "second", manager)
     assert added["status"] == "active" and "manager-pw" not in added["dsn_display"]
+    assert public_databases(second.dsn) == set()
+    assert (await client.post("/admin/servers/default/drain")).status_code == 200
+    assert (await create(client, "managed"))["server_name"] == "second"
+
+
+def public_databases(admin_dsn: str) -> set[str]:
+    """Databases of a server that PUBLIC (so every role) may connect to."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND has_database_privilege('public', oid, 'CONNECT')"
+        ).fetchall()
+    return {r[0] for r in rows}
 
 
 async def test_placement_draining_and_a_tenant_on_the_second_server(

@@ -2,10 +2,10 @@
 
 With tenant A's real credentials (its password decrypted from the registry's ``role_password_encrypted``
 with ``platform.box``) the server refuses every database but A's own: tenant B's, the template that
-tenants are cloned from, and the control database. The refusal must be a permission refusal (the
-password is right: the same credentials open A's own database). And the app, serving requests for both
-tenants, only ever connects to a tenant's database as that tenant's role: ``pg_stat_activity`` never
-shows a tenant connection whose role is not the owner of the database it is in.
+tenants are cloned from, the control database, ``postgres`` and ``template1``. The refusal must be a
+permission refusal (the password is right: the same credentials open A's own database). And the app,
+serving requests for both tenants, only ever connects to a tenant's database as that tenant's role:
+``pg_stat_activity`` never shows a tenant connection whose role is not the owner of the database it is in.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ async def test_a_tenant_role_reaches_its_own_database_only(
             cur = await conn.execute("SELECT current_user AS who, current_database() AS db")
             assert await cur.fetchone() == {"who": tenant.role, "db": tenant.database}
 
-        # ... and nothing else: the other tenant's database, the template, the control database.
-        for forbidden in (other.database, tenant_template_name, control):
+        # ... and nothing else: the other tenant's database, the template, the control database, and the
+        # maintenance databases PUBLIC could connect to before the server joined the fleet.
+        for forbidden in (other.database, tenant_template_name, control, "postgres", "template1"):
             reason = await refusal(pg_admin_dsn, tenant.role, tenant.password, forbidden)
             assert f'permission denied for database "{forbidden}"' in reason, (tenant.slug, forbidden, reason)
 

@@ -299,3 +299,54 @@ async def test_an_operation_never_acts_on_a_tenant_that_took_its_slug_meanwhile(
     assert [op["kind"] for op in await operations(control_dsn, first.id)] == ["provision", "update"]
     await assert_tenant_works(platform, pg_admin_dsn, await elsewhere.get("acme"))
     await assert_tenant_works(platform, pg_admin_dsn, await elsewhere.get("acme-old"))
+
+
+@pytest.fixture
+async def ungraced(settings: Settings) -> AsyncIterator[Platform]:
+    """A platform whose soft deletes are due for purging at once."""
+    changed = dataclasses.replace(settings, provisioning=dataclasses.replace(settings.provisioning, delete_grace=0))
+    async with Platform.open(changed, migrate=False) as opened:
+        yield opened
+
+
+async def test_the_reconcilers_purge_leaves_a_tenant_resumed_after_it_was_listed(
+    ungraced: Platform, pg_admin_dsn: str, control_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler lists the due purges, then purges each: a tenant resumed in between (another
+    replica) is no longer due under the lock and must survive it."""
+    platform, service = ungraced, TenantService(ungraced)
+    doomed = await service.create(name="Acme", slug="acme", tier="starter")
+    await service.delete("acme")
+    listed, resume = asyncio.Event(), asyncio.Event()
+    take_lock = TenantService.locked
+
+    @asynccontextmanager
+    async def paused(self: TenantService, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
+        if tenant_id == doomed.id and not listed.is_set():
+            listed.set()
+            await resume.wait()
+        async with take_lock(self, tenant_id) as conn:
+            yield conn
+
+    monkeypatch.setattr(TenantService, "locked", paused)
+    pending = asyncio.create_task(reconcile(platform, fix=True))
+    await asyncio.wait_for(listed.wait(), timeout=30)
+    assert (await TenantService(platform).resume("acme")).status is TenantStatus.ACTIVE
+    resume.set()
+
+    report = await pending
+    [finding] = [f for f in report.findings if f.kind == "purge_due"]
+    assert finding.action is not None and "no longer due" in finding.action
+    await assert_tenant_works(platform, pg_admin_dsn, await service.get("acme"))
+    assert [op["kind"] for op in await operations(control_dsn, doomed.id)] == ["provision", "delete", "resume"]
+
+
+async def test_a_purge_expecting_another_tenant_id_is_refused(
+    service: TenantService, platform: Platform, pg_admin_dsn: str
+) -> None:
+    tenant = await service.create(name="Acme", slug="acme", tier="starter")
+    await service.delete("acme")
+    with pytest.raises(OperationInProgress):
+        await service.purge("acme", expect=uuid.uuid4(), only_due=True)
+    assert (await service.get("acme")).status is TenantStatus.DELETING
+    assert await database_exists(pg_admin_dsn, tenant.database_name)

@@ -58,8 +58,10 @@ async def no_grace(settings: Settings) -> AsyncIterator[TenantService]:
 
 
 def make_database(pg_admin_dsn: str, name: str) -> Iterator[str]:
+    """A database closed to PUBLIC, as a control plane keeps its own (an open one is another finding)."""
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
     yield name
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from controlplane.usage.models import StorageUsage
 from controlplane.usage.repository import history_plan
 from controlplane.usage.service import UsageService, describe
 from tests.conftest import eventually, make_settings
+from tests.harness import LocalClusterHandle
 from tests.integration.tenant_support import execute, fetch
 
 CONCURRENCY = 2
@@ -127,12 +128,13 @@ class CountingConnection:
 
 
 async def test_sizes_come_from_one_query_per_server_and_servers_are_summed(
-    platform: Platform, service: TenantService, pg_admin_dsn: str
+    platform: Platform, service: TenantService, pg_admin_dsn: str, extra_cluster: Callable[[], LocalClusterHandle]
 ) -> None:
     tenants = await create_tenants(service, "size-a", "size-b", "size-c")
-    # A second server entry (the same cluster under another name) gets the next two tenants.
+    # A second server gets the next two tenants.
+    second = extra_cluster()
     async with platform.control.connection() as conn:
-        await platform.fleet.register(conn, "second", db.with_database(pg_admin_dsn, "postgres"))
+        await platform.fleet.register(conn, "second", second.dsn)
     tenants += await create_tenants(service, "size-d", "size-e")
     assert {t.server_name for t in tenants[3:]} == {"second"}
 
@@ -154,7 +156,8 @@ async def test_sizes_come_from_one_query_per_server_and_servers_are_summed(
     for tenant in tenants:
         measured = snapshot.tenants[tenant.id]
         assert (measured.slug, measured.server, measured.status) == (tenant.slug, tenant.server_name, "active")
-        assert measured.database_bytes == await database_size(pg_admin_dsn, tenant)
+        server_dsn = second.dsn if tenant.server_name == "second" else pg_admin_dsn
+        assert measured.database_bytes == await database_size(server_dsn, tenant)
     for name, members in (("default", tenants[:3]), ("second", tenants[3:])):
         server = snapshot.servers[name]
         assert server.tenants == len(members)
@@ -340,7 +343,10 @@ async def test_an_unreachable_server_fails_its_tenants_only(
 ) -> None:
     stranded, fine = await create_tenants(service, "stranded", "fine-too")
     async with platform.control.connection() as conn:
-        ghost = await platform.fleet.register(conn, "ghost", "host=127.0.0.1 port=1 user=nobody", check=False)
+        # Port 1 on the loopback: nothing listens there, so the server is unreachable.
+        ghost = await platform.fleet.register(
+            conn, "ghost", "host=127.0.0.1 port=1 user=nobody dbname=postgres", check=False
+        )
     await execute(control_dsn, "UPDATE db_servers SET status = 'draining' WHERE id = %s", (ghost.id,))
     await execute(control_dsn, "UPDATE tenants SET server_id = %s WHERE id = %s", (ghost.id, stranded.id))
 
