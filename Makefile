@@ -10,14 +10,16 @@ DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv system-deps constraints run test lint format bench bench-collect clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
 	@echo "make test       ruff, mypy --strict, pytest (starts its own throwaway PostgreSQL)"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
 	@echo "make format     ruff format + ruff check --fix"
-	@echo "make bench      provisioning benchmark (ops/bench/provision.py)"
+	@echo "make bench      provisioning benchmark (ops/bench/provision.py; BENCH_ARGS=\"--tenants 1000 --migrate\")"
+	@echo "make bench-migrate  migrate tenants vs raw psycopg, 1,000 tenants (ops/bench/migrate.py)"
+	@echo "make bench-search   card search at 100,000 cards, without and with the index (ops/bench/search.py)"
 	@echo "make bench-collect  usage collection and /metrics benchmark (ops/bench/collect.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
@@ -83,7 +85,13 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
-	$(BIN)/python ops/bench/provision.py
+	$(BIN)/python ops/bench/provision.py $(BENCH_ARGS)
+
+bench-migrate: install
+	$(BIN)/python ops/bench/migrate.py $(BENCH_ARGS)
+
+bench-search: install
+	$(BIN)/python ops/bench/search.py $(BENCH_ARGS)
 
 bench-collect: install
 	$(BIN)/python ops/bench/collect.py

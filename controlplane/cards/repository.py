@@ -216,8 +216,7 @@ def _escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def select_page(
-    conn: AsyncConn,
+def page_query(
     table: Table,
     *,
     sort: str,
@@ -228,8 +227,8 @@ async def select_page(
     equals: Mapping[str, Any] | None = None,
     at_least: Mapping[str, Any] | None = None,
     at_most: Mapping[str, Any] | None = None,
-) -> list[Row]:
-    """Up to ``limit`` rows matching every filter, in ``sort`` order (ties by id), after the cursor."""
+) -> tuple[sql.Composed, list[Any]]:
+    """The query of ``select_page`` and its parameters."""
     key = table.sort_key(sort)
     where: list[sql.Composable] = []
     params: list[Any] = []
@@ -238,6 +237,7 @@ async def select_page(
             where.append(sql.SQL("{} {} %s").format(_col(column), sql.SQL(op)))
             params.append((filters or {})[column])
     if q:
+        # One ILIKE per column, ORed: each can use its own trigram index (cards: tenant_schema 0004).
         pattern = f"%{_escape_like(q)}%"
         where.append(
             sql.SQL("({})").format(
@@ -258,7 +258,38 @@ async def select_page(
         _col("id"),
         direction,
     )
-    cur = await conn.execute(query, [*params, limit])
+    return query, [*params, limit]
+
+
+async def select_page(
+    conn: AsyncConn,
+    table: Table,
+    *,
+    sort: str,
+    descending: bool,
+    after: tuple[Any, int] | None,
+    limit: int,
+    q: str | None = None,
+    equals: Mapping[str, Any] | None = None,
+    at_least: Mapping[str, Any] | None = None,
+    at_most: Mapping[str, Any] | None = None,
+) -> list[Row]:
+    """Up to ``limit`` rows matching every filter, in ``sort`` order (ties by id), after the cursor."""
+    query, params = page_query(
+        table,
+        sort=sort,
+        descending=descending,
+        after=after,
+        limit=limit,
+        q=q,
+        equals=equals,
+        at_least=at_least,
+        at_most=at_most,
+    )
+    # A search is never a server-side prepared statement: a generic plan cannot see the term, so it
+    # would walk the sort index filtering every row instead of using the trigram indexes for a rare
+    # term. Unprepared, each search is planned for its own term.
+    cur = await conn.execute(query, params, prepare=False if q else None)
     return await cur.fetchall()
 
 

@@ -6,14 +6,10 @@ transaction as the change itself.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from controlplane.auth import repository as admins_repo
-from controlplane.auth import sessions, tokens
-from controlplane.auth.passwords import Passwords, normalize_email, validate_password
-from controlplane.auth.repository import Admin, AdminNotFound
 from controlplane.cli.common import (
     cli_actor,
     emit_json,
@@ -23,8 +19,12 @@ from controlplane.cli.common import (
     to_builtins,
     with_platform,
 )
-from controlplane.db import AsyncConn
-from controlplane.platform import Platform
+
+if TYPE_CHECKING:  # the rest is imported where used, so that the command line starts fast
+    from controlplane.auth import tokens
+    from controlplane.auth.repository import Admin
+    from controlplane.db import AsyncConn
+    from controlplane.platform import Platform
 
 T = TypeVar("T")
 
@@ -42,6 +42,8 @@ def _show(admins: list[Admin], as_json: bool) -> None:
 
 
 async def _audit(conn: AsyncConn, action: str, entity: str, entity_id: object, **details: Any) -> None:
+    from controlplane.auth import repository as admins_repo
+
     await admins_repo.record_platform_audit(
         conn, actor=cli_actor(), action=action, entity=entity, entity_id=entity_id, details=details
     )
@@ -57,6 +59,9 @@ def admins() -> None:
 @json_option
 def create(email: str, as_json: bool) -> None:
     """Create a super-admin. The password is read from stdin (first line) or asked twice."""
+    from controlplane.auth import repository as admins_repo
+    from controlplane.auth.passwords import Passwords, normalize_email, validate_password
+
     password = read_password()
 
     async def work(platform: Platform) -> Admin:
@@ -74,6 +79,7 @@ def create(email: str, as_json: bool) -> None:
 @json_option
 def list_(as_json: bool) -> None:
     """List super-admins (ordered by email)."""
+    from controlplane.auth import repository as admins_repo
 
     async def work(platform: Platform) -> list[Admin]:
         async with platform.control.connection() as conn:
@@ -87,6 +93,11 @@ def list_(as_json: bool) -> None:
 
 
 def _set_disabled(email: str, disabled: bool) -> Admin:
+    from controlplane.auth import repository as admins_repo
+    from controlplane.auth import sessions
+    from controlplane.auth.passwords import normalize_email
+    from controlplane.auth.repository import AdminNotFound
+
     async def work(platform: Platform) -> Admin:
         async with platform.control.connection() as conn, conn.transaction():
             admin = await admins_repo.set_admin_disabled(conn, normalize_email(email), disabled)
@@ -121,6 +132,11 @@ def enable(email: str, as_json: bool) -> None:
 @json_option
 def set_password(email: str, as_json: bool) -> None:
     """Replace a super-admin's password (stdin or asked twice) and end all of its sessions."""
+    from controlplane.auth import repository as admins_repo
+    from controlplane.auth import sessions
+    from controlplane.auth.passwords import Passwords, normalize_email, validate_password
+    from controlplane.auth.repository import AdminNotFound
+
     password = read_password()
 
     async def work(platform: Platform) -> Admin:
@@ -148,6 +164,7 @@ def keys() -> None:
 @json_option
 def rotate(as_json: bool) -> None:
     """Sign new tokens with a new key; the old key keeps verifying for one token lifetime + 2 min."""
+    from controlplane.auth import tokens
 
     async def work(platform: Platform) -> dict[str, Any]:
         verify_for = platform.settings.auth.access_token_ttl + _ROTATION_MARGIN
@@ -170,6 +187,7 @@ def rotate(as_json: bool) -> None:
 @json_option
 def list_keys(as_json: bool) -> None:
     """List signing keys (never their secrets)."""
+    from controlplane.auth import tokens
 
     async def work(platform: Platform) -> list[tokens.SigningKeyInfo]:
         async with platform.control.connection() as conn:
@@ -186,6 +204,7 @@ def list_keys(as_json: bool) -> None:
 @json_option
 def prune(as_json: bool) -> None:
     """Delete retired keys that no longer verify anything."""
+    from controlplane.auth import tokens
 
     async def work(platform: Platform) -> int:
         async with platform.control.connection() as conn, conn.transaction():

@@ -13,14 +13,16 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import msgspec
 
 from controlplane.errors import CardVaultError, ConfigError, ConfirmationRequired
-from controlplane.platform import Platform
 from controlplane.settings import Settings
+
+if TYPE_CHECKING:
+    from controlplane.platform import Platform
 
 T = TypeVar("T")
 
@@ -123,6 +125,8 @@ def confirm_destructive(slug: str, action: str, yes: bool) -> Iterator[None]:
 
 def with_platform(work: Callable[[Platform], Awaitable[T]]) -> T:
     """Run ``work`` on an opened ``Platform`` (settings from the environment); errors as ``run``."""
+    from controlplane.platform import Platform  # not at import time: ``cardvault --help`` stays fast
+
     settings = load_settings()
 
     async def go() -> T:

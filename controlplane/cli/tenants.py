@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from controlplane.auth.passwords import Passwords, normalize_email, validate_password
 from controlplane.cli.common import (
     confirm_destructive,
     emit_json,
@@ -17,11 +16,11 @@ from controlplane.cli.common import (
     to_builtins,
     with_platform,
 )
-from controlplane.platform import Platform
-from controlplane.provisioning import repository as ledger
-from controlplane.provisioning.service import FirstAdmin, TenantService
-from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus, Tier
+
+if TYPE_CHECKING:  # the rest is imported where used, so that the command line starts fast
+    from controlplane.platform import Platform
+    from controlplane.provisioning.service import TenantService
 
 T = TypeVar("T")
 
@@ -29,6 +28,8 @@ _COLUMNS = ("slug", "name", "status", "subscription_tier", "server_name", "schem
 
 
 def _with_service(work: Callable[[TenantService, Platform], Awaitable[T]]) -> T:
+    from controlplane.provisioning.service import TenantService
+
     return with_platform(lambda platform: work(TenantService(platform), platform))
 
 
@@ -52,6 +53,9 @@ def tenants() -> None:
 @json_option
 def create(name: str, slug: str, tier: str, admin_email: str | None, as_json: bool) -> None:
     """Provision a tenant: a database cloned from the template, its own login role, tier quotas."""
+    from controlplane.auth.passwords import Passwords, normalize_email, validate_password
+    from controlplane.provisioning.service import FirstAdmin
+
     password = read_password(f"Password for {admin_email}") if admin_email else None
 
     async def work(service: TenantService, platform: Platform) -> Tenant:
@@ -84,6 +88,8 @@ def list_(status: str | None, tier: str | None, as_json: bool) -> None:
 @json_option
 def show(slug: str, as_json: bool) -> None:
     """One tenant with its quotas and recent operations."""
+    from controlplane.provisioning import repository as ledger
+    from controlplane.registry import repository as registry
 
     async def detail(service: TenantService, platform: Platform) -> dict[str, Any]:
         tenant = await service.get(slug)

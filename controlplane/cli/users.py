@@ -7,24 +7,16 @@ tenant's audit log) over a management connection to the tenant's database.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
-from controlplane.accounts.models import UserCreate
-from controlplane.accounts.service import Accounts
-from controlplane.audit.models import AuditContext
 from controlplane.auth.models import ROLE_PERMISSIONS, TENANT_ROLES, Principal, PrincipalKind, Role
-from controlplane.auth.passwords import Passwords
-from controlplane.auth.ratelimit import MemoryCounter, RateLimiter
-from controlplane.auth.service import Authenticator
-from controlplane.auth.tokens import KeyRing, TokenSigner
 from controlplane.cli.common import cli_actor, emit_json, json_option, read_password, table, with_platform
-from controlplane.platform import Platform
-from controlplane.provisioning.service import TenantService
-from controlplane.routing.dependencies import quota_limits_for
-from controlplane.routing.models import TenantContext, TenantRequest
+
+if TYPE_CHECKING:  # the rest is imported where used, so that the command line starts fast
+    from controlplane.platform import Platform
 
 _COLUMNS = ("id", "email", "role", "disabled", "invited", "created_at")
 
@@ -42,6 +34,8 @@ def users() -> None:
 @json_option
 def create(slug: str, email: str, role: str, display_name: str | None, as_json: bool) -> None:
     """Create a user; the password is the first line of stdin (or prompted twice on a terminal)."""
+    from controlplane.accounts.models import UserCreate
+
     password = read_password(f"Password for {email}")
     data = msgspec.convert(
         {"email": email, "role": role, "password": password, "display_name": display_name}, UserCreate
@@ -68,6 +62,16 @@ def _show(rows: list[Any], as_json: bool) -> None:
 
 def _as_operator(slug: str, work: Any) -> Any:
     """``work(accounts)`` as a platform operator inside the tenant, in one transaction of its database."""
+    from controlplane.accounts.service import Accounts
+    from controlplane.audit.models import AuditContext
+    from controlplane.auth.passwords import Passwords
+    from controlplane.auth.ratelimit import MemoryCounter, RateLimiter
+    from controlplane.auth.service import Authenticator
+    from controlplane.auth.tokens import KeyRing, TokenSigner
+    from controlplane.provisioning.service import TenantService
+    from controlplane.routing.dependencies import quota_limits_for
+    from controlplane.routing.models import TenantContext, TenantRequest
+
     actor = cli_actor()
 
     async def go(platform: Platform) -> Any:

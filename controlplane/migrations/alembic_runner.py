@@ -12,12 +12,19 @@ the alembic part of a run holds a process-wide lock; connecting, the version che
 databases already at head) and SQLAlchemy's connection set-up stay parallel. A fleet that must run
 long DDL in parallel needs processes, not threads.
 
+Rendering: ``render_steps`` turns each revision of an upgrade path into its SQL text (alembic's offline
+mode, version-table update included), once per (from, to) step per instance, so a fleet can apply the
+text over plain connections (``controlplane.migrations.apply``) instead of starting alembic per
+database. A revision that sets ``offline_safe = False``, cannot be rendered (it reads data through
+``op.get_bind()``) or leaves its transaction (``autocommit_block``) is rendered as "online only".
+
 DSNs are libpq strings or URLs and may carry a password: only the database name and host appear in
 messages and logs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +48,7 @@ __all__ = [
     "REGISTRY_VERSION_TABLE",
     "TENANT_VERSION_TABLE",
     "MigrationError",
+    "RenderedStep",
     "SchemaScripts",
     "describe",
     "registry_scripts",
@@ -65,6 +73,35 @@ _StepsFn = Callable[[Any, MigrationContext], list[RevisionStep]]
 
 class MigrationError(RuntimeError):
     """A schema upgrade or downgrade failed; the message names the database and the revisions."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedStep:
+    """One revision of an upgrade path, from ``start`` to ``revision``.
+
+    ``sql`` is what upgrading runs inside one transaction, the version-table update included; None when
+    the revision must run through alembic online (``reason`` says why).
+    """
+
+    start: str | None
+    revision: str
+    sql: str | None
+    reason: str = ""
+
+
+class _Statements:
+    """alembic's offline output buffer: one ``write`` per statement (``static_output``), kept apart."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def write(self, text: str) -> None:
+        text = text.strip()
+        if text and not text.startswith("-- Running "):
+            self.statements.append(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def describe(dsn: str) -> str:
@@ -103,6 +140,9 @@ class SchemaScripts:
         self._heads: tuple[str, ...] = tuple(self._script.get_heads())
         self._revisions = [s.revision for s in reversed(list(self._script.walk_revisions()))]
         self._version_query = sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(version_table))
+        self._rendered: dict[tuple[str | None, str], RenderedStep] = {}
+        #: How many revision steps alembic has rendered so far (each one once: the rest are cached).
+        self.renders = 0
 
     def __repr__(self) -> str:
         return f"SchemaScripts({str(self.directory)!r}, version_table={self.version_table!r})"
@@ -118,6 +158,22 @@ class SchemaScripts:
     def revisions(self) -> list[str]:
         """Every revision id, from base to head."""
         return list(self._revisions)
+
+    def upgrade_path(self, start: str | None, target: str = "head") -> list[str]:
+        """Revisions that lead from ``start`` (None: base) to ``target``, in order."""
+        return self._path(start, target, f"{self.version_table} at {start or 'base'}")
+
+    def render_steps(self, start: str | None, target: str = "head") -> list[RenderedStep]:
+        """The upgrade from ``start`` to ``target``, one ``RenderedStep`` per revision (cached)."""
+        steps, previous = [], start
+        for revision in self.upgrade_path(start, target):
+            with _ALEMBIC_LOCK:  # alembic's globals; the cache too
+                step = self._rendered.get((previous, revision))
+                if step is None:
+                    step = self._rendered[(previous, revision)] = self._render(previous, revision)
+            steps.append(step)
+            previous = revision
+        return steps
 
     # -- one database ---------------------------------------------------------------------------
 
@@ -200,8 +256,41 @@ class SchemaScripts:
             ) from exc
         return [script.revision for script in reversed(scripts)]
 
-    @contextmanager
-    def _connect(self, dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    def _render(self, start: str | None, revision: str) -> RenderedStep:
+        """alembic's offline SQL of the single step ``start`` -> ``revision`` (call with the lock held)."""
+        script = self._script.get_revision(revision)
+        if script is None or getattr(script.module, "offline_safe", True) is False:
+            return RenderedStep(start, revision, None, "marked offline_safe = False")
+        output = _Statements()
+
+        def steps(rev: Any, _context: MigrationContext) -> list[RevisionStep]:
+            return self._script._upgrade_revs(revision, rev)
+
+        try:
+            with EnvironmentContext(
+                self._config(output_buffer=output),
+                self._script,
+                fn=steps,
+                as_sql=True,
+                starting_rev=start,
+                destination_rev=revision,
+            ):
+                self._script.run_env()
+        except Exception as exc:  # e.g. op.get_bind().execute(...): reading data needs a database
+            log.info("revision %s runs online: %s: %s", revision, type(exc).__name__, exc)
+            return RenderedStep(start, revision, None, f"cannot be rendered offline ({type(exc).__name__})")
+        self.renders += 1
+        # transaction_per_migration: the step comes as BEGIN; ... COMMIT;. Any other BEGIN or COMMIT is an
+        # autocommit block (e.g. CREATE INDEX CONCURRENTLY), which cannot share the tenant's transaction.
+        statements = output.statements
+        wrapped = statements[:1] == ["BEGIN;"] and statements[-1:] == ["COMMIT;"]
+        body = statements[1:-1]
+        if not wrapped or "BEGIN;" in body or "COMMIT;" in body:
+            return RenderedStep(start, revision, None, "leaves its transaction (autocommit block)")
+        return RenderedStep(start, revision, "\n".join(body))
+
+    def session_conninfo(self, dsn: str) -> str:
+        """``dsn`` with the migration session's defaults: application name, connect and lock timeouts."""
         try:
             given = conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
@@ -215,8 +304,13 @@ class SchemaScripts:
         options = str(given.get("options") or "")
         if self.lock_timeout is not None and "lock_timeout" not in options:
             extra["options"] = f"{options} -c lock_timeout={int(self.lock_timeout * 1000)}".strip()
+        return conninfo.make_conninfo(dsn, **extra)
+
+    @contextmanager
+    def _connect(self, dsn: str) -> Iterator[psycopg.Connection[Any]]:
+        info = self.session_conninfo(dsn)
         try:
-            conn = psycopg.connect(conninfo.make_conninfo(dsn, **extra), autocommit=True)
+            conn = psycopg.connect(info, autocommit=True)
         except psycopg.OperationalError as exc:
             raise MigrationError(f"cannot connect to {describe(dsn)}: {str(exc).strip()}") from exc
         try:

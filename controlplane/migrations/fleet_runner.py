@@ -1,9 +1,11 @@
-"""Run one synchronous job (typically a schema upgrade) over many tenant databases at once.
+"""Run one job (typically a schema upgrade) over many tenant databases at once.
 
-``run_fleet`` calls ``work(target)`` in a private thread pool of ``concurrency`` threads. A target whose
-work raises fails alone: its outcome carries the error text and the others carry on. Each outcome is
-handed to ``on_outcome`` (the caller records it in the registry ledger) as soon as it is known, and
-to an optional ``Progress`` that shows the run live. Nothing here is global: every run owns its pool.
+``run_fleet_async`` awaits ``work(target)`` for at most ``concurrency`` targets at a time, in this event
+loop; ``run_fleet`` does the same with a synchronous ``work`` in a private thread pool (or the executor
+given). A target whose work raises fails alone: its outcome carries the error text and the others carry
+on. Each outcome is handed to ``on_outcome`` (the caller records it in the registry ledger) as soon as
+it is known, and to an optional ``Progress`` that shows the run live. Nothing here is global: every run
+owns its pool.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TextIO
 
-__all__ = ["Outcome", "Progress", "Target", "run_fleet"]
+__all__ = ["Outcome", "Progress", "Target", "run_fleet", "run_fleet_async"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +42,11 @@ class Outcome:
     seconds: float
 
 
-def _attempt(work: Callable[[Target], str], target: Target) -> Outcome:
-    """Run ``work`` for one target in a pool thread; any exception becomes a failed outcome."""
+async def _attempt(work: Callable[[Target], Awaitable[str]], target: Target) -> Outcome:
+    """Run ``work`` for one target; any exception becomes a failed outcome."""
     started = time.perf_counter()
     try:
-        revision = work(target)
+        revision = await work(target)
     except Exception as exc:
         text = str(exc).strip()
         error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -61,15 +63,38 @@ async def run_fleet(
     progress: Progress | None = None,
     executor: Executor | None = None,
 ) -> list[Outcome]:
-    """Run ``work`` over ``targets``, at most ``concurrency`` at a time; outcomes in target order.
+    """``run_fleet_async`` for a synchronous ``work``, run in a private thread pool of ``concurrency``
+    threads unless ``executor`` is given (the caller owns it; a process pool needs a picklable ``work``)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    loop = asyncio.get_running_loop()
+    own_executor = executor is None
+    pool = executor or ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fleet")
+
+    async def call(target: Target) -> str:
+        return await loop.run_in_executor(pool, work, target)
+
+    try:
+        return await run_fleet_async(targets, call, concurrency=concurrency, on_outcome=on_outcome, progress=progress)
+    finally:
+        if own_executor:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_fleet_async(
+    targets: Sequence[Target],
+    work: Callable[[Target], Awaitable[str]],
+    *,
+    concurrency: int,
+    on_outcome: Callable[[Outcome], Awaitable[None]] | None = None,
+    progress: Progress | None = None,
+) -> list[Outcome]:
+    """Await ``work`` over ``targets``, at most ``concurrency`` at a time; outcomes in target order.
 
     An exception from ``on_outcome`` (say, the ledger cannot be written) stops the run: no new target
     is started and the exception propagates. So does cancellation. Either way the ``work`` calls
-    already running finish in their threads (a migration is never abandoned half-way), but their
-    outcomes are not reported.
-
-    ``work`` runs in a private thread pool unless ``executor`` is given (the caller owns it; a process
-    pool needs a picklable ``work``).
+    already running are finished first (a migration is never abandoned half-way), but their outcomes
+    are not reported.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -77,15 +102,17 @@ async def run_fleet(
         progress.start(len(targets))
     outcomes: list[Outcome | None] = [None] * len(targets)
     queue = iter(enumerate(targets))
-    loop = asyncio.get_running_loop()
-    own_executor = executor is None
-    pool = executor or ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fleet")
+    running: set[asyncio.Future[Outcome]] = set()
 
     async def worker() -> None:
         # Workers share one iterator: each takes the next target when it is free, so a slow
         # database holds up one worker only.
         for index, target in queue:
-            outcome = await loop.run_in_executor(pool, _attempt, work, target)
+            attempt = asyncio.ensure_future(_attempt(work, target))
+            running.add(attempt)
+            attempt.add_done_callback(running.discard)
+            # Shielded: cancelling the run must not interrupt a migration half-way.
+            outcome = await asyncio.shield(attempt)
             outcomes[index] = outcome
             if progress is not None:
                 progress.record(outcome)
@@ -99,10 +126,8 @@ async def run_fleet(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         raise
-    finally:
-        if own_executor:
-            pool.shutdown(wait=False, cancel_futures=True)
     if progress is not None:
         progress.finish()
     return [outcome for outcome in outcomes if outcome is not None]

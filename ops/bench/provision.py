@@ -6,7 +6,8 @@ For each of N rounds it creates one tenant through the service layer (registry r
 clone, login role, grants, quotas) and, alternating with it, runs one raw ``CREATE DATABASE ... TEMPLATE``
 of the same template with the same strategy; then purges every tenant through the service and drops
 every raw clone. It prints p50/p95 of each and their ratio. ``--migrate`` then adds a revision to a
-temporary copy of the tenant schema and times ``migrate tenants`` over every tenant at concurrency 4.
+temporary copy of the tenant schema and times ``cardvault migrate tenants`` over every tenant at
+concurrency 4 against a raw psycopg baseline in the same run (``migrate.py``: ``compare``).
 ``--strategies`` first times raw clones with both ``WAL_LOG`` and ``FILE_COPY``.
 
 Without ``--dsn`` a private PostgreSQL cluster with default (durable) settings is started under a
@@ -23,7 +24,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -36,37 +36,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import drop_leftovers, pct  # noqa: E402
+from migrate import SECRET_KEY, Bench, compare  # noqa: E402
 
 from controlplane import db  # noqa: E402
 from controlplane.localpg import LocalCluster  # noqa: E402
-from controlplane.migrations.fleet_runner import Progress  # noqa: E402
-from controlplane.migrations.service import TenantMigrations  # noqa: E402
 from controlplane.platform import Platform, migrate_registry  # noqa: E402
 from controlplane.provisioning.service import TenantService  # noqa: E402
 from controlplane.settings import DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings  # noqa: E402
-
-EXTRA_REVISION = '''
-"""bench: a column and an index on cards
-
-Revision ID: 9001
-Revises: {head}
-"""
-from alembic import op
-
-revision = "9001"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("ALTER TABLE cards ADD COLUMN bench_grade integer")
-    op.execute("CREATE INDEX cards_bench_grade ON cards (bench_grade)")
-
-
-def downgrade() -> None:
-    op.execute("ALTER TABLE cards DROP COLUMN bench_grade")
-'''
 
 
 def line(label: str, values: list[float]) -> str:
@@ -103,7 +79,7 @@ async def bench(args: argparse.Namespace, server_dsn: str) -> None:
         provisioning=dataclasses.replace(
             ProvisioningSettings(), template_database=template, clone_strategy=args.strategy, reconcile_interval=0
         ),
-        security=SecuritySettings(secret_key="bench-" + "k" * 40, admin_token="bench"),
+        security=SecuritySettings(secret_key=SECRET_KEY, admin_token="bench"),
     )
     try:
         version = admin.execute("SHOW server_version").fetchone()
@@ -127,6 +103,7 @@ async def bench(args: argparse.Namespace, server_dsn: str) -> None:
                     print(line(f"CREATE DATABASE STRATEGY {strategy}", times))
 
             created, raw_created = [], []
+            databases: list[str] = []
             slugs = [f"bench-{run_id}-{i}" for i in range(args.tenants)]
             started = time.perf_counter()
             for i, slug in enumerate(slugs):
@@ -134,7 +111,9 @@ async def bench(args: argparse.Namespace, server_dsn: str) -> None:
                 raw_created.append(raw_clone(admin, name, template, args.strategy))
                 raw_names.append(name)
                 t0 = time.perf_counter()
-                await service.create(name=f"Bench {i}", slug=slug, tier="professional")
+                databases.append(
+                    (await service.create(name=f"Bench {i}", slug=slug, tier="professional")).database_name
+                )
                 created.append(time.perf_counter() - t0)
                 if (i + 1) % 100 == 0:
                     print(f"  ... {i + 1}/{args.tenants} provisioned", file=sys.stderr)
@@ -147,21 +126,16 @@ async def bench(args: argparse.Namespace, server_dsn: str) -> None:
 
             if args.migrate:
                 shutil.copytree(ROOT / "tenant_schema", schema_copy, dirs_exist_ok=True)
-                head = platform.tenant_scripts.head()
-                (schema_copy / "versions" / "9001_bench.py").write_text(
-                    textwrap.dedent(EXTRA_REVISION).replace("{head}", head)
+                bench_fleet = Bench(
+                    server_dsn,
+                    db.with_database(server_dsn, control_db),
+                    template,
+                    schema_copy,
+                    schema_copy / ".cli-data",  # removed with the copy
+                    databases,
+                    concurrency=4,
                 )
-                migrate_settings = settings.replace(
-                    provisioning=dataclasses.replace(settings.provisioning, tenant_schema_dir=schema_copy)
-                )
-                async with Platform.open(migrate_settings, migrate=False) as migrating:
-                    t0 = time.perf_counter()
-                    report = await TenantMigrations(migrating).run(concurrency=4, progress=Progress(sys.stderr))
-                    seconds = time.perf_counter() - t0
-                print(
-                    f"migrate tenants: {len(report.outcomes)} tenants to {report.head} at concurrency 4 "
-                    f"in {seconds:.1f} s ({len(report.outcomes) / seconds:.1f}/s), {len(report.failures)} failed"
-                )
+                await compare(bench_fleet, platform.tenant_scripts.head(), rounds=2)
 
             purged, raw_dropped = [], []
             for slug, name in zip(slugs, raw_names, strict=True):
@@ -187,7 +161,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--dsn", help="superuser DSN of an existing server (default: a private durable cluster)")
     parser.add_argument("--strategy", choices=("wal_log", "file_copy"), default=ProvisioningSettings.clone_strategy)
-    parser.add_argument("--migrate", action="store_true", help="also time `migrate tenants` over every tenant")
+    parser.add_argument(
+        "--migrate", action="store_true", help="also time `cardvault migrate tenants` over every tenant against raw"
+    )
     parser.add_argument("--strategies", action="store_true", help="also compare raw WAL_LOG and FILE_COPY clones")
     args = parser.parse_args()
     if args.dsn:

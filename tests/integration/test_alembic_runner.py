@@ -346,3 +346,148 @@ def test_registry_environment_uses_alembic_version(tmp_path: Path, new_database:
     assert scripts.current(dsn) == "r1"
     assert scripts.downgrade(dsn) is None
     assert user_tables(dsn) == {REGISTRY_VERSION_TABLE}
+
+
+# -- rendering revisions to SQL (offline mode), as the fleet applies them ------------------------------
+
+REVISION_READS_DATA = '''"""Reads data through the connection: cannot be rendered to SQL.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import op
+from sqlalchemy import text
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    count = op.get_bind().execute(text("SELECT count(*) FROM cards")).scalar()
+    op.execute(f"CREATE TABLE card_count AS SELECT {int(count or 0)} AS n")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE card_count")
+'''
+
+REVISION_MARKED_ONLINE = REVISION_0002.replace(
+    "depends_on = None\n",
+    "depends_on = None\n\n#: Run through alembic online, never from rendered SQL.\noffline_safe = False\n",
+)
+
+REVISION_AUTOCOMMIT = '''"""Builds an index concurrently: leaves the transaction, so it cannot run in the fleet's one.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.execute("CREATE INDEX CONCURRENTLY cards_notes_idx ON cards (notes)")
+
+
+def downgrade() -> None:
+    op.execute("DROP INDEX cards_notes_idx")
+'''
+
+
+def schema_catalog(dsn: str) -> dict[str, list[tuple[object, ...]]]:
+    """Everything a migration defines, by definition text (not oid): equal schemas compare equal."""
+    queries = {
+        "columns": """
+            SELECT table_name, column_name, data_type, column_default, is_nullable, is_identity
+            FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2""",
+        "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+        "constraints": """
+            SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""",
+        "functions": """
+            SELECT proname, pg_get_functiondef(oid) FROM pg_proc
+            WHERE pronamespace = 'public'::regnamespace AND prokind = 'f'
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = pg_proc.oid AND d.deptype = 'e')
+            ORDER BY 1""",
+        "triggers": "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1",
+        "extensions": "SELECT extname FROM pg_extension ORDER BY 1",
+        "rows": "SELECT 'tenant_settings', count(*) FROM tenant_settings",
+    }
+    with psycopg.connect(dsn) as conn:
+        found = {name: [tuple(r) for r in conn.execute(query.encode()).fetchall()] for name, query in queries.items()}
+        version = conn.execute(sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(TENANT_VERSION_TABLE)))
+        found["version"] = [tuple(r) for r in version.fetchall()]
+    return found
+
+
+def apply_rendered(dsn: str, scripts: SchemaScripts, start: str | None) -> None:
+    """What the fleet does with rendered steps: every step's SQL in one transaction."""
+    steps = scripts.render_steps(start)
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        for step in steps:
+            assert step.sql is not None, step.reason
+            conn.execute(step.sql.encode())
+
+
+def test_rendered_sql_builds_the_same_schema_as_alembic_online(new_database: Callable[[], str]) -> None:
+    """The real tenant schema, base to head: rendered SQL and alembic online end up identical."""
+    real = SchemaScripts(ProvisioningSettings().tenant_schema_dir, TENANT_VERSION_TABLE)
+    online, rendered = new_database(), new_database()
+
+    real.upgrade(online)
+    apply_rendered(rendered, real, None)
+
+    assert schema_catalog(rendered) == schema_catalog(online)
+    assert schema_catalog(rendered)["version"] == [(real.head(),)]
+    assert ("pg_trgm",) in schema_catalog(rendered)["extensions"]
+    # From a database part-way up (the first revision applied online), the rest renders as well.
+    partial = new_database()
+    real.upgrade(partial, real.revisions()[0])
+    apply_rendered(partial, real, real.revisions()[0])
+    assert schema_catalog(partial) == schema_catalog(online)
+
+
+def test_each_step_is_rendered_once(tmp_path: Path) -> None:
+    extended = copy_schema(tmp_path, ("0002_add_card_grade.py", REVISION_0002))
+
+    full = extended.render_steps(None)
+    assert [(s.start, s.revision) for s in full] == [(None, "0001"), ("0001", "0002")]
+    assert extended.renders == 2
+    [last] = extended.render_steps("0001")
+    assert last is full[1] and extended.renders == 2  # cached, not rendered again
+    assert last.sql is not None
+    assert "ALTER TABLE cards ADD COLUMN grade numeric(3, 1);" in last.sql
+    assert "UPDATE tenant_schema_version SET version_num='0002'" in last.sql
+    assert extended.render_steps("0002") == []
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (REVISION_READS_DATA, "cannot be rendered offline"),
+        (REVISION_MARKED_ONLINE, "offline_safe = False"),
+        (REVISION_AUTOCOMMIT, "leaves its transaction"),
+    ],
+    ids=["reads-data", "marked", "autocommit-block"],
+)
+def test_revisions_that_cannot_be_rendered_are_marked_online(
+    tmp_path: Path, new_database: Callable[[], str], source: str, reason: str
+) -> None:
+    extended = copy_schema(tmp_path, ("0002_online.py", source))
+
+    first, second = extended.render_steps(None)
+
+    assert first.sql is not None
+    assert second.sql is None and reason in second.reason
+    # Online, through alembic, the same revision works.
+    dsn = new_database()
+    assert extended.upgrade(dsn) == "0002"

@@ -12,9 +12,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors, sql
+from psycopg import conninfo, errors, sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from controlplane.cards import repository
 from controlplane.migrations.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
 from tests.integration.tenant_support import create_database, drop_database
@@ -253,3 +255,66 @@ def test_audit_log_defaults_and_types(db: TenantConn) -> None:
         db.execute("INSERT INTO audit_log (action, source_address) VALUES ('x', 'not-an-ip')")
     with pytest.raises(errors.NotNullViolation):
         db.execute("INSERT INTO audit_log (actor) VALUES ('user:1')")
+
+
+# -- card search (revision 0004) --------------------------------------------------------------------
+
+
+def search_plan(conn: TenantConn, term: str) -> str:
+    """EXPLAIN of the tenant API's card search for ``term`` (first page, newest first)."""
+    query, params = repository.page_query(
+        repository.CARDS, sort="created_at", descending=True, after=None, limit=51, q=term
+    )
+    return "\n".join(str(row[0]) for row in conn.execute(sql.SQL("EXPLAIN ") + query, params))
+
+
+def test_card_search_uses_the_trigram_indexes(db: TenantConn) -> None:
+    assert one(db, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'") == 1
+    db.execute(
+        "INSERT INTO cards (cardnumber, notes) SELECT 'C-' || n, md5(n::text) FROM generate_series(1, 20000) AS n"
+    )
+    db.execute("UPDATE cards SET notes = 'Rookie card, corner wear' WHERE cardnumber = 'C-1500'")
+    db.execute("ANALYZE cards")
+    # 20,000 cards: enough for the sort index's full walk to cost more than the bitmaps; no sequential scan
+    # either, which a table this small could still win (at 100,000 cards it does not: ops/bench/search.py).
+    db.execute("SET enable_seqscan = off")
+
+    plan = search_plan(db, "rookie")
+
+    assert "Bitmap Index Scan on cards_notes_trgm_idx" in plan, plan
+    assert "Bitmap Index Scan on cards_cardnumber_trgm_idx" in plan, plan
+    row = db.execute(
+        *repository.page_query(repository.CARDS, sort="created_at", descending=True, after=None, limit=51, q="ROOKIE")
+    ).fetchall()
+    assert [r[1] for r in row] == ["C-1500"]  # still a case-insensitive substring match
+
+    # Without the indexes the same search reads every card.
+    db.execute("DROP INDEX cards_notes_trgm_idx")
+    assert "trgm" not in search_plan(db, "rookie")
+
+
+def test_trigram_indexes_keep_a_short_pending_list(db: TenantConn) -> None:
+    """Searches read a GIN index's pending list whole; 256 kB (not 4 MB) keeps that cheap after imports."""
+    rows = db.execute(
+        "SELECT c.relname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname LIKE 'cards_%_trgm_idx' ORDER BY 1"
+    ).fetchall()
+    assert rows == [
+        ("cards_cardnumber_trgm_idx", ["gin_pending_list_limit=256"]),
+        ("cards_notes_trgm_idx", ["gin_pending_list_limit=256"]),
+    ]
+
+
+async def test_searches_are_planned_for_their_term(db: TenantConn, admin_dsn: str) -> None:
+    """psycopg prepares a query run 5 times; a generic plan of a search could not use the trigram indexes."""
+    dsn = conninfo.make_conninfo(admin_dsn, dbname=db.info.dbname)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        for _ in range(8):
+            for term in ("rookie", None):
+                await repository.select_page(
+                    conn, repository.CARDS, sort="created_at", descending=True, after=None, limit=51, q=term
+                )
+        cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [str(row["statement"]) for row in await cur.fetchall()]
+    assert any('FROM "cards"' in statement for statement in prepared)  # the plain list was prepared
+    assert not any("ILIKE" in statement for statement in prepared), prepared

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
 
 import pytest
 
-from controlplane.migrations.fleet_runner import Outcome, Progress, Target, run_fleet
+from controlplane.migrations.fleet_runner import Outcome, Progress, Target, run_fleet, run_fleet_async
 
 
 def targets(count: int) -> list[Target]:
@@ -100,6 +101,64 @@ async def test_on_outcome_failure_stops_the_run() -> None:
     with pytest.raises(ConnectionError, match="registry unavailable"):
         await run_fleet(targets(20), work, concurrency=2, on_outcome=on_outcome)
     assert len(started) <= 2
+
+
+async def test_async_work_runs_in_the_loop_bounded_and_isolated() -> None:
+    running = peak = 0
+
+    async def work(target: Target) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        if target.slug == "tenant-4":
+            raise RuntimeError("lock timeout")
+        return "head"
+
+    outcomes = await run_fleet_async(targets(10), work, concurrency=3)
+
+    assert peak == 3
+    assert [o.target for o in outcomes] == targets(10)
+    assert [o.target.slug for o in outcomes if not o.ok] == ["tenant-4"]
+    assert [o.error for o in outcomes if not o.ok] == ["RuntimeError: lock timeout"]
+
+
+async def test_a_cancelled_run_finishes_the_work_in_flight() -> None:
+    """Cancelling (Ctrl-C) never abandons a migration half-way: the ones running complete, no new one starts."""
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def work(target: Target) -> str:
+        started.append(target.slug)
+        await asyncio.sleep(0.1)
+        finished.append(target.slug)
+        return "head"
+
+    run = asyncio.create_task(run_fleet_async(targets(10), work, concurrency=2))
+    await asyncio.sleep(0.03)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    assert started == ["tenant-0", "tenant-1"]
+    assert finished == started  # already done when the cancellation propagated
+
+
+async def test_a_ledger_failure_stops_async_work_after_the_work_in_flight() -> None:
+    finished: list[str] = []
+
+    async def work(target: Target) -> str:
+        await asyncio.sleep(0.05 if target.slug == "tenant-0" else 0.1)
+        finished.append(target.slug)
+        return "head"
+
+    async def on_outcome(outcome: Outcome) -> None:
+        raise ConnectionError("registry unavailable")
+
+    with pytest.raises(ConnectionError):
+        await run_fleet_async(targets(10), work, concurrency=2, on_outcome=on_outcome)
+    assert finished == ["tenant-0", "tenant-1"]
 
 
 def test_target_repr_hides_the_dsn() -> None:
