@@ -88,6 +88,19 @@ async def create_tenant_role(conn: AsyncConn, role: str, database: str, password
     except psycopg.errors.DuplicateObject:
         alter = sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident_role, sql.Literal(password_verifier))
         await conn.execute(sql.SQL("SET LOCAL synchronous_commit = off; {}; {}").format(alter, grants))
+    await _end_foreign_sessions(conn, database)
+
+
+async def _end_foreign_sessions(conn: AsyncConn, database: str) -> None:
+    """End every session of another role on ``database``, once its REVOKE from PUBLIC is committed.
+
+    A new database is open to PUBLIC from its clone until that REVOKE: a session another tenant's role
+    opened in the window would outlive it and read the tenant's data later. Normally there is none.
+    """
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND usename <> current_user",
+        (database,),
+    )
 
 
 async def set_role_login(conn: AsyncConn, role: str, database: str, *, allowed: bool) -> None:
