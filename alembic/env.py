@@ -1,7 +1,7 @@
-"""alembic environment of the CONTROL database: the tenants registry (see controlplane.migrations.alembic_env)."""
+"""alembic environment of the CONTROL database: the tenants registry (see controlplane.schemas.alembic_env)."""
 
 from alembic import context
 
-from controlplane.migrations.alembic_env import run_online
+from controlplane.schemas.alembic_env import run_online
 
 run_online(context, name="the control database environment", default_version_table="alembic_version")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -12,73 +11,64 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.accounts.login_routes import ADMIN_LOGIN_HANDLERS, AUTH_ROUTER, TENANT_AUTH_ROUTER
 from controlplane.accounts.routes import ACCOUNT_HANDLERS
 from controlplane.audit.routes import ADMIN_AUDIT_HANDLERS, TENANT_AUDIT_HANDLERS
 from controlplane.auth.passwords import Passwords
 from controlplane.auth.ratelimit import RateLimiter, counter_from_url
-from controlplane.auth.routes import AUTH_ROUTER, TENANT_AUTH_ROUTER
 from controlplane.auth.service import Authenticator, hash_secret
 from controlplane.auth.sessions import refresh_key
 from controlplane.auth.tokens import KeyRing, TokenSigner
-from controlplane.cards.routes import TENANT_API_HANDLERS
-from controlplane.fleet.routes import ServersController
-from controlplane.http import health
-from controlplane.http.auth import ADMIN_TOKEN_HASH_STATE_KEY, admin_guard
+from controlplane.cards.routes import TENANT_API_HANDLERS, vault_dependency
+from controlplane.http import probes
+from controlplane.http.admin import admin_guard
 from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
-from controlplane.http.metrics import (
-    METRICS_STATE_KEY,
-    METRICS_TOKEN_HASH_STATE_KEY,
-    HttpMetrics,
-    instrument,
-    metrics_endpoint,
-)
-from controlplane.migrations.routes import migration_status
-from controlplane.platform import Platform
-from controlplane.pools.routes import pool_stats
-from controlplane.pools.service import TenantPools
-from controlplane.provisioning.reconciler import Reconciler
-from controlplane.provisioning.routes import TenantsController, reconcile
-from controlplane.provisioning.service import TenantService
-from controlplane.routing.cache import TenantCache
-from controlplane.routing.dependencies import (
+from controlplane.http.state import (
+    ADMIN_TOKEN_HASH_STATE_KEY,
     API_CALLS_STATE_KEY,
     AUTH_STATE_KEY,
     BASE_DOMAIN_STATE_KEY,
+    METRICS_STATE_KEY,
+    METRICS_TOKEN_HASH_STATE_KEY,
+    PLATFORM_STATE_KEY,
+    QUOTA_ALERTS_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
-    tenant_api_dependencies,
-    tenant_auth_middleware,
+    TENANTS_STATE_KEY,
+    USAGE_STATE_KEY,
 )
+from controlplane.http.tenant_api import tenant_auth_middleware, tenant_request_dependencies
+from controlplane.maintenance.routes import MAINTENANCE_HANDLERS
+from controlplane.maintenance.service import HealthMonitor
+from controlplane.metrics.requests import HttpMetrics, instrument
+from controlplane.metrics.routes import ADMIN_METRICS_HANDLERS, metrics_endpoint
+from controlplane.metrics.service import CardVaultMetrics
+from controlplane.migrations.routes import migration_status
+from controlplane.platform import Platform
+from controlplane.pools.service import TenantPools
+from controlplane.provisioning.reconciler import Reconciler
+from controlplane.provisioning.routes import TenantsController, reconcile
+from controlplane.provisioning.server_routes import ServersController
+from controlplane.provisioning.service import TenantService
+from controlplane.routing.cache import TenantCache
+from controlplane.scheduler.jobs import Jobs
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
-from controlplane.usage.alerts import QuotaAlerts, delete_resolved_alerts
+from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
-from controlplane.usage.metrics import CardVaultMetrics
-from controlplane.usage.operations import HealthMonitor, run_maintenance_window
-from controlplane.usage.operations_routes import OPERATIONS_HANDLERS
-from controlplane.usage.quotas import delete_expired_expansions
-from controlplane.usage.routes import ADMIN_USAGE_HANDLERS, QUOTA_ALERTS_STATE_KEY
-from controlplane.usage.service import USAGE_STATE_KEY, UsageService
-
-#: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
-KEY_REFRESH_INTERVAL = 60.0
-#: Seconds between maintenance-window runs (each tenant's window is one UTC hour a day).
-MAINTENANCE_INTERVAL = 3600.0
-#: Seconds between flushes of counted API calls into the registry.
-API_CALLS_FLUSH_INTERVAL = 30.0
-#: Seconds between clean-ups of expired storage expansions and old resolved alerts.
-QUOTA_CLEANUP_INTERVAL = 86400.0
+from controlplane.usage.routes import ADMIN_USAGE_HANDLERS
+from controlplane.usage.service import UsageService
 
 
 def _platform(state: State) -> Platform:
-    platform: Platform = state.platform
+    platform: Platform = state[PLATFORM_STATE_KEY]
     return platform
 
 
 def _tenants(state: State) -> TenantService:
-    service: TenantService = state.tenants
+    service: TenantService = state[TENANTS_STATE_KEY]
     return service
 
 
@@ -95,7 +85,6 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with Platform.open(settings) as platform:
             tenants = TenantService(platform)
-            reconciler = Reconciler(platform, tenants)
             scheduler = Scheduler(platform)
             async with platform.control.connection() as conn:
                 keys = await KeyRing.load(conn, platform.box)
@@ -115,49 +104,10 @@ def create_app(settings: Settings) -> Litestar:
                 control=platform.control,
             )
             api_calls = ApiCalls(limiter, platform.control)
-
-            async def reconcile_job() -> str:
-                report = await reconciler.run(fix=True)
-                return f"{len(report.findings)} finding(s)"
-
-            async def keys_job() -> str:
-                await reload_keys()
-                return "signing keys reloaded"
-
-            async def flush_api_calls() -> str:
-                async with platform.control.connection() as conn:
-                    return f"{await api_calls.flush(conn)} tenant-hour(s) flushed"
-
-            scheduler.add_leader_job("reconcile", reconcile_job, settings.provisioning.reconcile_interval)
-            scheduler.add_instance_job("reload_signing_keys", keys_job, KEY_REFRESH_INTERVAL)
-            scheduler.add_instance_job("flush_api_calls", flush_api_calls, API_CALLS_FLUSH_INTERVAL)
-
-            async def maintenance_window() -> str:
-                results = await run_maintenance_window(platform, datetime.now(UTC).hour, concurrency=2)
-                failed = sum(not r.ok for r in results)
-                return f"vacuumed {len(results) - failed} tenant database(s), {failed} failed"
-
-            scheduler.add_leader_job("maintenance_window", maintenance_window, MAINTENANCE_INTERVAL)
             usage = UsageService(platform)
             await usage.load()  # the last persisted values: /metrics is not empty after a restart
             alerts = QuotaAlerts(platform.control)
             await alerts.refresh()
-
-            async def collect_usage() -> str:
-                # Quotas are evaluated on what this collection just measured.
-                return f"{await usage.collect_job()}; {await alerts.job()}"
-
-            async def quota_cleanup() -> str:
-                async with platform.control.connection() as conn:
-                    expansions = await delete_expired_expansions(conn)
-                    resolved = await delete_resolved_alerts(conn)
-                return f"{expansions} expired expansion(s), {resolved} old resolved alert(s) deleted"
-
-            scheduler.add_leader_job("collect_usage", collect_usage, settings.usage.interval)
-            scheduler.add_instance_job("refresh_quota_alerts", alerts.refresh_job, settings.usage.interval)
-            scheduler.add_leader_job("quota_cleanup", quota_cleanup, QUOTA_CLEANUP_INTERVAL)
-            scheduler.add_leader_job("compact_usage_history", usage.compact_job, settings.usage.compact_interval)
-            scheduler.add_instance_job("refresh_usage", usage.refresh_job, settings.usage.interval)
             cache = TenantCache(platform)
             pools = TenantPools(settings.pools, settings.database, cache.credentials)
             # Any registry change to a tenant (here or on another replica) closes its pool.
@@ -165,14 +115,14 @@ def create_app(settings: Settings) -> Litestar:
             tenants.on_change(cache.invalidate)
             await cache.start()
             health = HealthMonitor(platform, cache, concurrency=settings.usage.concurrency)
-            scheduler.add_leader_job("tenant_health", health.job, settings.usage.health_interval)
+            jobs = Jobs(platform, Reconciler(platform, tenants), reload_keys, api_calls, usage, alerts, health)
+            jobs.schedule(scheduler)
             metrics.bind(
                 pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot, quotas=alerts, health=health
             )
             tenants.on_provisioned(metrics.observe_provisioning)
-            app.state.platform = platform
-            app.state.tenants = tenants
-            app.state.scheduler = scheduler
+            app.state[PLATFORM_STATE_KEY] = platform
+            app.state[TENANTS_STATE_KEY] = tenants
             app.state[TENANT_CACHE_STATE_KEY] = cache
             app.state[TENANT_POOLS_STATE_KEY] = pools
             app.state[BASE_DOMAIN_STATE_KEY] = settings.http.base_domain or None
@@ -188,7 +138,7 @@ def create_app(settings: Settings) -> Litestar:
                 await cache.stop()
                 await pools.close()
                 try:
-                    await flush_api_calls()
+                    await jobs.flush_api_calls()
                 finally:
                     await counter.close()
 
@@ -199,9 +149,10 @@ def create_app(settings: Settings) -> Litestar:
             ServersController,
             reconcile,
             migration_status,
-            pool_stats,
+            *ADMIN_METRICS_HANDLERS,
             *ADMIN_AUDIT_HANDLERS,
-            *OPERATIONS_HANDLERS,
+            *ADMIN_LOGIN_HANDLERS,
+            *MAINTENANCE_HANDLERS,
             *ADMIN_USAGE_HANDLERS,
         ],
         guards=[admin_guard],
@@ -212,7 +163,7 @@ def create_app(settings: Settings) -> Litestar:
         Router(
             path=path,
             route_handlers=[*TENANT_API_HANDLERS, *TENANT_AUDIT_HANDLERS, *ACCOUNT_HANDLERS],
-            dependencies=tenant_api_dependencies(settings),
+            dependencies={**tenant_request_dependencies(), **vault_dependency(settings)},
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
             middleware=[tenant_auth_middleware],
             security=[{"bearer": []}],
@@ -225,8 +176,8 @@ def create_app(settings: Settings) -> Litestar:
             *tenant_api,
             AUTH_ROUTER,
             TENANT_AUTH_ROUTER,
-            health.live,
-            health.ready,
+            probes.live,
+            probes.ready,
             metrics_endpoint,
         ],
         dependencies={

@@ -7,6 +7,7 @@ Management connections always carry ``connect_timeout``, ``statement_timeout`` a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -80,6 +81,11 @@ def control_pool(dsn: str, db: DatabaseSettings, *, min_size: int = 1) -> AsyncC
         kwargs={"row_factory": dict_row, "autocommit": True},
         name="control",
     )
+
+
+def lock_key(name: str) -> int:
+    """A stable 64-bit advisory-lock key for ``name`` (``cardvault:<what>``)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 async def try_advisory_lock(conn: AsyncConn, key: int, *, shared: bool = False) -> bool:

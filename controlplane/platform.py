@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,28 +14,9 @@ from controlplane.db import AsyncConn
 from controlplane.errors import ConfigError
 from controlplane.failpoints import Failpoints
 from controlplane.fleet.service import Fleet
-from controlplane.migrations.alembic_runner import SchemaScripts, registry_scripts, tenant_scripts
+from controlplane.schemas.alembic_runner import SchemaScripts, tenant_scripts
+from controlplane.schemas.control import migrate_registry
 from controlplane.settings import Settings
-
-
-def lock_key(name: str) -> int:
-    """A stable 64-bit advisory-lock key for ``name``."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
-_REGISTRY_MIGRATION_LOCK = lock_key("cardvault:registry-migration")
-
-
-async def migrate_registry(settings: Settings) -> str:
-    """Upgrade the control database to head; concurrent callers (replicas starting) take turns."""
-    scripts = registry_scripts(settings.provisioning)
-    dsn = db.management_conninfo(settings.database.url, settings.database, role="migrate")
-    async with db.connect(settings.database.url, settings.database, role="migrate-lock") as conn:
-        await db.advisory_lock(conn, _REGISTRY_MIGRATION_LOCK)
-        try:
-            return await asyncio.to_thread(scripts.upgrade, dsn)
-        finally:
-            await db.advisory_unlock(conn, _REGISTRY_MIGRATION_LOCK)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""alembic environment of ONE tenant database: the CardVault schema (see controlplane.migrations.alembic_env).
+"""alembic environment of ONE tenant database: the CardVault schema (see controlplane.schemas.alembic_env).
 
 Online (run against a database) and offline (``--sql``: rendered once, applied to the whole fleet).
 """
 
 from alembic import context
 
-from controlplane.migrations.alembic_env import run
+from controlplane.schemas.alembic_env import run
 
 run(context, name="tenant_schema", default_version_table="tenant_schema_version")

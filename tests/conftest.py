@@ -30,9 +30,9 @@ from psycopg import sql
 from controlplane import db
 from controlplane.app import create_app
 from controlplane.crypto import SecretBox
-from controlplane.migrations.alembic_runner import registry_scripts
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
+from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import AuthSettings, DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
 
 pytest_plugins = ["tests.harness"]

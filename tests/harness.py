@@ -35,7 +35,8 @@ from types import FrameType
 
 import pytest
 
-from controlplane.localpg import LocalCluster, PostgresNotFound, find_bindir
+from controlplane.localpg import LocalCluster
+from controlplane.localpg.binaries import PostgresNotFound, find_bindir
 
 TEST_URL_ENV = "CARDVAULT_TEST_DATABASE_URL"
 TEMP_PREFIX = "cardvault-test-"

@@ -1,6 +1,6 @@
 """HTTP face of a tenant's accounts: ``/me``, ``/users``, ``/api-keys``, ``/settings``.
 
-Mounted with the CardVault API (``/t/{slug}/api`` and ``/api``), so the routing layer has already
+Mounted with the CardVault API (``/t/{slug}/api`` and ``/api``), so the tenant API's wiring has already
 resolved the tenant, authenticated the caller and checked the route's permission (``opt``) when a
 handler runs. Handlers take one dependency, ``accounts``: an ``Accounts`` on the request's connection,
 committed after the handler returns and rolled back if it raises; after a commit that changed
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 
 from controlplane.accounts.models import (
     ApiKey,
@@ -36,11 +36,13 @@ from controlplane.accounts.models import (
 from controlplane.accounts.service import Accounts
 from controlplane.auth.models import Permission
 from controlplane.auth.service import Authenticator
-from controlplane.cards.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from controlplane.routing.dependencies import AUTH_STATE_KEY, open_tenant_request, quota_limits_for, requires
+from controlplane.http.params import Cursor, Limit
+from controlplane.http.state import AUTH_STATE_KEY, PLATFORM_STATE_KEY
+from controlplane.http.tenant_api import open_tenant_request, requires
+from controlplane.paging import TENANT_PAGES
+from controlplane.platform import Platform
+from controlplane.usage.quotas import limits_for
 
-Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
-Cursor = Annotated[str | None, QueryParameter(max_length=1024, description="next_cursor of the previous page")]
 Deps = NamedDependency[Accounts]
 
 
@@ -53,9 +55,8 @@ async def provide_accounts(request: Request[Any, Any, Any]) -> AsyncIterator[Acc
     """
     auth: Authenticator = request.app.state[AUTH_STATE_KEY]
     async with open_tenant_request(request) as tenant_request:
-        accounts = Accounts(
-            tenant_request, auth, quota_limits_for(request.app.state.platform, tenant_request.tenant.id)
-        )
+        platform: Platform = request.app.state[PLATFORM_STATE_KEY]
+        accounts = Accounts(tenant_request, auth, limits_for(platform.control, tenant_request.tenant.id))
         yield accounts
     if accounts.changed:
         auth.forget_principals(tenant_request.tenant.id)
@@ -101,7 +102,7 @@ class UsersController(Controller):
     dependencies = _DEPENDENCIES
 
     @get("/", opt=requires(Permission.USERS_READ), summary="List users (keyset pages by id)")
-    async def list_users(self, accounts: Deps, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE_SIZE) -> UserPage:
+    async def list_users(self, accounts: Deps, cursor: Cursor = None, limit: Limit = TENANT_PAGES.default) -> UserPage:
         return await accounts.list_users(limit, cursor)
 
     @post(

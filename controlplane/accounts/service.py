@@ -51,15 +51,15 @@ from controlplane.accounts.models import (
     UserUpdate,
 )
 from controlplane.audit import repository as audit
-from controlplane.auth import sessions
+from controlplane.auth import session_repository as sessions
 from controlplane.auth import tenant_repository as users
 from controlplane.auth.models import Permission, PrincipalKind, Role, effective_permissions, parse_overrides
 from controlplane.auth.passwords import normalize_email, validate_password
 from controlplane.auth.service import API_KEY_TIERS, Authenticator, api_key_maker, expiry, hash_secret, new_api_key
-from controlplane.auth.sessions import SessionTable
-from controlplane.cards.models import MAX_ID, changes
-from controlplane.cards.repository import SortKey
-from controlplane.cards.service import QuotaLimits, decode_cursor, encode_cursor, enforce_quota
+from controlplane.auth.session_repository import SessionTable
+from controlplane.cards.models import changes
+from controlplane.cards.service import enforce_quota
+from controlplane.context import TenantRequest
 from controlplane.errors import (
     FeatureNotInTier,
     NotFound,
@@ -67,10 +67,11 @@ from controlplane.errors import (
     TooManyRequests,
     ValidationFailed,
 )
-from controlplane.registry.models import QuotaType
-from controlplane.routing.models import TenantRequest
+from controlplane.paging import MAX_ID, decode_cursor, encode_cursor
+from controlplane.registry.models import LimitLookup, QuotaType
 
-_ID_KEY = SortKey("id", int)
+#: The users listing's cursors (ordered by id).
+_USERS = "id"
 _EMAIL_INDEX = "users_email_lower_key"
 _SESSIONS: SessionTable = "auth_sessions"
 
@@ -112,7 +113,7 @@ def _overrides(raw: Mapping[str, bool]) -> dict[Permission, bool]:
 class Accounts:
     """Accounts of the request's tenant, as the request's principal may see and change them."""
 
-    def __init__(self, request: TenantRequest, auth: Authenticator, quota_limits: QuotaLimits) -> None:
+    def __init__(self, request: TenantRequest, auth: Authenticator, quota_limits: LimitLookup) -> None:
         self._conn = request.conn
         self._tenant = request.tenant
         self._principal = request.principal
@@ -192,7 +193,7 @@ class Accounts:
                 headers={"Retry-After": str(decision.reset_after)},
                 retry_after=decision.reset_after,
             )
-        current = await users.password_hash_of(self._conn, user_id)
+        current = await repository.password_hash_of(self._conn, user_id)
         if current is None or not await self._auth.passwords.verify(current, data.current_password):
             await self._auth.limiter.fail(key, window)
             raise WrongPassword("the current password is wrong")
@@ -227,10 +228,11 @@ class Accounts:
     # -- /users ---------------------------------------------------------------------------------
 
     async def list_users(self, limit: int, cursor: str | None) -> UserPage:
-        after = decode_cursor(cursor, "id", _ID_KEY)[1] if cursor else 0
-        rows = await users.list_users(self._conn, after_id=after, limit=limit + 1)
+        after = decode_cursor(cursor, _USERS, int)[1] if cursor else 0
+        rows = await repository.list_users(self._conn, after_id=after, limit=limit + 1)
         items = [_user(row) for row in rows[:limit]]
-        next_cursor = encode_cursor("id", rows[limit - 1]["id"], rows[limit - 1]["id"]) if len(rows) > limit else None
+        last = rows[limit - 1]["id"] if len(rows) > limit else None
+        next_cursor = encode_cursor(_USERS, last, last) if last is not None else None
         return UserPage(items=items, next_cursor=next_cursor)
 
     async def get_user(self, user_id: int) -> User:
@@ -252,7 +254,7 @@ class Accounts:
         # After the (slow) password hash: the counter stays locked until the request commits.
         await enforce_quota(self._conn, QuotaType.USERS, self._limits)
         async with self._unique_email():
-            row = await users.insert_user(
+            row = await repository.insert_user(
                 self._conn,
                 email=email,
                 password_hash=password_hash,
@@ -321,7 +323,7 @@ class Accounts:
         guards.check_grantable(self._principal, role, {})
         token = secrets.token_urlsafe(32)
         expires_at = expiry(self._auth.settings.invite_ttl)
-        row = await users.reissue_invite(self._conn, user_id, hash_secret(token), expires_at)
+        row = await repository.reissue_invite(self._conn, user_id, hash_secret(token), expires_at)
         if row is None:
             raise InvitationAccepted(f"user {user_id} has no pending invitation (it was accepted or never made)")
         await self._record("user.invite", "user", user_id, {"email": row["email"]})
@@ -331,7 +333,7 @@ class Accounts:
     # -- /api-keys ------------------------------------------------------------------------------
 
     async def list_api_keys(self) -> list[ApiKey]:
-        return [_api_key(row) for row in await users.list_api_keys(self._conn)]
+        return [_api_key(row) for row in await repository.list_api_keys(self._conn)]
 
     async def create_api_key(self, data: ApiKeyCreate) -> ApiKeyCreated:
         tier = self._tenant.tier
@@ -347,7 +349,7 @@ class Accounts:
         requested = None if data.expires_in_days is None else expiry(data.expires_in_days * 86400.0)
         maker = api_key_maker(self._principal, requested)  # a user, or an impersonating admin (bounded)
         expires_at = maker.expires_at
-        row = await users.insert_api_key(
+        row = await repository.insert_api_key(
             self._conn,
             name=data.name,
             prefix=prefix,
@@ -363,7 +365,7 @@ class Accounts:
         return ApiKeyCreated(**msgspec.structs.asdict(_api_key(row)), key=key)
 
     async def revoke_api_key(self, key_id: int) -> None:
-        row = await users.revoke_api_key(self._conn, key_id) if 1 <= key_id <= MAX_ID else None
+        row = await repository.revoke_api_key(self._conn, key_id) if 1 <= key_id <= MAX_ID else None
         if row is None:
             raise NotFound(f"no API key with id {key_id}", resource="api_key", id=key_id)
         await self._record("api_key.revoke", "api_key", key_id, {"name": row["name"]})
@@ -371,16 +373,16 @@ class Accounts:
     # -- /settings ------------------------------------------------------------------------------
 
     async def get_settings(self) -> TenantSettings:
-        return self._settings(await users.get_settings(self._conn))
+        return self._settings(await repository.get_settings(self._conn))
 
     async def update_settings(self, data: SettingsUpdate) -> TenantSettings:
         values = changes(data)
         zone = values.get("timezone")
         if zone is not None and zone not in _timezones():
             raise ValidationFailed(f"unknown time zone {zone!r}; use an IANA name like Europe/Zurich", field="timezone")
-        stored = dict((await users.get_settings(self._conn))["settings"])
+        stored = dict((await repository.get_settings(self._conn))["settings"])
         stored.update(values)
-        row = await users.put_settings(self._conn, {k: v for k, v in stored.items() if v is not None})
+        row = await repository.put_settings(self._conn, {k: v for k, v in stored.items() if v is not None})
         if values:
             await self._record("settings.update", "settings", None, {"changed": values})
         return self._settings(row)

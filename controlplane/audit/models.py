@@ -1,43 +1,15 @@
-"""What audit rows carry and how they are read back: the request context, entries, filters, pages."""
+"""How audit rows are read back: entries, filters, pages (who acted is ``controlplane.context.AuditContext``)."""
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import uuid
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from controlplane.errors import ValidationFailed
-
-#: Rows per page of the audit listings: the default and the most one page may hold.
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 500
-
-
-def client_address(host: str | None) -> str | None:
-    """``host`` if it is an IP address (what an ``inet`` column can hold), else None."""
-    if not host:
-        return None
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
-
-
-class AuditContext(msgspec.Struct, frozen=True, kw_only=True):
-    """The request an audited action belongs to."""
-
-    #: Stable actor id (``user:12``, ``api_key:3``, ``admin:<uuid>``, ``automation``, ``cli:<os user>``).
-    actor: str
-    #: Human label (email, key name) kept in the row's details.
-    actor_label: str = ""
-    #: For impersonation: ``admin:<uuid>`` of the super_admin behind the actor.
-    impersonator: str | None = None
-    source_address: str | None = None
-    request_id: str | None = None
+from controlplane.paging import AUDIT_PAGES
 
 
 class Outcome(enum.StrEnum):
@@ -45,12 +17,6 @@ class Outcome(enum.StrEnum):
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
-class InvalidCursor(ValidationFailed):
-    """The pagination cursor is malformed or was issued by another listing."""
-
-    code = "invalid_cursor"
 
 
 class TenantAuditEntry(msgspec.Struct, kw_only=True):
@@ -102,7 +68,7 @@ class AuditQuery(msgspec.Struct, frozen=True, kw_only=True):
     until: datetime | None = None
     #: (at, id) of the last row of the previous page.
     before: tuple[datetime, int] | None = None
-    limit: int = DEFAULT_PAGE_SIZE
+    limit: int = AUDIT_PAGES.default
 
 
 class TenantAuditPage(msgspec.Struct):

@@ -10,12 +10,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from controlplane.audit.models import (
-    AuditContext,
     AuditQuery,
     Outcome,
     PlatformAuditEntry,
     TenantAuditEntry,
 )
+from controlplane.context import AuditContext
 from controlplane.db import AsyncConn
 
 #: Longest text kept in a column of an audit row (a slug or id as a client sent it, say).

@@ -1,42 +1,34 @@
-"""HTTP face of the audit trails and of impersonation.
+"""HTTP face of the audit trails.
 
 - ``audited(connection, action, ...)``: the one-liner admin handlers wrap a platform action in
-  (actor, source address and request id from the request; see ``audit.service.audited``).
+  (actor, source address and request id from the request; see ``audit.service.platform_action``).
 - ``GET /admin/audit``: the platform audit, filtered, newest first, keyset pages.
 - ``GET /audit`` under the tenant API (``/t/{slug}/api/audit``, ``/api/audit``): the tenant's own
   ``audit_log`` (``audit:read``, i.e. tenant_admin).
-- ``POST /admin/tenants/{slug}/impersonate``: a super-admin's short-lived token inside an active tenant.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import msgspec
-from litestar import Request, get, post
+from litestar import get
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
 from controlplane.audit import service
-from controlplane.audit.models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Outcome, PlatformAuditPage, TenantAuditPage
+from controlplane.audit.models import Outcome, PlatformAuditPage, TenantAuditPage
 from controlplane.audit.service import PlatformAction
-from controlplane.auth.models import Permission, Role
-from controlplane.auth.service import Authenticator, TokenPair
-from controlplane.http.auth import admin_audit_context, admin_principal
+from controlplane.auth.models import Permission
+from controlplane.context import TenantRequest
+from controlplane.http.admin import admin_audit_context
+from controlplane.http.params import AuditLimit, Cursor
+from controlplane.http.state import PLATFORM_STATE_KEY
+from controlplane.http.tenant_api import requires
+from controlplane.paging import AUDIT_PAGES
 from controlplane.platform import Platform
-from controlplane.pools.service import TenantPools
-from controlplane.routing.cache import TenantCache
-from controlplane.routing.dependencies import (
-    AUTH_STATE_KEY,
-    TENANT_CACHE_STATE_KEY,
-    TENANT_POOLS_STATE_KEY,
-    requires,
-)
-from controlplane.routing.models import TenantRequest
-from controlplane.routing.resolver import resolve
 
 _NO_NUL = r"^[^\x00]*$"
 Text = Annotated[str | None, QueryParameter(min_length=1, max_length=200, pattern=_NO_NUL)]
@@ -46,8 +38,6 @@ Action = Annotated[
 ]
 Since = Annotated[datetime | None, QueryParameter(description="ISO 8601; rows at or after (no offset: UTC)")]
 Until = Annotated[datetime | None, QueryParameter(description="ISO 8601; rows before (no offset: UTC)")]
-Cursor = Annotated[str | None, QueryParameter(max_length=1024, description="next_cursor of the previous page")]
-Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
 
 
 def audited(
@@ -63,8 +53,8 @@ def audited(
     """``async with audited(request, "tenant.suspend", slug=slug): ...`` records one ``platform_audit``
     row for the block, by the admin (or automation) the guard let in: ``succeeded``, or ``failed``
     with the error code, the error itself re-raised unchanged."""
-    platform: Platform = connection.app.state.platform
-    return service.audited(
+    platform: Platform = connection.app.state[PLATFORM_STATE_KEY]
+    return service.platform_action(
         platform.control,
         admin_audit_context(connection),
         action,
@@ -86,7 +76,7 @@ async def platform_audit(
     until: Until = None,
     outcome: FromQuery[Outcome | None] = None,
     cursor: Cursor = None,
-    limit: Limit = DEFAULT_PAGE_SIZE,
+    limit: AuditLimit = AUDIT_PAGES.default,
 ) -> PlatformAuditPage:
     query = service.audit_query(
         service.PLATFORM_LISTING,
@@ -113,7 +103,7 @@ async def tenant_audit(
     since: Since = None,
     until: Until = None,
     cursor: Cursor = None,
-    limit: Limit = DEFAULT_PAGE_SIZE,
+    limit: AuditLimit = AUDIT_PAGES.default,
 ) -> TenantAuditPage:
     query = service.audit_query(
         service.TENANT_LISTING,
@@ -129,36 +119,7 @@ async def tenant_audit(
     return await service.tenant_page(tenant_request.conn, query)
 
 
-class ImpersonationRequest(msgspec.Struct, forbid_unknown_fields=True):
-    #: Why: kept in the platform audit and in the tenant's own audit log.
-    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500, pattern=_NO_NUL)]
-    role: Literal["tenant_admin", "collection_manager", "user"] = "tenant_admin"
-
-
-@post(
-    "/admin/tenants/{slug:str}/impersonate",
-    status_code=200,
-    tags=["tenants"],
-    summary="A super-admin's short-lived token inside an active tenant (audited in both trails)",
-)
-async def impersonate(
-    request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[ImpersonationRequest]
-) -> TokenPair:
-    state = request.app.state
-    details = {"reason": data.reason.strip(), "role": data.role}
-    async with audited(request, "tenant.impersonate", slug=slug, details=details):
-        principal = admin_principal(request)
-        service.check_impersonator(principal)  # before the tenant: automation gets 403 whatever the slug
-        cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
-        tenant = await resolve(cache, slug)
-        auth: Authenticator = state[AUTH_STATE_KEY]
-        pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-        return await service.impersonate(
-            auth, pools, tenant, principal, admin_audit_context(request), role=Role(data.role), reason=data.reason
-        )
-
-
 #: Handlers of the tenant API (mounted with ``TENANT_API_HANDLERS``).
 TENANT_AUDIT_HANDLERS = [tenant_audit]
 #: Handlers of ``/admin`` (behind ``admin_guard``).
-ADMIN_AUDIT_HANDLERS = [platform_audit, impersonate]
+ADMIN_AUDIT_HANDLERS = [platform_audit]

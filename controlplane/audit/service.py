@@ -1,6 +1,6 @@
-"""Recording platform actions, reading audit trails page by page, and starting an impersonation.
+"""Recording platform actions and reading audit trails page by page.
 
-``audited(control, ctx, action, ...)`` wraps one platform action: whatever the block raises is recorded
+``platform_action(control, ctx, action, ...)`` wraps one platform action: whatever the block raises is recorded
 as ``failed`` (with the error code) and re-raised unchanged; a block that returns is recorded as
 ``succeeded``. The row is written after the action, in its own statement on the control pool, so it
 never takes part in (or holds locks of) the action's transaction. A failure to write it is logged and
@@ -9,36 +9,24 @@ swallowed: it must never hide the action's own error, nor turn a committed actio
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from psycopg_pool import AsyncConnectionPool
 
 from controlplane.audit import repository
-from controlplane.audit.models import (
-    MAX_PAGE_SIZE,
-    AuditContext,
-    AuditQuery,
-    InvalidCursor,
-    Outcome,
-    PlatformAuditPage,
-    TenantAuditPage,
-)
-from controlplane.auth.models import TENANT_ROLES, Principal, PrincipalKind, Role
-from controlplane.auth.service import Authenticator, TokenPair
+from controlplane.audit.models import AuditQuery, Outcome, PlatformAuditPage, TenantAuditPage
+from controlplane.context import AuditContext
 from controlplane.db import AsyncConn
-from controlplane.errors import CardVaultError, PermissionDenied, ValidationFailed
-from controlplane.pools.service import TenantPools
+from controlplane.errors import CardVaultError, ValidationFailed
+from controlplane.paging import AUDIT_PAGES, decode_cursor, encode_cursor
 from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, Tenant
-from controlplane.routing.models import TenantContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=Tenant | None)
@@ -114,7 +102,7 @@ def error_details(exc: BaseException) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def audited(
+async def platform_action(
     control: AsyncConnectionPool[AsyncConn],
     ctx: AuditContext,
     action: str,
@@ -187,21 +175,8 @@ async def _write(
 # -- reading ----------------------------------------------------------------------------------------
 
 
-def encode_cursor(kind: str, at: datetime, row_id: int) -> str:
-    """An opaque token for "older than this row" in the listing ``kind``."""
-    return base64.urlsafe_b64encode(msgspec.json.encode([kind, at, row_id])).rstrip(b"=").decode()
-
-
-def decode_cursor(kind: str, cursor: str) -> tuple[datetime, int]:
-    """(at, id) from a cursor issued by the listing ``kind``; ``InvalidCursor`` for anything else."""
-    try:
-        raw = base64.b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        issued_for, at, row_id = msgspec.json.decode(raw, type=tuple[str, datetime, int])
-        if issued_for != kind or at.tzinfo is None or not 0 < row_id < 2**63:
-            raise ValueError("not a cursor of this listing")
-    except (ValueError, binascii.Error, msgspec.MsgspecError) as exc:
-        raise InvalidCursor("the cursor is not one this listing issued; start again without it") from exc
-    return at, row_id
+#: ``at`` of an audit cursor: a time with its offset.
+_AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -226,8 +201,8 @@ def audit_query(
     """The validated query of one page of the listing ``kind`` (``ValidationFailed`` on bad filters)."""
     if action is not None and "*" in action[:-1]:
         raise ValidationFailed("action is a name, or a prefix ending in '*' (tenant.*); '*' only at the end")
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValidationFailed(f"limit must be 1..{MAX_PAGE_SIZE}")
+    if not 1 <= limit <= AUDIT_PAGES.maximum:
+        raise ValidationFailed(f"limit must be 1..{AUDIT_PAGES.maximum}")
     since, until = _aware(since), _aware(until)
     if since is not None and until is not None and since > until:
         raise ValidationFailed("since must not be after until")
@@ -240,7 +215,7 @@ def audit_query(
         outcome=outcome,
         since=since,
         until=until,
-        before=decode_cursor(kind, cursor) if cursor is not None else None,
+        before=decode_cursor(cursor, kind, _AwareTime) if cursor is not None else None,
         limit=limit,
     )
 
@@ -266,57 +241,3 @@ async def platform_page(conn: AsyncConn, query: AuditQuery) -> PlatformAuditPage
     return PlatformAuditPage(
         items=rows, next_cursor=encode_cursor(PLATFORM_LISTING, last.at, last.id) if last else None
     )
-
-
-# -- impersonation ----------------------------------------------------------------------------------
-
-
-def check_impersonator(principal: Principal) -> uuid.UUID:
-    """The super-admin's id if ``principal`` may impersonate; else ``PermissionDenied``.
-
-    Only a person may: everything done with the token is attributed in the tenant's audit trail to
-    the admin behind it, and the automation token (``CARDVAULT_ADMIN_TOKEN``) names nobody.
-    """
-    kind, _, raw_id = principal.subject.partition(":")
-    if principal.kind is not PrincipalKind.PLATFORM_ADMIN or kind != "admin":
-        raise PermissionDenied(
-            "impersonation needs a super-admin's own login (POST /auth/token): what is done with the token "
-            "is attributed to that person in the tenant's audit trail, and the automation token names nobody",
-            permission="impersonate",
-        )
-    return uuid.UUID(raw_id)
-
-
-async def impersonate(
-    auth: Authenticator,
-    pools: TenantPools,
-    tenant: TenantContext,
-    principal: Principal,
-    ctx: AuditContext,
-    *,
-    role: Role,
-    reason: str,
-) -> TokenPair:
-    """A short-lived tenant token for a super-admin acting as ``role`` inside ``tenant`` (active).
-
-    The start is recorded in the tenant's own ``audit_log`` before the token is handed out: if that
-    cannot be written, there is no token.
-    """
-    admin_id = check_impersonator(principal)
-    reason = reason.strip()
-    if not 3 <= len(reason) <= 500:
-        raise ValidationFailed("reason must be 3..500 characters (not counting surrounding spaces)")
-    if role not in TENANT_ROLES:
-        raise ValidationFailed("role must be one of the tenant roles", role=role.value)
-    if principal.session_id is None:
-        raise PermissionDenied("impersonation needs a super-admin's login session", permission="impersonate")
-    pair = auth.impersonation_token(tenant, admin_id, role, principal.session_id)  # ends with that session
-    start = msgspec.structs.replace(ctx, impersonator=principal.subject)
-    async with pools.connection(tenant.id) as conn:
-        await repository.record_tenant(
-            conn,
-            start,
-            "impersonation.start",
-            details={"reason": reason, "role": role.value, "expires_in": pair.expires_in},
-        )
-    return pair

@@ -16,15 +16,14 @@ import uuid
 import msgspec
 
 from controlplane.auth import repository as admins
-from controlplane.auth import sessions
+from controlplane.auth import session_repository, sessions
 from controlplane.auth import tenant_repository as users
-from controlplane.auth.models import Role
+from controlplane.auth.models import Role, TenantRef
 from controlplane.auth.passwords import Passwords
 from controlplane.auth.ratelimit import RateLimiter
 from controlplane.auth.tokens import TokenSigner
 from controlplane.db import AsyncConn
 from controlplane.errors import InvalidCredentials, InvalidToken, TooManyRequests
-from controlplane.routing.models import TenantContext
 from controlplane.settings import AuthSettings
 
 #: ``aud`` of tokens for the platform API and for one tenant's API.
@@ -75,7 +74,7 @@ class Logins:
     async def login_tenant(
         self,
         conn: AsyncConn,
-        tenant: TenantContext,
+        tenant: TenantRef,
         email: str,
         password: str,
         *,
@@ -106,7 +105,7 @@ class Logins:
         return self._tenant_pair(tenant, row["id"], Role(row["tenant_role"]), session_id, refresh), row["id"]
 
     def _tenant_pair(
-        self, tenant: TenantContext, user_id: int, role: Role, session_id: uuid.UUID, refresh: str
+        self, tenant: TenantRef, user_id: int, role: Role, session_id: uuid.UUID, refresh: str
     ) -> TokenPair:
         return self._session_pair(TENANT_AUDIENCE, f"user:{user_id}", role, session_id, refresh, tenant.id)
 
@@ -131,7 +130,7 @@ class Logins:
             refresh_expires_in=int(self.settings.refresh_token_ttl),
         )
 
-    async def refresh_tenant(self, conn: AsyncConn, tenant: TenantContext, refresh_token: str) -> TokenPair:
+    async def refresh_tenant(self, conn: AsyncConn, tenant: TenantRef, refresh_token: str) -> TokenPair:
         """New tokens for a live session (the old refresh token is spent; within ``refresh_grace`` it
         gets the same successor again). Replaying one spent earlier raises ``RefreshReplayed`` after
         revoking the session: the caller must commit on it."""
@@ -140,12 +139,12 @@ class Logins:
         )
         user = await users.get_user(conn, session.user_id)
         if user is None or user["disabled"]:
-            await sessions.revoke(conn, "auth_sessions", session.id)
+            await session_repository.revoke(conn, "auth_sessions", session.id)
             raise InvalidToken("this account is disabled")
         return self._tenant_pair(tenant, user["id"], Role(user["tenant_role"]), session.id, new_refresh)
 
     def impersonation_token(
-        self, tenant: TenantContext, admin_id: uuid.UUID, role: Role, admin_session: uuid.UUID
+        self, tenant: TenantRef, admin_id: uuid.UUID, role: Role, admin_session: uuid.UUID
     ) -> TokenPair:
         """A token for ``admin_id`` acting as ``role`` in ``tenant``, alive while ``admin_session`` is."""
         ttl = self.settings.impersonation_ttl
@@ -200,6 +199,6 @@ class Logins:
         )
         admin = await admins.get_admin(conn, session.user_id)
         if admin is None or admin.disabled:
-            await sessions.revoke(conn, "platform_sessions", session.id)
+            await session_repository.revoke(conn, "platform_sessions", session.id)
             raise InvalidToken("this account is disabled")
         return self._platform_pair(admin.id, session.id, new_refresh)

@@ -14,9 +14,11 @@ import datetime as dt
 import enum
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
+
+from controlplane.registry.models import Tier
 
 
 class Role(enum.StrEnum):
@@ -111,6 +113,17 @@ def effective_permissions(role: Role, overrides: Mapping[str, Any] | None = None
 
 
 _PERMISSION_NAMES = frozenset(p.value for p in Permission)
+
+
+class TenantRef(Protocol):
+    """What authentication needs to know of the tenant a credential is checked against (a
+    ``controlplane.context.TenantContext`` is one)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def tier(self) -> Tier: ...
 
 
 class PrincipalKind(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""SQL of platform identities in the control database: ``platform_admins`` (and a ``platform_audit`` helper).
+"""SQL of platform identities in the control database: ``platform_admins`` and ``signing_keys``.
 
 Callers own the transaction. Password hashes never leave through :class:`Admin`; only
 :func:`admin_login_lookup` returns one, for the login check.
@@ -15,8 +15,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from controlplane.audit import repository as audit_repository
-from controlplane.audit.models import AuditContext, client_address
+from controlplane import db
 from controlplane.db import AsyncConn
 from controlplane.errors import Conflict, NotFound
 
@@ -147,34 +146,59 @@ async def touch_login(conn: AsyncConn, admin_id: uuid.UUID) -> None:
     await conn.execute("UPDATE platform_admins SET last_login_at = now() WHERE id = %s", (admin_id,))
 
 
-async def record_platform_audit(
-    conn: AsyncConn,
-    *,
-    actor: str,
-    action: str,
-    tenant_id: uuid.UUID | None = None,
-    tenant_slug: str | None = None,
-    entity: str | None = None,
-    entity_id: object = None,
-    outcome: str = "succeeded",
-    source_address: str | None = None,
-    request_id: str | None = None,
-    details: Mapping[str, Any] | None = None,
-) -> None:
-    """One ``platform_audit`` row, inside the caller's transaction (so it commits with the action).
+# -- signing keys ------------------------------------------------------------------------------------
 
-    For callers without an ``AuditContext`` (the CLI); the SQL itself lives in ``controlplane.audit``.
-    ``outcome`` is ``succeeded`` or ``failed``; a ``source_address`` that is not an IP address is dropped.
-    """
-    ctx = AuditContext(actor=actor, source_address=client_address(source_address), request_id=request_id)
-    await audit_repository.record_platform(
-        conn,
-        ctx,
-        action,
-        tenant_id=tenant_id,
-        tenant_slug=tenant_slug,
-        entity=entity,
-        entity_id=entity_id,
-        outcome=outcome,
-        details=details,
+#: Serialises key creation and rotation across instances.
+_SIGNING_KEYS_LOCK = db.lock_key("cardvault:signing-keys")
+
+
+class SigningKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A signing key as listed to operators (never its secret)."""
+
+    kid: str
+    created_at: dt.datetime
+    retired_at: dt.datetime | None
+    verify_until: dt.datetime | None
+    active: bool
+
+
+async def lock_signing_keys(conn: AsyncConn) -> None:
+    """Serialise key creation and rotation across instances until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SIGNING_KEYS_LOCK,))
+
+
+async def verifying_keys(conn: AsyncConn) -> list[dict[str, Any]]:
+    """``kid``, ``secret_encrypted`` and ``active`` of the keys that still verify, oldest first."""
+    cur = await conn.execute(
+        "SELECT kid, secret_encrypted, retired_at IS NULL AS active FROM signing_keys"
+        " WHERE verify_until IS NULL OR verify_until > now() ORDER BY created_at, kid"
     )
+    return list(await cur.fetchall())
+
+
+async def insert_signing_key(conn: AsyncConn, kid: str, secret_encrypted: str) -> None:
+    await conn.execute("INSERT INTO signing_keys (kid, secret_encrypted) VALUES (%s, %s)", (kid, secret_encrypted))
+
+
+async def retire_signing_keys(conn: AsyncConn, *, verify_for: float) -> None:
+    """Retire the active key(s): they stop signing and verify for ``verify_for`` more seconds."""
+    await conn.execute(
+        "UPDATE signing_keys SET retired_at = now(), verify_until = now() + make_interval(secs => %s)"
+        " WHERE retired_at IS NULL",
+        (float(verify_for),),
+    )
+
+
+async def list_signing_keys(conn: AsyncConn) -> list[SigningKeyInfo]:
+    """Every stored key, oldest first, without secrets."""
+    cur = await conn.execute(
+        "SELECT kid, created_at, retired_at, verify_until, retired_at IS NULL AS active"
+        " FROM signing_keys ORDER BY created_at, kid"
+    )
+    return [SigningKeyInfo(**row) for row in await cur.fetchall()]
+
+
+async def prune_signing_keys(conn: AsyncConn) -> int:
+    """Delete the keys that no longer verify anything; returns how many."""
+    cur = await conn.execute("DELETE FROM signing_keys WHERE verify_until IS NOT NULL AND verify_until <= now()")
+    return cur.rowcount

@@ -46,6 +46,7 @@ from controlplane.auth.models import (
     Principal,
     PrincipalKind,
     Role,
+    TenantRef,
     effective_permissions,
 )
 from controlplane.auth.passwords import Passwords
@@ -59,7 +60,6 @@ from controlplane.errors import (
     WrongTenant,
 )
 from controlplane.registry.models import Tier
-from controlplane.routing.models import TenantContext
 from controlplane.settings import AuthSettings
 
 #: Tiers whose tenants may use API keys ("API access").
@@ -199,7 +199,7 @@ class Authenticator(Logins):
         return claims
 
     @staticmethod
-    def check_tenant(tenant: TenantContext, credential: Credential) -> None:
+    def check_tenant(tenant: TenantRef, credential: Credential) -> None:
         """403 unless the credential was issued for ``tenant`` (before anything touches its database)."""
         if isinstance(credential, ApiKeyCredential):
             if credential.tenant_hex != tenant.id.hex:
@@ -214,7 +214,7 @@ class Authenticator(Logins):
         if credential.tid != str(tenant.id):
             raise WrongTenant("this token belongs to another tenant")
 
-    async def tenant_principal(self, conn: AsyncConn, tenant: TenantContext, credential: Credential) -> Principal:
+    async def tenant_principal(self, conn: AsyncConn, tenant: TenantRef, credential: Credential) -> Principal:
         """Who the (tenant-checked) credential is, as the tenant's database says now."""
         if isinstance(credential, ApiKeyCredential):
             return await self._api_key_principal(conn, tenant, credential)
@@ -242,7 +242,7 @@ class Authenticator(Logins):
         )
         return self._remember(tenant.id, session_id, principal)
 
-    async def _impersonation_principal(self, tenant: TenantContext, claims: AccessClaims) -> Principal:
+    async def _impersonation_principal(self, tenant: TenantRef, claims: AccessClaims) -> Principal:
         """A super-admin inside the tenant, for as long as the admin's login session lasts."""
         try:
             admin_id = uuid.UUID(claims.imp or "")
@@ -264,7 +264,7 @@ class Authenticator(Logins):
             expires_at=dt.datetime.fromtimestamp(claims.exp, dt.UTC),
         )
 
-    async def _api_key_principal(self, conn: AsyncConn, tenant: TenantContext, key: ApiKeyCredential) -> Principal:
+    async def _api_key_principal(self, conn: AsyncConn, tenant: TenantRef, key: ApiKeyCredential) -> Principal:
         cached = self._cached_principal(tenant.id, key.digest)
         if cached is not None:
             return cached

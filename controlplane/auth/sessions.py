@@ -41,16 +41,12 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import msgspec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from psycopg import sql
 
+from controlplane.auth import session_repository as repository
+from controlplane.auth.session_repository import SessionTable, UserId
 from controlplane.db import AsyncConn
 from controlplane.errors import InvalidToken
 
-SessionTable = Literal["platform_sessions", "auth_sessions"]
-SESSION_TABLES: tuple[SessionTable, ...] = ("platform_sessions", "auth_sessions")
-
-#: ``uuid.UUID`` for platform admins, ``int`` for tenant users.
-UserId = uuid.UUID | int
 U = TypeVar("U", uuid.UUID, int)
 
 _SEED_BYTES = 32
@@ -63,20 +59,6 @@ class SessionRow(msgspec.Struct, Generic[U], frozen=True, kw_only=True):
     id: uuid.UUID
     user_id: U
     expires_at: dt.datetime
-
-
-class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A session as shown to its user ("where am I logged in")."""
-
-    id: uuid.UUID
-    user_id: UserId
-    created_at: dt.datetime
-    last_used_at: dt.datetime
-    expires_at: dt.datetime
-    revoked_at: dt.datetime | None
-    source_address: str | None
-    user_agent: str | None
-    active: bool
 
 
 class RefreshReplayed(InvalidToken):
@@ -96,11 +78,6 @@ def refresh_key(secret_key: str) -> bytes:
     """The key refresh-token secrets are derived with, from ``CARDVAULT_SECRET_KEY`` (same on every instance)."""
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cardvault-refresh", info=b"refresh-tokens-v1")
     return hkdf.derive(secret_key.encode())
-
-
-def _table(table: str) -> sql.Identifier:
-    assert table in SESSION_TABLES, f"not a session table: {table!r}"
-    return sql.Identifier(table)
 
 
 def _hash(secret: str) -> bytes:
@@ -162,12 +139,16 @@ async def open_session(
     seed = secrets.token_bytes(_SEED_BYTES)
     secret = _secret(key, seed, 0)
     agent = user_agent[:512] if user_agent else None
-    await conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (id, user_id, refresh_hash, refresh_seed, generation, expires_at, source_address,"
-            " user_agent) VALUES (%s, %s, %s, %s, 0, now() + make_interval(secs => %s), %s::inet, %s)"
-        ).format(_table(table)),
-        (session_id, user_id, _hash(secret), seed, float(ttl), _inet(source_address), agent),
+    await repository.insert_session(
+        conn,
+        table,
+        session_id=session_id,
+        user_id=user_id,
+        refresh_hash=_hash(secret),
+        refresh_seed=seed,
+        ttl=ttl,
+        source_address=_inet(source_address),
+        user_agent=agent,
     )
     return session_id, f"{session_id}.{secret}"
 
@@ -192,16 +173,7 @@ async def rotate(
     exception. Run it inside a transaction (it locks the row, so concurrent refreshes take turns).
     """
     session_id, secret = parse_refresh_token(refresh_token)
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT id, user_id, expires_at, refresh_hash, refresh_seed, generation, previous_hash,"
-            " revoked_at IS NOT NULL AS revoked, expires_at <= now() AS expired,"
-            " coalesce(%s > 0 AND rotated_at > clock_timestamp() - make_interval(secs => %s), false) AS in_grace"
-            " FROM {} WHERE id = %s FOR UPDATE"
-        ).format(_table(table)),
-        (float(grace), float(grace), session_id),
-    )
-    row = await cur.fetchone()
+    row = await repository.lock_for_refresh(conn, table, session_id, grace=grace)
     if row is None or row["revoked"]:
         raise InvalidToken("session not found or revoked")
     if row["expired"]:
@@ -217,12 +189,14 @@ async def rotate(
             raise InvalidToken("this session was refreshed too often; log in again")
         seed = seed or secrets.token_bytes(_SEED_BYTES)  # a legacy session moves to derived secrets
         new_secret = _secret(key, seed, generation + 1)
-        await conn.execute(
-            sql.SQL(
-                "UPDATE {} SET refresh_hash = %s, refresh_seed = %s, generation = %s, previous_hash = %s,"
-                " rotated_at = now(), last_used_at = now() WHERE id = %s"
-            ).format(_table(table)),
-            (_hash(new_secret), seed, generation + 1, presented, session_id),
+        await repository.set_refresh(
+            conn,
+            table,
+            session_id,
+            refresh_hash=_hash(new_secret),
+            refresh_seed=seed,
+            generation=generation + 1,
+            previous_hash=presented,
         )
         return session, f"{session_id}.{new_secret}"
 
@@ -230,16 +204,12 @@ async def rotate(
         successor = _secret(key, seed, generation)
         # Only if this key really made the current secret (a changed CARDVAULT_SECRET_KEY cannot).
         if hmac.compare_digest(_hash(successor), bytes(row["refresh_hash"])):
-            await conn.execute(
-                sql.SQL("UPDATE {} SET last_used_at = now() WHERE id = %s").format(_table(table)), (session_id,)
-            )
+            await repository.touch(conn, table, session_id)
             return session, f"{session_id}.{successor}"
         raise InvalidToken("refresh token was just used; use the token it was exchanged for")
 
     if previous or _issued_before(key, seed, generation, secret):
-        await conn.execute(
-            sql.SQL("UPDATE {} SET revoked_at = now() WHERE id = %s").format(_table(table)), (session_id,)
-        )
+        await repository.revoke(conn, table, session_id)
         raise RefreshReplayed(
             "refresh token was already used; the session has been revoked",
             session_id=session_id,
@@ -271,62 +241,3 @@ async def rotate_and_commit(
             replayed = exc
     assert replayed is not None
     raise replayed
-
-
-async def revoke(conn: AsyncConn, table: SessionTable, session_id: uuid.UUID, *, user_id: UserId | None = None) -> bool:
-    """Revoke one session (only if it belongs to ``user_id`` when given); False if none was live."""
-    query = sql.SQL("UPDATE {} SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL").format(_table(table))
-    params: list[Any] = [session_id]
-    if user_id is not None:
-        query = sql.SQL("{} AND user_id = %s").format(query)
-        params.append(user_id)
-    cur = await conn.execute(query, params)
-    return cur.rowcount > 0
-
-
-async def revoke_all(
-    conn: AsyncConn, table: SessionTable, user_id: UserId, *, except_session: uuid.UUID | None = None
-) -> int:
-    """Revoke every live session of ``user_id`` (but ``except_session``); returns how many."""
-    cur = await conn.execute(
-        sql.SQL(
-            "UPDATE {} SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL AND id IS DISTINCT FROM %s"
-        ).format(_table(table)),
-        (user_id, except_session),
-    )
-    return cur.rowcount
-
-
-async def is_active(conn: AsyncConn, table: SessionTable, session_id: uuid.UUID) -> bool:
-    """Whether the session exists, is not revoked and has not expired."""
-    cur = await conn.execute(
-        sql.SQL("SELECT 1 FROM {} WHERE id = %s AND revoked_at IS NULL AND expires_at > now()").format(_table(table)),
-        (session_id,),
-    )
-    return await cur.fetchone() is not None
-
-
-async def list_sessions(
-    conn: AsyncConn, table: SessionTable, user_id: UserId, *, include_inactive: bool = False
-) -> list[SessionInfo]:
-    """The user's sessions, newest first; only live ones unless ``include_inactive``."""
-    query = sql.SQL(
-        "SELECT id, user_id, created_at, last_used_at, expires_at, revoked_at, host(source_address) AS source_address,"
-        " user_agent, (revoked_at IS NULL AND expires_at > now()) AS active FROM {} WHERE user_id = %s"
-    ).format(_table(table))
-    if not include_inactive:
-        query = sql.SQL("{} AND revoked_at IS NULL AND expires_at > now()").format(query)
-    cur = await conn.execute(sql.SQL("{} ORDER BY created_at DESC, id").format(query), (user_id,))
-    return [SessionInfo(**row) for row in await cur.fetchall()]
-
-
-async def delete_expired(conn: AsyncConn, table: SessionTable, *, keep_for: float = 0.0) -> int:
-    """Delete sessions that expired or were revoked more than ``keep_for`` seconds ago; returns how many."""
-    cur = await conn.execute(
-        sql.SQL(
-            # LEAST ignores NULLs: a live session's bound is its expiry.
-            "DELETE FROM {} WHERE LEAST(revoked_at, expires_at) < now() - make_interval(secs => %s)"
-        ).format(_table(table)),
-        (float(keep_for),),
-    )
-    return cur.rowcount

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import jwt
 import msgspec
 
+from controlplane.auth import repository
 from controlplane.crypto import SecretBox
 from controlplane.db import AsyncConn
 from controlplane.errors import InvalidToken
@@ -65,36 +65,11 @@ class AccessClaims(msgspec.Struct, frozen=True, kw_only=True):
     imp: str | None = None
 
 
-class SigningKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A signing key as listed to operators (never its secret)."""
-
-    kid: str
-    created_at: dt.datetime
-    retired_at: dt.datetime | None
-    verify_until: dt.datetime | None
-    active: bool
-
-
-def _lock_key() -> int:
-    from controlplane.platform import lock_key  # lazily: platform imports half the control plane
-
-    return lock_key("cardvault:signing-keys")
-
-
-async def _lock(conn: AsyncConn) -> None:
-    """Serialise key creation and rotation across instances until the transaction ends."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(),))
-
-
 async def _read(conn: AsyncConn, box: SecretBox) -> tuple[dict[str, bytes], str | None]:
     """The keys that still verify, and the kid of the newest active one (None when there is none)."""
-    cur = await conn.execute(
-        "SELECT kid, secret_encrypted, retired_at IS NULL AS active FROM signing_keys"
-        " WHERE verify_until IS NULL OR verify_until > now() ORDER BY created_at, kid"
-    )
     keys: dict[str, bytes] = {}
     current: str | None = None
-    for row in await cur.fetchall():
+    for row in await repository.verifying_keys(conn):
         keys[row["kid"]] = base64.urlsafe_b64decode(box.decrypt(row["secret_encrypted"]))
         if row["active"]:
             current = row["kid"]
@@ -104,10 +79,7 @@ async def _read(conn: AsyncConn, box: SecretBox) -> tuple[dict[str, bytes], str 
 async def _insert_key(conn: AsyncConn, box: SecretBox) -> tuple[str, bytes]:
     kid = secrets.token_urlsafe(9)  # 12 characters
     secret = secrets.token_bytes(_SECRET_BYTES)
-    await conn.execute(
-        "INSERT INTO signing_keys (kid, secret_encrypted) VALUES (%s, %s)",
-        (kid, box.encrypt(base64.urlsafe_b64encode(secret).decode())),
-    )
+    await repository.insert_signing_key(conn, kid, box.encrypt(base64.urlsafe_b64encode(secret).decode()))
     return kid, secret
 
 
@@ -116,7 +88,7 @@ async def _read_or_create(conn: AsyncConn, box: SecretBox) -> tuple[dict[str, by
     if current is not None:
         return keys, current
     async with conn.transaction():
-        await _lock(conn)
+        await repository.lock_signing_keys(conn)
         keys, current = await _read(conn, box)  # another instance may have created one meanwhile
         if current is None:
             current, secret = await _insert_key(conn, box)
@@ -169,30 +141,11 @@ async def rotate(conn: AsyncConn, box: SecretBox, *, verify_for: float) -> str:
     lifetime.
     """
     async with conn.transaction():
-        await _lock(conn)
-        await conn.execute(
-            "UPDATE signing_keys SET retired_at = now(), verify_until = now() + make_interval(secs => %s)"
-            " WHERE retired_at IS NULL",
-            (float(verify_for),),
-        )
+        await repository.lock_signing_keys(conn)
+        await repository.retire_signing_keys(conn, verify_for=verify_for)
         kid, _ = await _insert_key(conn, box)
     log.info("rotated signing keys: %s now signs", kid)
     return kid
-
-
-async def list_keys(conn: AsyncConn) -> list[SigningKeyInfo]:
-    """Every stored key, oldest first, without secrets."""
-    cur = await conn.execute(
-        "SELECT kid, created_at, retired_at, verify_until, retired_at IS NULL AS active"
-        " FROM signing_keys ORDER BY created_at, kid"
-    )
-    return [SigningKeyInfo(**row) for row in await cur.fetchall()]
-
-
-async def prune(conn: AsyncConn) -> int:
-    """Delete the keys that no longer verify anything; returns how many."""
-    cur = await conn.execute("DELETE FROM signing_keys WHERE verify_until IS NOT NULL AND verify_until <= now()")
-    return cur.rowcount
 
 
 #: Refreshes the signer's ring in place (``await ring.refresh(conn, box)`` on a pooled connection).

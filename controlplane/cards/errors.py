@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.errors import CardVaultError, Conflict, NotFound, ValidationFailed
+from controlplane.errors import CardVaultError, Conflict, NotFound
 
 
 class RowNotFound(NotFound):
@@ -41,12 +41,6 @@ class RowInUse(Conflict):
     """The row is still referenced (e.g. a player with cards) and cannot be deleted (extra: ``referenced_by``)."""
 
     code = "in_use"
-
-
-class InvalidCursor(ValidationFailed):
-    """The pagination cursor is malformed or was issued for another sort order."""
-
-    code = "invalid_cursor"
 
 
 class QuotaExceeded(CardVaultError):

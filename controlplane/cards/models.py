@@ -15,11 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-#: Largest id a ``bigint`` identity column can hold.
-MAX_ID = 2**63 - 1
-#: Rows per page when the client does not say.
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
+from controlplane.paging import MAX_ID, TENANT_PAGES
 
 #: ``re.search`` patterns (msgspec's semantics): no NUL anywhere; and no NUL plus one visible character.
 NO_NUL = r"^[^\x00]*$"
@@ -202,7 +198,7 @@ class ListQuery(msgspec.Struct, kw_only=True):
 
     sort: str
     cursor: str | None = None
-    limit: int = DEFAULT_PAGE_SIZE
+    limit: int = TENANT_PAGES.default
     q: str | None = None
     equals: dict[str, Any] = msgspec.field(default_factory=dict)
     at_least: dict[str, Any] = msgspec.field(default_factory=dict)

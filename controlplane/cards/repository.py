@@ -16,8 +16,9 @@ from typing import Annotated, Any
 import msgspec
 from psycopg import sql
 
-from controlplane.cards.models import MAX_ID, NO_NUL
+from controlplane.cards.models import NO_NUL
 from controlplane.db import AsyncConn
+from controlplane.paging import MAX_ID
 
 Row = dict[str, Any]
 

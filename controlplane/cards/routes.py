@@ -1,10 +1,12 @@
 """HTTP face of the CardVault tenant API: ``/cards``, ``/players``, ``/teams``, ``/manufacturers``.
 
-Paths are relative to where the routing layer mounts ``TENANT_API_HANDLERS`` (``/t/{slug}/api`` and
-``/api``). Handlers take one dependency, ``vault``: a ``CardVault`` on a connection to the tenant's own
-database, committed after the handler returns and rolled back if it raises (handlers never commit).
+Paths are relative to where the app mounts ``TENANT_API_HANDLERS`` (``/t/{slug}/api`` and ``/api``).
+Handlers take one dependency, ``vault``: a ``CardVault`` on a connection to the tenant's own database,
+committed after the handler returns and rolled back if it raises (handlers never commit). The service
+provides it in one step (``vault_dependency``, on ``http.tenant_api.open_tenant_request``);
 ``card_dependencies`` composes it from ``tenant``, ``tenant_db``, ``quota_limits`` (looks one of the
-tenant's limits up when called; None = unlimited), ``storage`` and ``max_image_bytes``.
+tenant's limits up when called; None = unlimited), ``storage`` and ``max_image_bytes``, for tests that
+mount these handlers without the tenant API's authentication.
 
 Objects a request makes obsolete (replaced or deleted images) are removed by a background task, i.e.
 after the response is complete and the transaction has committed.
@@ -12,10 +14,10 @@ after the response is complete and the transaction has committed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated
+from collections.abc import AsyncIterator, Iterable
+from typing import Annotated, Any
 
-from litestar import Controller, Response, delete, get, patch, post, put
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
@@ -23,9 +25,6 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from controlplane.auth.models import Permission
 from controlplane.cards.models import (
-    DEFAULT_PAGE_SIZE,
-    MAX_ID,
-    MAX_PAGE_SIZE,
     NO_NUL,
     Card,
     CardCreate,
@@ -50,16 +49,20 @@ from controlplane.cards.models import (
     TeamPage,
     TeamUpdate,
 )
-from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault, QuotaLimits
+from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault
+from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
-from controlplane.routing.dependencies import requires
-from controlplane.routing.models import TenantContext
+from controlplane.http.params import Cursor, Limit
+from controlplane.http.state import PLATFORM_STATE_KEY
+from controlplane.http.tenant_api import open_tenant_request, requires
+from controlplane.paging import MAX_ID, TENANT_PAGES
+from controlplane.platform import Platform
+from controlplane.registry.models import LimitLookup
 from controlplane.settings import Settings
 from controlplane.storage import Storage
 from controlplane.storage.local import LocalStorage
+from controlplane.usage.quotas import limits_for
 
-Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
-Cursor = Annotated[str | None, QueryParameter(max_length=1024, description="next_cursor of the previous page")]
 Search = Annotated[
     str | None,
     QueryParameter(min_length=1, max_length=200, pattern=NO_NUL, description="case-insensitive substring"),
@@ -77,19 +80,41 @@ def provide_vault(
     tenant: NamedDependency[TenantContext],
     tenant_db: NamedDependency[AsyncConn],
     storage: NamedDependency[Storage],
-    quota_limits: NamedDependency[QuotaLimits],
+    quota_limits: NamedDependency[LimitLookup],
     max_image_bytes: NamedDependency[int],
 ) -> CardVault:
     return CardVault(tenant_db, tenant.id, storage=storage, quota_limits=quota_limits, max_image_bytes=max_image_bytes)
 
 
+def vault_dependency(settings: Settings) -> dict[str, Provide]:
+    """``vault`` in one step, as the service provides it: the ``TenantRequest`` of the tenant API
+    (connection, principal, permission checked) and a ``CardVault`` on it.
+
+    One dependency rather than a chain: on the hot path every dependency Litestar resolves costs time.
+    """
+    storage = LocalStorage(settings.data_dir / "storage")
+    max_image_bytes = settings.http.max_image_bytes
+
+    async def provide_request_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
+        async with open_tenant_request(request) as ctx:
+            platform: Platform = request.app.state[PLATFORM_STATE_KEY]
+            yield CardVault(
+                ctx.conn,
+                ctx.tenant.id,
+                storage=storage,
+                quota_limits=limits_for(platform.control, ctx.tenant.id),
+                max_image_bytes=max_image_bytes,
+                principal=ctx.principal,
+                audit=lambda: ctx.audit,
+            )
+
+    return {"vault": Provide(provide_request_vault)}
+
+
 def card_dependencies(settings: Settings, storage: Storage | None = None) -> dict[str, Provide]:
     """``vault`` composed from the five dependencies above (``storage``, a ``LocalStorage`` under
-    ``<data_dir>/storage`` unless given, and ``max_image_bytes`` included).
-
-    The service itself provides ``vault`` in one step (``routing.dependencies.tenant_api_dependencies``):
-    on the hot path every dependency Litestar resolves costs time.
-    """
+    ``<data_dir>/storage`` unless given, and ``max_image_bytes`` included), for tests that mount the
+    handlers without the tenant API's authentication (the service uses ``vault_dependency``)."""
     store: Storage = storage if storage is not None else LocalStorage(settings.data_dir / "storage")
     limit = settings.http.max_image_bytes
 
@@ -121,7 +146,7 @@ class ManufacturersController(Controller):
         vault: Vault,
         sort: FromQuery[NamedSort] = "name",
         cursor: Cursor = None,
-        limit: Limit = DEFAULT_PAGE_SIZE,
+        limit: Limit = TENANT_PAGES.default,
         q: Search = None,
     ) -> ManufacturerPage:
         items, next_cursor = await vault.page(MANUFACTURERS, ListQuery(sort=sort, cursor=cursor, limit=limit, q=q))
@@ -164,7 +189,7 @@ class TeamsController(Controller):
         vault: Vault,
         sort: FromQuery[NamedSort] = "name",
         cursor: Cursor = None,
-        limit: Limit = DEFAULT_PAGE_SIZE,
+        limit: Limit = TENANT_PAGES.default,
         q: Search = None,
         league: TextFilter = None,
     ) -> TeamPage:
@@ -205,7 +230,7 @@ class PlayersController(Controller):
         vault: Vault,
         sort: FromQuery[PlayerSort] = "last_name",
         cursor: Cursor = None,
-        limit: Limit = DEFAULT_PAGE_SIZE,
+        limit: Limit = TENANT_PAGES.default,
         q: Search = None,
         team_id: RefFilter = None,
     ) -> PlayerPage:
@@ -244,7 +269,7 @@ class CardsController(Controller):
         vault: Vault,
         sort: FromQuery[CardSort] = "created_at",
         cursor: Cursor = None,
-        limit: Limit = DEFAULT_PAGE_SIZE,
+        limit: Limit = TENANT_PAGES.default,
         q: Search = None,
         year_min: YearFilter = None,
         year_max: YearFilter = None,
@@ -328,7 +353,7 @@ class CardsController(Controller):
         return Response(None, status_code=204, background=_after_commit(vault, obsolete))
 
 
-#: Everything the routing layer mounts under ``/t/{tenant_slug:str}/api`` and ``/api``.
+#: Everything the app mounts under ``/t/{tenant_slug:str}/api`` and ``/api``.
 TENANT_API_HANDLERS: list[type[Controller]] = [
     CardsController,
     PlayersController,

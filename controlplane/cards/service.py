@@ -19,13 +19,11 @@ pointing at a deleted object.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -34,7 +32,6 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from controlplane.audit import repository as audit
-from controlplane.audit.models import AuditContext
 from controlplane.auth.models import Permission, Principal
 from controlplane.cards import images, repository
 from controlplane.cards.errors import (
@@ -42,14 +39,12 @@ from controlplane.cards.errors import (
     DuplicateRow,
     ImageMissing,
     ImageTooLarge,
-    InvalidCursor,
     InvalidReference,
     QuotaExceeded,
     RowInUse,
     RowNotFound,
 )
 from controlplane.cards.models import (
-    MAX_ID,
     Card,
     ImageInfo,
     ListQuery,
@@ -58,10 +53,12 @@ from controlplane.cards.models import (
     Team,
     changes,
 )
-from controlplane.cards.repository import Row, SortKey, Table
+from controlplane.cards.repository import Row, Table
+from controlplane.context import AuditContext
 from controlplane.db import AsyncConn
 from controlplane.errors import PermissionDenied
-from controlplane.registry.models import QuotaType
+from controlplane.paging import MAX_ID, decode_cursor, encode_cursor
+from controlplane.registry.models import LimitLookup, QuotaType
 from controlplane.storage import Storage, new_key
 
 log = logging.getLogger(__name__)
@@ -91,20 +88,7 @@ _COUNTERS = {QuotaType.CARDS: "cards", QuotaType.USERS: "users", QuotaType.STORA
 _TARGETS = {"player_id": "player", "team_id": "team", "manufacturer_id": "manufacturer", "created_by": "user"}
 
 
-#: The tenant's limit for a quota (None: unlimited), looked up only when something is created.
-QuotaLimits = Callable[[QuotaType], Awaitable[int | None]]
-
-
-def fixed_limits(limits: Mapping[QuotaType, int | None]) -> QuotaLimits:
-    """``QuotaLimits`` answering from a mapping (a missing quota is unlimited)."""
-
-    async def limit_of(quota: QuotaType) -> int | None:
-        return limits.get(quota)
-
-    return limit_of
-
-
-async def enforce_quota(conn: AsyncConn, quota: QuotaType, limits: QuotaLimits, *, adding: int = 1) -> None:
+async def enforce_quota(conn: AsyncConn, quota: QuotaType, limits: LimitLookup, *, adding: int = 1) -> None:
     """Refuse (``QuotaExceeded``) if ``adding`` more would pass the limit; else keep the counter locked.
 
     Call inside the transaction that then creates the rows: the lock on the counter row is held until
@@ -126,27 +110,6 @@ async def enforce_quota(conn: AsyncConn, quota: QuotaType, limits: QuotaLimits, 
         )
 
 
-def encode_cursor(sort: str, value: Any, row_id: int) -> str:
-    """An opaque token for "after this row in this order"."""
-    return base64.urlsafe_b64encode(msgspec.json.encode([sort, value, row_id])).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str, sort: str, key: SortKey) -> tuple[Any, int]:
-    """(sort value, id) from a cursor issued for ``sort``; ``InvalidCursor`` for anything else."""
-    try:
-        raw = base64.b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        issued_for, value, row_id = msgspec.json.decode(raw, type=tuple[str, Any, int])
-        if issued_for != sort:
-            raise InvalidCursor(f"this cursor belongs to sort={issued_for!r}, not sort={sort!r}")
-        if not 0 <= row_id <= MAX_ID:
-            raise ValueError("id out of range")
-        if value is not None or not key.nullable:
-            value = msgspec.convert(value, type=key.cursor_type)
-    except (ValueError, binascii.Error, msgspec.MsgspecError) as exc:
-        raise InvalidCursor("the cursor is not one this API issued; start again without it") from exc
-    return value, row_id
-
-
 #: Who acts when no request does (imports, maintenance, tests of the data layer).
 SYSTEM = AuditContext(actor="system")
 
@@ -166,7 +129,7 @@ class CardVault:
         tenant_id: uuid.UUID,
         *,
         storage: Storage,
-        quota_limits: QuotaLimits,
+        quota_limits: LimitLookup,
         max_image_bytes: int,
         principal: Principal | None = None,
         audit: Callable[[], AuditContext] = lambda: SYSTEM,
@@ -282,7 +245,9 @@ class CardVault:
         """One page in ``query.sort`` order (ties by id) and the cursor of the next, if any."""
         descending = query.sort.startswith("-")
         key = resource.table.sort_key(query.sort.removeprefix("-"))
-        after = decode_cursor(query.cursor, query.sort, key) if query.cursor else None
+        after = (
+            decode_cursor(query.cursor, query.sort, key.cursor_type, nullable=key.nullable) if query.cursor else None
+        )
 
         def present(filters: Mapping[str, Any]) -> dict[str, Any]:
             return {column: value for column, value in filters.items() if value is not None}

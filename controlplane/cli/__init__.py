@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from controlplane.cli.admins import admins, keys
 from controlplane.cli.common import cli
-from controlplane.cli.operations import local, maintenance, migrate, reconcile, serve, servers
+from controlplane.cli.maintenance import maintenance, reconcile
+from controlplane.cli.migrate import migrate
+from controlplane.cli.serve import local, serve
+from controlplane.cli.servers import servers
 from controlplane.cli.tenants import tenants
 from controlplane.cli.users import users
 

@@ -21,7 +21,6 @@ from controlplane.cli.common import (
 )
 
 if TYPE_CHECKING:  # the rest is imported where used, so that the command line starts fast
-    from controlplane.auth import tokens
     from controlplane.auth.repository import Admin
     from controlplane.db import AsyncConn
     from controlplane.platform import Platform
@@ -42,10 +41,11 @@ def _show(admins: list[Admin], as_json: bool) -> None:
 
 
 async def _audit(conn: AsyncConn, action: str, entity: str, entity_id: object, **details: Any) -> None:
-    from controlplane.auth import repository as admins_repo
+    from controlplane.audit import repository as audit
+    from controlplane.context import AuditContext
 
-    await admins_repo.record_platform_audit(
-        conn, actor=cli_actor(), action=action, entity=entity, entity_id=entity_id, details=details
+    await audit.record_platform(
+        conn, AuditContext(actor=cli_actor()), action, entity=entity, entity_id=entity_id, details=details
     )
 
 
@@ -94,7 +94,7 @@ def list_(as_json: bool) -> None:
 
 def _set_disabled(email: str, disabled: bool) -> Admin:
     from controlplane.auth import repository as admins_repo
-    from controlplane.auth import sessions
+    from controlplane.auth import session_repository as sessions
     from controlplane.auth.passwords import normalize_email
     from controlplane.auth.repository import AdminNotFound
 
@@ -133,7 +133,7 @@ def enable(email: str, as_json: bool) -> None:
 def set_password(email: str, as_json: bool) -> None:
     """Replace a super-admin's password (stdin or asked twice) and end all of its sessions."""
     from controlplane.auth import repository as admins_repo
-    from controlplane.auth import sessions
+    from controlplane.auth import session_repository as sessions
     from controlplane.auth.passwords import Passwords, normalize_email, validate_password
     from controlplane.auth.repository import AdminNotFound
 
@@ -187,11 +187,11 @@ def rotate(as_json: bool) -> None:
 @json_option
 def list_keys(as_json: bool) -> None:
     """List signing keys (never their secrets)."""
-    from controlplane.auth import tokens
+    from controlplane.auth import repository
 
-    async def work(platform: Platform) -> list[tokens.SigningKeyInfo]:
+    async def work(platform: Platform) -> list[repository.SigningKeyInfo]:
         async with platform.control.connection() as conn:
-            return await tokens.list_keys(conn)
+            return await repository.list_signing_keys(conn)
 
     found = with_platform(work)
     if as_json:
@@ -204,11 +204,11 @@ def list_keys(as_json: bool) -> None:
 @json_option
 def prune(as_json: bool) -> None:
     """Delete retired keys that no longer verify anything."""
-    from controlplane.auth import tokens
+    from controlplane.auth import repository
 
     async def work(platform: Platform) -> int:
         async with platform.control.connection() as conn, conn.transaction():
-            deleted = await tokens.prune(conn)
+            deleted = await repository.prune_signing_keys(conn)
             await _audit(conn, "signing_key.prune", "signing_key", None, deleted=deleted)
         return deleted
 

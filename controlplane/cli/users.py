@@ -63,14 +63,13 @@ def _show(rows: list[Any], as_json: bool) -> None:
 def _as_operator(slug: str, work: Any) -> Any:
     """``work(accounts)`` as a platform operator inside the tenant, in one transaction of its database."""
     from controlplane.accounts.service import Accounts
-    from controlplane.audit.models import AuditContext
     from controlplane.auth.passwords import Passwords
     from controlplane.auth.ratelimit import MemoryCounter, RateLimiter
     from controlplane.auth.service import Authenticator
     from controlplane.auth.tokens import KeyRing, TokenSigner
+    from controlplane.context import AuditContext, TenantContext, TenantRequest
     from controlplane.provisioning.service import TenantService
-    from controlplane.routing.dependencies import quota_limits_for
-    from controlplane.routing.models import TenantContext, TenantRequest
+    from controlplane.usage.quotas import limits_for
 
     actor = cli_actor()
 
@@ -99,6 +98,6 @@ def _as_operator(slug: str, work: Any) -> Any:
                 principal=principal,
                 audit=AuditContext(actor=actor, actor_label="command line"),
             )
-            return await work(Accounts(request, auth, quota_limits_for(platform, tenant.id)))
+            return await work(Accounts(request, auth, limits_for(platform.control, tenant.id)))
 
     return with_platform(go)

@@ -37,6 +37,11 @@ _OPEN_DATABASES = """
 """
 
 
+async def ping(conn: AsyncConn) -> None:
+    """A round trip: the server answers."""
+    await conn.execute("SELECT 1")
+
+
 class ServerFacts(msgspec.Struct, frozen=True, kw_only=True):
     """What a management connection learns about its server and its own user."""
 

@@ -220,7 +220,7 @@ class Fleet:
         if server is None:
             raise NoServerAvailable("no active database server; add one with `cardvault servers add`")
         async with self.admin(conn, server.id) as admin:
-            await admin.execute("SELECT 1")
+            await catalog.ping(admin)
         return server
 
     # -- connections ----------------------------------------------------------------------------

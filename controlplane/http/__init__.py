@@ -1,1 +1,6 @@
-"""HTTP plumbing shared by every API module: error handlers, health, the admin guard."""
+"""The HTTP layer every API module shares: ``app.state`` keys, error handlers, request context and
+response headers, the tenant API's wiring (middleware, ``TenantRequest`` dependency, permissions), the
+admin guard, the shared query parameters and the health probes.
+
+Route modules (``<domain>/routes.py``) may import it; services never do.
+"""

@@ -21,7 +21,7 @@ from typing import Any
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
-from controlplane.audit.models import client_address
+from controlplane.context import client_address
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

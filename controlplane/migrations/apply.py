@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from controlplane.migrations.alembic_runner import MigrationError, RenderedStep, SchemaScripts, describe
 from controlplane.migrations.fleet_runner import Target
+from controlplane.schemas.alembic_runner import MigrationError, RenderedStep, SchemaScripts, describe
 
 __all__ = ["OnlineUpgrade", "Upgrader"]
 

@@ -28,7 +28,6 @@ import psycopg
 
 from controlplane import db
 from controlplane.fleet import repository as fleet_repository
-from controlplane.migrations.alembic_runner import SchemaScripts
 from controlplane.migrations.apply import Upgrader
 from controlplane.migrations.fleet_runner import Outcome, Progress, Target, run_fleet_async
 from controlplane.platform import Platform
@@ -38,6 +37,7 @@ from controlplane.provisioning.models import OperationKind, OperationState
 from controlplane.provisioning.template import Templates
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
+from controlplane.schemas.alembic_runner import SchemaScripts
 
 #: Tenants whose databases are migrated; provisioning ones are cloned from an up-to-date template and
 #: broken ones have no database.

@@ -13,6 +13,7 @@ from controlplane.audit.routes import audited
 from controlplane.auth.passwords import normalize_email, validate_password
 from controlplane.auth.service import Authenticator
 from controlplane.errors import TenantNotFound, ValidationFailed
+from controlplane.http.state import AUTH_STATE_KEY
 from controlplane.platform import Platform
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import Operation, ReconcileReport
@@ -83,7 +84,7 @@ class TenantsController(Controller):
     ) -> Tenant:
         details = {"name": data.name, "tier": data.tier, "admin_email": data.admin_email}
         async with audited(request, "tenant.create", slug=data.slug, existing=False, details=details) as audit:
-            admin = await first_admin(request.app.state["auth"], data)
+            admin = await first_admin(request.app.state[AUTH_STATE_KEY], data)
             return audit.result(await tenants.create(name=data.name, slug=data.slug, tier=data.tier, admin=admin))
 
     @get("/", summary="List tenants (filter by status and tier; keyset pages ordered by slug)")
@@ -155,7 +156,7 @@ class TenantsController(Controller):
             return audit.result(await tenants.resume(_existing(slug)))
 
 
-@post("/admin/reconcile", status_code=200, tags=["operations"], summary="Run one reconciler cycle")
+@post("/admin/reconcile", status_code=200, tags=["tenants"], summary="Run one reconciler cycle")
 async def reconcile(
     request: Request[Any, Any, Any],
     tenants: NamedDependency[TenantService],

@@ -1,7 +1,7 @@
 """The tenant lifecycle: create, suspend, resume, update, delete, purge.
 
 Each operation runs under the tenant's advisory lock (on the control database, held by the session that
-does the work), is recorded in ``tenant_operations``, and is made of idempotent steps. A failure inside
+does the work: ``locking``), is recorded in ``tenant_operations``, and is made of idempotent steps. A failure inside
 a step undoes what was done; a crash leaves the operation ``running`` with its lock released, which is
 how the reconciler recognises it and finishes or undoes it.
 """
@@ -12,38 +12,35 @@ import logging
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from controlplane import db
+from controlplane.accounts import repository as accounts
 from controlplane.crypto import SecretBox, new_password, scram_sha256_verifier
 from controlplane.db import AsyncConn
 from controlplane.errors import (
     CardVaultError,
     InvalidState,
     OperationFailed,
-    OperationInProgress,
-    TenantNotFound,
     ValidationFailed,
 )
 from controlplane.fleet.models import Server
 from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
+from controlplane.provisioning.locking import TenantLocks
 from controlplane.provisioning.models import OperationKind, OperationState
 from controlplane.provisioning.steps import Steps
 from controlplane.provisioning.template import Templates
 from controlplane.registry import repository as registry
 from controlplane.registry.models import (
-    SLUG_PATTERN,
     TIER_QUOTAS,
     QuotaType,
     Tenant,
     TenantStatus,
-    Tier,
     database_name_for,
     parse_tier,
     role_name_for,
@@ -54,11 +51,6 @@ from controlplane.storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def tenant_lock_key(tenant_id: uuid.UUID) -> int:
-    """The advisory-lock key that serialises operations on one tenant."""
-    return int.from_bytes(tenant_id.bytes[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -85,86 +77,19 @@ def validate_name(name: str) -> str:
     return cleaned
 
 
-class TenantService:
+class TenantService(TenantLocks):
     """One service behind both the CLI and the admin API."""
 
     def __init__(self, platform: Platform, storage: Storage | None = None) -> None:
-        self._p = platform
+        super().__init__(platform)
         #: Where the tenants' files live; a purge removes the tenant's whole area.
         self.storage = storage if storage is not None else LocalStorage(platform.settings.data_dir / "storage")
         self.templates = Templates(platform)
-        self._listeners: list[Callable[[uuid.UUID], None]] = []
         self._provisioned: list[Callable[[float, bool], None]] = []
 
     def on_provisioned(self, listener: Callable[[float, bool], None]) -> None:
         """Call ``listener(seconds, succeeded)`` after every provisioning this process runs (metrics)."""
         self._provisioned.append(listener)
-
-    def on_change(self, listener: Callable[[uuid.UUID], None]) -> None:
-        """Call ``listener(tenant_id)`` after every operation on a tenant, whatever its outcome.
-
-        This process learns of its own changes at once (its registry cache and pools must not serve a
-        just-suspended tenant); other replicas learn of them through NOTIFY.
-        """
-        self._listeners.append(listener)
-
-    # -- reads ----------------------------------------------------------------------------------
-
-    async def get(self, slug: str) -> Tenant:
-        async with self._p.control.connection() as conn:
-            return await self.require(conn, slug)
-
-    async def list(
-        self,
-        *,
-        status: TenantStatus | None = None,
-        tier: Tier | None = None,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[Tenant]:
-        async with self._p.control.connection() as conn:
-            return await registry.list_tenants(conn, status=status, tier=tier, after_slug=after, limit=limit)
-
-    async def require(self, conn: AsyncConn, slug: str) -> Tenant:
-        # A string that is no valid slug names no tenant (and may not even be storable text, e.g. NUL).
-        valid = isinstance(slug, str) and SLUG_PATTERN.fullmatch(slug) is not None
-        tenant = await registry.get_by_slug(conn, slug) if valid else None
-        if tenant is None:
-            raise TenantNotFound(f"no tenant with slug {slug!r}", slug=slug)
-        return tenant
-
-    @asynccontextmanager
-    async def locked(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
-        """A control connection holding the tenant's lock for the whole operation."""
-        async with self._p.control.connection() as conn:
-            key = tenant_lock_key(tenant_id)
-            if not await db.try_advisory_lock(conn, key):
-                raise OperationInProgress("another operation on this tenant is in progress; retry shortly")
-            try:
-                yield conn
-            finally:
-                await db.advisory_unlock(conn, key)
-                for listener in self._listeners:
-                    listener(tenant_id)
-
-    @asynccontextmanager
-    async def locked_slug(
-        self, slug: str, *, expect: uuid.UUID | None = None
-    ) -> AsyncIterator[tuple[AsyncConn, Tenant]]:
-        """The tenant ``slug`` names, read again under its lock (the lock is taken by id).
-
-        Between the first lookup and the lock, a rename plus a new tenant taking the slug would make
-        the slug name another tenant than the one locked: that is refused (retry), never acted on.
-        ``expect``: the id the caller listed the tenant under (the reconciler); another one is refused too.
-        """
-        async with self._p.control.connection() as conn:
-            seen = await self.require(conn, slug)
-        expected = seen.id if expect is None else expect
-        async with self.locked(expected) as conn:
-            tenant = await self.require(conn, slug)
-            if tenant.id != expected:
-                raise OperationInProgress(f"the slug {slug!r} was given to another tenant meanwhile; retry", slug=slug)
-            yield conn, tenant
 
     # -- create ---------------------------------------------------------------------------------
 
@@ -240,11 +165,7 @@ class TenantService:
 
             async def seed_admin() -> None:
                 async with self._p.fleet.connect_database(conn, server.id, database) as tenant_db:
-                    await tenant_db.execute(
-                        "INSERT INTO users (email, password_hash, tenant_role) VALUES (%s, %s, 'tenant_admin')"
-                        " ON CONFLICT ((lower(email))) DO NOTHING",
-                        (admin.email, admin.password_hash),
-                    )
+                    await accounts.seed_tenant_admin(tenant_db, admin.email, admin.password_hash)
 
             await steps.run("seed_admin", seed_admin)
 

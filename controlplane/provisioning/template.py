@@ -13,7 +13,7 @@ from controlplane import db
 from controlplane.db import AsyncConn
 from controlplane.fleet import repository as fleet_repository
 from controlplane.fleet.models import Server
-from controlplane.platform import Platform, lock_key
+from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 
 
@@ -27,7 +27,7 @@ class Templates:
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
         self._name = platform.settings.provisioning.template_database
-        self._key = lock_key(f"cardvault:template:{self._name}")
+        self._key = db.lock_key(f"cardvault:template:{self._name}")
 
     @property
     def name(self) -> str:

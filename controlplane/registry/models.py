@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 import msgspec
@@ -69,6 +70,19 @@ TIER_QUOTAS: dict[Tier, dict[QuotaType, int | None]] = {
         QuotaType.API_CALLS_PER_HOUR: 100_000,
     },
 }
+
+
+#: A tenant's effective limit for a quota (None: unlimited), looked up when called: reads never ask.
+LimitLookup = Callable[[QuotaType], Awaitable[int | None]]
+
+
+def fixed_limits(limits: Mapping[QuotaType, int | None]) -> LimitLookup:
+    """A ``LimitLookup`` answering from a mapping (a missing quota is unlimited)."""
+
+    async def limit_of(quota: QuotaType) -> int | None:
+        return limits.get(quota)
+
+    return limit_of
 
 
 def validate_slug(slug: str) -> str:

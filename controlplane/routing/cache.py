@@ -20,6 +20,8 @@ Rules that keep it from serving stale data:
   but does not store it: the read may predate the change.
 - Unknown slugs are remembered for at most ``negative_ttl`` seconds and forgotten on any tenant
   notification, so a tenant created through another replica is found at once.
+- A change made by this process (``invalidate``) is forgotten here at once; its callbacks run once,
+  when the change's own notification arrives (at once when not listening: none will come).
 
 Entries are kept per tenant id with the slug as a second index, so a rename drops the old slug too.
 Both maps are bounded (least recently used entries go first); an evicted entry is merely re-read.
@@ -28,26 +30,25 @@ Both maps are bounded (least recently used entries go first); an evicted entry i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import conninfo
 
 from controlplane import db
+from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.errors import ServerUnavailable, TenantNotFound
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant
+from controlplane.routing.entries import CacheEntries, Flight
 from controlplane.routing.listener import Listener
-from controlplane.routing.models import TenantContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,38 +64,7 @@ LISTEN_ROLE = "listen"
 InvalidateCallback = Callable[[uuid.UUID], Awaitable[None]]
 
 
-@dataclasses.dataclass
-class CacheStats:
-    """Counters of one cache, for metrics and tests (monotonic; never reset)."""
-
-    #: ``get_by_slug`` answered from memory (a known tenant).
-    hits: int = 0
-    #: ``get_by_slug`` answered from memory that the slug is unknown (within ``negative_ttl``).
-    negative_hits: int = 0
-    #: ``get_by_slug`` that read the registry.
-    misses: int = 0
-    credential_hits: int = 0
-    credential_misses: int = 0
-    #: Tenant or server notifications handled, plus ``invalidate()`` calls.
-    invalidations: int = 0
-    #: Whole-cache clears (listen connection lost, or a notification that names no id).
-    resets: int = 0
-    #: Listen connections re-established after a loss.
-    reconnects: int = 0
-
-
-class _Flight:
-    """One registry read in progress, and what was invalidated while it ran."""
-
-    __slots__ = ("changes", "dropped", "epoch")
-
-    def __init__(self, epoch: int, changes: int) -> None:
-        self.epoch = epoch
-        self.changes = changes
-        self.dropped: set[uuid.UUID] = set()
-
-
-class TenantCache:
+class TenantCache(CacheEntries):
     """Tenant lookups and credentials kept in memory, invalidated through LISTEN/NOTIFY.
 
     ``start()`` in the app lifespan (it connects and fails loudly if it cannot), ``stop()`` on the way
@@ -111,25 +81,8 @@ class TenantCache:
         reconnect_min: float = 0.05,
         reconnect_max: float = 5.0,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be >= 1")
+        super().__init__(max_entries=max_entries, negative_ttl=negative_ttl)
         self._p = platform
-        self._max_entries = max_entries
-        self._negative_ttl = negative_ttl
-        self.stats = CacheStats()
-
-        self._contexts: OrderedDict[uuid.UUID, TenantContext] = OrderedDict()
-        self._slugs: dict[str, uuid.UUID] = {}
-        #: tenant id -> (server id, DSN): the server id lets a server change drop its tenants' DSNs.
-        self._credentials: OrderedDict[uuid.UUID, tuple[uuid.UUID, str]] = OrderedDict()
-        #: unknown slug -> monotonic time until which it is known to be unknown
-        self._unknown: dict[str, float] = {}
-
-        self._flights: set[_Flight] = set()
-        #: Bumped when everything cached may be stale (reset, (re)connect): older reads are not stored.
-        self._epoch = 0
-        #: Bumped on every tenant change: negative results read before it are not stored.
-        self._changes = 0
 
         database = platform.settings.database
         self._listener = Listener(
@@ -148,6 +101,8 @@ class TenantCache:
         self._started = False
         self._callbacks: list[InvalidateCallback] = []
         self._callback_tasks: set[asyncio.Task[None]] = set()
+        #: Tenants this process changed whose notification has not arrived yet (see ``invalidate``).
+        self._pending: set[uuid.UUID] = set()
 
     # -- counters and state ---------------------------------------------------------------------
 
@@ -301,21 +256,22 @@ class TenantCache:
         return dsn
 
     def invalidate(self, tenant_id: uuid.UUID) -> None:
-        """Forget ``tenant_id`` here and run the callbacks (other replicas learn of changes by NOTIFY)."""
-        self._drop_tenant(tenant_id)
+        """Forget ``tenant_id`` here at once: this process just changed it.
 
-    # -- storing --------------------------------------------------------------------------------
+        The callbacks run once per change: when its notification arrives (every replica hears it,
+        this one too), or now if the cache is not listening. A pool opened in between reads the
+        registry as it is after the change, so closing it when the notification comes costs one
+        reconnect at most; closing it twice cost a second one.
+        """
+        if self._listening:
+            self._forget_tenant(tenant_id)
+            self._pending.add(tenant_id)  # its callbacks run with the notification, or with a reset
+        else:
+            self._drop_tenant(tenant_id)
 
-    @contextlib.contextmanager
-    def _flight(self) -> Iterator[_Flight]:
-        flight = _Flight(self._epoch, self._changes)
-        self._flights.add(flight)
-        try:
-            yield flight
-        finally:
-            self._flights.discard(flight)
+    # -- reading --------------------------------------------------------------------------------
 
-    def _may_store(self, flight: _Flight) -> bool:
+    def _may_store(self, flight: Flight) -> bool:
         return self._listening and flight.epoch == self._epoch
 
     async def _read(self, query: Callable[[AsyncConn], Awaitable[T]]) -> T:
@@ -325,52 +281,11 @@ class TenantCache:
         except psycopg.OperationalError as exc:
             raise ServerUnavailable(f"the tenants registry cannot be reached: {str(exc).strip()}") from exc
 
-    def _store(self, context: TenantContext) -> None:
-        previous_id = self._slugs.get(context.slug)
-        if previous_id is not None and previous_id != context.id:
-            # The slug moved to another tenant; the notifications saying so are on their way.
-            self._contexts.pop(previous_id, None)
-        previous = self._contexts.pop(context.id, None)
-        if previous is not None:
-            self._forget_slug(previous)
-        self._contexts[context.id] = context
-        self._slugs[context.slug] = context.id
-        while len(self._contexts) > self._max_entries:
-            _, evicted = self._contexts.popitem(last=False)
-            self._forget_slug(evicted)
-
-    def _forget_slug(self, context: TenantContext) -> None:
-        if self._slugs.get(context.slug) == context.id:
-            del self._slugs[context.slug]
-
-    def _remember_unknown(self, slug: str) -> None:
-        if len(self._unknown) >= self._max_entries:
-            del self._unknown[next(iter(self._unknown))]
-        self._unknown[slug] = time.monotonic() + self._negative_ttl
-
-    def _clear(self) -> set[uuid.UUID]:
-        """Forget everything; the tenant ids that were cached."""
-        known = set(self._contexts) | set(self._credentials)
-        self._contexts.clear()
-        self._slugs.clear()
-        self._credentials.clear()
-        self._unknown.clear()
-        self._epoch += 1
-        self._changes += 1
-        return known
-
     # -- invalidation ---------------------------------------------------------------------------
 
     def _drop_tenant(self, tenant_id: uuid.UUID) -> None:
-        self.stats.invalidations += 1
-        self._changes += 1
-        self._unknown.clear()  # the change may be a new tenant taking a slug remembered as unknown
-        for flight in self._flights:
-            flight.dropped.add(tenant_id)
-        context = self._contexts.pop(tenant_id, None)
-        if context is not None:
-            self._forget_slug(context)
-        self._credentials.pop(tenant_id, None)
+        self._forget_tenant(tenant_id)
+        self._pending.discard(tenant_id)
         self._run_callbacks((tenant_id,))
 
     def _drop_server(self, server_id: uuid.UUID) -> None:
@@ -387,7 +302,8 @@ class TenantCache:
     def _reset(self, reason: str) -> None:
         self.stats.resets += 1
         self._p.fleet.forget()  # server notifications may have been missed too
-        known = self._clear()
+        known = self._clear() | self._pending  # a change made here may have lost its notification too
+        self._pending = set()
         log.debug("tenant cache reset (%s): %d tenant(s) forgotten", reason, len(known))
         self._run_callbacks(known)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from controlplane.context import TenantContext
 from controlplane.registry.models import RESERVED_SLUGS, SLUG_PATTERN, TenantStatus
 from controlplane.routing.errors import (
     TenantConflict,
@@ -39,7 +40,6 @@ from controlplane.routing.errors import (
     TenantSuspended,
     TenantUnavailable,
 )
-from controlplane.routing.models import TenantContext
 
 #: Seconds a client is told to wait while its tenant is still being provisioned (takes milliseconds
 #: to seconds) or is broken (needs an operator: no point in retrying soon).

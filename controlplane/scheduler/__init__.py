@@ -1,1 +1,1 @@
-"""APScheduler wiring and the leader lock; jobs only call domain functions."""
+"""Periodic jobs: the leader-locked APScheduler runner (``service``) and the job table (``jobs``)."""

@@ -17,11 +17,11 @@ import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controlplane import db
-from controlplane.platform import Platform, lock_key
+from controlplane.platform import Platform
 
 log = logging.getLogger(__name__)
 
-LEADER_LOCK = lock_key("cardvault:scheduler-leader")
+LEADER_LOCK = db.lock_key("cardvault:scheduler-leader")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Quota alert events: 80 % and 100 % of the effective limit, deduplicated, resolved when usage falls.
 
 ``evaluate``: for every tenant and limited quota, usage = ``current_usage`` (written by the collectors)
-against the effective limit (``quotas.EFFECTIVE``). Reaching 80 % or 100 % opens an alert event in
+against the effective limit (``quota_repository.EFFECTIVE``). Reaching 80 % or 100 % opens an alert event in
 ``quota_alerts``; while the condition holds the open row is updated (usage, limit), never duplicated (a
 partial unique index on open alerts); when usage falls below the threshold (or the limit is raised, or
 lifted) the alert is resolved. Usage 0 never alerts, so a zero limit on an unused quota is quiet.
@@ -18,16 +18,15 @@ import enum
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import msgspec
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from controlplane.db import AsyncConn
 from controlplane.registry.models import QuotaType
-from controlplane.usage.quotas import EFFECTIVE, effective_limits, ratio
+from controlplane.usage import quota_repository as repository
+from controlplane.usage.quotas import ratio
 
 log = logging.getLogger(__name__)
 
@@ -35,52 +34,6 @@ log = logging.getLogger(__name__)
 THRESHOLDS = (80, 100)
 #: Alert events logged one by one per evaluation; beyond, only counted.
 _LOGGED_CHANGES = 20
-
-
-def _evaluate(one: bool) -> sql.Composed:
-    """Measure, find the breached thresholds, resolve open alerts that no longer hold, upsert the rest."""
-    return sql.SQL(
-        """
-        WITH measured AS (
-            SELECT e.tenant_id, e.quota_type, e.usage, e.effective_limit AS quota_limit
-              FROM ({effective}) e
-              JOIN tenants t ON t.id = e.tenant_id
-             WHERE e.effective_limit IS NOT NULL AND t.status IN ('active', 'suspended', 'broken')
-        ),
-        breached AS (
-            SELECT m.tenant_id, m.quota_type, th.threshold, m.usage, m.quota_limit
-              FROM measured m CROSS JOIN unnest(%(thresholds)s::smallint[]) AS th (threshold)
-             WHERE m.usage > 0 AND m.usage::numeric * 100 >= m.quota_limit::numeric * th.threshold
-        ),
-        resolved AS (
-            UPDATE quota_alerts a
-               SET state = 'resolved', resolved_at = now(), updated_at = now(),
-                   usage = coalesce((SELECT m.usage FROM measured m
-                                      WHERE m.tenant_id = a.tenant_id AND m.quota_type = a.quota_type), a.usage)
-             WHERE a.state = 'open' {alert_filter}
-               AND NOT EXISTS (SELECT 1 FROM breached b
-                                WHERE b.tenant_id = a.tenant_id AND b.quota_type = a.quota_type
-                                  AND b.threshold = a.threshold)
-            RETURNING a.id, a.tenant_id, a.quota_type, a.threshold, a.usage, a.quota_limit, 'resolved' AS kind
-        ),
-        upserted AS (
-            INSERT INTO quota_alerts AS a (tenant_id, quota_type, threshold, usage, quota_limit)
-            SELECT tenant_id, quota_type, threshold, usage, quota_limit FROM breached
-            ON CONFLICT (tenant_id, quota_type, threshold) WHERE state = 'open'
-            DO UPDATE SET usage = EXCLUDED.usage, quota_limit = EXCLUDED.quota_limit, updated_at = now()
-             WHERE (a.usage, a.quota_limit) IS DISTINCT FROM (EXCLUDED.usage, EXCLUDED.quota_limit)
-            RETURNING a.id, a.tenant_id, a.quota_type, a.threshold, a.usage, a.quota_limit,
-                      CASE WHEN a.xmax = 0 THEN 'opened' ELSE 'updated' END AS kind
-        )
-        SELECT c.*, t.slug
-          FROM (SELECT * FROM resolved UNION ALL SELECT * FROM upserted) c
-          JOIN tenants t ON t.id = c.tenant_id
-         ORDER BY t.slug, c.quota_type, c.threshold
-        """
-    ).format(effective=EFFECTIVE[one], alert_filter=sql.SQL("AND a.tenant_id = %(tenant)s" if one else ""))
-
-
-_EVALUATE = {False: _evaluate(False), True: _evaluate(True)}
 
 
 class ChangeKind(enum.StrEnum):
@@ -134,7 +87,6 @@ async def evaluate(conn: AsyncConn, *, tenant_id: uuid.UUID | None = None) -> li
     Returns what changed: alerts opened, open alerts whose usage or limit moved, alerts resolved.
     Safe to run concurrently with itself (the open-alert index arbitrates).
     """
-    cur = await conn.execute(_EVALUATE[tenant_id is not None], {"tenant": tenant_id, "thresholds": list(THRESHOLDS)})
     return [
         AlertChange(
             kind=ChangeKind(r["kind"]),
@@ -146,7 +98,7 @@ async def evaluate(conn: AsyncConn, *, tenant_id: uuid.UUID | None = None) -> li
             usage=r["usage"],
             limit=r["quota_limit"],
         )
-        for r in await cur.fetchall()
+        for r in await repository.evaluate_alerts(conn, THRESHOLDS, tenant_id=tenant_id)
     ]
 
 
@@ -161,23 +113,15 @@ async def list_alerts(
     limit: int = 100,
 ) -> list[Alert]:
     """Alerts newest first (by id), filtered; ``before_id`` is the keyset cursor."""
-    conditions: list[tuple[str, Any]] = [
-        ("a.state = %s", None if state is AlertState.ALL else state.value),
-        ("a.tenant_id = %s", tenant_id),
-        ("a.quota_type = %s", quota.value if quota is not None else None),
-        ("a.threshold = %s", threshold),
-        ("a.id < %s", before_id),
-    ]
-    chosen = [(clause, value) for clause, value in conditions if value is not None]
-    where = [sql.SQL("TRUE"), *(sql.SQL(clause) for clause, _ in chosen)]
-    params = [value for _, value in chosen]
-    query = sql.SQL(
-        """
-        SELECT a.*, t.slug FROM quota_alerts a JOIN tenants t ON t.id = a.tenant_id
-         WHERE {} ORDER BY a.id DESC LIMIT %s
-        """
-    ).format(sql.SQL(" AND ").join(where))
-    cur = await conn.execute(query, [*params, limit])
+    rows = await repository.alert_rows(
+        conn,
+        state=None if state is AlertState.ALL else state.value,
+        tenant_id=tenant_id,
+        quota=quota.value if quota is not None else None,
+        threshold=threshold,
+        before_id=before_id,
+        limit=limit,
+    )
     return [
         Alert(
             id=r["id"],
@@ -193,26 +137,14 @@ async def list_alerts(
             resolved_at=r["resolved_at"],
             updated_at=r["updated_at"],
         )
-        for r in await cur.fetchall()
+        for r in rows
     ]
-
-
-async def delete_resolved_alerts(conn: AsyncConn, *, older_than: timedelta = timedelta(days=90)) -> int:
-    """Delete alerts resolved more than ``older_than`` ago (history retention, for a leader job)."""
-    cur = await conn.execute(
-        "DELETE FROM quota_alerts WHERE state = 'resolved' AND resolved_at < now() - %s", (older_than,)
-    )
-    return cur.rowcount
 
 
 async def open_counts(conn: AsyncConn) -> dict[tuple[str, int], int]:
     """Open alerts per (quota, threshold); every pair present (0 when none), so gauges never vanish."""
     counts = {(q.value, t): 0 for q in QuotaType for t in THRESHOLDS}
-    cur = await conn.execute(
-        "SELECT quota_type, threshold, count(*) AS n FROM quota_alerts WHERE state = 'open' GROUP BY 1, 2"
-    )
-    for r in await cur.fetchall():
-        counts[(r["quota_type"], int(r["threshold"]))] = int(r["n"])
+    counts.update(await repository.open_alert_counts(conn))
     return counts
 
 
@@ -271,7 +203,7 @@ class QuotaAlerts:
 
     async def _refresh(self, conn: AsyncConn) -> None:
         counts = await open_counts(conn)
-        limits = await effective_limits(conn)
+        limits = await repository.effective_limits(conn)
         self.open_counts, self.limits = counts, limits
         self.refreshed_at = datetime.now(UTC)
 

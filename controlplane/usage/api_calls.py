@@ -24,7 +24,7 @@ from controlplane.auth.ratelimit import Decision, LimiterUnavailable, RateLimite
 from controlplane.db import AsyncConn
 from controlplane.errors import TooManyRequests
 from controlplane.registry.models import QuotaType
-from controlplane.usage import quotas
+from controlplane.usage import quota_repository, repository
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ApiCalls:
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._control.connection() as conn:
-            value = await quotas.effective_limit(conn, tenant_id, QuotaType.API_CALLS_PER_HOUR)
+            value = await quota_repository.effective_limit(conn, tenant_id, QuotaType.API_CALLS_PER_HOUR)
         self._limits[tenant_id] = (value, now + LIMIT_TTL)
         return value
 
@@ -92,12 +92,7 @@ class ApiCalls:
         try:
             async with conn.transaction():
                 for (tenant_id, hour), calls in counts.items():
-                    await conn.execute(
-                        "INSERT INTO tenant_api_calls (tenant_id, hour, calls)"
-                        " SELECT %s, to_timestamp(%s), %s WHERE EXISTS (SELECT 1 FROM tenants WHERE id = %s)"
-                        " ON CONFLICT (tenant_id, hour) DO UPDATE SET calls = tenant_api_calls.calls + EXCLUDED.calls",
-                        (tenant_id, hour, calls, tenant_id),
-                    )
+                    await repository.add_api_calls(conn, tenant_id, hour, calls)
         except BaseException:
             self._counts.update(counts)  # keep them for the next flush
             raise

@@ -27,11 +27,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from psycopg import sql
 
 from controlplane.db import AsyncConn
 from controlplane.registry.models import QuotaType, Tier
-from controlplane.usage.quotas import EFFECTIVE_QUOTAS
+from controlplane.usage import capacity_repository as repository
 from controlplane.usage.trends import (
     METRICS,
     TREND_WINDOW_DAYS,
@@ -46,73 +45,11 @@ from controlplane.usage.trends import (
 MAX_HISTORY_DAYS = 400
 #: Points per metric the usage view's history aims at (the bucket grows with the window).
 HISTORY_POINTS = 200
-#: Hour and day buckets start at UTC midnight whatever the session time zone.
-_BUCKET_ORIGIN = "2000-01-01 00:00:00+00"
 
 
 def history_bucket(days: int) -> timedelta:
     """Bucket width of the usage view's history: whole hours, about ``HISTORY_POINTS`` per metric."""
     return timedelta(hours=max(1, math.ceil(days * 24 / HISTORY_POINTS)))
-
-
-# -- queries -----------------------------------------------------------------------------------------
-
-
-#: x of every trend: days since the epoch (float8 all the way, as in ``day_number``).
-_X = "date_part('epoch', m.recorded_at) / 86400"
-#: The window of the metrics trends are fitted on.
-_WINDOW = "m.metric_name = ANY(%(metrics)s) AND m.recorded_at >= now() - make_interval(days => %(days)s)"
-
-_FLEET_FITS = sql.SQL(
-    """
-    WITH fits AS (
-        SELECT m.tenant_id, m.metric_name,
-               regr_slope(m.metric_value, {x}) AS slope, regr_intercept(m.metric_value, {x}) AS intercept,
-               regr_r2(m.metric_value, {x}) AS r2, regr_count(m.metric_value, {x}) AS points
-          FROM tenant_usage_metrics m
-         WHERE {window}
-         GROUP BY m.tenant_id, m.metric_name
-    )
-    SELECT f.tenant_id, t.slug, t.subscription_tier AS tier, t.server_id, f.metric_name,
-           f.slope, f.intercept, f.r2, f.points, q.usage, q.quota_type, q.effective_limit AS quota_limit
-      FROM fits f
-      JOIN tenants t ON t.id = f.tenant_id
-      LEFT JOIN ({effective}) q ON q.tenant_id = f.tenant_id AND q.quota_type = f.metric_name
-     WHERE t.status NOT IN ('provisioning', 'deleting')
-    """
-).format(x=sql.SQL(_X), window=sql.SQL(_WINDOW), effective=EFFECTIVE_QUOTAS)
-
-_TREND_POINTS = sql.SQL(
-    """
-    SELECT m.metric_name, m.recorded_at AS at, m.metric_value AS y
-      FROM tenant_usage_metrics m
-     WHERE m.tenant_id = %(tenant)s AND {window}
-     ORDER BY m.metric_name, m.recorded_at
-    """
-).format(window=sql.SQL(_WINDOW))
-
-# Averages per bucket (mean time, mean value), for display.
-_HISTORY = sql.SQL(
-    """
-    SELECT m.metric_name, to_timestamp(avg(date_part('epoch', m.recorded_at))) AS at, avg(m.metric_value) AS y
-      FROM tenant_usage_metrics m
-     WHERE m.tenant_id = %(tenant)s AND {window}
-     GROUP BY m.metric_name, date_bin(%(bucket)s, m.recorded_at, {origin}::timestamptz)
-     ORDER BY 1, 2
-    """
-).format(window=sql.SQL(_WINDOW), origin=sql.Literal(_BUCKET_ORIGIN))
-
-_SERVERS = """
-    SELECT s.id, s.name, s.status, count(t.id) AS tenants, coalesce(sum(x.metric_value), 0)::float8 AS database_bytes
-      FROM db_servers s
-      LEFT JOIN tenants t ON t.server_id = s.id AND t.status <> 'provisioning'
-      LEFT JOIN LATERAL (
-            SELECT u.metric_value FROM tenant_usage_metrics u
-             WHERE u.tenant_id = t.id AND u.metric_name = 'database_bytes'
-             ORDER BY u.recorded_at DESC LIMIT 1) x ON TRUE
-     GROUP BY s.id, s.name, s.status
-     ORDER BY s.name
-"""
 
 
 def _fit(row: Mapping[str, Any]) -> Trend | None:
@@ -129,22 +66,11 @@ def _fit(row: Mapping[str, Any]) -> Trend | None:
 async def fleet_fits(conn: AsyncConn, *, days: int = TREND_WINDOW_DAYS) -> list[dict[str, Any]]:
     """Per tenant (not provisioning or deleting) and metric: slug, tier, server_id, metric_name, ``trend``
     (a ``Trend`` or None), and for quota metrics ``usage`` and effective ``quota_limit`` (else None)."""
-    cur = await conn.execute(_FLEET_FITS, {"metrics": list(METRICS), "days": days})
     out = []
-    for row in await cur.fetchall():
+    for row in await repository.fit_rows(conn, METRICS, days):
         item = dict(row)
         item["trend"] = _fit(row)
         out.append(item)
-    return out
-
-
-async def _series(
-    conn: AsyncConn, query: sql.Composed, params: dict[str, Any]
-) -> dict[str, list[tuple[datetime, float]]]:
-    cur = await conn.execute(query, {"metrics": list(METRICS), **params})
-    out: dict[str, list[tuple[datetime, float]]] = {name: [] for name in METRICS}
-    for row in await cur.fetchall():
-        out[row["metric_name"]].append((row["at"], float(row["y"])))
     return out
 
 
@@ -152,44 +78,19 @@ async def trend_points(
     conn: AsyncConn, tenant_id: uuid.UUID, *, days: int = TREND_WINDOW_DAYS
 ) -> dict[str, list[tuple[datetime, float]]]:
     """The tenant's recorded points per metric over the trend window, oldest first."""
-    return await _series(conn, _TREND_POINTS, {"tenant": tenant_id, "days": days})
+    return await repository.trend_series(conn, tenant_id, METRICS, days=days)
 
 
 async def history(
     conn: AsyncConn, tenant_id: uuid.UUID, *, days: int, bucket: timedelta
 ) -> dict[str, list[tuple[datetime, float]]]:
     """The tenant's history per metric over ``days``, averaged per ``bucket``, oldest first."""
-    return await _series(conn, _HISTORY, {"tenant": tenant_id, "days": days, "bucket": bucket})
+    return await repository.history_series(conn, tenant_id, METRICS, days=days, bucket=bucket)
 
 
 async def latest_values(conn: AsyncConn, tenant_id: uuid.UUID) -> dict[str, float]:
     """The newest recorded value of each metric of the tenant (one index probe each)."""
-    cur = await conn.execute(
-        """
-        SELECT m.name, x.metric_value
-          FROM unnest(%s::text[]) AS m (name)
-          CROSS JOIN LATERAL (
-                SELECT u.metric_value FROM tenant_usage_metrics u
-                 WHERE u.tenant_id = %s AND u.metric_name = m.name
-                 ORDER BY u.recorded_at DESC LIMIT 1) x
-        """,
-        (list(METRICS), tenant_id),
-    )
-    return {r["name"]: float(r["metric_value"]) for r in await cur.fetchall()}
-
-
-async def server_rows(conn: AsyncConn) -> list[dict[str, Any]]:
-    """Every server with its tenants (not provisioning) and the sum of their latest ``database_bytes``."""
-    cur = await conn.execute(_SERVERS)
-    return list(await cur.fetchall())
-
-
-async def db_now(conn: AsyncConn) -> datetime:
-    cur = await conn.execute("SELECT now() AS now")
-    row = await cur.fetchone()
-    assert row is not None
-    now: datetime = row["now"]
-    return now
+    return await repository.latest_values(conn, tenant_id, METRICS)
 
 
 # -- reports -----------------------------------------------------------------------------------------
@@ -264,7 +165,7 @@ async def capacity_report(
     snapshot: Mapping[str, SnapshotServer] | None = None,
 ) -> CapacityReport:
     """The fleet view: at-risk quotas, upgrade recommendations, servers (see the module doc)."""
-    now = await db_now(conn)
+    now = await repository.db_now(conn)
     fits = await fleet_fits(conn)
     at_risk: list[AtRisk] = []
     growth: dict[uuid.UUID, dict[QuotaType, tuple[float, Trend | None]]] = {}
@@ -308,7 +209,7 @@ async def capacity_report(
     recommendations.sort(key=lambda r: (r.recommendation.days_until, r.slug))
     servers = [
         _server(row, snapshot or {}, server_growth.get(row["id"], 0.0), capacity_bytes, now)
-        for row in await server_rows(conn)
+        for row in await repository.server_rows(conn)
     ]
     return CapacityReport(
         generated_at=now,

@@ -26,17 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-import psycopg
 
 from controlplane import db
 from controlplane.db import AsyncConn
 from controlplane.fleet.models import Server
 from controlplane.fleet.service import Fleet
 from controlplane.settings import DatabaseSettings
+from controlplane.usage import catalog
 from controlplane.usage.models import StorageUsage, TableUsage
 
-#: ``files.kind`` values; each is reported (zero when absent) so a kind emptied since the last scan drops to 0.
-FILE_KINDS = ("image", "attachment", "export")
 #: Storage type of the walked storage directory (bytes and files actually on disk).
 DIRECTORY = "directory"
 #: ``application_name`` suffix of scan connections (``cardvault-controlplane-usage``).
@@ -48,24 +46,6 @@ _TMP_PREFIX = ".tmp-"
 AdminConnector = Callable[[AsyncConn, uuid.UUID], AbstractAsyncContextManager[AsyncConn]]
 #: (server management DSN, database name) -> a short-lived connection to that database.
 ScanConnector = Callable[[str, str], AbstractAsyncContextManager[AsyncConn]]
-
-_SIZES = "SELECT datname, pg_database_size(oid) AS bytes FROM pg_database WHERE datname = ANY(%s)"
-_SIZE = "SELECT pg_database_size(%s) AS bytes"
-# Client sessions only: background workers do not take max_connections slots.
-_SERVER = """
-    SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
-           current_setting('max_connections')::int AS max_connections
-"""
-_TABLES = """
-    SELECT c.relname AS table_name, pg_total_relation_size(c.oid) AS total_bytes,
-           c.reltuples::bigint AS row_estimate
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE n.nspname = 'public' AND c.relkind = 'r'
-     ORDER BY c.relname
-"""
-_OWN_SIZE = "SELECT pg_database_size(current_database()) AS bytes"
-_COUNTERS = "SELECT name, value FROM public.usage_counters"
-_FILES = "SELECT kind, count(*) AS files, coalesce(sum(bytes), 0) AS bytes FROM public.files GROUP BY kind"
 
 
 class ServerReading(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,59 +101,6 @@ def directory_usage(path: Path) -> StorageUsage:
     return StorageUsage(bytes=total, files=files)
 
 
-async def read_database_sizes(conn: AsyncConn, names: Sequence[str]) -> dict[str, int]:
-    """``pg_database_size`` of each database in ``names`` that exists, in one query.
-
-    Should a database be dropped while the query runs, it is retried database by database so the
-    others are still measured.
-    """
-    if not names:
-        return {}
-    try:
-        cur = await conn.execute(_SIZES, (list(names),))
-        return {row["datname"]: int(row["bytes"]) for row in await cur.fetchall()}
-    except psycopg.errors.InvalidCatalogName:
-        pass
-    sizes: dict[str, int] = {}
-    for name in names:
-        try:
-            cur = await conn.execute(_SIZE, (name,))
-        except psycopg.errors.InvalidCatalogName:
-            continue
-        row = await cur.fetchone()
-        if row is not None:
-            sizes[name] = int(row["bytes"])
-    return sizes
-
-
-async def scan_database(
-    conn: AsyncConn,
-) -> tuple[int, tuple[TableUsage, ...], dict[str, int], dict[str, StorageUsage]]:
-    """Size, tables, usage counters and files by kind of the database ``conn`` is connected to.
-
-    The size is read first: a write after it changes the size again, so the next cycle rescans.
-    """
-    cur = await conn.execute(_OWN_SIZE)
-    row = await cur.fetchone()
-    assert row is not None
-    size = int(row["bytes"])
-    cur = await conn.execute(_TABLES)
-    tables = tuple(
-        TableUsage(table=r["table_name"], total_bytes=int(r["total_bytes"]), row_estimate=int(r["row_estimate"]))
-        for r in await cur.fetchall()
-    )
-    try:
-        cur = await conn.execute(_COUNTERS)
-        counters = {r["name"]: int(r["value"]) for r in await cur.fetchall()}
-    except psycopg.errors.UndefinedTable:  # a tenant schema older than usage_counters
-        counters = {}
-    storage = {kind: StorageUsage(bytes=0, files=0) for kind in FILE_KINDS}
-    cur = await conn.execute(_FILES)
-    for r in await cur.fetchall():
-        storage[r["kind"]] = StorageUsage(bytes=int(r["bytes"]), files=int(r["files"]))
-    return size, tables, counters, storage
-
-
 class Collector:
     """Reads servers and scans tenant databases for ``UsageService``.
 
@@ -211,17 +138,15 @@ class Collector:
     async def read_server(self, control: AsyncConn, server: Server, names: Sequence[str]) -> ServerReading:
         """Sizes of ``names`` on ``server`` (one query), its client connections and ``max_connections``."""
         async with self._admin(control, server.id) as conn:
-            sizes = await read_database_sizes(conn, names)
-            cur = await conn.execute(_SERVER)
-            row = await cur.fetchone()
-        assert row is not None
+            sizes = await catalog.read_database_sizes(conn, names)
+            connections, max_connections = await catalog.server_connections(conn)
         return ServerReading(
             server_id=server.id,
             name=server.name,
             status=str(server.status),
             sizes=sizes,
-            connections=int(row["connections"]),
-            max_connections=int(row["max_connections"]),
+            connections=connections,
+            max_connections=max_connections,
         )
 
     async def read_servers(
@@ -247,7 +172,7 @@ class Collector:
     async def scan(self, job: ScanJob) -> TenantScan:
         """One tenant's tables, counters, files and storage directory (call within the bound)."""
         async with self._connect(job.dsn, job.database_name) as conn:
-            size, tables, counters, storage = await scan_database(conn)
+            size, tables, counters, storage = await catalog.scan_database(conn)
         scanned_at = datetime.now(UTC)
         if self._storage_root is not None:
             path = self._storage_root / str(job.tenant_id)

@@ -70,21 +70,3 @@ class UsageSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     tenants: dict[uuid.UUID, TenantUsage] = msgspec.field(default_factory=dict)
     servers: dict[str, ServerUsage] = msgspec.field(default_factory=dict)
     last: CollectionStats | None = None
-
-
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    """One tenant's health check: a fresh connection as its role, then ``SELECT 1``, both timed."""
-
-    tenant: str
-    ok: bool
-    connect_ms: float | None
-    query_ms: float | None
-    error: str | None = None
-
-
-class FleetHealth(msgspec.Struct, frozen=True, kw_only=True):
-    """One round of health checks over the active tenants; replaced whole after each round."""
-
-    finished_at: datetime
-    duration_seconds: float
-    results: tuple[Health, ...]

@@ -2,8 +2,9 @@
 
 - **Effective limit** of a quota = its ``tenant_quotas.quota_limit`` (None: unlimited) plus every
   ``quota_expansions`` row of that tenant and quota whose ``expires_at`` is still ahead
-  (``effective_limit``). Expired expansions stop counting by themselves; ``delete_expired_expansions``
-  is the clean-up for a leader job. Enforcement, the API call limiter and ``alerts`` all use it.
+  (``quota_repository.effective_limit``). Expired expansions stop counting by themselves;
+  ``quota_repository.delete_expired_expansions`` is the clean-up for a leader job. Enforcement, the API
+  call limiter and ``alerts`` all use it.
 - **Admin overrides**: ``parse_limits`` validates ``{quota_type: limit | None}``; the limits are
   written with ``registry.set_quotas`` (a later tier change resets them to the tier's defaults).
 
@@ -15,55 +16,22 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
-from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from controlplane.db import AsyncConn
 from controlplane.errors import ValidationFailed
 from controlplane.registry import repository as registry
-from controlplane.registry.models import QuotaType
+from controlplane.registry.models import LimitLookup, QuotaType
+from controlplane.usage import quota_repository as repository
 
 log = logging.getLogger(__name__)
 
 #: Largest limit (and expansion) an admin may set: far below bigint, so sums never overflow.
 MAX_LIMIT = 2**62
-_BIGINT_MAX = 2**63 - 1
-
-
-def _effective(one: bool) -> sql.Composed:
-    """Every quota (of one tenant: ``%(tenant)s``) with its configured limit, usage, active expansion
-    and effective limit (NULL: unlimited). Sums are numeric, capped to bigint."""
-    return sql.SQL(
-        """
-        WITH expansion AS (
-            SELECT tenant_id, quota_type, sum(extra) AS extra
-              FROM quota_expansions
-             WHERE expires_at > now() {expansion_filter}
-             GROUP BY tenant_id, quota_type
-        )
-        SELECT q.tenant_id, q.quota_type, q.quota_limit, q.current_usage AS usage,
-               LEAST(coalesce(x.extra, 0), {cap})::bigint AS extra,
-               -- LEAST ignores NULLs: an unlimited quota must stay NULL, not become the cap
-               CASE WHEN q.quota_limit IS NOT NULL
-                    THEN LEAST(q.quota_limit + coalesce(x.extra, 0), {cap})::bigint END AS effective_limit
-          FROM tenant_quotas q
-          LEFT JOIN expansion x ON x.tenant_id = q.tenant_id AND x.quota_type = q.quota_type
-         WHERE TRUE {quota_filter}
-        """
-    ).format(
-        expansion_filter=sql.SQL("AND tenant_id = %(tenant)s" if one else ""),
-        quota_filter=sql.SQL("AND q.tenant_id = %(tenant)s" if one else ""),
-        cap=sql.Literal(_BIGINT_MAX),
-    )
-
-
-# Built once: the fleet-wide and the one-tenant variant (the latter uses the tenant's indexes).
-EFFECTIVE = {False: _effective(False), True: _effective(True)}
-#: Every tenant's quotas: tenant_id, quota_type, quota_limit, usage, extra, effective_limit (for joins).
-EFFECTIVE_QUOTAS = EFFECTIVE[False]
 
 
 class QuotaStatus(msgspec.Struct, kw_only=True):
@@ -118,20 +86,21 @@ def parse_limits(raw: Mapping[str, int | None]) -> dict[QuotaType, int | None]:
 # -- limits ------------------------------------------------------------------------------------------
 
 
-async def effective_limit(conn: AsyncConn, tenant_id: uuid.UUID, quota: QuotaType) -> int | None:
-    """The limit enforcement applies: configured limit plus active expansions (None: unlimited or no row).
+def limits_for(control: AsyncConnectionPool[AsyncConn], tenant_id: uuid.UUID) -> LimitLookup:
+    """The tenant's effective limits, each looked up (``effective_limit``) when asked for.
 
-    A drop-in for ``registry.get_quota_limit`` (same arguments, same meaning of None).
+    Lazy, so that reads never touch the control database; only a create that checks a quota does.
     """
-    query = sql.SQL("SELECT effective_limit FROM ({}) e WHERE e.quota_type = %(quota)s").format(EFFECTIVE[True])
-    cur = await conn.execute(query, {"tenant": tenant_id, "quota": quota.value})
-    row = await cur.fetchone()
-    return int(row["effective_limit"]) if row and row["effective_limit"] is not None else None
+
+    async def limit_of(quota: QuotaType) -> int | None:
+        async with control.connection() as conn:
+            return await repository.effective_limit(conn, tenant_id, quota)
+
+    return limit_of
 
 
 async def quota_status(conn: AsyncConn, tenant_id: uuid.UUID) -> list[QuotaStatus]:
     """Every quota of the tenant with usage, expansion, effective limit and ratio."""
-    cur = await conn.execute(sql.SQL("{} ORDER BY q.quota_type").format(EFFECTIVE[True]), {"tenant": tenant_id})
     return [
         QuotaStatus(
             quota=QuotaType(r["quota_type"]),
@@ -141,17 +110,8 @@ async def quota_status(conn: AsyncConn, tenant_id: uuid.UUID) -> list[QuotaStatu
             usage=int(r["usage"]),
             ratio=ratio(int(r["usage"]), r["effective_limit"]),
         )
-        for r in await cur.fetchall()
+        for r in await repository.quota_rows(conn, tenant_id)
     ]
-
-
-async def effective_limits(conn: AsyncConn) -> dict[uuid.UUID, dict[str, int | None]]:
-    """Every tenant's effective limits by quota name, in one query."""
-    cur = await conn.execute(EFFECTIVE[False])
-    out: dict[uuid.UUID, dict[str, int | None]] = {}
-    for r in await cur.fetchall():
-        out.setdefault(r["tenant_id"], {})[r["quota_type"]] = r["effective_limit"]
-    return out
 
 
 async def set_limits(conn: AsyncConn, tenant_id: uuid.UUID, limits: Mapping[QuotaType, int | None]) -> None:
@@ -160,8 +120,6 @@ async def set_limits(conn: AsyncConn, tenant_id: uuid.UUID, limits: Mapping[Quot
 
 
 # -- expansions --------------------------------------------------------------------------------------
-
-_EXPANSION_COLUMNS = sql.SQL("id, quota_type, extra, reason, expires_at, created_at, created_by")
 
 
 def _expansion(row: Mapping[str, Any]) -> Expansion:
@@ -189,31 +147,11 @@ async def add_expansion(
     """Grant ``extra`` on ``quota`` for ``hours`` from now."""
     if not 0 < extra <= MAX_LIMIT or not 1 <= hours <= 720:
         raise ValidationFailed("extra must be 1..2**62 and hours 1..720")
-    query = sql.SQL(
-        """
-        INSERT INTO quota_expansions (tenant_id, quota_type, extra, reason, expires_at, created_by)
-        VALUES (%s, %s, %s, %s, now() + make_interval(hours => %s), %s)
-        RETURNING {}
-        """
-    ).format(_EXPANSION_COLUMNS)
-    cur = await conn.execute(query, (tenant_id, quota.value, extra, reason, hours, created_by))
-    row = await cur.fetchone()
-    assert row is not None
+    row = await repository.insert_expansion(
+        conn, tenant_id, quota=quota, extra=extra, hours=hours, reason=reason, created_by=created_by
+    )
     return _expansion(row)
 
 
 async def active_expansions(conn: AsyncConn, tenant_id: uuid.UUID) -> list[Expansion]:
-    query = sql.SQL(
-        "SELECT {} FROM quota_expansions WHERE tenant_id = %s AND expires_at > now() ORDER BY expires_at, id"
-    ).format(_EXPANSION_COLUMNS)
-    cur = await conn.execute(query, (tenant_id,))
-    return [_expansion(r) for r in await cur.fetchall()]
-
-
-async def delete_expired_expansions(conn: AsyncConn, *, grace: timedelta = timedelta(days=7)) -> int:
-    """Delete expansions that expired more than ``grace`` ago (they no longer count anyway); how many.
-
-    For a leader job; the grant itself stays in ``platform_audit`` (``tenant.storage.expand``).
-    """
-    cur = await conn.execute("DELETE FROM quota_expansions WHERE expires_at < now() - %s", (grace,))
-    return cur.rowcount
+    return [_expansion(r) for r in await repository.active_expansion_rows(conn, tenant_id)]

@@ -137,6 +137,17 @@ async def set_quota_usage(conn: AsyncConn, rows: Sequence[QuotaUsage]) -> int:
     return cur.rowcount
 
 
+async def add_api_calls(conn: AsyncConn, tenant_id: uuid.UUID, hour: int, calls: int) -> None:
+    """Add ``calls`` to the tenant's count for the hour starting at ``hour`` (Unix time); a tenant
+    deleted meanwhile is skipped."""
+    await conn.execute(
+        "INSERT INTO tenant_api_calls (tenant_id, hour, calls)"
+        " SELECT %s, to_timestamp(%s), %s WHERE EXISTS (SELECT 1 FROM tenants WHERE id = %s)"
+        " ON CONFLICT (tenant_id, hour) DO UPDATE SET calls = tenant_api_calls.calls + EXCLUDED.calls",
+        (tenant_id, hour, calls, tenant_id),
+    )
+
+
 async def set_api_call_usage(conn: AsyncConn, hour: datetime) -> int:
     """Every tenant's ``api_calls_per_hour`` usage: its calls counted for the hour starting at ``hour``."""
     cur = await conn.execute(

@@ -9,7 +9,7 @@
 - ``GET /admin/capacity``: quotas projected to be reached soon, upgrade recommendations, servers.
 
 After a limit change or an expansion the tenant's alerts are re-evaluated at once (through the app's
-``QuotaAlerts`` under ``app.state["quota_alerts"]``, so ``/metrics`` follows).
+``QuotaAlerts`` in ``app.state``, so ``/metrics`` follows).
 """
 
 from __future__ import annotations
@@ -24,24 +24,21 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from controlplane.audit.models import InvalidCursor
 from controlplane.audit.routes import audited
 from controlplane.db import AsyncConn
 from controlplane.errors import Conflict, InvalidState, TenantNotFound, ValidationFailed
-from controlplane.http.auth import admin_principal
+from controlplane.http.admin import admin_principal
+from controlplane.http.state import API_CALLS_STATE_KEY, QUOTA_ALERTS_STATE_KEY, USAGE_STATE_KEY
+from controlplane.paging import InvalidCursor
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, TIER_QUOTAS, QuotaType, Tenant, TenantStatus, Tier
-from controlplane.routing.dependencies import API_CALLS_STATE_KEY
-from controlplane.usage import alerts, capacity, quotas, trends
+from controlplane.usage import alerts, capacity, capacity_repository, quotas, trends
 from controlplane.usage.alerts import THRESHOLDS, Alert, AlertState, QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.models import CollectionStats
 from controlplane.usage.quotas import MAX_LIMIT, Expansion, QuotaStatus
-from controlplane.usage.service import USAGE_STATE_KEY, UsageService
-
-#: ``app.state`` key of the app's ``QuotaAlerts``.
-QUOTA_ALERTS_STATE_KEY = "quota_alerts"
+from controlplane.usage.service import UsageService
 
 _NO_NUL = r"^[^\x00]*$"
 _NOT_CHANGEABLE = (TenantStatus.PROVISIONING, TenantStatus.DELETING)
@@ -254,7 +251,7 @@ async def tenant_usage(
     bucket = capacity.history_bucket(days)
     async with platform.control.connection() as conn:
         tenant = await _tenant(conn, slug)
-        now = await capacity.db_now(conn)
+        now = await capacity_repository.db_now(conn)
         statuses = _with_tier(await quotas.quota_status(conn, tenant.id), tenant.subscription_tier)
         expansions = await quotas.active_expansions(conn, tenant.id)
         history = await capacity.history(conn, tenant.id, days=days, bucket=bucket)

@@ -92,10 +92,6 @@ def describe(stats: CollectionStats) -> str:
     return line
 
 
-#: ``app.state`` key of the ``UsageService``.
-USAGE_STATE_KEY = "usage"
-
-
 class UsageService:
     """Collects every tenant's usage, keeps the latest ``UsageSnapshot`` in memory and the history in
     the control database. One cycle at a time per instance; run it on the scheduler leader."""

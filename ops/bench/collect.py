@@ -68,9 +68,10 @@ from harness import (  # noqa: E402
 
 from controlplane import db  # noqa: E402
 from controlplane.fleet import repository as fleet_repository  # noqa: E402
-from controlplane.platform import Platform, migrate_registry  # noqa: E402
+from controlplane.platform import Platform  # noqa: E402
 from controlplane.provisioning.catalog import TENANT_GROUP_ROLE  # noqa: E402
 from controlplane.provisioning.service import TenantService  # noqa: E402
+from controlplane.schemas.control import migrate_registry  # noqa: E402
 from controlplane.settings import (  # noqa: E402
     DatabaseSettings,
     ProvisioningSettings,
@@ -78,15 +79,8 @@ from controlplane.settings import (  # noqa: E402
     Settings,
     UsageSettings,
 )
-from controlplane.usage.collector import (  # noqa: E402
-    _COUNTERS,
-    _FILES,
-    _OWN_SIZE,
-    _SERVER,
-    _SIZES,
-    _TABLES,
-    SCAN_ROLE,
-)
+from controlplane.usage.catalog import COUNTERS, FILES, OWN_SIZE, SERVER, SIZES, TABLES  # noqa: E402
+from controlplane.usage.collector import SCAN_ROLE  # noqa: E402
 from controlplane.usage.models import CollectionStats  # noqa: E402
 from controlplane.usage.service import UsageService  # noqa: E402
 
@@ -219,9 +213,9 @@ class RawBaseline:
 
     async def run(self) -> float:
         started = time.perf_counter()
-        cur = await self.server_conn.execute(_SIZES, (self.names,))
+        cur = await self.server_conn.execute(SIZES, (self.names,))
         sizes = await cur.fetchall()
-        cur = await self.server_conn.execute(_SERVER)
+        cur = await self.server_conn.execute(SERVER)
         await cur.fetchone()
         if len(sizes) != len(self.names):
             raise RuntimeError(f"raw: {len(sizes)} database sizes for {len(self.names)} tenants")
@@ -231,7 +225,7 @@ class RawBaseline:
             async with gate:
                 conn = await psycopg.AsyncConnection.connect(info, autocommit=True, row_factory=dict_row)
                 try:
-                    for query in (_OWN_SIZE, _TABLES, _COUNTERS, _FILES):
+                    for query in (OWN_SIZE, TABLES, COUNTERS, FILES):
                         cur = await conn.execute(query)
                         await cur.fetchall()
                 finally:

@@ -52,10 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import drop_leftovers, pct, run, server_env  # noqa: E402
 
 from controlplane import db  # noqa: E402
-from controlplane.migrations.alembic_runner import TENANT_VERSION_TABLE, SchemaScripts  # noqa: E402
 from controlplane.migrations.service import upgrade_online  # noqa: E402
-from controlplane.platform import Platform, migrate_registry  # noqa: E402
+from controlplane.platform import Platform  # noqa: E402
 from controlplane.provisioning.service import TenantService  # noqa: E402
+from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE, SchemaScripts  # noqa: E402
+from controlplane.schemas.control import migrate_registry  # noqa: E402
 from controlplane.settings import DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings  # noqa: E402
 
 BENCH_REVISION = "9001"

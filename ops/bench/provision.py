@@ -40,8 +40,9 @@ from migrate import SECRET_KEY, Bench, compare  # noqa: E402
 
 from controlplane import db  # noqa: E402
 from controlplane.localpg import LocalCluster  # noqa: E402
-from controlplane.platform import Platform, migrate_registry  # noqa: E402
+from controlplane.platform import Platform  # noqa: E402
 from controlplane.provisioning.service import TenantService  # noqa: E402
+from controlplane.schemas.control import migrate_registry  # noqa: E402
 from controlplane.settings import DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings  # noqa: E402
 
 

@@ -168,10 +168,11 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
 
     from controlplane.app import create_app
     from controlplane.auth.passwords import Passwords, normalize_email, validate_password
-    from controlplane.platform import Platform, migrate_registry
+    from controlplane.platform import Platform
     from controlplane.provisioning.service import FirstAdmin, TenantService
     from controlplane.registry import repository as registry
     from controlplane.registry.models import QuotaType
+    from controlplane.schemas.control import migrate_registry
 
     run_id = uuid.uuid4().hex[:8]
     control_db, template, slug = f"cvbench_ctl_{run_id}", f"cvbench_tpl_{run_id}", f"search-{run_id}"

@@ -17,15 +17,14 @@ from psycopg.rows import dict_row
 from controlplane.accounts.errors import LastAdmin
 from controlplane.accounts.models import UserUpdate
 from controlplane.accounts.service import Accounts
-from controlplane.audit.models import AuditContext
 from controlplane.auth.models import ROLE_PERMISSIONS, Principal, PrincipalKind, Role
 from controlplane.auth.service import Authenticator
-from controlplane.cards.service import fixed_limits
+from controlplane.context import AuditContext, TenantContext, TenantRequest
 from controlplane.errors import PermissionDenied
+from controlplane.http.state import AUTH_STATE_KEY
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
-from controlplane.routing.dependencies import AUTH_STATE_KEY
-from controlplane.routing.models import TenantContext, TenantRequest
+from controlplane.registry.models import fixed_limits
 from tests.integration.auth_support import (
     USER_PASSWORD,
     add_user,

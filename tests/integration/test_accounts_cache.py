@@ -23,9 +23,9 @@ from controlplane.accounts.service import Accounts
 from controlplane.app import create_app
 from controlplane.auth.models import Principal, Role
 from controlplane.auth.service import Authenticator
+from controlplane.http.state import AUTH_STATE_KEY, TENANT_CACHE_STATE_KEY, TENANT_POOLS_STATE_KEY
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
-from controlplane.routing.dependencies import AUTH_STATE_KEY, TENANT_CACHE_STATE_KEY, TENANT_POOLS_STATE_KEY
 from controlplane.routing.resolver import resolve
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from controlplane.migrations.alembic_runner import tenant_scripts
+from controlplane.schemas.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
 from tests.conftest import ADMIN_TOKEN, Served
 from tests.harness import LocalClusterHandle

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from controlplane.migrations.alembic_runner import (
+from controlplane.schemas.alembic_runner import (
     REGISTRY_VERSION_TABLE,
     TENANT_VERSION_TABLE,
     MigrationError,

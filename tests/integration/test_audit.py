@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,9 +29,9 @@ import pytest
 
 from controlplane.app import create_app
 from controlplane.audit import repository as audit_repository
-from controlplane.audit.models import AuditContext
 from controlplane.auth import repository as admins
 from controlplane.auth.passwords import Passwords
+from controlplane.context import AuditContext, client_address
 from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN
@@ -82,6 +83,38 @@ async def platform_rows(control_dsn: str) -> list[Row]:
         "SELECT id, at, actor, action, tenant_id, tenant_slug, entity, entity_id, outcome,"
         " host(source_address) AS source_address, request_id, details FROM platform_audit ORDER BY id",
     )
+
+
+async def test_platform_rows_as_the_command_line_writes_them(control_dsn: str) -> None:
+    """``record_platform`` on a connection of the caller's (the CLI's): defaults, every column, and a
+    source address that is no IP address dropped by ``client_address``."""
+    tenant_id = uuid.uuid4()
+    async with await psycopg.AsyncConnection.connect(control_dsn, autocommit=True) as conn:
+        await audit_repository.record_platform(conn, AuditContext(actor="cli:ops"), "signing_key.rotate")
+        await audit_repository.record_platform(
+            conn,
+            AuditContext(actor="admin:1", source_address=client_address("not-an-ip"), request_id="req-1"),
+            "tenant.suspend",
+            tenant_id=tenant_id,
+            tenant_slug="acme",
+            entity="tenant",
+            entity_id=tenant_id,
+            outcome="failed",
+            details={"reason": "test"},
+        )
+        ctx = AuditContext(actor="a", source_address=client_address("10.0.0.1"))
+        await audit_repository.record_platform(conn, ctx, "b")
+    found = await fetch(control_dsn, "SELECT *, host(source_address) AS address FROM platform_audit ORDER BY id")
+    assert [(r["actor"], r["action"], r["outcome"]) for r in found] == [
+        ("cli:ops", "signing_key.rotate", "succeeded"),
+        ("admin:1", "tenant.suspend", "failed"),
+        ("a", "b", "succeeded"),
+    ]
+    assert found[0]["details"] == {} and found[0]["entity"] is None and found[0]["at"] is not None
+    assert found[1]["tenant_id"] == tenant_id and found[1]["tenant_slug"] == "acme"
+    assert found[1]["entity_id"] == str(tenant_id) and found[1]["request_id"] == "req-1"
+    assert found[1]["details"] == {"reason": "test"} and found[1]["address"] is None
+    assert found[2]["address"] == "10.0.0.1"
 
 
 async def new_rows(control_dsn: str, seen: int) -> list[Row]:

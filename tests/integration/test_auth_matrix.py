@@ -24,8 +24,8 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from controlplane.auth.models import ROLE_PERMISSIONS, Permission, Role
+from controlplane.http.tenant_api import PERMISSION_OPT
 from controlplane.platform import Platform
-from controlplane.routing.dependencies import PERMISSION_OPT
 from tests.integration.auth_support import add_user, bearer, create_tenant, login_as
 from tests.integration.test_auth_flows import make_admin, platform_login
 

@@ -19,15 +19,16 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from controlplane.auth import repository as admins_repo
-from controlplane.auth import sessions, tokens
+from controlplane.auth import session_repository, sessions, tokens
 from controlplane.auth.passwords import Passwords
 from controlplane.auth.repository import AdminExists
-from controlplane.auth.sessions import RefreshReplayed, SessionTable
+from controlplane.auth.session_repository import SessionTable
+from controlplane.auth.sessions import RefreshReplayed
 from controlplane.auth.tokens import KeyRing, TokenSigner
 from controlplane.crypto import SecretBox
 from controlplane.db import AsyncConn
 from controlplane.errors import InvalidToken
-from controlplane.migrations.alembic_runner import tenant_scripts
+from controlplane.schemas.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings, Settings
 from tests.conftest import SECRET_KEY
 from tests.integration.tenant_support import create_database, drop_database
@@ -87,7 +88,7 @@ async def test_rotation_old_key_verifies_until_verify_until(control_dsn: str) ->
         old_token = signer.issue(audience="platform", subject="admin:1", role="super_admin", ttl=600)
 
         second = await tokens.rotate(conn, BOX, verify_for=600)
-        listed = {k.kid: k for k in await tokens.list_keys(conn)}
+        listed = {k.kid: k for k in await admins_repo.list_signing_keys(conn)}
         assert set(listed) == {first, second}
         assert listed[second].active and listed[second].retired_at is None and listed[second].verify_until is None
         assert not listed[first].active
@@ -109,14 +110,14 @@ async def test_rotation_old_key_verifies_until_verify_until(control_dsn: str) ->
             await signer.verify(new_token)
         assert (await signer.verify(old_token)).sub == "admin:1"
 
-        assert await tokens.prune(conn) == 1
-        assert {k.kid for k in await tokens.list_keys(conn)} == {first, third}
+        assert await admins_repo.prune_signing_keys(conn) == 1
+        assert {k.kid for k in await admins_repo.list_signing_keys(conn)} == {first, third}
         await conn.execute(
             "UPDATE signing_keys SET verify_until = now() - interval '1 second' WHERE kid = %s", (first,)
         )
-        assert await tokens.prune(conn) == 1
-        assert [k.kid for k in await tokens.list_keys(conn)] == [third]
-        assert await tokens.prune(conn) == 0
+        assert await admins_repo.prune_signing_keys(conn) == 1
+        assert [k.kid for k in await admins_repo.list_signing_keys(conn)] == [third]
+        assert await admins_repo.prune_signing_keys(conn) == 0
 
 
 async def test_unknown_kid_reloads_from_the_database(control_dsn: str) -> None:
@@ -149,7 +150,7 @@ async def test_every_active_key_retires_on_rotation(control_dsn: str) -> None:
         ring = await KeyRing.load(conn, BOX)
         assert ring.current_kid == "manual-2" and ring.kids == {"manual-1", "manual-2"}
         new = await tokens.rotate(conn, BOX, verify_for=30)
-        assert [k.kid for k in await tokens.list_keys(conn) if k.active] == [new]
+        assert [k.kid for k in await admins_repo.list_signing_keys(conn) if k.active] == [new]
 
 
 # -- sessions --------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ async def _rotate(store: Store, token: str, grace: float = 0.0, key: bytes = KEY
 
 async def _active(store: Store, session_id: uuid.UUID) -> bool:
     async with await connect(store.dsn) as conn:
-        return await sessions.is_active(conn, store.table, session_id)
+        return await session_repository.is_active(conn, store.table, session_id)
 
 
 async def test_open_and_rotate(store: Store) -> None:
@@ -250,7 +251,7 @@ async def test_open_and_rotate(store: Store) -> None:
     assert row["revoked_at"] is None and 3590 < (row["expires_at"] - row["created_at"]).total_seconds() <= 3600
 
     async with await connect(store.dsn) as conn:
-        assert await sessions.is_active(conn, store.table, session_id)
+        assert await session_repository.is_active(conn, store.table, session_id)
         async with conn.transaction():
             session, second = await sessions.rotate(conn, store.table, token, key=KEY)
         assert session.id == session_id and session.user_id == store.user_id
@@ -258,7 +259,7 @@ async def test_open_and_rotate(store: Store) -> None:
         assert second != token and second.startswith(f"{session_id}.")
         session, third = await sessions.rotate_and_commit(conn, store.table, second, key=KEY)
         assert third not in (token, second)
-        assert await sessions.is_active(conn, store.table, session_id)
+        assert await session_repository.is_active(conn, store.table, session_id)
     rotated = await _row(store, session_id)
     assert rotated["last_used_at"] >= row["last_used_at"] and rotated["generation"] == 2
 
@@ -279,7 +280,7 @@ async def test_replayed_refresh_token_revokes_the_session(store: Store) -> None:
                 replayed = exc
         assert replayed is not None and replayed.code == "invalid_token" and replayed.status == 401
         assert replayed.session_id == session_id and replayed.user_id == store.user_id
-        assert not await sessions.is_active(conn, store.table, session_id)
+        assert not await session_repository.is_active(conn, store.table, session_id)
         # The thief's copy and the legitimate holder's current token are both dead now.
         with pytest.raises(InvalidToken, match="revoked"):
             await sessions.rotate_and_commit(conn, store.table, second, key=KEY)
@@ -424,10 +425,11 @@ async def test_another_key_cannot_rebuild_the_successor(store: Store) -> None:
         "",
         "nodot",
         "not-a-uuid.secret",
-        f"{uuid.uuid4()}.",
-        f"{uuid.uuid4()}",
+        # Fixed ids (no session has them): test ids must be the same in every collection (pytest-xdist).
+        f"{uuid.UUID(int=1)}.",
+        f"{uuid.UUID(int=2)}",
         ".secret",
-        f"{uuid.uuid4()}." + "x" * 300,
+        f"{uuid.UUID(int=3)}." + "x" * 300,
     ],
 )
 async def test_malformed_or_unknown_refresh_tokens(store: Store, token: str) -> None:
@@ -443,12 +445,12 @@ async def test_expired_session(store: Store) -> None:
         session_id, token = await sessions.open_session(
             conn, store.table, store.user_id, key=KEY, ttl=-1, source_address="not an address", user_agent=""
         )
-        assert not await sessions.is_active(conn, store.table, session_id)
+        assert not await session_repository.is_active(conn, store.table, session_id)
         with pytest.raises(InvalidToken, match="expired") as caught:
             await sessions.rotate_and_commit(conn, store.table, token, key=KEY)
         assert not isinstance(caught.value, RefreshReplayed)
-        assert await sessions.list_sessions(conn, store.table, store.user_id) == []
-        (listed,) = await sessions.list_sessions(conn, store.table, store.user_id, include_inactive=True)
+        assert await session_repository.list_sessions(conn, store.table, store.user_id) == []
+        (listed,) = await session_repository.list_sessions(conn, store.table, store.user_id, include_inactive=True)
         assert listed.id == session_id and not listed.active
     row = await _row(store, session_id)
     assert row["address"] is None and row["user_agent"] is None and row["revoked_at"] is None
@@ -466,33 +468,33 @@ async def test_revoke_revoke_all_and_list(store: Store) -> None:
         s1, s2, s3 = [await open_for(store.user_id) for _ in range(3)]
         theirs = await open_for(store.other_user_id)
 
-        listed = await sessions.list_sessions(conn, store.table, store.user_id)
+        listed = await session_repository.list_sessions(conn, store.table, store.user_id)
         assert {s.id for s in listed} == {s1, s2, s3} and all(s.active for s in listed)
         assert listed[0].source_address == "2001:db8::1" and listed[0].user_agent == "ua"
 
-        assert not await sessions.revoke(conn, store.table, s1, user_id=store.other_user_id), "not theirs"
-        assert await sessions.revoke(conn, store.table, s1)
-        assert not await sessions.revoke(conn, store.table, s1), "already revoked"
-        assert not await sessions.revoke(conn, store.table, uuid.uuid4())
-        assert not await sessions.is_active(conn, store.table, s1)
+        assert not await session_repository.revoke(conn, store.table, s1, user_id=store.other_user_id), "not theirs"
+        assert await session_repository.revoke(conn, store.table, s1)
+        assert not await session_repository.revoke(conn, store.table, s1), "already revoked"
+        assert not await session_repository.revoke(conn, store.table, uuid.uuid4())
+        assert not await session_repository.is_active(conn, store.table, s1)
 
-        assert await sessions.revoke_all(conn, store.table, store.user_id, except_session=s3) == 1
-        assert [s.id for s in await sessions.list_sessions(conn, store.table, store.user_id)] == [s3]
-        assert await sessions.revoke_all(conn, store.table, store.user_id) == 1
-        assert await sessions.revoke_all(conn, store.table, store.user_id) == 0
-        assert await sessions.list_sessions(conn, store.table, store.user_id) == []
-        assert len(await sessions.list_sessions(conn, store.table, store.user_id, include_inactive=True)) == 3
-        assert await sessions.is_active(conn, store.table, theirs), "other users keep their sessions"
+        assert await session_repository.revoke_all(conn, store.table, store.user_id, except_session=s3) == 1
+        assert [s.id for s in await session_repository.list_sessions(conn, store.table, store.user_id)] == [s3]
+        assert await session_repository.revoke_all(conn, store.table, store.user_id) == 1
+        assert await session_repository.revoke_all(conn, store.table, store.user_id) == 0
+        assert await session_repository.list_sessions(conn, store.table, store.user_id) == []
+        assert len(await session_repository.list_sessions(conn, store.table, store.user_id, include_inactive=True)) == 3
+        assert await session_repository.is_active(conn, store.table, theirs), "other users keep their sessions"
 
-        assert await sessions.delete_expired(conn, store.table, keep_for=3600) == 0
-        assert await sessions.delete_expired(conn, store.table) == 3
-        assert await sessions.is_active(conn, store.table, theirs)
+        assert await session_repository.delete_expired(conn, store.table, keep_for=3600) == 0
+        assert await session_repository.delete_expired(conn, store.table) == 3
+        assert await session_repository.is_active(conn, store.table, theirs)
 
 
 async def test_only_the_two_session_tables_are_accepted(control_dsn: str) -> None:
     async with await connect(control_dsn) as conn:
         with pytest.raises(AssertionError):
-            await sessions.is_active(conn, "users", uuid.uuid4())  # type: ignore[arg-type]
+            await session_repository.is_active(conn, "users", uuid.uuid4())  # type: ignore[arg-type]
 
 
 # -- platform admins ---------------------------------------------------------------------------------------
@@ -541,37 +543,6 @@ async def test_admin_repository(control_dsn: str, cheap: Settings) -> None:
         assert touched is not None and touched.last_login_at is not None
         untouched = await admins_repo.get_admin(conn, other.id)
         assert untouched is not None and untouched.last_login_at is None
-
-
-async def test_record_platform_audit(control_dsn: str) -> None:
-    tenant_id = uuid.uuid4()
-    async with await connect(control_dsn) as conn:
-        await admins_repo.record_platform_audit(conn, actor="cli:ops", action="signing_key.rotate")
-        await admins_repo.record_platform_audit(
-            conn,
-            actor="admin:1",
-            action="tenant.suspend",
-            tenant_id=tenant_id,
-            tenant_slug="acme",
-            entity="tenant",
-            entity_id=tenant_id,
-            outcome="failed",
-            source_address="not-an-ip",
-            request_id="req-1",
-            details={"reason": "test"},
-        )
-        await admins_repo.record_platform_audit(conn, actor="a", action="b", source_address="10.0.0.1")
-    found = await rows(control_dsn, "SELECT *, host(source_address) AS address FROM platform_audit ORDER BY id")
-    assert [(r["actor"], r["action"], r["outcome"]) for r in found] == [
-        ("cli:ops", "signing_key.rotate", "succeeded"),
-        ("admin:1", "tenant.suspend", "failed"),
-        ("a", "b", "succeeded"),
-    ]
-    assert found[0]["details"] == {} and found[0]["entity"] is None and found[0]["at"] is not None
-    assert found[1]["tenant_id"] == tenant_id and found[1]["tenant_slug"] == "acme"
-    assert found[1]["entity_id"] == str(tenant_id) and found[1]["request_id"] == "req-1"
-    assert found[1]["details"] == {"reason": "test"} and found[1]["address"] is None
-    assert found[2]["address"] == "10.0.0.1"
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
@@ -623,7 +594,7 @@ async def test_cli_admins(run: Any, control_dsn: str, cheap: Settings) -> None:
         )
     assert ok(run("admins", "disable", "--email", "root@example.com", "--json")).json()["disabled"] is True
     async with await connect(control_dsn) as conn:
-        assert not await sessions.is_active(conn, "platform_sessions", live), "disabling ends the sessions"
+        assert not await session_repository.is_active(conn, "platform_sessions", live), "disabling ends the sessions"
         live, _ = await sessions.open_session(
             conn, "platform_sessions", admin_id, key=KEY, ttl=600, source_address=None, user_agent=None
         )
@@ -633,7 +604,9 @@ async def test_cli_admins(run: Any, control_dsn: str, cheap: Settings) -> None:
     (stored,) = await rows(control_dsn, "SELECT password_hash FROM platform_admins WHERE id = %s", (admin_id,))
     assert await passwords.verify(stored["password_hash"], "a brand new password")
     async with await connect(control_dsn) as conn:
-        assert not await sessions.is_active(conn, "platform_sessions", live), "a new password ends the sessions"
+        assert not await session_repository.is_active(conn, "platform_sessions", live), (
+            "a new password ends the sessions"
+        )
 
     audit = await rows(control_dsn, "SELECT actor, action, entity, entity_id, details FROM platform_audit ORDER BY id")
     assert [a["action"] for a in audit] == [

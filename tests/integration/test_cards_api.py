@@ -42,14 +42,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from controlplane import db
 from controlplane.cards.routes import TENANT_API_HANDLERS, card_dependencies
-from controlplane.cards.service import QuotaLimits, fixed_limits
+from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
-from controlplane.registry.models import QuotaType, Tenant
-from controlplane.routing.models import TenantContext
+from controlplane.registry.models import LimitLookup, QuotaType, Tenant, fixed_limits
 from controlplane.settings import HttpSettings
 from controlplane.storage.local import LocalStorage
 from tests.conftest import drop_everything_made_by, make_settings
@@ -102,7 +101,7 @@ class CardApi:
             async with tenants[tenant.slug].pool.connection() as conn:
                 yield conn
 
-        def provide_quota_limits(tenant: NamedDependency[TenantContext]) -> QuotaLimits:
+        def provide_quota_limits(tenant: NamedDependency[TenantContext]) -> LimitLookup:
             return fixed_limits(tenants[tenant.slug].limits)
 
         settings = self.platform.settings.replace(http=HttpSettings(max_image_bytes=MAX_IMAGE_BYTES))

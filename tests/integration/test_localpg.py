@@ -13,8 +13,7 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from controlplane import localpg
-from controlplane.localpg import LocalCluster, start_local
+from controlplane.localpg import LocalCluster, home, start_local, system
 from tests.harness import LocalClusterHandle, make_temp_dir, remove_temp_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +108,7 @@ def test_persistent_cluster_requires_a_password_over_tcp(cluster_dir: Path) -> N
     assert password_file.stat().st_mode & 0o777 == 0o600
     assert password_file.read_text().strip() == conninfo.conninfo_to_dict(dsn)["password"]
     if os.geteuid() == 0:  # files belong to the unprivileged user PostgreSQL runs as
-        owner = localpg._service_user()
+        owner = system.service_user()
         assert owner is not None
         assert {p.stat().st_uid for p in [home, *home.iterdir()]} == {owner.uid}
         assert query(dsn, "SELECT pg_catalog.current_setting('data_directory')") == str(home / "data")
@@ -142,7 +141,7 @@ def test_unreachable_directory_falls_back_to_a_reachable_one(cluster_dir: Path) 
 
     assert link.is_symlink()
     target = Path(os.readlink(link))
-    assert target.parent == localpg.FALLBACK_BASE_FAST
+    assert target.parent == home.FALLBACK_BASE_FAST
     assert cluster.home == target
     assert LocalCluster(private / "pg", fast=True).ensure_running() == dsn  # the next run finds it
 

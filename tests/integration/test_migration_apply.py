@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from controlplane.migrations.alembic_runner import TENANT_VERSION_TABLE, MigrationError, SchemaScripts
 from controlplane.migrations.apply import Upgrader
 from controlplane.migrations.fleet_runner import Target
+from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE, MigrationError, SchemaScripts
 from tests.integration.test_alembic_runner import (  # noqa: F401 (fixtures among them)
     REVISION_0002,
     REVISION_0003_BROKEN,

@@ -19,12 +19,12 @@ import pytest
 from psycopg import conninfo, sql
 
 from controlplane import db
-from controlplane.migrations.alembic_runner import TENANT_VERSION_TABLE
 from controlplane.migrations.service import TenantMigrations
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant
+from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE
 from controlplane.settings import ProvisioningSettings, Settings
 from tests.conftest import make_settings
 from tests.integration.test_admin_api import HEAD, registry_snapshot

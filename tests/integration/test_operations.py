@@ -10,11 +10,11 @@ import psycopg
 from litestar.testing import AsyncTestClient
 from psycopg import sql
 
+from controlplane.http.state import TENANT_CACHE_STATE_KEY
+from controlplane.maintenance.service import HealthMonitor, check_health, maintenance_hour, run_maintenance_window
+from controlplane.metrics.service import CardVaultMetrics
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
-from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
-from controlplane.usage.metrics import CardVaultMetrics
-from controlplane.usage.operations import HealthMonitor, check_health, maintenance_hour, run_maintenance_window
 from tests.integration.auth_support import create_tenant
 
 Client = AsyncTestClient[Any]

@@ -31,8 +31,9 @@ from psycopg import conninfo
 
 from controlplane.app import create_app
 from controlplane.crypto import SecretBox
-from controlplane.pools.service import RECONNECT_TIMEOUT, TenantPools
-from controlplane.routing.dependencies import TENANT_POOLS_STATE_KEY
+from controlplane.http.state import TENANT_POOLS_STATE_KEY
+from controlplane.pools.lifecycle import RECONNECT_TIMEOUT
+from controlplane.pools.service import TenantPools
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, eventually
 from tests.harness import LocalClusterHandle

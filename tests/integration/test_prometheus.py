@@ -30,8 +30,8 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.auth.service import hash_secret
-from controlplane.http.metrics import METRICS_STATE_KEY, METRICS_TOKEN_HASH_STATE_KEY
-from controlplane.usage.metrics import CardVaultMetrics
+from controlplane.http.state import METRICS_STATE_KEY, METRICS_TOKEN_HASH_STATE_KEY
+from controlplane.metrics.service import CardVaultMetrics
 from controlplane.usage.models import CollectionStats, TableUsage, TenantUsage, UsageSnapshot
 from tests.conftest import ADMIN_TOKEN, Served
 from tests.integration.tenant_support import create_tenant_as_admin, create_tenant_as_admin_sync

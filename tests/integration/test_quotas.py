@@ -21,9 +21,9 @@ from psycopg import sql
 
 from controlplane import db
 from controlplane.cards.errors import QuotaExceeded
-from controlplane.cards.service import enforce_quota, fixed_limits
-from controlplane.migrations.alembic_runner import tenant_scripts
-from controlplane.registry.models import QuotaType
+from controlplane.cards.service import enforce_quota
+from controlplane.registry.models import QuotaType, fixed_limits
+from controlplane.schemas.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
 from tests.integration.test_cards_api import ApiTenant, CardApi, assert_error, open_card_api
 

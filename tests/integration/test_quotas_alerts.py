@@ -31,11 +31,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from psycopg.rows import dict_row
 
-from controlplane.migrations.alembic_runner import registry_scripts
 from controlplane.platform import Platform
 from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
+from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import ProvisioningSettings, Settings, UsageSettings
-from controlplane.usage import alerts, capacity, quotas, trends
+from controlplane.usage import alerts, capacity, quota_repository, trends
 from controlplane.usage.alerts import ChangeKind
 from tests.conftest import ADMIN_TOKEN, Served, make_settings
 from tests.integration.auth_support import TenantAdmin, create_tenant
@@ -295,9 +295,9 @@ async def test_put_quotas_changes_enforcement(client: Client, platform: Platform
     assert by_quota["api_calls_per_hour"]["limit"] is None
     assert by_quota["api_calls_per_hour"]["effective_limit"] is None and by_quota["api_calls_per_hour"]["ratio"] is None
     async with platform.control.connection() as conn:
-        assert await quotas.effective_limit(conn, acme.id, QuotaType.API_CALLS_PER_HOUR) is None
-        assert await quotas.effective_limit(conn, acme.id, QuotaType.CARDS) == 2
-        assert await quotas.effective_limit(conn, uuid.uuid4(), QuotaType.CARDS) is None
+        assert await quota_repository.effective_limit(conn, acme.id, QuotaType.API_CALLS_PER_HOUR) is None
+        assert await quota_repository.effective_limit(conn, acme.id, QuotaType.CARDS) == 2
+        assert await quota_repository.effective_limit(conn, uuid.uuid4(), QuotaType.CARDS) is None
     assert by_quota["users"]["limit"] == 1  # not named: kept
 
     for n in range(2):
@@ -338,7 +338,7 @@ async def test_storage_expansion_raises_the_effective_limit_until_it_expires(
         (acme.id,),
     )
     async with platform.control.connection() as conn:
-        assert await quotas.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 1000
+        assert await quota_repository.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 1000
     assert_error(await upload(client, acme, card["id"], 1500), 403, "quota_exceeded")
 
     response = await client.post(
@@ -350,8 +350,8 @@ async def test_storage_expansion_raises_the_effective_limit_until_it_expires(
     assert body["quota"]["effective_limit"] == 2000
     assert body["expansion"]["created_by"] == "automation" and body["expansion"]["reason"] == "import day"
     async with platform.control.connection() as conn:
-        assert await quotas.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 2000
-        assert await quotas.effective_limit(conn, acme.id, QuotaType.CARDS) == 1000  # others unchanged
+        assert await quota_repository.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 2000
+        assert await quota_repository.effective_limit(conn, acme.id, QuotaType.CARDS) == 1000  # others unchanged
     assert (await upload(client, acme, card["id"], 1500)).status_code == 200
 
     # Alerts use the effective limit too: 1,500 of 2,000 is 75 %.
@@ -360,10 +360,10 @@ async def test_storage_expansion_raises_the_effective_limit_until_it_expires(
     # Once it expires, the limit is back to 1,000 (and usage 1,500 is over it).
     await control.execute("UPDATE quota_expansions SET expires_at = now() - interval '1 second'")
     async with platform.control.connection() as conn:
-        assert await quotas.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 1000
+        assert await quota_repository.effective_limit(conn, acme.id, QuotaType.STORAGE_BYTES) == 1000
         assert {c.threshold for c in await alerts.evaluate(conn)} == {80, 100}
-        assert await quotas.delete_expired_expansions(conn) == 0  # within the grace
-        assert await quotas.delete_expired_expansions(conn, grace=timedelta(0)) == 2
+        assert await quota_repository.delete_expired_expansions(conn) == 0  # within the grace
+        assert await quota_repository.delete_expired_expansions(conn, grace=timedelta(0)) == 2
     cur = await control.execute(
         "SELECT outcome, tenant_id, entity, entity_id, details FROM platform_audit"
         " WHERE action = 'tenant.storage.expand'"

@@ -20,8 +20,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from psycopg import conninfo
 
-from controlplane.migrations.alembic_runner import registry_scripts
 from controlplane.platform import Platform
+from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import ProvisioningSettings
 from tests.conftest import make_settings
 from tests.harness import LocalClusterHandle

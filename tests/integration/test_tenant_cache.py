@@ -27,17 +27,18 @@ from litestar.di import NamedDependency
 from litestar.testing import AsyncTestClient
 from psycopg import conninfo, sql
 
+from controlplane.context import TenantContext
 from controlplane.errors import ServerUnavailable
 from controlplane.http.errors import EXCEPTION_HANDLERS
-from controlplane.migrations.alembic_runner import registry_scripts
+from controlplane.http.state import BASE_DOMAIN_STATE_KEY, TENANT_CACHE_STATE_KEY
+from controlplane.http.tenant_api import tenant_dependencies
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.registry.models import Tenant, TenantStatus
 from controlplane.routing.cache import SERVERS_CHANNEL, TENANTS_CHANNEL, TenantCache
-from controlplane.routing.dependencies import BASE_DOMAIN_STATE_KEY, TENANT_CACHE_STATE_KEY, tenant_dependencies
 from controlplane.routing.errors import TenantNotFound
-from controlplane.routing.models import TenantContext
 from controlplane.routing.resolver import resolve
+from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import DatabaseSettings, ProvisioningSettings, Settings
 from tests.integration.tenant_support import execute, fetch
 
@@ -296,6 +297,44 @@ async def test_cache_not_listening_stores_nothing(platform: Platform, service: T
     assert await idle.get_by_slug("acme") is not None
     assert await idle.get_by_slug("acme") is not None
     assert (idle.hits, idle.misses, len(idle)) == (0, 2, 0)
+
+
+async def test_a_change_made_here_runs_the_callbacks_once(
+    cache: TenantCache, service: TenantService, control_dsn: str
+) -> None:
+    """The process that suspends or resumes a tenant forgets it at once (before its own notification
+    arrives), and its callbacks (the app closes the tenant's pool there) run once per change."""
+    tenant = await create(service, "acme")
+    await settle(cache, control_dsn)
+    recorder = Recorder()
+    cache.on_invalidate(recorder)
+    service.on_change(cache.invalidate)  # as the app wires it
+
+    async def handled_so_far() -> list[uuid.UUID]:
+        """The callbacks run until now: a marker notified after the change is called back after it."""
+        marker = uuid.uuid4()
+        await execute(control_dsn, "SELECT pg_notify(%s, %s)", (TENANTS_CHANNEL, str(marker)))
+        await eventually(lambda: _true(marker in recorder.ids), within=5, what="the marker's callback")
+        return [i for i in recorder.ids if i == tenant.id]
+
+    assert await cache.get_by_slug("acme") is not None
+    await service.suspend("acme")
+    context = await cache.get_by_slug("acme")  # forgotten here at once: the registry is read again
+    assert context is not None and context.status is TenantStatus.SUSPENDED
+    assert await handled_so_far() == [tenant.id], "one callback for the suspend"
+    await service.resume("acme")
+    assert await handled_so_far() == [tenant.id, tenant.id], "one callback for the resume"
+
+
+async def test_a_change_made_here_while_not_listening_runs_the_callbacks_at_once(
+    platform: Platform, service: TenantService
+) -> None:
+    tenant = await create(service, "acme")
+    idle = TenantCache(platform)  # not listening: no notification will come
+    recorder = Recorder()
+    idle.on_invalidate(recorder)
+    idle.invalidate(tenant.id)
+    await eventually(lambda: _true(recorder.ids == [tenant.id]), what="callback without a notification")
 
 
 # -- a second instance follows changes made through the first --------------------------------------

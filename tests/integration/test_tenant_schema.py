@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from controlplane.cards import repository
-from controlplane.migrations.alembic_runner import tenant_scripts
+from controlplane.schemas.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
 from tests.integration.tenant_support import create_database, drop_database
 

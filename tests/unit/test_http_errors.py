@@ -31,9 +31,10 @@ from controlplane.errors import (
     SlugTaken,
     TenantNotFound,
 )
-from controlplane.http.auth import ADMIN_TOKEN_HASH_STATE_KEY, admin_guard
+from controlplane.http.admin import admin_guard
 from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
+from controlplane.http.state import ADMIN_TOKEN_HASH_STATE_KEY
 from controlplane.settings import AuthSettings
 
 TOKEN = "unit-test-token"

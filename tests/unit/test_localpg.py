@@ -9,14 +9,9 @@ import pytest
 from psycopg import conninfo
 
 from controlplane.errors import ConfigError
-from controlplane.localpg import (
-    BINDIR_ENV,
-    LocalCluster,
-    PostgresNotFound,
-    _conninfo,
-    find_bindir,
-    install_hint,
-)
+from controlplane.localpg import LocalCluster
+from controlplane.localpg.binaries import BINDIR_ENV, PostgresNotFound, find_bindir, install_hint
+from controlplane.localpg.system import conninfo as local_conninfo
 
 
 def test_find_bindir_finds_initdb_and_pg_ctl(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,11 +72,11 @@ def test_install_hint(system: str, release: dict[str, str], expected: str) -> No
 
 
 def test_conninfo_quotes_what_libpq_needs_quoted() -> None:
-    text = _conninfo(host="127.0.0.1", port=5999, password="a b'c\\d", dbname="")
+    text = local_conninfo(host="127.0.0.1", port=5999, password="a b'c\\d", dbname="")
     assert conninfo.conninfo_to_dict(text) == {
         "host": "127.0.0.1",
         "port": "5999",
         "password": "a b'c\\d",
         "dbname": "",
     }
-    assert _conninfo(user="postgres", password="Ab-_9") == "user=postgres password=Ab-_9"
+    assert local_conninfo(user="postgres", password="Ab-_9") == "user=postgres password=Ab-_9"

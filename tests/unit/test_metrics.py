@@ -1,4 +1,4 @@
-"""controlplane.usage.metrics and controlplane.http.metrics: the ``/metrics`` exposition, without a database.
+"""controlplane.metrics (service, requests, routes): the ``/metrics`` exposition, without a database.
 
 The exposition is checked by ``promtool check metrics`` (the real Prometheus linter; the test fails,
 never skips, when it cannot be had) and parsed back to check names and label sets against the
@@ -31,14 +31,13 @@ from litestar.params import FromPath
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.http.metrics import UNMATCHED, HttpMetrics, instrument
+from controlplane.maintenance.models import FleetHealth, Health
+from controlplane.metrics.requests import UNMATCHED, HttpMetrics, instrument
+from controlplane.metrics.service import CardVaultMetrics
 from controlplane.pools.models import PoolStats
 from controlplane.scheduler.service import JobStats
-from controlplane.usage.metrics import CardVaultMetrics
 from controlplane.usage.models import (
     CollectionStats,
-    FleetHealth,
-    Health,
     ServerUsage,
     StorageUsage,
     TableUsage,

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from controlplane.context import TenantContext
 from controlplane.errors import CardVaultError
 from controlplane.registry.models import TenantStatus, Tier
 from controlplane.routing.errors import (
@@ -21,7 +22,6 @@ from controlplane.routing.errors import (
     TenantSuspended,
     TenantUnavailable,
 )
-from controlplane.routing.models import TenantContext
 from controlplane.routing.resolver import host_slug, resolve, resolve_slug
 
 BASE = "cardvault.test"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.errors import ConfigError
-from controlplane.localpg import BINDIR_ENV
+from controlplane.localpg.binaries import BINDIR_ENV
 from controlplane.settings import ProvisioningSettings, Settings, UsageSettings, parse_duration
 
 

@@ -1,41 +1,49 @@
-"""Login, refresh, logout and invitations: ``/auth/*`` (platform or tenant) and ``/t/{slug}/auth/*`` (tenant).
+"""How a credential is obtained: login, refresh, logout and invitations (``/auth/*`` for the platform or a
+tenant, ``/t/{slug}/auth/*`` for a tenant), and a super-admin's impersonation of a tenant
+(``POST /admin/tenants/{slug}/impersonate``).
 
 ``/auth/...`` serves the tenant the request names by its Host (``{slug}.<base domain>``) or its
 ``X-Tenant`` header, and the platform (super-admins) when it names none. ``/t/{slug}/auth/...`` always
-serves that tenant.
+serves that tenant. The credentials themselves are ``controlplane.auth``'s; what happens is recorded
+here, in the tenant's ``audit_log`` (``auth.login``, ``auth.logout``, ``user.invite.accept``,
+``impersonation.start``).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, Router, post
-from litestar.params import FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
+from controlplane.accounts import repository as accounts
 from controlplane.audit import repository as audit
-from controlplane.audit.models import AuditContext
-from controlplane.auth import sessions
-from controlplane.auth import tenant_repository as users
+from controlplane.audit.routes import audited
+from controlplane.auth import impersonation
+from controlplane.auth import session_repository as sessions
+from controlplane.auth.models import Role
 from controlplane.auth.passwords import validate_password
-from controlplane.auth.service import PLATFORM_AUDIENCE, TENANT_AUDIENCE, Authenticator, TokenPair, bearer, hash_secret
+from controlplane.auth.service import PLATFORM_AUDIENCE, Authenticator, TokenPair, bearer, hash_secret
 from controlplane.auth.service import subject_id as token_subject
+from controlplane.context import AuditContext, TenantContext
 from controlplane.errors import InvalidCredentials, InvalidToken, NotFound
+from controlplane.http.admin import admin_audit_context, admin_principal
 from controlplane.http.context import request_id, source_address
-from controlplane.platform import Platform
-from controlplane.pools.service import TenantPools
-from controlplane.routing.cache import TenantCache
-from controlplane.routing.dependencies import (
+from controlplane.http.state import (
     AUTH_STATE_KEY,
     BASE_DOMAIN_STATE_KEY,
+    PLATFORM_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_HEADER,
     TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
 )
+from controlplane.platform import Platform
+from controlplane.pools.service import TenantPools
+from controlplane.routing.cache import TenantCache
 from controlplane.routing.errors import TenantRequired
-from controlplane.routing.models import TenantContext
 from controlplane.routing.resolver import resolve, resolve_slug
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^\x00\s]+@[^\x00\s]+$")]
@@ -83,7 +91,7 @@ def _pools(request: Request[Any, Any, Any]) -> TenantPools:
 
 
 def _platform(request: Request[Any, Any, Any]) -> Platform:
-    platform: Platform = request.app.state.platform
+    platform: Platform = request.app.state[PLATFORM_STATE_KEY]
     return platform
 
 
@@ -188,7 +196,7 @@ async def accept_invitation(request: Request[Any, Any, Any], data: JSONBody[Acce
     password = validate_password(data.password)
     password_hash = await auth.passwords.hash(password)
     async with _pools(request).connection(tenant.id) as conn:
-        user = await users.accept_invite(conn, hash_secret(data.invite_token), password_hash)
+        user = await accounts.accept_invite(conn, hash_secret(data.invite_token), password_hash)
         if user is None:
             raise InvalidCredentials("unknown, used or expired invitation")
         await audit.record_tenant(conn, _audit(request, f"user:{user['id']}", user["email"]), "user.invite.accept")
@@ -205,11 +213,40 @@ async def accept_invitation(request: Request[Any, Any, Any], data: JSONBody[Acce
     return pair
 
 
+class ImpersonationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    #: Why: kept in the platform audit and in the tenant's own audit log.
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500, pattern=r"^[^\x00]*$")]
+    role: Literal["tenant_admin", "collection_manager", "user"] = "tenant_admin"
+
+
+@post(
+    "/admin/tenants/{slug:str}/impersonate",
+    status_code=200,
+    tags=["tenants"],
+    summary="A super-admin's short-lived token inside an active tenant (audited in both trails)",
+)
+async def impersonate(
+    request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[ImpersonationRequest]
+) -> TokenPair:
+    details = {"reason": data.reason.strip(), "role": data.role}
+    async with audited(request, "tenant.impersonate", slug=slug, details=details):
+        principal = admin_principal(request)
+        impersonation.check_impersonator(principal)  # before the tenant: automation gets 403 whatever the slug
+        cache: TenantCache = request.app.state[TENANT_CACHE_STATE_KEY]
+        tenant = await resolve(cache, slug)
+        started = impersonation.start(_auth(request), tenant, principal, role=Role(data.role), reason=data.reason)
+        # Into the tenant's own audit log before the token is handed out: if that cannot be written, no token.
+        ctx = msgspec.structs.replace(admin_audit_context(request), impersonator=principal.subject)
+        async with _pools(request).connection(tenant.id) as conn:
+            await audit.record_tenant(conn, ctx, "impersonation.start", details=started.details)
+        return started.pair
+
+
 _HANDLERS = [token, refresh, logout, accept_invitation]
 
 #: ``/auth/*``: platform, or the tenant named by Host / X-Tenant.
 AUTH_ROUTER = Router(path="/auth", route_handlers=_HANDLERS, tags=["auth"], security=[])
 #: ``/t/{slug}/auth/*``: the tenant in the path.
 TENANT_AUTH_ROUTER = Router(path=f"/t/{{{TENANT_SLUG_PARAM}:str}}/auth", route_handlers=_HANDLERS, tags=["auth"])
-
-__all__ = ["AUTH_ROUTER", "TENANT_AUDIENCE", "TENANT_AUTH_ROUTER"]
+#: Handlers of ``/admin`` (behind ``admin_guard``).
+ADMIN_LOGIN_HANDLERS = [impersonate]

@@ -1,14 +1,14 @@
-"""Litestar glue for tenant requests: which tenant, who is asking, may they, and their ``CardVault``.
+"""The tenant API's wiring: which tenant, who is asking, may they, and their ``TenantRequest``.
 
-The only module of ``routing/`` that knows HTTP. Wiring (in ``create_app``): the lifespan puts the
-``TenantCache``, the ``TenantPools``, the ``Authenticator``, the ``ApiCalls`` meter and the base domain
-into ``app.state`` under the keys below; the tenant API routers, mounted at both
-``/t/{tenant_slug:str}/api`` and ``/api``, get ``tenant_api_dependencies(settings)``; other routes
-that need only the tenant use ``tenant_dependencies()``.
+Wiring (in ``create_app``): the lifespan puts the ``TenantCache``, the ``TenantPools``, the
+``Authenticator``, the API call meter and the base domain into ``app.state`` (keys in
+``controlplane.http.state``); the tenant API routers, mounted at both ``/t/{tenant_slug:str}/api`` and
+``/api``, get ``tenant_auth_middleware`` and ``tenant_request_dependencies()`` plus each domain's own
+one-step dependency built on ``open_tenant_request`` (``vault`` for the CardVault routes, ``accounts``
+for the account routes); other routes that need only the tenant use ``tenant_dependencies()``.
 
 Every tenant API handler names the permission it needs in its ``opt`` (``requires(...)``); a handler
-without one is refused (500; a test walks the route table so none ships). ``tenant_auth_middleware``
-goes on the tenant API routers.
+without one is refused (500; a test walks the route table so none ships).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -25,38 +25,34 @@ from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from controlplane.auth.models import Permission
+from controlplane.auth.models import Permission, Principal
+from controlplane.auth.ratelimit import Decision
 from controlplane.auth.service import Authenticator
-from controlplane.cards.service import CardVault, QuotaLimits
+from controlplane.context import AuditContext, TenantContext, TenantRequest
 from controlplane.errors import PermissionDenied, ServerUnavailable, TenantUnavailable
-from controlplane.http.context import add_response_headers
-from controlplane.platform import Platform
+from controlplane.http.context import add_response_headers, request_id, source_address
+from controlplane.http.state import (
+    API_CALLS_STATE_KEY,
+    AUTH_STATE_KEY,
+    BASE_DOMAIN_STATE_KEY,
+    TENANT_CACHE_STATE_KEY,
+    TENANT_HEADER,
+    TENANT_POOLS_STATE_KEY,
+    TENANT_SLUG_PARAM,
+)
 from controlplane.pools.service import TenantPools
-from controlplane.registry.models import QuotaType
 from controlplane.routing.cache import TenantCache
-from controlplane.routing.models import TenantContext, TenantRequest
 from controlplane.routing.resolver import admit, resolve, resolve_slug
-from controlplane.settings import Settings
-from controlplane.storage.local import LocalStorage
-from controlplane.usage import quotas
-from controlplane.usage.api_calls import ApiCalls
 
-#: ``app.state`` key of the ``TenantCache``.
-TENANT_CACHE_STATE_KEY = "tenant_cache"
-#: ``app.state`` key of the ``TenantPools``.
-TENANT_POOLS_STATE_KEY = "tenant_pools"
-#: ``app.state`` key of the base domain for ``{slug}.{base_domain}`` hosts (None: no subdomain routing).
-BASE_DOMAIN_STATE_KEY = "base_domain"
-#: Path parameter that carries the slug in ``/t/{tenant_slug:str}/api/...``.
-TENANT_SLUG_PARAM = "tenant_slug"
-#: Header that names the tenant with ``/api/...``.
-TENANT_HEADER = "x-tenant"
-#: ``app.state`` keys of the ``Authenticator`` and the ``ApiCalls`` meter.
-AUTH_STATE_KEY = "auth"
-API_CALLS_STATE_KEY = "api_calls"
 #: ``opt`` key naming the permission a tenant route needs.
 PERMISSION_OPT = "permission"
 _GUARDED_KEY = "cardvault.tenant_credential"
+
+
+class CallMeter(Protocol):
+    """What the middleware needs of the API call meter (``controlplane.usage.api_calls.ApiCalls``)."""
+
+    async def admit(self, tenant_id: uuid.UUID) -> Decision | None: ...
 
 
 def requires(permission: Permission) -> dict[str, Any]:
@@ -86,48 +82,21 @@ async def _resolve(request: ASGIConnection[Any, Any, Any, Any], cache: TenantCac
     return await resolve(cache, slug)
 
 
-def quota_limits_for(platform: Platform, tenant_id: uuid.UUID) -> QuotaLimits:
-    """Looks one of the tenant's effective limits (configured + active expansions) up when called.
+def tenant_request_dependencies() -> dict[str, Provide]:
+    """``tenant_request`` for the tenant API routes that work on the request as a whole (audit listing).
 
-    Lazy, so that reads never touch the control database; only a create that checks a quota does.
+    Like the domains' own dependencies it is one step after ``tenant_auth_middleware``: take a pooled
+    connection to the tenant's own database (as its own role), load the principal on it, check the
+    route's permission. One dependency rather than a chain: Litestar's dependency resolution is a large
+    share of a hot read's cost. The request owns the transaction: committed when the handler returns,
+    rolled back when it raises.
     """
-
-    async def limit_of(quota: QuotaType) -> int | None:
-        async with platform.control.connection() as conn:
-            return await quotas.effective_limit(conn, tenant_id, quota)
-
-    return limit_of
-
-
-def tenant_api_dependencies(settings: Settings) -> dict[str, Provide]:
-    """``vault`` (for the CardVault routes) and ``tenant_request`` (for the others), each in one step
-    after ``tenant_auth_middleware``: take a pooled connection to the tenant's own database (as its own role),
-    load the principal on it, check the route's permission.
-
-    One dependency rather than a chain: Litestar's dependency resolution is a large share of a hot
-    read's cost. The request owns the transaction: committed when the handler returns, rolled back
-    when it raises.
-    """
-    storage = LocalStorage(settings.data_dir / "storage")
-    max_image_bytes = settings.http.max_image_bytes
-
-    async def provide_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
-        async with open_tenant_request(request) as ctx:
-            yield CardVault(
-                ctx.conn,
-                ctx.tenant.id,
-                storage=storage,
-                quota_limits=quota_limits_for(request.app.state.platform, ctx.tenant.id),
-                max_image_bytes=max_image_bytes,
-                principal=ctx.principal,
-                audit=lambda: ctx.audit,
-            )
 
     async def provide_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
         async with open_tenant_request(request) as ctx:
             yield ctx
 
-    return {"vault": Provide(provide_vault), "tenant_request": Provide(provide_tenant_request)}
+    return {"tenant_request": Provide(provide_tenant_request)}
 
 
 def tenant_auth_middleware(app: ASGIApp) -> ASGIApp:
@@ -135,8 +104,8 @@ def tenant_auth_middleware(app: ASGIApp) -> ASGIApp:
 
     Resolves the tenant, verifies the credential in memory (JWT signature and claims, or an API key's
     shape) and that it belongs to this tenant, and counts the call against the hourly limit. The
-    principal itself is loaded from the tenant's database by the ``vault`` / ``tenant_request``
-    dependency, on the request's own connection.
+    principal itself is loaded from the tenant's database by ``open_tenant_request``, on the request's
+    own connection.
 
     A middleware of the tenant routers rather than a Litestar guard: Litestar copies the route handler
     for every guard call, a measurable share of a hot request.
@@ -166,7 +135,7 @@ async def _authenticate(scope: Scope) -> None:
     auth: Authenticator = state[AUTH_STATE_KEY]
     credential = await auth.credential(_text(headers.get(b"authorization")))
     auth.check_tenant(tenant, credential)
-    calls: ApiCalls = state[API_CALLS_STATE_KEY]
+    calls: CallMeter = state[API_CALLS_STATE_KEY]
     decision = await calls.admit(tenant.id)
     if decision is not None:
         add_response_headers(scope, decision.headers())
@@ -180,8 +149,23 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("latin-1")
 
 
+def _audit_context(principal: Principal, scope: Scope) -> AuditContext:
+    return AuditContext(
+        actor=principal.subject,
+        actor_label=principal.label,
+        impersonator=f"admin:{principal.impersonator}" if principal.impersonator else None,
+        source_address=source_address(scope),
+        request_id=request_id(scope),
+    )
+
+
 @asynccontextmanager
 async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
+    """The ``TenantRequest`` of a tenant API request that passed ``tenant_auth_middleware``.
+
+    Its connection is a pooled one to the tenant's own database: committed when the block exits,
+    rolled back when it raises. The principal is loaded on it and must hold the route's permission.
+    """
     tenant, credential = request.scope["state"][_GUARDED_KEY]
     permission: Permission = request.route_handler.opt[PERMISSION_OPT]
     state = request.app.state
@@ -195,7 +179,10 @@ async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[
                     f"this needs the {permission.value} permission, which this {principal.kind.value} lacks",
                     permission=permission.value,
                 )
-            yield TenantRequest(conn=conn, tenant=tenant, principal=principal, scope=request.scope)
+            scope = request.scope
+            yield TenantRequest(
+                conn=conn, tenant=tenant, principal=principal, audit=lambda: _audit_context(principal, scope)
+            )
     except TenantUnavailable:  # no connection, or it was lost under the request
         await _recheck(state[TENANT_CACHE_STATE_KEY], tenant)
         raise

@@ -1,4 +1,4 @@
-"""Admin HTTP for operations data: ``/admin/tenants/{slug}/health``, ``/slow-queries``, ``/maintenance``."""
+"""Admin HTTP face of maintenance: ``/admin/tenants/{slug}/health``, ``/slow-queries``, ``/maintenance``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from controlplane.audit.routes import audited
+from controlplane.http.state import TENANT_CACHE_STATE_KEY
+from controlplane.maintenance import service
+from controlplane.maintenance.models import Health, MaintenanceResult, SlowQuery
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
-from controlplane.routing.dependencies import TENANT_CACHE_STATE_KEY
-from controlplane.usage import operations
-from controlplane.usage.models import Health
-from controlplane.usage.operations import MaintenanceResult, SlowQuery
 
 
-@get("/admin/tenants/{slug:str}/health", tags=["operations"], summary="Connect as the tenant and run SELECT 1, timed")
+@get("/admin/tenants/{slug:str}/health", tags=["maintenance"], summary="Connect as the tenant and run SELECT 1, timed")
 async def tenant_health(
     request: Request[Any, Any, Any],
     slug: FromPath[str],
@@ -25,12 +24,12 @@ async def tenant_health(
     platform: NamedDependency[Platform],
 ) -> Health:
     tenant = await tenants.get(slug)
-    return await operations.check_health(platform, request.app.state[TENANT_CACHE_STATE_KEY], tenant)
+    return await service.check_health(platform, request.app.state[TENANT_CACHE_STATE_KEY], tenant)
 
 
 @get(
     "/admin/tenants/{slug:str}/slow-queries",
-    tags=["operations"],
+    tags=["maintenance"],
     summary="The tenant's top statements by total time (pg_stat_statements; 409 when the server lacks it)",
 )
 async def tenant_slow_queries(
@@ -39,13 +38,13 @@ async def tenant_slow_queries(
     platform: NamedDependency[Platform],
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
 ) -> list[SlowQuery]:
-    return await operations.slow_queries(platform, await tenants.get(slug), limit)
+    return await service.slow_queries(platform, await tenants.get(slug), limit)
 
 
 @post(
     "/admin/tenants/{slug:str}/maintenance",
     status_code=200,
-    tags=["operations"],
+    tags=["maintenance"],
     summary="VACUUM (ANALYZE) or ANALYZE the tenant's database now",
 )
 async def tenant_maintenance(
@@ -57,8 +56,8 @@ async def tenant_maintenance(
 ) -> MaintenanceResult:
     async with audited(request, f"tenant.{action}", slug=slug):
         tenant = await tenants.get(slug)
-        (result,) = await operations.maintain(platform, [tenant], action, concurrency=1)
+        (result,) = await service.maintain(platform, [tenant], action, concurrency=1)
         return result
 
 
-OPERATIONS_HANDLERS = [tenant_health, tenant_slow_queries, tenant_maintenance]
+MAINTENANCE_HANDLERS = [tenant_health, tenant_slow_queries, tenant_maintenance]

@@ -13,10 +13,11 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from controlplane.maintenance.models import FleetHealth
 from controlplane.pools.models import PoolStats
 from controlplane.registry.models import TIER_QUOTAS, TenantStatus, Tier
 from controlplane.scheduler.service import JobStats
-from controlplane.usage.models import CollectionStats, FleetHealth, TenantUsage, UsageSnapshot
+from controlplane.usage.models import CollectionStats, TenantUsage, UsageSnapshot
 
 #: Effective quota limits by tenant id, then quota name (None: unlimited).
 Limits = Mapping[uuid.UUID, Mapping[str, int | None]]

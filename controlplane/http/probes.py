@@ -1,4 +1,4 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes (``/health/live``, ``/health/ready``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
+from controlplane.http.state import PLATFORM_STATE_KEY
 from controlplane.platform import Platform
 
 
@@ -18,7 +19,7 @@ async def live() -> dict[str, str]:
 
 @get("/health/ready", tags=["health"], summary="The control database answers")
 async def ready(state: State) -> Response[dict[str, Any]]:
-    platform: NamedDependency[Platform] = state.platform
+    platform: NamedDependency[Platform] = state[PLATFORM_STATE_KEY]
     try:
         async with platform.control.connection(timeout=2) as conn:
             await conn.execute("SELECT 1")

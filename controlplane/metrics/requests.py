@@ -1,4 +1,4 @@
-"""HTTP request metrics by route template, and the ``/metrics`` endpoint.
+"""HTTP request metrics by route template.
 
 ``HttpMetrics`` counts every request by method, **route template** and status and times it
 (``cardvault_http_requests_total``, ``cardvault_http_request_duration_seconds``). The label is the
@@ -8,39 +8,21 @@ outside the standard ones become ``OTHER``. ``instrument(app, ...)`` wraps the a
 (outside the router, so unmatched requests and errors are seen too). The hot path costs two
 ``perf_counter`` calls, one small closure for the status, one dict lookup and three integer/float
 updates: no locks (everything runs on the event loop) and no prometheus_client child lookups.
-
-``GET /metrics`` exposes tenant slugs and sizes, so it is not public: ``Authorization: Bearer`` with
-the scrape token ``CARDVAULT_METRICS_TOKEN`` (compared in constant time, only its SHA-256 is kept) or
-anything ``admin_guard`` accepts (``CARDVAULT_ADMIN_TOKEN``, a super-admin JWT).
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-import anyio.to_thread
-from litestar import Litestar, Response, get
-from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from controlplane.auth.service import bearer, hash_secret
-from controlplane.http.auth import admin_guard
-from controlplane.usage.metrics import CardVaultMetrics, DurationHistogram
+from controlplane.metrics.service import DurationHistogram
 
-#: ``app.state`` key of the ``CardVaultMetrics`` that ``/metrics`` renders.
-METRICS_STATE_KEY = "metrics"
-#: ``app.state`` key of the SHA-256 of CARDVAULT_METRICS_TOKEN (None: no scrape token).
-METRICS_TOKEN_HASH_STATE_KEY = "metrics_token_sha256"
-#: The text exposition format (Litestar adds ``charset=utf-8``); every name we use is a classic one.
-CONTENT_TYPE = "text/plain; version=0.0.4"
 #: Route label of requests that matched no route.
 UNMATCHED = "unmatched"
 #: Methods kept as their own label value; any other is ``OTHER``.
@@ -137,29 +119,3 @@ def instrument(app: Litestar, metrics: HttpMetrics) -> None:
     ``path_template`` in the scope).
     """
     app.asgi_handler = metrics.middleware(app.asgi_handler)
-
-
-async def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """The scrape token, else whatever opens ``/admin/*``; 401 without a credential."""
-    token = bearer(connection.headers.get("authorization"))
-    expected: bytes | None = connection.app.state.get(METRICS_TOKEN_HASH_STATE_KEY)
-    if expected is not None and hmac.compare_digest(hash_secret(token), expected):
-        return
-    await admin_guard(connection, handler)
-
-
-@get(
-    "/metrics",
-    guards=[metrics_guard],
-    tags=["operations"],
-    summary="Prometheus metrics (scrape token or admin credential)",
-    security=[{"bearer": []}],
-    media_type=CONTENT_TYPE,
-)
-async def metrics_endpoint(state: State) -> Response[bytes]:
-    metrics: CardVaultMetrics = state[METRICS_STATE_KEY]
-    live = metrics.render_live()  # here, on the event loop: its sources change there
-    text = metrics.cached_tenants_text()
-    if text is None:  # new sources: render the (per-tenant, possibly large) text once, off the event loop
-        text = await anyio.to_thread.run_sync(metrics.render_tenants)
-    return Response(live + text, media_type=CONTENT_TYPE)

@@ -1,4 +1,8 @@
-"""Admin API for the fleet: ``/admin/servers``."""
+"""Admin API for the fleet's servers: ``/admin/servers`` (register, change the DSN, drain, activate).
+
+Here rather than in ``controlplane.fleet``: the platform layer and the tenant API's wiring stand on the
+fleet, so the fleet itself has no HTTP face.
+"""
 
 from __future__ import annotations
 

@@ -17,17 +17,16 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from controlplane.audit.models import AuditContext
 from controlplane.auth import repository as admins
-from controlplane.auth import sessions
+from controlplane.auth import session_repository as sessions
 from controlplane.auth.models import ROLE_PERMISSIONS, Principal, PrincipalKind, Role
 from controlplane.auth.service import PLATFORM_AUDIENCE, Authenticator, automation_token_matches, bearer, subject_id
+from controlplane.context import AuditContext
 from controlplane.errors import InvalidToken, WrongTenant
 from controlplane.http.context import request_id, source_address
+from controlplane.http.state import ADMIN_TOKEN_HASH_STATE_KEY, AUTH_STATE_KEY, PLATFORM_STATE_KEY
 from controlplane.platform import Platform
 
-#: ``app.state`` key of the SHA-256 of CARDVAULT_ADMIN_TOKEN (None: no automation token).
-ADMIN_TOKEN_HASH_STATE_KEY = "admin_token_sha256"
 _PRINCIPAL_KEY = "cardvault.principal"
 
 
@@ -43,12 +42,12 @@ async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
             permissions=ROLE_PERMISSIONS[Role.SUPER_ADMIN],
         )
     else:
-        auth: Authenticator = state["auth"]
+        auth: Authenticator = state[AUTH_STATE_KEY]
         claims = await auth.signer.verify(token)
         if claims.aud != PLATFORM_AUDIENCE or claims.role != Role.SUPER_ADMIN.value:
             raise WrongTenant("a tenant token cannot use the platform API")
         admin_id = subject_id(claims, "admin")
-        platform: Platform = state.platform
+        platform: Platform = state[PLATFORM_STATE_KEY]
         async with platform.control.connection() as conn:
             admin = await admins.get_admin(conn, admin_id)
             live = claims.sid is not None and await sessions.is_active(conn, "platform_sessions", uuid.UUID(claims.sid))

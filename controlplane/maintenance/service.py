@@ -1,4 +1,4 @@
-"""Operations data about tenant databases: health checks, slow queries, and VACUUM / ANALYZE.
+"""Keeping tenant databases healthy: health checks, slow queries, and VACUUM / ANALYZE.
 
 - ``check_health``: a fresh connection *as the tenant's own role* (what a request would need) and a
   trivial query, both timed. Never through the request pools, so a check neither hides a broken
@@ -16,40 +16,25 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
 
 import msgspec
 import psycopg
 
 from controlplane import db
-from controlplane.errors import Conflict, TenantNotFound
+from controlplane.errors import TenantNotFound
+from controlplane.maintenance import repository
+from controlplane.maintenance.models import (
+    ExtensionMissing,
+    FleetHealth,
+    Health,
+    Maintenance,
+    MaintenanceResult,
+    SlowQuery,
+)
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
 from controlplane.routing.cache import TenantCache
-from controlplane.usage.models import FleetHealth, Health
-
-Maintenance = Literal["analyze", "vacuum"]
-
-
-class ExtensionMissing(Conflict):
-    code = "extension_missing"
-
-
-class SlowQuery(msgspec.Struct, frozen=True, kw_only=True):
-    query: str
-    calls: int
-    total_ms: float
-    mean_ms: float
-    rows: int
-
-
-class MaintenanceResult(msgspec.Struct, frozen=True, kw_only=True):
-    tenant: str
-    action: str
-    ok: bool
-    seconds: float
-    error: str | None = None
 
 
 async def check_health(platform: Platform, cache: TenantCache, tenant: Tenant) -> Health:
@@ -65,7 +50,7 @@ async def check_health(platform: Platform, cache: TenantCache, tenant: Tenant) -
     connected = time.perf_counter()
     try:
         async with conn:
-            await conn.execute("SELECT 1")
+            await repository.ping(conn)
     except psycopg.Error as exc:
         ms = (connected - started) * 1000
         return Health(tenant=tenant.slug, ok=False, connect_ms=ms, query_ms=None, error=str(exc).strip())
@@ -110,16 +95,10 @@ class HealthMonitor:
 async def slow_queries(platform: Platform, tenant: Tenant, limit: int) -> list[SlowQuery]:
     """The tenant database's statements with the most total execution time."""
     async with platform.control.connection() as control, platform.fleet.admin(control, tenant.server_id) as conn:
-        cur = await conn.execute(
-            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_stat_statements') AS installed,"
-            " 'pg_stat_statements' = ANY(regexp_split_to_array("
-            "     current_setting('shared_preload_libraries'), '\\s*,\\s*')) AS loaded"
-        )
-        state = await cur.fetchone()
-        assert state is not None
-        if state["loaded"] and not state["installed"]:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        elif not state["installed"]:
+        installed, loaded = await repository.stat_statements_state(conn)
+        if loaded and not installed:
+            await repository.install_stat_statements(conn)
+        elif not installed:
             raise ExtensionMissing(
                 "pg_stat_statements is not installed on this tenant's server: add it to "
                 "shared_preload_libraries, restart, and CREATE EXTENSION pg_stat_statements in its "
@@ -127,18 +106,12 @@ async def slow_queries(platform: Platform, tenant: Tenant, limit: int) -> list[S
                 server=tenant.server_name,
             )
         try:
-            cur = await conn.execute(
-                "SELECT s.query, s.calls, s.total_exec_time AS total_ms, s.mean_exec_time AS mean_ms, s.rows"
-                " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-                " WHERE d.datname = %s ORDER BY s.total_exec_time DESC LIMIT %s",
-                (tenant.database_name, limit),
-            )
+            rows = await repository.top_statements(conn, tenant.database_name, limit)
         except psycopg.errors.ObjectNotInPrerequisiteState as exc:  # installed but not preloaded
             raise ExtensionMissing(
                 f"pg_stat_statements is installed but not loaded: {exc.diag.message_primary}",
                 server=tenant.server_name,
             ) from None
-        rows: list[dict[str, Any]] = await cur.fetchall()
     return [msgspec.convert(r, SlowQuery) for r in rows]
 
 
@@ -147,7 +120,6 @@ async def maintain(
 ) -> list[MaintenanceResult]:
     """``action`` on every tenant database, at most ``concurrency`` at once; failures are results."""
     gate = asyncio.Semaphore(concurrency)
-    statement = "VACUUM (ANALYZE)" if action == "vacuum" else "ANALYZE"
 
     async def one(tenant: Tenant) -> MaintenanceResult:
         async with gate:
@@ -158,8 +130,7 @@ async def maintain(
                 async with db.connect(
                     dsn, platform.settings.database, dbname=tenant.database_name, role="maintenance"
                 ) as conn:
-                    await conn.execute("SET statement_timeout = 0")
-                    await conn.execute(statement)
+                    await repository.run_maintenance(conn, action)
             except Exception as exc:  # one tenant's failure is its result, the others go on
                 seconds = time.perf_counter() - started
                 return MaintenanceResult(tenant=tenant.slug, action=action, ok=False, seconds=seconds, error=str(exc))

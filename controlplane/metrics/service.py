@@ -38,11 +38,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from controlplane.maintenance.models import FleetHealth
+from controlplane.metrics import families as metric_families
+from controlplane.metrics.families import Limits
 from controlplane.pools.models import PoolStats
 from controlplane.scheduler.service import JobStats
-from controlplane.usage import metric_families
-from controlplane.usage.metric_families import Limits
-from controlplane.usage.models import FleetHealth, UsageSnapshot
+from controlplane.usage.models import UsageSnapshot
 
 #: Buckets of ``cardvault_provisioning_duration_seconds``: a clone takes well under a second, a
 #: provisioning that waits on a busy server several.

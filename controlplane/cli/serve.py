@@ -1,0 +1,57 @@
+"""``cardvault serve | local``: the HTTP service, and the private PostgreSQL cluster it uses by default.
+
+Domain modules are imported inside the commands that use them: ``cardvault --help`` (and every other
+command) starts without loading alembic, litestar and the rest.
+"""
+
+from __future__ import annotations
+
+import click
+
+from controlplane.cli.common import load_settings
+
+
+@click.command()
+@click.option("--host", help="Listen address (default CARDVAULT_HOST or 127.0.0.1).")
+@click.option("--port", type=int, help="Listen port (default CARDVAULT_PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP service against CARDVAULT_DATABASE_URL (migrating the registry first)."""
+    import uvicorn
+
+    from controlplane.app import create_app
+
+    settings = load_settings(create_secrets=True)
+    app = create_app(settings)
+    proxies = settings.http.trusted_proxies
+    uvicorn.run(
+        app,
+        host=host or settings.http.host,
+        port=port or settings.http.port,
+        log_level=settings.log_level.lower(),
+        # X-Forwarded-For only from CARDVAULT_TRUSTED_PROXIES: never uvicorn's default (FORWARDED_ALLOW_IPS,
+        # else 127.0.0.1), which would let any local process choose the address the throttle sees.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=list(proxies),
+    )
+
+
+@click.group()
+def local() -> None:
+    """The private PostgreSQL cluster under CARDVAULT_DATA_DIR (used when no database URL is set)."""
+
+
+@local.command("start")
+def local_start() -> None:
+    """Start (or reuse) the local cluster; prints the control database DSN."""
+    from controlplane.localpg import start_local
+
+    settings = load_settings()
+    click.echo(start_local(settings.data_dir))
+
+
+@local.command("stop")
+def local_stop() -> None:
+    """Stop the local cluster."""
+    from controlplane.localpg import LocalCluster
+
+    LocalCluster(load_settings().data_dir / "postgres").stop()

@@ -1,0 +1,101 @@
+"""The job table: every periodic job of the service, how often it runs, and where (leader or every replica).
+
+Each job only calls a domain function and returns its one outcome line (the ``Scheduler`` logs it and
+keeps the job's stats for ``/metrics``).
+
+| job | runs on | every |
+|---|---|---|
+| ``reconcile`` | leader | ``CARDVAULT_RECONCILE_INTERVAL`` |
+| ``reload_signing_keys`` | every replica | 60 s |
+| ``flush_api_calls`` | every replica | 30 s |
+| ``maintenance_window`` | leader | 1 h (each tenant's window is one UTC hour a day) |
+| ``collect_usage`` (then quota alerts) | leader | ``CARDVAULT_USAGE_INTERVAL`` |
+| ``refresh_quota_alerts`` | every replica | ``CARDVAULT_USAGE_INTERVAL`` |
+| ``quota_cleanup`` | leader | 1 day |
+| ``compact_usage_history`` | leader | ``CARDVAULT_USAGE_COMPACT_INTERVAL`` |
+| ``refresh_usage`` | every replica | ``CARDVAULT_USAGE_INTERVAL`` |
+| ``tenant_health`` | leader | ``CARDVAULT_HEALTH_INTERVAL`` |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controlplane.maintenance.service import HealthMonitor, run_maintenance_window
+from controlplane.platform import Platform
+from controlplane.provisioning.reconciler import Reconciler
+from controlplane.scheduler.service import Scheduler
+from controlplane.usage import quota_repository
+from controlplane.usage.alerts import QuotaAlerts
+from controlplane.usage.api_calls import ApiCalls
+from controlplane.usage.service import UsageService
+
+#: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
+KEY_REFRESH_INTERVAL = 60.0
+#: Seconds between maintenance-window runs (each tenant's window is one UTC hour a day).
+MAINTENANCE_INTERVAL = 3600.0
+#: Seconds between flushes of counted API calls into the registry.
+API_CALLS_FLUSH_INTERVAL = 30.0
+#: Seconds between clean-ups of expired storage expansions and old resolved alerts.
+QUOTA_CLEANUP_INTERVAL = 86400.0
+#: Tenant databases vacuumed at once in a maintenance window.
+MAINTENANCE_CONCURRENCY = 2
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """The services the jobs run on (made by the app's lifespan)."""
+
+    platform: Platform
+    reconciler: Reconciler
+    #: Re-reads the signing keys into the ``Authenticator``'s key ring.
+    reload_keys: Callable[[], Awaitable[None]]
+    api_calls: ApiCalls
+    usage: UsageService
+    alerts: QuotaAlerts
+    health: HealthMonitor
+
+    def schedule(self, scheduler: Scheduler) -> None:
+        """Add every job of the table to ``scheduler`` (jobs whose interval is 0 are off)."""
+        settings = self.platform.settings
+        scheduler.add_leader_job("reconcile", self.reconcile, settings.provisioning.reconcile_interval)
+        scheduler.add_instance_job("reload_signing_keys", self.reload_signing_keys, KEY_REFRESH_INTERVAL)
+        scheduler.add_instance_job("flush_api_calls", self.flush_api_calls, API_CALLS_FLUSH_INTERVAL)
+        scheduler.add_leader_job("maintenance_window", self.maintenance_window, MAINTENANCE_INTERVAL)
+        scheduler.add_leader_job("collect_usage", self.collect_usage, settings.usage.interval)
+        scheduler.add_instance_job("refresh_quota_alerts", self.alerts.refresh_job, settings.usage.interval)
+        scheduler.add_leader_job("quota_cleanup", self.quota_cleanup, QUOTA_CLEANUP_INTERVAL)
+        scheduler.add_leader_job("compact_usage_history", self.usage.compact_job, settings.usage.compact_interval)
+        scheduler.add_instance_job("refresh_usage", self.usage.refresh_job, settings.usage.interval)
+        scheduler.add_leader_job("tenant_health", self.health.job, settings.usage.health_interval)
+
+    async def reconcile(self) -> str:
+        report = await self.reconciler.run(fix=True)
+        return f"{len(report.findings)} finding(s)"
+
+    async def reload_signing_keys(self) -> str:
+        await self.reload_keys()
+        return "signing keys reloaded"
+
+    async def flush_api_calls(self) -> str:
+        """Also run once more when the service stops, so no counted call is lost."""
+        async with self.platform.control.connection() as conn:
+            return f"{await self.api_calls.flush(conn)} tenant-hour(s) flushed"
+
+    async def maintenance_window(self) -> str:
+        hour = datetime.now(UTC).hour
+        results = await run_maintenance_window(self.platform, hour, concurrency=MAINTENANCE_CONCURRENCY)
+        failed = sum(not r.ok for r in results)
+        return f"vacuumed {len(results) - failed} tenant database(s), {failed} failed"
+
+    async def collect_usage(self) -> str:
+        # Quotas are evaluated on what this collection just measured.
+        return f"{await self.usage.collect_job()}; {await self.alerts.job()}"
+
+    async def quota_cleanup(self) -> str:
+        async with self.platform.control.connection() as conn:
+            expansions = await quota_repository.delete_expired_expansions(conn)
+            resolved = await quota_repository.delete_resolved_alerts(conn)
+        return f"{expansions} expired expansion(s), {resolved} old resolved alert(s) deleted"
