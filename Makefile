@@ -14,8 +14,8 @@ LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplan
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
-	@echo "make test       ruff, mypy --strict, pytest (starts its own throwaway PostgreSQL)"
-	@echo "make lint       ruff check, ruff format --check, mypy --strict"
+	@echo "make test       ruff, mypy --strict, lint-imports, pytest (starts its own throwaway PostgreSQL)"
+	@echo "make lint       ruff check, ruff format --check, mypy --strict, lint-imports (package layering)"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make bench      provisioning benchmark (ops/bench/provision.py; BENCH_ARGS=\"--tenants 1000 --migrate\")"
 	@echo "make bench-migrate  migrate tenants vs raw psycopg, 1,000 tenants (ops/bench/migrate.py)"
@@ -73,12 +73,14 @@ test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict controlplane
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict controlplane
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

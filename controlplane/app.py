@@ -110,7 +110,8 @@ def create_app(settings: Settings) -> Litestar:
             await alerts.refresh()
             cache = TenantCache(platform)
             pools = TenantPools(settings.pools, settings.database, cache.credentials)
-            # Any registry change to a tenant (here or on another replica) closes its pool.
+            # A registry change to a tenant (here or on another replica) closes its pool once, when the
+            # change's notification arrives; a change made here is forgotten by the cache at once.
             cache.on_invalidate(pools.invalidate)
             tenants.on_change(cache.invalidate)
             await cache.start()

@@ -82,7 +82,7 @@ def exception_group(request: Request[Any, Any, Any], exc: ExceptionGroup[Excepti
     """Answer a group of one error as that error.
 
     Litestar wraps what a yield dependency raises while another exception is thrown into it in an
-    ``ExceptionGroup`` (``tenant_db`` turns a connection lost under a query into ``TenantUnavailable``).
+    ``ExceptionGroup`` (``open_tenant_request`` turns a connection lost under a query into ``TenantUnavailable``).
     """
     leaves: list[Exception] = []
     pending: list[Exception] = [exc]

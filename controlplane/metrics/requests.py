@@ -28,7 +28,7 @@ UNMATCHED = "unmatched"
 #: Methods kept as their own label value; any other is ``OTHER``.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Latency buckets: a routed tenant request takes about a millisecond, image uploads and admin
-#: operations up to seconds.
+#: requests up to seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

@@ -51,7 +51,7 @@ ROOT = SELF.parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import drop_leftovers, free_port, run, server_env  # noqa: E402
+from harness import HOST, drop_leftovers, free_port, run, server_env  # noqa: E402
 from route_load import POLL_INTERVAL, ConnectionPeak, LoadResult, login_all, run_load, verify_all  # noqa: E402
 from route_servers import (  # noqa: E402
     ADMIN_PASSWORD,

@@ -11,6 +11,7 @@ import dataclasses
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -23,10 +24,14 @@ from controlplane.fleet import repository as fleet
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant
+from controlplane.settings import Settings
 from tests.integration.tenant_support import TENANT_ADMIN_PASSWORD, provision_with_admin, tenant_admin_email
 
 #: Password ``add_user`` gives a user unless told otherwise.
 USER_PASSWORD = "correct horse battery"
+#: The super-admin the tests make (``make_admin``, ``super_admin``) and its password in ``super_admin``.
+SUPER_ADMIN_EMAIL = "root@platform.test"
+SUPER_ADMIN_PASSWORD = "a long platform password"
 
 Row = dict[str, Any]
 
@@ -149,3 +154,33 @@ async def admin_session(platform: Platform) -> tuple[uuid.UUID, uuid.UUID]:
             user_agent=None,
         )
     return admin.id, session_id
+
+
+# -- platform super-admins -------------------------------------------------------------------
+
+
+async def make_admin(platform: Platform, email: str = SUPER_ADMIN_EMAIL, password: str = USER_PASSWORD) -> uuid.UUID:
+    hashed = await Passwords(platform.settings.auth).hash(password)
+    async with platform.control.connection() as conn, conn.transaction():
+        admin = await admins.insert_admin(conn, email=email, password_hash=hashed)
+    return admin.id
+
+
+async def platform_login(
+    client: httpx.AsyncClient, email: str = SUPER_ADMIN_EMAIL, password: str = USER_PASSWORD
+) -> dict[str, Any]:
+    response = await client.post("/auth/token", json={"email": email, "password": password}, headers={})
+    assert response.status_code == 200, response.text
+    pair: dict[str, Any] = response.json()
+    return pair
+
+
+async def super_admin(client: httpx.AsyncClient, platform: Platform, settings: Settings) -> tuple[str, dict[str, str]]:
+    """A super-admin made in the registry and logged in: (its actor id, its ``Authorization`` header)."""
+    password_hash = await Passwords(settings.auth).hash(SUPER_ADMIN_PASSWORD)
+    async with platform.control.connection() as conn:
+        admin = await admins.insert_admin(conn, email=SUPER_ADMIN_EMAIL, password_hash=password_hash)
+    login = {"email": SUPER_ADMIN_EMAIL, "password": SUPER_ADMIN_PASSWORD}
+    response = await client.post("/auth/token", json=login, headers={"Authorization": ""})
+    assert response.status_code == 200, response.text
+    return f"admin:{admin.id}", bearer(response.json()["access_token"])

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import uuid
+from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
+from psycopg import conninfo, sql
 
+from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE, SchemaScripts
+from tests.integration.schema_support import base_schema
 from tests.redis_harness import redis_server
 
 
@@ -14,3 +20,35 @@ def redis_url() -> Iterator[str]:
     """URL of a real Redis: ``CARDVAULT_TEST_REDIS_URL``, else a private ``redis-server`` for the session."""
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(request: pytest.FixtureRequest) -> str:
+    """Superuser DSN of the test server: ``CARDVAULT_TEST_DATABASE_URL``, else the harness's."""
+    url = os.environ.get("CARDVAULT_TEST_DATABASE_URL", "").strip()
+    if url:
+        return url
+    return str(request.getfixturevalue("pg_admin_dsn"))
+
+
+@pytest.fixture
+def new_database(admin_dsn: str) -> Iterator[Callable[[], str]]:
+    """Factory of empty databases (``cvtest_*``), all dropped at teardown; returns their DSNs."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"cvtest_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return conninfo.make_conninfo(admin_dsn, dbname=name)
+
+    yield create
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name in created:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory: pytest.TempPathFactory) -> SchemaScripts:
+    return SchemaScripts(base_schema(tmp_path_factory.mktemp("schema") / "tenant_schema"), TENANT_VERSION_TABLE)

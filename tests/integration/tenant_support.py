@@ -17,13 +17,14 @@ import psycopg
 from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 
+from controlplane.crypto import SecretBox
 from controlplane.platform import Platform
 from controlplane.provisioning.models import ReconcileReport
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
 from controlplane.registry.models import TIER_QUOTAS, Tenant, TenantStatus, Tier
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 REGISTRY_TABLES = ("tenants", "tenant_quotas", "tenant_operations")
 TENANT_TABLES = {"users", "manufacturers", "teams", "players", "cards", "files", "audit_log"}
@@ -301,3 +302,15 @@ def create_tenant_as_admin_sync(
     """``create_tenant_as_admin`` for a synchronous client (``httpx.Client``)."""
     _created(client.post("/admin/tenants", json=_create_body(slug, tier, name), headers=_admin_headers(headers)))
     return _bearer(client.post(f"/t/{slug}/auth/token", json=_login_body(slug)))
+
+
+def tenant_dsn(control_dsn: str, server_dsn: str, slug: str, *, database: str | None = None) -> str:
+    """The tenant's own login role on its server (password decrypted from the registry)."""
+    with psycopg.connect(control_dsn) as conn:
+        row = conn.execute(
+            "SELECT role_name, database_name, role_password_encrypted FROM tenants WHERE slug = %s", (slug,)
+        ).fetchone()
+    assert row is not None
+    role, own_database, encrypted = row
+    password = SecretBox(SECRET_KEY).decrypt(encrypted)
+    return conninfo.make_conninfo(server_dsn, user=role, password=password, dbname=database or own_database)

@@ -8,28 +8,28 @@ served by ``cardvault serve`` (uvicorn) and checks that nothing answers 5xx.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from controlplane.schemas.alembic_runner import tenant_scripts
-from controlplane.settings import ProvisioningSettings
 from tests.conftest import ADMIN_TOKEN, Served
 from tests.harness import LocalClusterHandle
+from tests.integration.admin_support import (
+    HEAD,
+    assert_error,
+    create,
+    registry_snapshot,
+    run_schemathesis,
+    selected,
+    tenant_databases,
+)
 
 Client = AsyncTestClient[Any]
 StartCluster = Callable[[], LocalClusterHandle]
-
-#: The tenant schema's head revision: what every new tenant is at.
-HEAD = tenant_scripts(ProvisioningSettings()).head()
 
 #: A complete server DSN that reaches nothing (port 1 on the loopback: nobody listens there).
 UNREACHABLE_DSN = "host=127.0.0.1 port=1 user=nobody dbname=postgres"
@@ -63,44 +63,6 @@ ADMIN_ROUTES = [
     ("POST", "/admin/tenants/acme/quotas/storage-expansion"),
     ("GET", "/admin/tenants/acme/usage"),
 ]
-
-
-def registry_snapshot(control_dsn: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every registry table (the ``public`` schema of the control database) but the audit
-    trail and the signing keys, which record attempts rather than state."""
-    with psycopg.connect(control_dsn, autocommit=True) as conn:
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename NOT IN ('platform_audit', 'signing_keys') ORDER BY 1"
-            )
-        ]
-        return {
-            table: sorted(map(tuple, conn.execute(f'SELECT * FROM "{table}"').fetchall()), key=repr)  # noqa: S608
-            for table in tables
-        }
-
-
-def tenant_databases(admin_dsn: str) -> set[str]:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["error"] == code, body
-    assert isinstance(body["detail"], str) and body["detail"], body
-    return body
-
-
-async def create(client: Client, slug: str, tier: str = "starter", name: str | None = None) -> dict[str, Any]:
-    response = await client.post("/admin/tenants", json={"name": name or slug.title(), "slug": slug, "tier": tier})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 # -- health and OpenAPI ----------------------------------------------------------------------------
@@ -410,40 +372,6 @@ async def test_unknown_routes_and_methods_are_json_errors(client: Client) -> Non
 # -- schemathesis ------------------------------------------------------------------------------------------
 
 
-def _schemathesis(url: str, cwd: Path, max_examples: int, *selection: str) -> str:
-    """``st run`` over the served API: no 5xx allowed; returns its output."""
-    st = str(Path(sys.executable).parent / "st")
-    command = [
-        st,
-        "run",
-        f"{url}/schema/openapi.json",
-        "--checks=not_a_server_error",
-        f"--header=Authorization: Bearer {ADMIN_TOKEN}",
-        f"--max-examples={max_examples}",
-        "--phases=examples,coverage,fuzzing,stateful",
-        "--generation-allow-x00=true",
-        "--workers=1",
-        "--seed=20251128",
-        "--generation-database=none",
-        "--request-timeout=30",
-        "--no-color",
-        "--warnings=off",
-        *selection,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "No issues found" in output, output
-    return output
-
-
-def selected(output: str) -> int:
-    """How many operations a schemathesis run selected."""
-    match = re.search(r"Selected: (\d+)/", output)
-    assert match, output
-    return int(match[1])
-
-
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tmp_path: Path) -> None:
     """Property-based requests (valid and invalid, stateful sequences) to every admin and /auth operation:
@@ -452,7 +380,7 @@ def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tm
     Two runs: draining every server makes tenant creation a correct 503 (no_server_available), so
     drain/activate are fuzzed on their own, after the tenant operations.
     """
-    output = _schemathesis(
+    output = run_schemathesis(
         served.url,
         tmp_path,
         150,
@@ -461,7 +389,7 @@ def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tm
     )
     # Every admin operation but drain and activate, the two probes and the four /auth operations.
     assert selected(output) == len(ADMIN_ROUTES) - 2 + 2 + 4, output
-    output = _schemathesis(served.url, tmp_path, 50, "--include-path-regex=^/admin/servers")
+    output = run_schemathesis(served.url, tmp_path, 50, "--include-path-regex=^/admin/servers")
     assert selected(output) == 5, output
     with psycopg.connect(control_dsn) as conn:
         kinds = dict(conn.execute("SELECT kind, count(*) FROM tenant_operations GROUP BY kind").fetchall())

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,122 +20,15 @@ from controlplane.schemas.alembic_runner import (
     registry_scripts,
 )
 from controlplane.settings import ProvisioningSettings
-
-REVISION_0002 = '''"""Add cards.grade.
-
-Revision ID: 0002
-Revises: 0001
-"""
-
-from alembic import op
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("ALTER TABLE cards ADD COLUMN grade numeric(3, 1)")
-
-
-def downgrade() -> None:
-    op.execute("ALTER TABLE cards DROP COLUMN grade")
-'''
-
-SESSION_PROBE = (
-    "CREATE TABLE session_probe AS SELECT current_setting('application_name') AS app,"
-    " current_setting('lock_timeout') AS lock, current_setting('statement_timeout') AS stmt"
+from tests.integration.schema_support import (
+    REVISION_0002,
+    REVISION_0003_BROKEN,
+    REVISION_READS_DATA,
+    SESSION_PROBE,
+    copy_schema,
+    schema_fingerprint,
+    user_tables,
 )
-
-REVISION_0003_BROKEN = '''"""Creates a table, then fails: the whole revision must roll back.
-
-Revision ID: 0003
-Revises: 0002
-"""
-
-from alembic import op
-
-revision = "0003"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("CREATE TABLE half_done (id int)")
-    op.execute("SELECT 1 / 0")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE half_done")
-'''
-
-
-@pytest.fixture(scope="session")
-def admin_dsn(request: pytest.FixtureRequest) -> str:
-    """Superuser DSN of the test server: ``CARDVAULT_TEST_DATABASE_URL``, else the harness's."""
-    url = os.environ.get("CARDVAULT_TEST_DATABASE_URL", "").strip()
-    if url:
-        return url
-    return str(request.getfixturevalue("pg_admin_dsn"))
-
-
-@pytest.fixture
-def new_database(admin_dsn: str) -> Iterator[Callable[[], str]]:
-    """Factory of empty databases (``cvtest_*``), all dropped at teardown; returns their DSNs."""
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"cvtest_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        created.append(name)
-        return conninfo.make_conninfo(admin_dsn, dbname=name)
-
-    yield create
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for name in created:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def base_schema(target: Path) -> Path:
-    """tenant_schema/ frozen at its first revision, so these tests do not move with the real schema."""
-    source = ProvisioningSettings().tenant_schema_dir
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "[0-9][0-9][0-9][0-9]_*.py"))
-    first = sorted((source / "versions").glob("0001_*.py"))
-    assert len(first) == 1
-    shutil.copy(first[0], target / "versions" / first[0].name)
-    return target
-
-
-@pytest.fixture(scope="module")
-def scripts(tmp_path_factory: pytest.TempPathFactory) -> SchemaScripts:
-    return SchemaScripts(base_schema(tmp_path_factory.mktemp("schema") / "tenant_schema"), TENANT_VERSION_TABLE)
-
-
-def user_tables(dsn: str) -> set[str]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
-    return {row[0] for row in rows}
-
-
-def schema_fingerprint(dsn: str) -> list[tuple[object, ...]]:
-    """Every relation with its oid: changes if anything is dropped and re-created."""
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT c.oid::bigint, c.relname, c.relkind FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1"
-        ).fetchall()
-    return [tuple(row) for row in rows]
-
-
-def copy_schema(tmp_path: Path, *revisions: tuple[str, str], lock_timeout: float = 5.0) -> SchemaScripts:
-    """tenant_schema/ copied to ``tmp_path`` with extra revision files (name, source)."""
-    target = base_schema(tmp_path / "tenant_schema")
-    for name, source in revisions:
-        (target / "versions" / name).write_text(source)
-    return SchemaScripts(target, TENANT_VERSION_TABLE, lock_timeout=lock_timeout)
 
 
 def test_scripts_know_their_revisions(scripts: SchemaScripts) -> None:
@@ -349,30 +241,6 @@ def test_registry_environment_uses_alembic_version(tmp_path: Path, new_database:
 
 
 # -- rendering revisions to SQL (offline mode), as the fleet applies them ------------------------------
-
-REVISION_READS_DATA = '''"""Reads data through the connection: cannot be rendered to SQL.
-
-Revision ID: 0002
-Revises: 0001
-"""
-
-from alembic import op
-from sqlalchemy import text
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    count = op.get_bind().execute(text("SELECT count(*) FROM cards")).scalar()
-    op.execute(f"CREATE TABLE card_count AS SELECT {int(count or 0)} AS n")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE card_count")
-'''
 
 REVISION_MARKED_ONLINE = REVISION_0002.replace(
     "depends_on = None\n",

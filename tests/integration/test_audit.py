@@ -29,14 +29,20 @@ import pytest
 
 from controlplane.app import create_app
 from controlplane.audit import repository as audit_repository
-from controlplane.auth import repository as admins
-from controlplane.auth.passwords import Passwords
 from controlplane.context import AuditContext, client_address
 from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.harness import LocalClusterHandle
-from tests.integration.auth_support import add_user, audit_rows, bearer, create_tenant, login_as
+from tests.integration.auth_support import (
+    SUPER_ADMIN_EMAIL,
+    add_user,
+    audit_rows,
+    bearer,
+    create_tenant,
+    login_as,
+    super_admin,
+)
 from tests.integration.tenant_support import execute, fetch
 
 Json = dict[str, Any]
@@ -44,8 +50,6 @@ Row = dict[str, Any]
 
 #: The client address every ``remote`` request comes from.
 REMOTE = "198.51.100.7"
-SUPER_ADMIN_EMAIL = "root@platform.test"
-SUPER_ADMIN_PASSWORD = "a long platform password"
 
 
 @pytest.fixture
@@ -523,17 +527,6 @@ async def test_only_a_tenant_admin_of_the_tenant_reads_its_audit(remote: httpx.A
 
 
 # -- impersonation ---------------------------------------------------------------------------------------
-
-
-async def super_admin(remote: httpx.AsyncClient, platform: Platform, settings: Settings) -> tuple[str, dict[str, str]]:
-    """A super-admin made in the registry and logged in: (its actor id, its ``Authorization`` header)."""
-    password_hash = await Passwords(settings.auth).hash(SUPER_ADMIN_PASSWORD)
-    async with platform.control.connection() as conn:
-        admin = await admins.insert_admin(conn, email=SUPER_ADMIN_EMAIL, password_hash=password_hash)
-    login = {"email": SUPER_ADMIN_EMAIL, "password": SUPER_ADMIN_PASSWORD}
-    response = await remote.post("/auth/token", json=login, headers={"Authorization": ""})
-    assert response.status_code == 200, response.text
-    return f"admin:{admin.id}", bearer(response.json()["access_token"])
 
 
 async def test_impersonation_by_a_super_admin(

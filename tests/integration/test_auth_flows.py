@@ -21,28 +21,22 @@ from litestar.testing import AsyncTestClient
 from controlplane.app import create_app
 from controlplane.auth import repository as admins
 from controlplane.auth import tokens
-from controlplane.auth.passwords import Passwords
 from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, eventually
-from tests.integration.auth_support import USER_PASSWORD, add_user, bearer, create_tenant, login, tenant_rows
+from tests.integration.auth_support import (
+    SUPER_ADMIN_EMAIL,
+    USER_PASSWORD,
+    add_user,
+    bearer,
+    create_tenant,
+    login,
+    make_admin,
+    platform_login,
+    tenant_rows,
+)
 
 Client = AsyncTestClient[Any]
-ADMIN_EMAIL = "root@platform.test"
-
-
-async def make_admin(platform: Platform, email: str = ADMIN_EMAIL, password: str = USER_PASSWORD) -> uuid.UUID:
-    hashed = await Passwords(platform.settings.auth).hash(password)
-    async with platform.control.connection() as conn, conn.transaction():
-        admin = await admins.insert_admin(conn, email=email, password_hash=hashed)
-    return admin.id
-
-
-async def platform_login(client: Client, email: str = ADMIN_EMAIL, password: str = USER_PASSWORD) -> dict[str, Any]:
-    response = await client.post("/auth/token", json={"email": email, "password": password}, headers={})
-    assert response.status_code == 200, response.text
-    pair: dict[str, Any] = response.json()
-    return pair
 
 
 @pytest.fixture
@@ -109,9 +103,9 @@ async def test_disabled_admin_loses_access_at_once(client: Client, platform: Pla
     client.headers.pop("Authorization")
     pair = await platform_login(client)
     async with platform.control.connection() as conn, conn.transaction():
-        await admins.set_admin_disabled(conn, ADMIN_EMAIL, True)
+        await admins.set_admin_disabled(conn, SUPER_ADMIN_EMAIL, True)
     assert (await client.get("/admin/tenants", headers=bearer(pair["access_token"]))).status_code == 401
-    wrong = await client.post("/auth/token", json={"email": ADMIN_EMAIL, "password": USER_PASSWORD})
+    wrong = await client.post("/auth/token", json={"email": SUPER_ADMIN_EMAIL, "password": USER_PASSWORD})
     assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_credentials")
 
 

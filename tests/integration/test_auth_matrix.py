@@ -26,8 +26,7 @@ from litestar.testing import AsyncTestClient
 from controlplane.auth.models import ROLE_PERMISSIONS, Permission, Role
 from controlplane.http.tenant_api import PERMISSION_OPT
 from controlplane.platform import Platform
-from tests.integration.auth_support import add_user, bearer, create_tenant, login_as
-from tests.integration.test_auth_flows import make_admin, platform_login
+from tests.integration.auth_support import add_user, bearer, create_tenant, login_as, make_admin, platform_login
 
 Client = AsyncTestClient[Any]
 PATH_PREFIX = "/t/{tenant_slug:str}/api"

@@ -31,8 +31,8 @@ from controlplane.errors import InvalidToken
 from controlplane.schemas.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings, Settings
 from tests.conftest import SECRET_KEY
+from tests.integration.cli_support import Result, cli_env, ok, refused, run_cli
 from tests.integration.tenant_support import create_database, drop_database
-from tests.integration.test_cli import Result, cli_env, ok, refused, run_cli
 
 BOX = SecretBox(SECRET_KEY)
 KEY = sessions.refresh_key(SECRET_KEY)

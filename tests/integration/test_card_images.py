@@ -21,7 +21,7 @@ import pytest
 
 from controlplane.cards import repository
 from controlplane.registry.models import QuotaType
-from tests.integration.test_cards_api import MAX_IMAGE_BYTES, CardApi, Json, assert_error, open_card_api, ts
+from tests.integration.cards_support import MAX_IMAGE_BYTES, CardApi, Json, assert_error, open_card_api, ts
 
 SIGNATURES = {
     "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",

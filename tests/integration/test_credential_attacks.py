@@ -32,15 +32,17 @@ from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.integration.auth_support import (
+    SUPER_ADMIN_EMAIL,
     USER_PASSWORD,
     add_user,
     bearer,
     create_tenant,
     login,
     login_as,
+    make_admin,
+    platform_login,
     tenant_rows,
 )
-from tests.integration.test_auth_flows import ADMIN_EMAIL, make_admin, platform_login
 
 Client = AsyncTestClient[Any]
 #: The refresh grace window of these tests' app (seconds): short, so "after the window" needs no long wait.
@@ -311,7 +313,7 @@ async def test_disabling_the_admin_ends_their_impersonations(app_client: Client,
     # Disabled in the control database (another instance, or by hand): the account check alone stops it,
     # even before its sessions are revoked.
     async with platform.control.connection() as conn, conn.transaction():
-        assert await admins.set_admin_disabled(conn, ADMIN_EMAIL, True) is not None
+        assert await admins.set_admin_disabled(conn, SUPER_ADMIN_EMAIL, True) is not None
     _error(await client.get(acme.api("/cards"), headers=imp), 401, "invalid_token")
     _error(await client.get(acme.api("/cards"), headers=key), 401, "invalid_token")
 

@@ -15,11 +15,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 from psycopg import conninfo
 
-from controlplane.crypto import SecretBox
-from tests.conftest import SECRET_KEY
 from tests.harness import LocalClusterHandle
-from tests.integration.test_admin_api import HEAD, assert_error, create, registry_snapshot
-from tests.integration.test_cli import cli_env, run_cli
+from tests.integration.admin_support import HEAD, assert_error, create, registry_snapshot
+from tests.integration.cli_support import cli_env, run_cli
+from tests.integration.tenant_support import tenant_dsn
 
 Client = AsyncTestClient[Any]
 StartCluster = Callable[[], LocalClusterHandle]
@@ -31,18 +30,6 @@ def databases_and_roles(admin_dsn: str) -> tuple[set[str], set[str]]:
         databases = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")}
         roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 't\\_%'")}
     return databases, roles
-
-
-def tenant_dsn(control_dsn: str, server_dsn: str, slug: str, *, database: str | None = None) -> str:
-    """The tenant's own login role on its server (password decrypted from the registry)."""
-    with psycopg.connect(control_dsn) as conn:
-        row = conn.execute(
-            "SELECT role_name, database_name, role_password_encrypted FROM tenants WHERE slug = %s", (slug,)
-        ).fetchone()
-    assert row is not None
-    role, own_database, encrypted = row
-    password = SecretBox(SECRET_KEY).decrypt(encrypted)
-    return conninfo.make_conninfo(server_dsn, user=role, password=password, dbname=database or own_database)
 
 
 async def add_server(client: Client, name: str, dsn: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ test revisions); the fleet-level behaviour (ledger, canary, CLI) is in ``test_mi
 """
 
 # The database fixtures come from test_alembic_runner; test parameters name them again.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -19,15 +18,12 @@ from psycopg import conninfo, sql
 from controlplane.migrations.apply import Upgrader
 from controlplane.migrations.fleet_runner import Target
 from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE, MigrationError, SchemaScripts
-from tests.integration.test_alembic_runner import (  # noqa: F401 (fixtures among them)
+from tests.integration.schema_support import (
     REVISION_0002,
     REVISION_0003_BROKEN,
     REVISION_READS_DATA,
     SESSION_PROBE,
-    admin_dsn,
     copy_schema,
-    new_database,
-    scripts,
     user_tables,
 )
 

@@ -27,8 +27,8 @@ from controlplane.registry.models import Tenant
 from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE
 from controlplane.settings import ProvisioningSettings, Settings
 from tests.conftest import make_settings
-from tests.integration.test_admin_api import HEAD, registry_snapshot
-from tests.integration.test_cli import cli_env, run_cli
+from tests.integration.admin_support import HEAD, registry_snapshot
+from tests.integration.cli_support import cli_env, run_cli
 
 MARKER = "fail-next"
 #: The schema's head (where tenants are provisioned) and the revision each test adds on top of it.

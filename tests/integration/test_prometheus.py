@@ -35,7 +35,7 @@ from controlplane.metrics.service import CardVaultMetrics
 from controlplane.usage.models import CollectionStats, TableUsage, TenantUsage, UsageSnapshot
 from tests.conftest import ADMIN_TOKEN, Served
 from tests.integration.tenant_support import create_tenant_as_admin, create_tenant_as_admin_sync
-from tests.unit.test_metrics import OPS, assert_promtool_clean, dashboard_expressions, prometheus_tool
+from tests.prometheus_support import OPS, assert_promtool_clean, dashboard_expressions, prometheus_tool
 
 Client = AsyncTestClient[Any]
 SCRAPE_TOKEN = "a-scrape-only-token"

@@ -25,7 +25,7 @@ from controlplane.cards.service import enforce_quota
 from controlplane.registry.models import QuotaType, fixed_limits
 from controlplane.schemas.alembic_runner import tenant_scripts
 from controlplane.settings import ProvisioningSettings
-from tests.integration.test_cards_api import ApiTenant, CardApi, assert_error, open_card_api
+from tests.integration.cards_support import ApiTenant, CardApi, assert_error, open_card_api
 
 PARALLEL = 20
 

@@ -38,8 +38,8 @@ from controlplane.settings import ProvisioningSettings, Settings, UsageSettings
 from controlplane.usage import alerts, capacity, quota_repository, trends
 from controlplane.usage.alerts import ChangeKind
 from tests.conftest import ADMIN_TOKEN, Served, make_settings
+from tests.integration.admin_support import registry_snapshot, run_schemathesis, selected
 from tests.integration.auth_support import TenantAdmin, create_tenant
-from tests.integration.test_admin_api import _schemathesis, registry_snapshot, selected
 
 Client = AsyncTestClient[Any]
 GIB = 1024**3
@@ -592,7 +592,7 @@ def test_schemathesis_finds_no_server_error(served: Served, tmp_path: Path) -> N
         timeout=30,
     )
     assert created.status_code == 201, created.text
-    output = _schemathesis(
+    output = run_schemathesis(
         served.url,
         tmp_path,
         100,

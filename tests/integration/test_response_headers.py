@@ -17,8 +17,7 @@ from litestar.testing import AsyncTestClient
 
 from controlplane.platform import Platform
 from controlplane.settings import Settings
-from tests.integration.auth_support import bearer, create_tenant
-from tests.integration.test_audit import SUPER_ADMIN_EMAIL, SUPER_ADMIN_PASSWORD, super_admin
+from tests.integration.auth_support import SUPER_ADMIN_EMAIL, SUPER_ADMIN_PASSWORD, bearer, create_tenant, super_admin
 
 Client = AsyncTestClient[Any]
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200)

@@ -25,9 +25,9 @@ from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, eventually
 from tests.harness import LocalClusterHandle
-from tests.integration.test_admin_api import assert_error, create, registry_snapshot
-from tests.integration.test_cli import cli_env, run_cli
-from tests.integration.test_fleet import tenant_dsn
+from tests.integration.admin_support import assert_error, create, registry_snapshot
+from tests.integration.cli_support import cli_env, run_cli
+from tests.integration.tenant_support import tenant_dsn
 
 Client = AsyncTestClient[Any]
 StartCluster = Callable[[], LocalClusterHandle]

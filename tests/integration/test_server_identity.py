@@ -25,9 +25,9 @@ from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import ProvisioningSettings
 from tests.conftest import make_settings
 from tests.harness import LocalClusterHandle
+from tests.integration.admin_support import assert_error, registry_snapshot
+from tests.integration.cli_support import cli_env, run_cli
 from tests.integration.tenant_support import create_database, drop_database, execute, fetch, reconcile
-from tests.integration.test_admin_api import assert_error, registry_snapshot
-from tests.integration.test_cli import cli_env, run_cli
 
 Client = AsyncTestClient[Any]
 StartCluster = Callable[[], LocalClusterHandle]

@@ -5,7 +5,6 @@ The schema is migrated once into a module template database; each test gets its 
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,15 +21,6 @@ from controlplane.settings import ProvisioningSettings
 from tests.integration.tenant_support import create_database, drop_database
 
 TenantConn = psycopg.Connection[tuple[Any, ...]]
-
-
-@pytest.fixture(scope="session")
-def admin_dsn(request: pytest.FixtureRequest) -> str:
-    """Superuser DSN of the test server: ``CARDVAULT_TEST_DATABASE_URL``, else the harness's."""
-    url = os.environ.get("CARDVAULT_TEST_DATABASE_URL", "").strip()
-    if url:
-        return url
-    return str(request.getfixturevalue("pg_admin_dsn"))
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +108,8 @@ def test_duplicate_email_differing_in_case_is_rejected(db: TenantConn) -> None:
 
 @pytest.mark.parametrize("role", ["tenant_admin", "collection_manager", "user"])
 def test_known_tenant_roles_are_accepted(db: TenantConn, role: str) -> None:
-    add_user(db, f"{role}@example.com", tenant_role=role)
+    user_id = add_user(db, f"{role}@example.com", tenant_role=role)
+    assert one(db, "SELECT tenant_role FROM users WHERE id = %s", (user_id,)) == role
 
 
 def test_unknown_tenant_role_is_rejected(db: TenantConn) -> None:
@@ -148,7 +139,8 @@ def test_year_out_of_range_is_rejected(db: TenantConn, year: int) -> None:
 
 @pytest.mark.parametrize("year", [1860, 1989, 2100, None])
 def test_year_in_range_is_accepted(db: TenantConn, year: int | None) -> None:
-    add_card(db, year=year)
+    card_id = add_card(db, year=year)
+    assert one(db, "SELECT year FROM cards WHERE id = %s", (card_id,)) == year
 
 
 def test_bad_condition_is_rejected(db: TenantConn) -> None:
@@ -159,7 +151,8 @@ def test_bad_condition_is_rejected(db: TenantConn) -> None:
 
 @pytest.mark.parametrize("condition", ["mint", "near_mint", "excellent", "very_good", "good", "fair", "poor"])
 def test_known_conditions_are_accepted(db: TenantConn, condition: str) -> None:
-    add_card(db, condition=condition)
+    card_id = add_card(db, condition=condition)
+    assert one(db, "SELECT condition FROM cards WHERE id = %s", (card_id,)) == condition
 
 
 @pytest.mark.parametrize("column", ["player_id", "team_id", "manufacturer_id", "created_by"])

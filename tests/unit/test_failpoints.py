@@ -15,10 +15,21 @@ from controlplane.errors import ConfigError
 from controlplane.failpoints import FailpointError, Failpoints
 
 
-def test_no_spec_means_no_failpoint() -> None:
-    points = Failpoints("")
-    for point in ("before:template", "after:create_database", "anything"):
-        points.hit(point)
+def test_no_spec_means_no_failpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a spec no point raises, kills or hangs (the module's ``os.kill`` and ``time.sleep`` record
+    instead of acting)."""
+    acted: list[str] = []
+    monkeypatch.setattr(
+        "controlplane.failpoints.os", SimpleNamespace(getpid=os.getpid, kill=lambda *_: acted.append("kill"))
+    )
+    monkeypatch.setattr("controlplane.failpoints.time", SimpleNamespace(sleep=lambda _: acted.append("sleep")))
+    for spec in ("", " , ,"):
+        points = Failpoints(spec)
+        for point in ("before:template", "after:create_database", "anything"):
+            points.hit(point)
+    assert acted == []
+    with pytest.raises(FailpointError):  # the same point does fire once it is named
+        Failpoints("after:create_database=raise").hit("after:create_database")
 
 
 def test_raise_fires_only_at_its_point() -> None:

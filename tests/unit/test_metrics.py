@@ -11,11 +11,9 @@ alert rules are exercised with ``promtool test rules``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,8 +42,8 @@ from controlplane.usage.models import (
     TenantUsage,
     UsageSnapshot,
 )
+from tests.prometheus_support import OPS, assert_promtool_clean, dashboard_expressions, promtool
 
-OPS = Path(__file__).resolve().parents[2] / "ops" / "prometheus"
 TABLES = ("audit_log", "cards", "files", "manufacturers", "players", "teams", "users")
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -113,37 +111,6 @@ DOCUMENTED: dict[str, frozenset[str]] = {
     "cardvault_http_requests": frozenset({"method", "route", "status"}),
     "cardvault_http_request_duration_seconds": frozenset({"method", "route"}),
 }
-
-
-# -- Prometheus tools -------------------------------------------------------------------------------
-
-
-def prometheus_tool(name: str) -> str:
-    """Path of ``promtool`` or ``prometheus`` (Debian package ``prometheus``, which ``make test`` installs
-    when it runs as root); the test fails saying what to install when it is missing."""
-    found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
-    if not found:
-        pytest.fail(f"{name} not found: install Prometheus (Debian/Ubuntu: `apt-get install prometheus`)")
-    return found
-
-
-def promtool(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [prometheus_tool("promtool"), *args],
-        input=stdin.decode() if stdin is not None else None,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        timeout=60,
-    )
-
-
-def assert_promtool_clean(text: bytes) -> None:
-    done = promtool("check", "metrics", stdin=text)
-    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
-        f"promtool check metrics: rc={done.returncode}\n{done.stdout}{done.stderr}"
-    )
 
 
 # -- building blocks --------------------------------------------------------------------------------
@@ -638,11 +605,6 @@ def _family_of(name: str) -> str:
         if name.endswith(suffix) and name.removesuffix(suffix) in DOCUMENTED:
             return name.removesuffix(suffix)
     return name
-
-
-def dashboard_expressions() -> list[str]:
-    dashboard = json.loads((OPS.parent / "grafana" / "cardvault.json").read_text())
-    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
 
 
 def test_dashboard_is_importable_json_on_the_datasource_variable() -> None:

@@ -1,4 +1,4 @@
-"""Operations data over the admin API and the CLI: per-tenant health (as the tenant's own role), slow
+"""Maintenance over the admin API and the CLI: per-tenant health (as the tenant's own role), slow
 queries from pg_stat_statements, VACUUM / ANALYZE now and in each tenant's maintenance window."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import psycopg
+import pytest
 from litestar.testing import AsyncTestClient
 from psycopg import sql
 
@@ -46,7 +47,11 @@ async def test_slow_queries_of_the_tenant_only(client: Client, pg_admin_dsn: str
         assert response.status_code == 200, response.text
         queries = response.json()
         assert any(re.search(r"FROM\s+\"?cards\b", q["query"]) for q in queries), [q["query"] for q in queries]
-        assert all(q["calls"] >= 1 and q["total_ms"] >= 0 for q in queries)
+        cards = [q for q in queries if re.search(r"FROM\s+\"?cards\b", q["query"])]
+        assert sum(q["calls"] for q in cards) >= 3, cards  # the three GET /cards above
+        assert [q["total_ms"] for q in queries] == sorted((q["total_ms"] for q in queries), reverse=True)
+        assert all(q["mean_ms"] * q["calls"] == pytest.approx(q["total_ms"], rel=1e-6) for q in queries)
+        assert len(queries) <= 50
         other = (await client.get("/admin/tenants/other/slow-queries", params={"limit": 50})).json()
         assert not any(re.search(r"FROM\s+\"?cards\b", q["query"]) for q in other), other  # it read no cards
     else:  # a server without the library: a clear 409, never a 500

@@ -1,0 +1,95 @@
+"""Helpers of the admin API tests: the registry as it is, error bodies, tenants made through the API,
+and schemathesis runs over a served API."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from litestar.testing import AsyncTestClient
+
+from controlplane.schemas.alembic_runner import tenant_scripts
+from controlplane.settings import ProvisioningSettings
+from tests.conftest import ADMIN_TOKEN
+
+Client = AsyncTestClient[Any]
+
+#: The tenant schema's head revision: what every new tenant is at.
+HEAD = tenant_scripts(ProvisioningSettings()).head()
+
+
+def registry_snapshot(control_dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every registry table (the ``public`` schema of the control database) but the audit
+    trail and the signing keys, which record attempts rather than state."""
+    with psycopg.connect(control_dsn, autocommit=True) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename NOT IN ('platform_audit', 'signing_keys') ORDER BY 1"
+            )
+        ]
+        return {
+            table: sorted(map(tuple, conn.execute(f'SELECT * FROM "{table}"').fetchall()), key=repr)  # noqa: S608
+            for table in tables
+        }
+
+
+def tenant_databases(admin_dsn: str) -> set[str]:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")}
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["error"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    return body
+
+
+async def create(client: Client, slug: str, tier: str = "starter", name: str | None = None) -> dict[str, Any]:
+    response = await client.post("/admin/tenants", json={"name": name or slug.title(), "slug": slug, "tier": tier})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def run_schemathesis(url: str, cwd: Path, max_examples: int, *selection: str) -> str:
+    """``st run`` over the served API: no 5xx allowed; returns its output."""
+    st = str(Path(sys.executable).parent / "st")
+    command = [
+        st,
+        "run",
+        f"{url}/schema/openapi.json",
+        "--checks=not_a_server_error",
+        f"--header=Authorization: Bearer {ADMIN_TOKEN}",
+        f"--max-examples={max_examples}",
+        "--phases=examples,coverage,fuzzing,stateful",
+        "--generation-allow-x00=true",
+        "--workers=1",
+        "--seed=20251128",
+        "--generation-database=none",
+        "--request-timeout=30",
+        "--no-color",
+        "--warnings=off",
+        *selection,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "No issues found" in output, output
+    return output
+
+
+def selected(output: str) -> int:
+    """How many operations a schemathesis run selected."""
+    match = re.search(r"Selected: (\d+)/", output)
+    assert match, output
+    return int(match[1])
