@@ -25,10 +25,8 @@ from controlplane.http.state import (
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
 )
-from controlplane.metrics.service import CardVaultMetrics
+from controlplane.metrics.service import CacheSource, CardVaultMetrics, PoolSource
 from controlplane.pools.models import PoolStats
-from controlplane.pools.service import TenantPools
-from controlplane.routing.cache import TenantCache
 
 #: The text exposition format (Litestar adds ``charset=utf-8``); every name we use is a classic one.
 CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -62,8 +60,8 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
 
 @get("/admin/pools", tags=["metrics"], summary="Tenant pool and registry cache statistics")
 async def pool_stats(state: State) -> dict[str, Any]:
-    pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-    cache: TenantCache = state[TENANT_CACHE_STATE_KEY]
+    pools: PoolSource = state[TENANT_POOLS_STATE_KEY]  # the TenantPools
+    cache: CacheSource = state[TENANT_CACHE_STATE_KEY]  # the TenantCache
     stats: PoolStats = pools.stats()
     lookups = stats.hits + stats.misses
     return {
