@@ -17,7 +17,7 @@ Layout of the cluster directory::
 The server listens on 127.0.0.1 over TCP only (``unix_socket_directories = ''``, so deep directories
 never hit the 107-byte socket path limit) with scram-sha-256 password authentication and
 ``max_connections = 300``. ``fast=True`` clusters (tests) also run with ``fsync``,
-``synchronous_commit`` and ``full_page_writes`` off; they keep password authentication so tests see the
+``synchronous_commit``, ``full_page_writes`` and ``autovacuum`` off; they keep password authentication so tests see the
 same authentication behaviour as production.
 
 PostgreSQL refuses to run as root. When this module runs as root it runs ``initdb`` and ``pg_ctl``
@@ -251,7 +251,10 @@ class LocalCluster(ClusterHome):
             "log_timezone": "'UTC'",
         }
         if self.fast:
-            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+            # autovacuum off too: a worker's first visit to a database writes its relation cache init
+            # file and so changes the database's size at a random moment, which tests of size-based
+            # change detection cannot tell from a real change (they ANALYZE explicitly instead).
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "autovacuum": "off"}
         if (Path(self._bin("postgres")).parent.parent / "lib" / "pg_stat_statements.so").is_file():
             # Slow queries per tenant for the admin API (the extension itself is created on first use).
             settings["shared_preload_libraries"] = "'pg_stat_statements'"
