@@ -14,7 +14,8 @@ LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplan
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
-	@echo "make test       ruff, mypy --strict, lint-imports, pytest (starts its own throwaway PostgreSQL)"
+	@echo "make test       ruff, mypy --strict, lint-imports, pytest (starts its own throwaway PostgreSQL;"
+	@echo "                PYTEST_ARGS=\"-n 2\" runs it on two pytest-xdist workers, one cluster each)"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict, lint-imports (package layering)"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make bench      provisioning benchmark (ops/bench/provision.py; BENCH_ARGS=\"--tenants 1000 --migrate\")"
@@ -74,7 +75,7 @@ test: install system-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict controlplane
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
