@@ -103,6 +103,19 @@ async def _end_foreign_sessions(conn: AsyncConn, database: str) -> None:
     )
 
 
+async def set_role_verifier(conn: AsyncConn, role: str, password_verifier: str) -> bool:
+    """Store a new verifier of the role's (unchanged) password; False if there is no such role.
+
+    Neither LOGIN nor any grant changes, and sessions already open are not affected.
+    """
+    if not await role_exists(conn, role):
+        return False
+    await conn.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password_verifier))
+    )
+    return True
+
+
 async def set_role_login(conn: AsyncConn, role: str, database: str, *, allowed: bool) -> None:
     """Let the tenant role log in to its database again, or lock it out and end its sessions."""
     if not await role_exists(conn, role):

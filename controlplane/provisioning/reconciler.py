@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
-from controlplane.crypto import scram_sha256_verifier
+from controlplane.crypto import tenant_role_verifier
 from controlplane.db import AsyncConn
 from controlplane.errors import CardVaultError, OperationInProgress, ServerExists
 from controlplane.fleet import catalog as fleet_catalog
@@ -252,7 +252,7 @@ class Reconciler:
             return
         try:
             async with self._service.locked(tenant.id) as conn, self._p.fleet.admin(conn, server.id) as admin:
-                verifier = scram_sha256_verifier(await self._password(conn, tenant.id))
+                verifier = tenant_role_verifier(await self._password(conn, tenant.id))
                 await catalog.create_tenant_role(admin, tenant.role_name, tenant.database_name, verifier)
                 if tenant.status is not TenantStatus.ACTIVE:
                     await catalog.set_role_login(admin, tenant.role_name, tenant.database_name, allowed=False)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from controlplane import db
 from controlplane.accounts import repository as accounts
-from controlplane.crypto import SecretBox, new_password, scram_sha256_verifier
+from controlplane.crypto import SecretBox, new_password, tenant_role_verifier
 from controlplane.db import AsyncConn
 from controlplane.errors import (
     CardVaultError,
@@ -171,7 +171,7 @@ class TenantService(TenantLocks):
 
         async def create_role() -> None:
             async with self._p.fleet.admin(conn, server.id) as admin:
-                await catalog.create_tenant_role(admin, role, database, scram_sha256_verifier(password))
+                await catalog.create_tenant_role(admin, role, database, tenant_role_verifier(password))
 
         await steps.run("create_role", create_role)
 

@@ -72,6 +72,9 @@ def test_tenant_lifecycle_commands(cli: Cli, control_dsn: str, pg_admin_dsn: str
     renamed = ok(cli("tenants", "update", "acme", "--new-slug", "acme-inc", "--json")).json()
     assert renamed["slug"] == "acme-inc" and renamed["database_name"] == tenant["database_name"]
 
+    rekeyed = ok(cli("tenants", "rekey-roles", "--json")).json()
+    assert rekeyed == [{"slug": "acme-inc", "outcome": "rekeyed"}, {"slug": "beta", "outcome": "rekeyed"}]
+    assert ok(cli("tenants", "rekey-roles", "beta")).stdout.split() == ["SLUG", "OUTCOME", "beta", "rekeyed"]
     assert ok(cli("tenants", "suspend", "acme-inc", "--json")).json()["status"] == "suspended"
     assert ok(cli("tenants", "resume", "acme-inc", "--json")).json()["status"] == "active"
 

@@ -10,7 +10,14 @@ import string
 
 import pytest
 
-from controlplane.crypto import MIN_SECRET_KEY_LENGTH, SecretBox, new_password, scram_sha256_verifier
+from controlplane.crypto import (
+    MIN_SECRET_KEY_LENGTH,
+    TENANT_ROLE_SCRAM_ITERATIONS,
+    SecretBox,
+    new_password,
+    scram_sha256_verifier,
+    tenant_role_verifier,
+)
 from controlplane.errors import ConfigError
 
 KEY = "k" * MIN_SECRET_KEY_LENGTH
@@ -90,3 +97,15 @@ def test_scram_verifiers_are_salted() -> None:
     first_match, second_match = VERIFIER.fullmatch(first), VERIFIER.fullmatch(second)
     assert first_match and second_match
     assert first_match.group(2) != second_match.group(2)
+
+
+def test_tenant_role_verifiers_are_cheap_and_match_the_password() -> None:
+    password = new_password()
+    match = VERIFIER.fullmatch(tenant_role_verifier(password))
+    assert match is not None
+    iterations = int(match.group(1))
+    assert iterations == TENANT_ROLE_SCRAM_ITERATIONS < 4096
+    salt, stored, server = (base64.b64decode(match.group(i)) for i in (2, 3, 4))
+    assert _keys(password, salt, iterations) == (stored, server)
+    with pytest.raises(ValueError):
+        scram_sha256_verifier(password, 0)
