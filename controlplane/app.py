@@ -15,6 +15,7 @@ from controlplane.accounts.login_routes import ADMIN_LOGIN_HANDLERS, AUTH_ROUTER
 from controlplane.accounts.routes import ACCOUNT_HANDLERS
 from controlplane.audit.routes import ADMIN_AUDIT_HANDLERS, TENANT_AUDIT_HANDLERS
 from controlplane.auth.passwords import Passwords
+from controlplane.auth.principal_events import PrincipalEvents
 from controlplane.auth.ratelimit import RateLimiter, counter_from_url
 from controlplane.auth.service import Authenticator, hash_secret
 from controlplane.auth.sessions import refresh_key
@@ -115,6 +116,9 @@ def create_app(settings: Settings) -> Litestar:
             cache.on_invalidate(pools.invalidate)
             tenants.on_change(cache.invalidate)
             await cache.start()
+            # Accounts changes reach every instance's principal cache at once (it may then keep them longer).
+            principal_events = PrincipalEvents(settings.database, auth)
+            await principal_events.start()
             health = HealthMonitor(platform, cache, concurrency=settings.usage.concurrency)
             jobs = Jobs(platform, Reconciler(platform, tenants), reload_keys, api_calls, usage, alerts, health)
             jobs.schedule(scheduler)
@@ -136,6 +140,7 @@ def create_app(settings: Settings) -> Litestar:
                 yield
             finally:
                 await scheduler.stop()
+                await principal_events.stop()
                 await cache.stop()
                 await pools.close()
                 try:

@@ -169,6 +169,11 @@ class AuthSettings:
     #: (``CARDVAULT_PRINCIPAL_CACHE_TTL``; 0: read on every request). Bounds how late other instances
     #: notice a logout, a disabled user or a role change.
     principal_cache_ttl: float = 1.0
+    #: Seconds a principal is reused while this instance hears the control plane's change notifications
+    #: (``CARDVAULT_PRINCIPAL_CACHE_MAX``): a change made through any instance (API or CLI) reaches every
+    #: instance at once; this bounds only a change whose notification was lost. Never beyond the
+    #: session's or key's own expiry; at most ``principal_cache_ttl`` for anything an impersonation made.
+    principal_cache_max: float = 10.0
     #: Shared rate-limit counters across instances (``CARDVAULT_REDIS_URL``; empty: in-process counters).
     redis_url: str = ""
 
@@ -321,6 +326,7 @@ class Settings:
                 ),
                 login_window=get_duration("LOGIN_WINDOW", AuthSettings.login_window),
                 principal_cache_ttl=get_duration("PRINCIPAL_CACHE_TTL", AuthSettings.principal_cache_ttl),
+                principal_cache_max=get_duration("PRINCIPAL_CACHE_MAX", AuthSettings.principal_cache_max),
                 redis_url=get("REDIS_URL", ""),
             ),
             usage=usage,

@@ -139,7 +139,7 @@ async def refresh(request: Request[Any, Any, Any], data: JSONBody[RefreshRequest
             except InvalidToken as exc:  # commit what it did (a replay revokes the session)
                 replayed = exc
         if replayed is not None:
-            auth.forget_principals(tenant.id)
+            await auth.principals_changed(tenant.id)
     else:
         async with _platform(request).control.connection() as conn, conn.transaction():
             try:
@@ -173,7 +173,7 @@ async def logout(request: Request[Any, Any, Any], all_sessions: FromQuery[bool] 
                 await sessions.revoke(conn, "auth_sessions", session_id)
             ctx = _audit(request, principal.subject, principal.label)
             await audit.record_tenant(conn, ctx, "auth.logout", details={"all_sessions": all_sessions})
-        auth.forget_principals(tenant.id)
+        await auth.principals_changed(tenant.id)
         return Response(None, status_code=204)
     if claims.aud != PLATFORM_AUDIENCE:
         raise InvalidToken("a tenant token: log out through its tenant (/t/{slug}/auth/logout)")

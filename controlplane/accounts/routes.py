@@ -59,7 +59,7 @@ async def provide_accounts(request: Request[Any, Any, Any]) -> AsyncIterator[Acc
         accounts = Accounts(tenant_request, auth, limits_for(platform.control, tenant_request.tenant.id))
         yield accounts
     if accounts.changed:
-        auth.forget_principals(tenant_request.tenant.id)
+        await auth.principals_changed(tenant_request.tenant.id)
 
 
 _DEPENDENCIES = {"accounts": Provide(provide_accounts)}

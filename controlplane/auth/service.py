@@ -6,8 +6,9 @@ Tenant side, in two steps so that a bad token never costs a database connection:
    expiry, claims) or an API key is recognised by its shape; garbage is a 401 here.
 2. ``tenant_principal(conn, tenant, credential)`` runs on the request's own connection to the tenant's
    database: a token of another tenant is a 403; the user and the login session are read in one
-   query (cached for ``principal_cache_ttl``), so disabling a user, changing their role or logging
-   out takes effect on this instance at once and on every other within that TTL.
+   query and cached (see ``Authenticator``): disabling a user, changing their role or logging out
+   takes effect on every instance at once (``principals_changed`` and ``principal_events``), and
+   within ``principal_cache_ttl`` on an instance that does not hear the notifications.
 
 Login is throttled per account and per source address; passwords are argon2id. The account's throttle
 key is the address exactly as the database looks the account up (its ``lower()``), so no spelling of
@@ -22,13 +23,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
 import secrets
 import time
 import uuid
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from controlplane.auth import principal_events
 from controlplane.auth import repository as admins
 from controlplane.auth import tenant_repository as users
 from controlplane.auth.api_keys import (
@@ -61,6 +65,8 @@ from controlplane.errors import (
 )
 from controlplane.registry.models import Tier
 from controlplane.settings import AuthSettings
+
+log = logging.getLogger(__name__)
 
 #: Tiers whose tenants may use API keys ("API access").
 API_KEY_TIERS = frozenset({Tier.ENTERPRISE})
@@ -102,9 +108,12 @@ class Authenticator(Logins):
 
     Two small caches keep a hot caller's requests cheap (each was a third of a routed request's CPU):
     verified tokens (by their exact text, until they expire) and principals (by tenant and session or
-    key, for ``principal_cache_ttl`` seconds). A change to a tenant's accounts made through this
-    instance drops that tenant's principals at once (``forget_principals``); other instances see it
-    within the TTL.
+    key). A change to a tenant's accounts (``principals_changed``, after its commit) drops that
+    tenant's principals here at once and, through ``principal_events``, on every other instance.
+    Principals are reused for ``principal_cache_max`` seconds while those notifications are heard
+    (``forget_all_principals(notified=True)``), otherwise for ``principal_cache_ttl``; never beyond the
+    session's or key's expiry, and at most ``principal_cache_ttl`` when an impersonation made the key.
+    A principal read while its tenant's were dropped is not cached (it may predate the change).
     """
 
     #: Entries kept at most in each cache (beyond that the cache starts over).
@@ -134,17 +143,42 @@ class Authenticator(Logins):
         self._principals: dict[uuid.UUID, dict[object, tuple[Principal, float]]] = {}
         self._principal_count = 0
         self._admin_sessions: dict[tuple[uuid.UUID, uuid.UUID], tuple[bool, float]] = {}
+        self._notified = False  # principal change notifications are being heard (see principal_events)
+        self._drops: dict[uuid.UUID, int] = {}  # per tenant: how often its principals were dropped
+        self._epoch = 0  # how often every principal was dropped
 
     def forget_principals(self, tenant_id: uuid.UUID) -> None:
         """Drop the cached principals of a tenant (its users, sessions or keys changed)."""
         self._principal_count -= len(self._principals.pop(tenant_id, {}))
+        if len(self._drops) >= self.CACHE_LIMIT:
+            self._drops.clear()
+            self._epoch += 1
+        self._drops[tenant_id] = self._drops.get(tenant_id, 0) + 1
+
+    def forget_all_principals(self, *, notified: bool) -> None:
+        """Drop every cached principal; ``notified``: whether change notifications are heard from now on."""
+        self._principals.clear()
+        self._principal_count = 0
+        self._epoch += 1
+        self._notified = notified
+
+    async def principals_changed(self, tenant_id: uuid.UUID) -> None:
+        """A tenant's users, sessions or keys changed (call after the commit): drop its principals here and
+        on every other instance."""
+        self.forget_principals(tenant_id)
+        if self._control is None:
+            return
+        try:
+            async with self._control.connection() as conn:
+                await principal_events.publish(conn, tenant_id)
+        except psycopg.Error as exc:  # the change is made; other instances see it within the cache's bound
+            log.warning("could not tell other instances that tenant %s's principals changed: %s", tenant_id, exc)
 
     def forget_admin_sessions(self) -> None:
         """Drop the cached state of admin sessions (an admin logged out or was disabled here), and every
         cached principal with it (keys made during an impersonation depend on an admin session)."""
         self._admin_sessions.clear()
-        self._principals.clear()
-        self._principal_count = 0
+        self.forget_all_principals(notified=self._notified)
 
     async def admin_session_live(self, admin_id: uuid.UUID, session_id: uuid.UUID) -> bool:
         """Whether the super-admin's login session is live and the admin enabled (cached for the principal TTL)."""
@@ -169,9 +203,26 @@ class Authenticator(Logins):
             return None
         return entry[0]
 
-    def _remember(self, tenant_id: uuid.UUID, key: object, principal: Principal) -> Principal:
+    def _drop_count(self, tenant_id: uuid.UUID) -> tuple[int, int]:
+        """Taken before reading a principal: ``_remember`` keeps it only if nothing was dropped meanwhile."""
+        return self._epoch, self._drops.get(tenant_id, 0)
+
+    def _remember(
+        self,
+        tenant_id: uuid.UUID,
+        key: object,
+        principal: Principal,
+        seen: tuple[int, int],
+        *,
+        expires_at: dt.datetime | None,
+        short: bool = False,
+    ) -> Principal:
         ttl = self.settings.principal_cache_ttl
-        if ttl > 0:
+        if ttl > 0 and self._notified and not short:  # (a TTL of 0 means: read on every request)
+            ttl = max(ttl, self.settings.principal_cache_max)
+        if expires_at is not None:
+            ttl = min(ttl, (expires_at - dt.datetime.now(dt.UTC)).total_seconds())
+        if ttl > 0 and self._drop_count(tenant_id) == seen:
             if self._principal_count >= self.CACHE_LIMIT:
                 self._principals.clear()
                 self._principal_count = 0
@@ -220,10 +271,12 @@ class Authenticator(Logins):
             return await self._api_key_principal(conn, tenant, credential)
         if credential.imp is not None:
             return await self._impersonation_principal(tenant, credential)
-        user_id, session_id = _tenant_subject(credential)
-        cached = self._cached_principal(tenant.id, session_id)
+        # Cached by the session id as the token says it (the token is signed): no parsing on a hit.
+        cached = self._cached_principal(tenant.id, credential.sid) if credential.sid else None
         if cached is not None:
             return cached
+        user_id, session_id = _tenant_subject(credential)
+        seen = self._drop_count(tenant.id)
         row = await users.session_user(conn, user_id, session_id)
         if row is None or not row["live"]:
             raise InvalidToken("the session has ended; log in again")
@@ -240,7 +293,7 @@ class Authenticator(Logins):
             user_id=row["id"],
             session_id=session_id,
         )
-        return self._remember(tenant.id, session_id, principal)
+        return self._remember(tenant.id, credential.sid, principal, seen, expires_at=row["expires_at"])
 
     async def _impersonation_principal(self, tenant: TenantRef, claims: AccessClaims) -> Principal:
         """A super-admin inside the tenant, for as long as the admin's login session lasts."""
@@ -268,6 +321,7 @@ class Authenticator(Logins):
         cached = self._cached_principal(tenant.id, key.digest)
         if cached is not None:
             return cached
+        seen = self._drop_count(tenant.id)
         row = await users.api_key_by_hash(conn, key.digest)
         if row is None:
             raise InvalidToken("unknown, expired or revoked API key")
@@ -276,7 +330,9 @@ class Authenticator(Logins):
             admin_live = await self.admin_session_live(row["created_by_admin"], row["admin_session"])
         principal = key_principal(tenant.id, row, admin_live=admin_live)
         await users.touch_api_key(conn, row["id"])
-        return self._remember(tenant.id, key.digest, principal)
+        # A key an impersonation made answers to an admin session, whose end other instances are not told of.
+        made_by_admin = row["created_by"] is None
+        return self._remember(tenant.id, key.digest, principal, seen, expires_at=row["expires_at"], short=made_by_admin)
 
 
 def _tenant_subject(claims: AccessClaims) -> tuple[int, uuid.UUID]:

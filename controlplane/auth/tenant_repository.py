@@ -45,7 +45,7 @@ async def session_user(conn: AsyncConn, user_id: int, session_id: uuid.UUID) -> 
     return await fetch_one(
         conn,
         sql.SQL(
-            "SELECT u.id, u.email, u.tenant_role, u.permissions, u.disabled,"
+            "SELECT u.id, u.email, u.tenant_role, u.permissions, u.disabled, s.expires_at,"
             " (s.revoked_at IS NULL AND s.expires_at > now()) AS live"
             " FROM users u JOIN auth_sessions s ON s.user_id = u.id WHERE u.id = %s AND s.id = %s"
         ),

@@ -18,7 +18,6 @@ import re
 import secrets
 from typing import Any
 
-from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
 from controlplane.context import client_address
@@ -59,10 +58,18 @@ def add_response_headers(scope: Scope, headers: dict[str, str]) -> None:
 async def before_send(message: Message, scope: Scope) -> None:
     if message["type"] != "http.response.start":
         return
-    headers = MutableScopeHeaders.from_message(message)
-    headers[REQUEST_ID_HEADER] = request_id(scope)
-    headers["X-Content-Type-Options"] = "nosniff"
-    if "cache-control" not in headers:
-        headers["Cache-Control"] = "no-store"
+    # On the raw header list (what MutableScopeHeaders wraps): every response passes here.
+    ours = {
+        b"x-request-id": request_id(scope).encode("latin-1"),
+        b"x-content-type-options": b"nosniff",
+    }
     for name, value in _state(scope).get(_HEADERS_KEY, {}).items():
-        headers[name] = value
+        ours[name.lower().encode("latin-1")] = value.encode("latin-1")
+    raw: list[tuple[bytes, bytes]] = list(message.get("headers") or ())
+    present = {name.lower() for name, _ in raw}
+    if b"cache-control" not in present:
+        ours[b"cache-control"] = b"no-store"
+    if not present.isdisjoint(ours):  # ours replace the handler's
+        raw = [(name, value) for name, value in raw if name.lower() not in ours]
+    raw.extend(ours.items())
+    message["headers"] = raw

@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -42,7 +43,7 @@ class TenantConnection(psycopg.AsyncConnection[dict[str, Any]]):
     timeout.
     """
 
-    #: When the pool last got this connection back (``time.monotonic()``); 0 until then.
+    #: When the pool last got this connection back (``time.monotonic()``), or when it was opened.
     returned_at: float = 0.0
 
     @classmethod
@@ -50,11 +51,13 @@ class TenantConnection(psycopg.AsyncConnection[dict[str, Any]]):
         cls, conninfo: str = "", *, on_connect_error: Callable[[], None] | None = None, **kwargs: Any
     ) -> Self:
         try:
-            return await super().connect(conninfo, **kwargs)
+            conn = await super().connect(conninfo, **kwargs)
         except psycopg.OperationalError:
             if on_connect_error is not None:
                 on_connect_error()
             raise
+        conn.returned_at = time.monotonic()  # just proven alive: no check before its first use
+        return conn
 
     async def close(self) -> None:
         """Close, then wait (at most ``CLOSE_WAIT``) for the server to end the session.

@@ -1,7 +1,8 @@
-"""How a tenant's pool comes and goes under the budget: its creation (one per tenant, after reserving its
-share of ``connection_budget`` or waiting for one), its eviction or invalidation, and its closing once its
-last request is done. ``PoolLifecycle`` is the base of ``TenantPools`` (``service``), which hands the
-connections out; the invariants are in that module's docstring.
+"""How a tenant's pool comes and goes under the budget: its creation (one per tenant, after reserving one
+connection of ``connection_budget`` or waiting for one), its growth (one connection at a time while the
+budget has room), its eviction or invalidation, and its closing once its last request is done.
+``PoolLifecycle`` is the base of ``TenantPools`` (``service``), which hands the connections out; the
+invariants are in that module's docstring.
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ Pool = AsyncConnectionPool[TenantConnection]
 class Entry:
     """One tenant's pool, its reservation of the budget and the requests using it."""
 
-    __slots__ = ("closed", "closing", "held", "in_flight", "pool", "retired", "size", "tenant_id", "waiters")
+    __slots__ = ("closed", "closing", "held", "in_flight", "pool", "retired", "served", "size", "tenant_id", "waiters")
 
     def __init__(self, tenant_id: uuid.UUID, size: int, make_pool: Callable[[Entry], Pool]) -> None:
         self.tenant_id = tenant_id
-        self.size = size  # budget reserved: the pool's max_size
+        self.size = size  # budget reserved: the pool's max_size (grows up to per_tenant_max)
         self.pool = make_pool(self)  # its callbacks are bound to this entry
         self.in_flight = 0  # requests acquiring or holding one of its connections
         self.held = 0  # connections checked out
+        self.served = False  # a request got a connection from it (it may grow from then on)
         self.retired = False  # out of the LRU: closes once in_flight drops to 0
         self.closing = False  # pool.close() started
         self.closed = False  # pool.close() done; the reservation goes once in_flight is 0 too
@@ -80,6 +82,8 @@ class PoolLifecycle:
     _retired: set[Entry]
     _creating: dict[uuid.UUID, Creation]
     _opening: int
+    _slots: int
+    _infos: dict[str, str]
     _freed: asyncio.Event
     _tasks: set[asyncio.Task[Any]]
     _closed: bool
@@ -87,15 +91,34 @@ class PoolLifecycle:
 
     # -- creation and the budget --------------------------------------------------------------------
 
+    async def _grow(self, entry: Entry) -> None:
+        """One more connection for a pool with more requests in flight than connections, if the budget has
+        room (otherwise they queue for the ones it has). Only once the pool has served a request: a burst of
+        first requests is served by the first connection, one by one, rather than paying for more connects
+        (a cold tenant's burst is usually over by the time a second connection would be open)."""
+        if entry.size >= self._settings.per_tenant_max or entry.retired:
+            return
+        if self._reserved() >= self._settings.connection_budget:
+            return
+        entry.size += 1
+        self._slots += 1
+        await entry.pool.resize(0, entry.size)
+
     async def _create(self, tenant_id: uuid.UUID, creation: Creation) -> Entry:
         try:
-            info = tenant_conninfo(await self._conninfo_for(tenant_id), self._db)
+            info = self._conninfo(await self._conninfo_for(tenant_id))
             await self._reserve()
             try:
-                entry = Entry(tenant_id, self._settings.per_tenant_max, partial(self._new_pool, info))
-                await entry.pool.open(wait=False)
+                entry = Entry(tenant_id, 1, partial(self._new_pool, info))
             finally:
                 self._opening -= 1
+            self._slots += entry.size
+            try:
+                await entry.pool.open(wait=False)
+            except BaseException:
+                self._slots -= entry.size
+                raise
+            finally:
                 self._notify()
             if creation.stale or self._closed:
                 self._retire(entry)  # nobody uses it yet: closes at once; waiters take a fresh one
@@ -108,6 +131,14 @@ class PoolLifecycle:
         finally:
             if self._creating.get(tenant_id) is creation:
                 del self._creating[tenant_id]
+
+    def _conninfo(self, dsn: str) -> str:
+        info = self._infos.get(dsn)
+        if info is None:
+            if len(self._infos) >= 2 * self._settings.capacity:
+                self._infos.clear()  # credentials of evicted tenants, or changed ones: simply start over
+            info = self._infos[dsn] = tenant_conninfo(dsn, self._db)
+        return info
 
     def _new_pool(self, info: str, entry: Entry) -> Pool:
         return AsyncConnectionPool(
@@ -123,6 +154,9 @@ class PoolLifecycle:
             # (server backends cost memory) at the price of one connect after an idle period.
             min_size=0,
             max_size=entry.size,
+            # One worker: it only opens connections (one at a time: the pool grows one by one) and shrinks
+            # the pool; two more would be two more tasks to start and stop with every cold tenant's pool.
+            num_workers=1,
             open=False,
             name=f"tenant-{entry.tenant_id}",
             timeout=self._settings.acquire_timeout,
@@ -142,7 +176,7 @@ class PoolLifecycle:
 
     async def _reserve(self) -> None:
         """Take budget and capacity for one more pool, evicting and then waiting (bounded) if needed."""
-        need = self._settings.per_tenant_max
+        need = 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.acquire_timeout
         while True:
@@ -183,9 +217,9 @@ class PoolLifecycle:
     def _reserved(self) -> int:
         """Budget held by pools in the LRU, retired pools not yet closed and drained, and openings.
 
-        O(1): every pool reserves ``per_tenant_max`` (this runs for every waiter on every wake-up).
+        O(1) (this runs for every waiter on every wake-up).
         """
-        return (len(self._lru) + len(self._retired) + self._opening) * self._settings.per_tenant_max
+        return self._slots + self._opening
 
     # -- retiring and closing ---------------------------------------------------------------------
 
@@ -239,6 +273,7 @@ class PoolLifecycle:
         """Release the reservation of a closed pool whose last connection is back."""
         if entry.closed and entry.in_flight == 0 and entry in self._retired:
             self._retired.discard(entry)
+            self._slots -= entry.size
             self._notify()
 
     def _notify(self) -> None:

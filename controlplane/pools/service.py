@@ -2,9 +2,12 @@
 
 Every tenant API request takes its connection here. The invariants:
 
-- **Budget.** Each pool may open ``per_tenant_max`` connections and that much budget is reserved for it
-  from its creation until it is closed *and* its last checked-out connection is back (evicted pools that
-  are still draining count too). A new pool is opened only when its reservation fits; otherwise least
+- **Budget.** A pool may open as many connections as it has reserved budget for, from its creation
+  until it is closed *and* its last checked-out connection is back (evicted pools that are still
+  draining count too). A new pool reserves one connection (most tenants are cold: one request at a
+  time); it grows its reservation one connection at a time, up to ``per_tenant_max``, when more of its
+  requests are in flight than it has connections and the budget has room (otherwise they queue for
+  the connections it has). A new pool is opened only when its reservation fits; otherwise least
   recently used pools are evicted (idle ones first, they close at once) and, if the remaining reservations
   belong to pools whose requests still hold connections, the creation waits for them (at most
   ``acquire_timeout``) and then fails with ``TenantUnavailable``. A closed connection waits for the
@@ -27,11 +30,12 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from controlplane.db import AsyncConn
@@ -71,6 +75,8 @@ class TenantPools(PoolLifecycle):
         self._retired: set[Entry] = set()  # out of the LRU, still holding budget
         self._creating: dict[uuid.UUID, Creation] = {}
         self._opening = 0  # reservations taken by pools being opened, not yet in the LRU
+        self._slots = 0  # budget reserved by the pools in the LRU and the retired ones: sum of their sizes
+        self._infos: dict[str, str] = {}  # DSN -> its conninfo with our settings (parsing costs per pool)
         self._freed = asyncio.Event()  # replaced on every notification; waiters keep the one they saw
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -78,42 +84,58 @@ class TenantPools(PoolLifecycle):
 
     # -- public API -------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def connection(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
-        """A ``dict_row`` connection to the tenant's database, not autocommit.
+    def connection(self, tenant_id: uuid.UUID, *, autocommit: bool = False) -> AbstractAsyncContextManager[AsyncConn]:
+        """A ``dict_row`` connection to the tenant's database, in a transaction unless ``autocommit``.
 
         Like ``pool.connection()``: the transaction is committed when the block exits normally and rolled
-        back when it raises. Raises ``TenantUnavailable`` when no connection can be had within
-        ``acquire_timeout`` (server down, pools saturated), when the connection is lost while in use
-        (server gone, backend terminated) and whatever ``conninfo_for`` raises.
+        back when it raises. ``autocommit``: every statement commits on its own (no BEGIN and COMMIT
+        round trips; for requests that only read, see ``http.tenant_api``). Raises
+        ``TenantUnavailable`` when no connection can be had within ``acquire_timeout`` (server down,
+        pools saturated), when the connection is lost while in use (server gone, backend terminated) and
+        whatever ``conninfo_for`` raises.
         """
+        return _Lease(self, tenant_id, autocommit)
+
+    async def _acquire(self, tenant_id: uuid.UUID, autocommit: bool) -> tuple[Entry, TenantConnection]:
         entry = await self._checkout(tenant_id)
         try:
+            if entry.in_flight > entry.size and entry.served:
+                await self._grow(entry)
             conn = await self._getconn(entry)
-            entry.held += 1
-            try:
-                async with conn:  # commit / rollback; a pooled connection is not closed by it
-                    yield conn
-            except psycopg.OperationalError as exc:
-                if not (conn.broken or conn.closed):
-                    raise  # an error of the statement (say, a timeout): the connection is fine
-                # Its siblings probably died with it (server restart): the next request gets a new pool.
-                if self._lru.get(tenant_id) is entry:
-                    del self._lru[tenant_id]
-                    self._retire(entry)
-                raise TenantUnavailable(
-                    "lost the connection to the tenant database", retry_after=self._retry_after_unreachable()
-                ) from exc
-            finally:
-                # Stamped here, not by a pool ``reset`` callback: one makes psycopg_pool return every
-                # connection through its worker task, a scheduling round per request.
-                conn.returned_at = time.monotonic()
-                try:
-                    await entry.pool.putconn(conn)
-                finally:
-                    entry.held -= 1
-        finally:
+        except BaseException:
             self._checkin(entry)
+            raise
+        entry.held += 1
+        entry.served = True
+        if conn.autocommit is not autocommit:  # set per checkout: a pooled connection is always idle here
+            try:
+                await conn.set_autocommit(autocommit)
+            except BaseException:
+                await self._release(entry, conn)
+                raise
+        return entry, conn
+
+    async def _release(self, entry: Entry, conn: TenantConnection) -> None:
+        # Stamped here, not by a pool ``reset`` callback: one makes psycopg_pool return every
+        # connection through its worker task, a scheduling round per request.
+        conn.returned_at = time.monotonic()
+        try:
+            await entry.pool.putconn(conn)
+        finally:
+            entry.held -= 1
+            self._checkin(entry)
+
+    def _lost(self, entry: Entry, exc: psycopg.OperationalError) -> TenantUnavailable:
+        """The connection broke under a request: its siblings probably died with it (server restart), so
+        the next request gets a new pool."""
+        if self._lru.get(entry.tenant_id) is entry:
+            del self._lru[entry.tenant_id]
+            self._retire(entry)
+        error = TenantUnavailable(
+            "lost the connection to the tenant database", retry_after=self._retry_after_unreachable()
+        )
+        error.__cause__ = exc
+        return error
 
     async def invalidate(self, tenant_id: uuid.UUID) -> None:
         """Drop the tenant's pool now; it is closed once its in-flight connections come back."""
@@ -257,3 +279,42 @@ class TenantPools(PoolLifecycle):
 
     def _retry_after_unreachable(self) -> int:
         return max(1, math.ceil(self._db.connect_timeout))
+
+
+class _Lease:
+    """``TenantPools.connection()``: a class rather than a generator-based context manager, because it
+    runs twice in every tenant request (entering and leaving a generator costs more than these calls)."""
+
+    __slots__ = ("_autocommit", "_conn", "_entry", "_pools", "_tenant_id")
+
+    def __init__(self, pools: TenantPools, tenant_id: uuid.UUID, autocommit: bool) -> None:
+        self._pools = pools
+        self._tenant_id = tenant_id
+        self._autocommit = autocommit
+
+    async def __aenter__(self) -> AsyncConn:
+        self._entry, self._conn = await self._pools._acquire(self._tenant_id, self._autocommit)
+        return self._conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        conn = self._conn
+        try:
+            failure = exc if isinstance(exc, psycopg.OperationalError) else None
+            if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+                pass  # no transaction: autocommit, or no statement ran (commit and rollback would do nothing)
+            elif exc_type is None:
+                try:
+                    await conn.commit()
+                except psycopg.OperationalError as commit_failure:
+                    failure = commit_failure
+            else:
+                try:
+                    await conn.rollback()
+                except Exception as rollback_failure:  # what went wrong first is what the caller hears
+                    log.debug("rollback of a failed tenant request failed: %s", rollback_failure)
+            if failure is not None and (conn.broken or conn.closed):
+                raise self._pools._lost(self._entry, failure)
+            if failure is not None and failure is not exc:
+                raise failure  # an error of the commit itself (say, a timeout): the connection is fine
+        finally:
+            await self._pools._release(self._entry, conn)

@@ -232,7 +232,9 @@ def serve_baseline(port: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         conninfo.make_conninfo(os.environ["CVBENCH_BASELINE_DSN"], application_name=BASELINE_APP_NAME),
-        kwargs={"row_factory": dict_row, "autocommit": False},
+        # What the service sends for a read (issue 11): the statement alone, no BEGIN / COMMIT around it
+        # (unless --baseline-transaction).
+        kwargs={"row_factory": dict_row, "autocommit": os.environ.get("CVBENCH_BASELINE_AUTOCOMMIT") == "1"},
         min_size=0,
         max_size=int(os.environ["CVBENCH_POOL_MAX_SIZE"]),
         open=False,

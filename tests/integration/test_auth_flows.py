@@ -350,3 +350,68 @@ async def test_other_instances_notice_a_logout_within_the_principal_cache_ttl(se
 
         # The cache lives 1 s: the deadline is generous (a bound for a hang, not a speed assertion).
         await eventually(refused_on_two, "the other instance refuses the ended session", within=10)
+
+
+def long_principal_cache(settings: Settings) -> Settings:
+    """Principals kept for an hour while notifications are heard (1 s otherwise, as by default)."""
+    auth = dataclasses.replace(settings.auth, principal_cache_ttl=1.0, principal_cache_max=3600.0)
+    return dataclasses.replace(settings, auth=auth)
+
+
+async def test_other_instances_notice_a_logout_at_once_through_the_change_notification(settings: Settings) -> None:
+    settings = long_principal_cache(settings)
+    async with (
+        AsyncTestClient(app=create_app(settings)) as one,
+        AsyncTestClient(app=create_app(settings)) as two,
+    ):
+        one.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        acme = await create_tenant(one, "acme")
+        pair = await login(one, "acme", acme.admin_email, acme.admin_password)
+        token = bearer(pair["access_token"])
+        assert (await two.get(acme.api("/teams"), headers=token)).status_code == 200  # cached on two for an hour
+        assert (await one.post("/t/acme/auth/logout", headers=token)).status_code == 204
+
+        async def refused_on_two() -> bool:
+            return (await two.get(acme.api("/teams"), headers=token)).status_code == 401
+
+        # Only the notification can tell two: its cache would keep the principal for an hour.
+        await eventually(refused_on_two, "the other instance refuses the ended session", within=10)
+
+
+async def test_principals_are_not_kept_past_their_session_or_a_lost_notification_channel(
+    settings: Settings, platform: Platform
+) -> None:
+    settings = long_principal_cache(settings)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        acme = await create_tenant(client, "acme")
+        pair = await login(client, "acme", acme.admin_email, acme.admin_password)
+        token = bearer(pair["access_token"])
+        claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
+
+        # A session about to expire is cached no longer than it lives.
+        await tenant_rows(
+            platform, "acme", "UPDATE auth_sessions SET expires_at = now() + interval '1 second' WHERE id = %s",
+            (claims["sid"],),
+        )  # fmt: skip
+        assert (await client.get(acme.api("/teams"), headers=token)).status_code == 200
+
+        async def refused() -> bool:
+            return (await client.get(acme.api("/teams"), headers=token)).status_code == 401
+
+        await eventually(refused, "the expired session is refused", within=10)
+
+        # A change behind the control plane's back (no notification) is served from the cache...
+        second = await login(client, "acme", acme.admin_email, acme.admin_password)
+        token = bearer(second["access_token"])
+        sid = jwt.decode(second["access_token"], options={"verify_signature": False})["sid"]
+        assert (await client.get(acme.api("/teams"), headers=token)).status_code == 200
+        await tenant_rows(platform, "acme", "UPDATE auth_sessions SET revoked_at = now() WHERE id = %s", (sid,))
+        assert (await client.get(acme.api("/teams"), headers=token)).status_code == 200
+        # ... until the notification channel is lost: then nothing cached is trusted any more.
+        async with platform.control.connection() as conn:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                ("%-listen-principals",),
+            )
+        await eventually(refused, "the revoked session is refused once the channel was lost", within=10)

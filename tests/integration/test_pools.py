@@ -360,15 +360,77 @@ async def test_the_server_never_sees_more_connections_than_the_budget(
     assert max(seen) <= budget, f"server saw {max(seen)} connections, budget {budget}"
     assert max(seen) >= 2  # the sampler did see the load
     stats = pools.stats()
-    assert stats.evictions >= len(tenants) - budget // 2
-    assert stats.open_pools <= budget // 2 and stats.budget == budget
+    assert stats.evictions >= len(tenants) - budget
+    assert stats.open_pools <= budget and stats.connections_open <= budget and stats.budget == budget
+
+
+async def test_a_cold_pool_reserves_one_connection_so_more_tenants_fit_the_budget(
+    make_pools: MakePools, tenants: list[TenantDb], pg_admin_dsn: str
+) -> None:
+    cold = tenants[:4]
+    pools = make_pools(Directory(tenants), capacity=10, connection_budget=len(cold), per_tenant_max=2)
+    for tenant in cold:
+        await backend_pid(pools, tenant)
+    stats = pools.stats()
+    assert stats.evictions == 0 and stats.open_pools == len(cold)
+    assert all(pools.is_open(t.id) for t in cold)
+    assert await count_connections(pg_admin_dsn, cold) == len(cold)  # one each
+
+
+async def test_a_busy_pool_grows_to_per_tenant_max_only_while_the_budget_has_room(
+    make_pools: MakePools, tenants: list[TenantDb], pg_admin_dsn: str
+) -> None:
+    hot, others = tenants[0], tenants[1:3]
+    pools = make_pools(Directory(tenants), capacity=10, connection_budget=4, per_tenant_max=3)
+
+    async def hold(tenant: TenantDb) -> int:
+        async with pools.connection(tenant.id) as conn:
+            cur = await conn.execute("SELECT pg_backend_pid() AS pid FROM pg_sleep(0.3)")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row["pid"])
+
+    # A burst of first requests is served by the pool's first connection, one by one.
+    assert len(set(await asyncio.gather(*(hold(hot) for _ in range(3))))) == 1
+    # Room in the budget: once it serves, three requests at once get three connections.
+    assert len(set(await asyncio.gather(*(hold(hot) for _ in range(3))))) == 3
+    await pools.invalidate(hot.id)
+    await eventually(lambda: pools.stats().connections_open == 0, "the hot pool closed")
+    # Two cold tenants take two of the four connections: the hot one grows to two and no further; its
+    # third request waits for one of them instead of evicting anybody.
+    for tenant in [*others, hot]:
+        await backend_pid(pools, tenant)
+    pids = await asyncio.gather(*(hold(hot) for _ in range(3)))
+    assert len(set(pids)) == 2
+    stats = pools.stats()
+    assert stats.evictions == 0 and all(pools.is_open(t.id) for t in others)
+    assert stats.connections_open <= 4 and await count_connections(pg_admin_dsn, tenants) <= 4
+
+
+async def test_the_transaction_mode_is_set_for_every_checkout(make_pools: MakePools, tenants: list[TenantDb]) -> None:
+    pools = make_pools(Directory(tenants))
+    tenant = tenants[0]
+
+    async def status(*, autocommit: bool) -> tuple[int, bool, psycopg.pq.TransactionStatus]:
+        async with pools.connection(tenant.id, autocommit=autocommit) as conn:
+            cur = await conn.execute("SELECT pg_backend_pid() AS pid")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row["pid"]), conn.autocommit, conn.info.transaction_status
+
+    intrans, idle = psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.IDLE
+    first = await status(autocommit=True)
+    assert first[1:] == (True, idle)  # a read: no transaction around the statement
+    # The same connection, handed to a request that writes: in a transaction again.
+    assert await status(autocommit=False) == (first[0], False, intrans)
+    assert await status(autocommit=True) == (first[0], True, idle)
 
 
 async def test_a_new_pool_waits_for_a_draining_one_then_gives_up(
     make_pools: MakePools, tenants: list[TenantDb]
 ) -> None:
     a, b = tenants[3], tenants[4]
-    pools = make_pools(Directory(tenants), capacity=5, connection_budget=2, per_tenant_max=2, acquire_timeout=0.3)
+    pools = make_pools(Directory(tenants), capacity=5, connection_budget=1, per_tenant_max=1, acquire_timeout=0.3)
     async with pools.connection(a.id) as held:
         with pytest.raises(TenantUnavailable) as refused:
             await backend_pid(pools, b)  # a must go first, and its request is still running
@@ -384,7 +446,7 @@ async def test_a_new_pool_is_served_as_soon_as_a_draining_one_is_done(
     make_pools: MakePools, tenants: list[TenantDb]
 ) -> None:
     a, b = tenants[3], tenants[4]
-    pools = make_pools(Directory(tenants), capacity=5, connection_budget=2, per_tenant_max=2, acquire_timeout=10.0)
+    pools = make_pools(Directory(tenants), capacity=5, connection_budget=1, per_tenant_max=1, acquire_timeout=10.0)
     async with pools.connection(a.id):
         request = asyncio.create_task(backend_pid(pools, b))
         await eventually(lambda: pools.stats().requests_waiting == 1, "b waits for budget")
