@@ -25,7 +25,7 @@ import psycopg
 from controlplane import db
 from controlplane.db import AsyncConn
 from controlplane.errors import ServerUnavailable
-from controlplane.routing.listener import Listener
+from controlplane.listener import Listener
 from controlplane.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)

@@ -44,11 +44,11 @@ from controlplane import db
 from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.errors import ServerUnavailable, TenantNotFound
+from controlplane.listener import Listener
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant
 from controlplane.routing.entries import CacheEntries, Flight
-from controlplane.routing.listener import Listener
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

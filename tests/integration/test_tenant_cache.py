@@ -535,7 +535,7 @@ async def test_listener_retries_until_the_database_is_back(
     assert await cache.get_by_slug("acme") is not None
     database = sql.Identifier(str(conninfo.conninfo_to_dict(control_dsn)["dbname"]))
     pid = cache.listener_pid
-    caplog.set_level("INFO", logger="controlplane.routing.listener")
+    caplog.set_level("INFO", logger="controlplane.listener")
     await execute(pg_admin_dsn, sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database))
     try:
         await execute(pg_admin_dsn, "SELECT pg_terminate_backend(%s)", (pid,))
