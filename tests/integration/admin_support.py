@@ -61,15 +61,17 @@ async def create(client: Client, slug: str, tier: str = "starter", name: str | N
     return body
 
 
-def run_schemathesis(url: str, cwd: Path, max_examples: int, *selection: str) -> str:
-    """``st run`` over the served API: no 5xx allowed; returns its output."""
+def st_run(url: str, cwd: Path, max_examples: int, headers: dict[str, str], *options: str) -> tuple[int, str]:
+    """``st run`` over the served API's OpenAPI schema, with the suite's fixed settings (seeded, one
+    worker, every phase, no 5xx allowed); its exit code and output."""
     st = str(Path(sys.executable).parent / "st")
     command = [
         st,
+        *(o for o in options if o.startswith("--config-file=")),  # a global option: before "run"
         "run",
         f"{url}/schema/openapi.json",
         "--checks=not_a_server_error",
-        f"--header=Authorization: Bearer {ADMIN_TOKEN}",
+        *(f"--header={name}: {value}" for name, value in headers.items()),
         f"--max-examples={max_examples}",
         "--phases=examples,coverage,fuzzing,stateful",
         "--generation-allow-x00=true",
@@ -79,11 +81,16 @@ def run_schemathesis(url: str, cwd: Path, max_examples: int, *selection: str) ->
         "--request-timeout=30",
         "--no-color",
         "--warnings=off",
-        *selection,
+        *(o for o in options if not o.startswith("--config-file=")),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_schemathesis(url: str, cwd: Path, max_examples: int, *selection: str) -> str:
+    """``st run`` over the admin API with the automation token: no 5xx allowed; returns its output."""
+    code, output = st_run(url, cwd, max_examples, {"Authorization": f"Bearer {ADMIN_TOKEN}"}, *selection)
+    assert code == 0, output
     assert "No issues found" in output, output
     return output
 

@@ -71,6 +71,17 @@ async def app_client(settings: Settings) -> AsyncIterator[Client]:
         yield client
 
 
+async def _signed_in(client: Client, platform: Platform, side: str) -> tuple[dict[str, Any], str, str]:
+    """A fresh login on ``side`` (a tenant admin of acme, or a platform admin): its token pair, the
+    refresh path, and a path the access token may GET."""
+    if side == "tenant":
+        acme = await create_tenant(client, "acme")
+        pair = await login(client, "acme", acme.admin_email, acme.admin_password)
+        return pair, "/t/acme/auth/refresh", acme.api("/cards")
+    await make_admin(platform)
+    return await platform_login(client), "/auth/refresh", "/admin/pools"
+
+
 async def _refresh(client: Client, path: str, token: str) -> Any:
     return await client.post(path, json={"refresh_token": token}, headers={"Authorization": ""})
 
@@ -83,14 +94,7 @@ async def test_concurrent_refreshes_get_the_same_successor_and_the_session_lives
     app_client: Client, platform: Platform, side: str
 ) -> None:
     client = app_client
-    if side == "tenant":
-        acme = await create_tenant(client, "acme")
-        pair = await login(client, "acme", acme.admin_email, acme.admin_password)
-        path, probe = "/t/acme/auth/refresh", acme.api("/cards")
-    else:
-        await make_admin(platform)
-        pair = await platform_login(client)
-        path, probe = "/auth/refresh", "/admin/pools"
+    pair, path, probe = await _signed_in(client, platform, side)
 
     first, second = await asyncio.gather(
         _refresh(client, path, pair["refresh_token"]), _refresh(client, path, pair["refresh_token"])
@@ -124,14 +128,7 @@ async def test_the_spent_token_after_the_grace_revokes_the_session(
     app_client: Client, platform: Platform, side: str
 ) -> None:
     client = app_client
-    if side == "tenant":
-        acme = await create_tenant(client, "acme")
-        pair = await login(client, "acme", acme.admin_email, acme.admin_password)
-        path, probe = "/t/acme/auth/refresh", acme.api("/cards")
-    else:
-        await make_admin(platform)
-        pair = await platform_login(client)
-        path, probe = "/auth/refresh", "/admin/pools"
+    pair, path, probe = await _signed_in(client, platform, side)
     fresh = (await _refresh(client, path, pair["refresh_token"])).json()
     await asyncio.sleep(GRACE + 0.3)
 
@@ -148,14 +145,7 @@ async def test_a_made_up_secret_with_a_real_session_id_logs_nobody_out(
     app_client: Client, platform: Platform, side: str
 ) -> None:
     client = app_client
-    if side == "tenant":
-        acme = await create_tenant(client, "acme")
-        pair = await login(client, "acme", acme.admin_email, acme.admin_password)
-        path, probe = "/t/acme/auth/refresh", acme.api("/cards")
-    else:
-        await make_admin(platform)
-        pair = await platform_login(client)
-        path, probe = "/auth/refresh", "/admin/pools"
+    pair, path, probe = await _signed_in(client, platform, side)
     sid = _claims(pair["access_token"])["sid"]  # anyone who has seen an access token knows it
     secret = pair["refresh_token"].partition(".")[2]
     generation, _, mac = secret.partition(".")

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import pytest
 from controlplane.auth.passwords import Passwords
 from controlplane.settings import AuthSettings
 from tests.conftest import Served
+from tests.integration.admin_support import st_run
 from tests.integration.tenant_support import create_tenant_as_admin_sync
 
 SLUG = "fuzz-shop"
@@ -77,27 +76,8 @@ def provision(url: str) -> dict[str, str]:
 def run_schemathesis(url: str, cwd: Path, max_examples: int, auth: dict[str, str], paths: str = FUZZED_PATHS) -> str:
     config = cwd / "schemathesis.toml"
     config.write_text(f'[parameters]\n"path.tenant_slug" = "{SLUG}"\n')
-    st = str(Path(sys.executable).parent / "st")
-    command = [
-        st,
-        f"--config-file={config}",
-        "run",
-        f"{url}/schema/openapi.json",
-        "--checks=not_a_server_error",
-        f"--max-examples={max_examples}",
-        *(f"--header={name}: {value}" for name, value in auth.items()),
-        "--phases=examples,coverage,fuzzing,stateful",
-        "--generation-allow-x00=true",
-        "--workers=1",
-        "--seed=20251128",
-        "--generation-database=none",
-        "--request-timeout=30",
-        "--no-color",
-        "--warnings=off",
-        f"--include-path-regex={paths}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
-    return result.stdout + result.stderr
+    _, output = st_run(url, cwd, max_examples, auth, f"--config-file={config}", f"--include-path-regex={paths}")
+    return output
 
 
 @pytest.mark.slow
