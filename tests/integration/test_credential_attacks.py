@@ -346,48 +346,47 @@ def utf8_template(pg_admin_dsn: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
+@pytest.fixture
+async def throttled(settings: Settings, utf8_template: str, platform: Platform) -> AsyncIterator[Client]:
+    """A client of an app with 3 login failures allowed per account, on a UTF-8 tenant ``acme`` that has
+    the user ``victim@example.com``."""
+    provisioning = dataclasses.replace(settings.provisioning, template_database=utf8_template)
+    auth = dataclasses.replace(settings.auth, login_max_failures=3, login_max_failures_per_address=50)
+    app = create_app(settings.replace(provisioning=provisioning, auth=auth))
+    async with AsyncTestClient(app=app) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        await create_tenant(client, "acme")
+        await add_user(platform, "acme", "victim@example.com", "user")
+        client.headers.pop("Authorization")
+        yield client
+
+
 async def test_spellings_the_database_folds_together_share_one_login_allowance(
-    settings: Settings, utf8_template: str, platform: Platform
+    throttled: Client, platform: Platform
 ) -> None:
-    provisioning = dataclasses.replace(settings.provisioning, template_database=utf8_template)
-    auth = dataclasses.replace(settings.auth, login_max_failures=3, login_max_failures_per_address=50)
-    app = create_app(settings.replace(provisioning=provisioning, auth=auth))
-    async with AsyncTestClient(app=app) as client:
-        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
-        await create_tenant(client, "acme")
-        await add_user(platform, "acme", "victim@example.com", "user")
-        client.headers.pop("Authorization")
-        variant = "v\u0130ctim@example.com"  # LATIN CAPITAL LETTER I WITH DOT ABOVE
-        # The precondition of the attack: this database folds the variant onto the victim's address
-        # (Python does not: it makes "i" + COMBINING DOT ABOVE of it).
-        (folded,) = await tenant_rows(platform, "acme", "SELECT lower(%s) AS email", (variant,))
-        assert folded["email"] == "victim@example.com" != variant.lower()
-        assert (await login(client, "acme", variant))["refresh_token"], "the variant reaches the victim's account"
+    client = throttled
+    variant = "v\u0130ctim@example.com"  # LATIN CAPITAL LETTER I WITH DOT ABOVE
+    # The precondition of the attack: this database folds the variant onto the victim's address
+    # (Python does not: it makes "i" + COMBINING DOT ABOVE of it).
+    (folded,) = await tenant_rows(platform, "acme", "SELECT lower(%s) AS email", (variant,))
+    assert folded["email"] == "victim@example.com" != variant.lower()
+    assert (await login(client, "acme", variant))["refresh_token"], "the variant reaches the victim's account"
 
-        async def attempt(email: str, password: str) -> Any:
-            return await client.post("/t/acme/auth/token", json={"email": email, "password": password})
+    async def attempt(email: str, password: str) -> Any:
+        return await client.post("/t/acme/auth/token", json={"email": email, "password": password})
 
-        for email in ("victim@example.com", "VICTIM@example.com", "victim@EXAMPLE.com"):
-            _error(await attempt(email, "wrong password!!"), 401, "invalid_credentials")
-        # The allowance is used up for every spelling: the variant gets no fresh guesses ...
-        _error(await attempt(variant, "another guess!!"), 429, "rate_limited")
-        _error(await attempt(variant, USER_PASSWORD), 429, "rate_limited")
-        _error(await attempt("victim@example.com", USER_PASSWORD), 429, "rate_limited")
+    for email in ("victim@example.com", "VICTIM@example.com", "victim@EXAMPLE.com"):
+        _error(await attempt(email, "wrong password!!"), 401, "invalid_credentials")
+    # The allowance is used up for every spelling: the variant gets no fresh guesses ...
+    _error(await attempt(variant, "another guess!!"), 429, "rate_limited")
+    _error(await attempt(variant, USER_PASSWORD), 429, "rate_limited")
+    _error(await attempt("victim@example.com", USER_PASSWORD), 429, "rate_limited")
 
 
-async def test_guesses_through_a_variant_count_against_the_account(
-    settings: Settings, utf8_template: str, platform: Platform
-) -> None:
-    provisioning = dataclasses.replace(settings.provisioning, template_database=utf8_template)
-    auth = dataclasses.replace(settings.auth, login_max_failures=3, login_max_failures_per_address=50)
-    app = create_app(settings.replace(provisioning=provisioning, auth=auth))
-    async with AsyncTestClient(app=app) as client:
-        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
-        await create_tenant(client, "acme")
-        await add_user(platform, "acme", "victim@example.com", "user")
-        client.headers.pop("Authorization")
-        for email in ("v\u0130ctim@example.com", "V\u0130CT\u0130M@example.com", "vict\u0130m@example.com"):
-            response = await client.post("/t/acme/auth/token", json={"email": email, "password": "wrong guess!!"})
-            _error(response, 401, "invalid_credentials")
-        right = await client.post("/t/acme/auth/token", json={"email": "victim@example.com", "password": USER_PASSWORD})
-        _error(right, 429, "rate_limited")
+async def test_guesses_through_a_variant_count_against_the_account(throttled: Client) -> None:
+    client = throttled
+    for email in ("v\u0130ctim@example.com", "V\u0130CT\u0130M@example.com", "vict\u0130m@example.com"):
+        response = await client.post("/t/acme/auth/token", json={"email": email, "password": "wrong guess!!"})
+        _error(response, 401, "invalid_credentials")
+    right = await client.post("/t/acme/auth/token", json={"email": "victim@example.com", "password": USER_PASSWORD})
+    _error(right, 429, "rate_limited")
