@@ -19,8 +19,12 @@ from psycopg.types.json import Jsonb
 from controlplane import db
 from controlplane.auth import repository as admins
 from controlplane.auth import sessions
+from controlplane.auth.models import Role
 from controlplane.auth.passwords import Passwords
+from controlplane.auth.service import Authenticator
+from controlplane.context import TenantContext
 from controlplane.fleet import repository as fleet
+from controlplane.http.state import AUTH_STATE_KEY
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant
@@ -184,3 +188,18 @@ async def super_admin(client: httpx.AsyncClient, platform: Platform, settings: S
     response = await client.post("/auth/token", json=login, headers={"Authorization": ""})
     assert response.status_code == 200, response.text
     return f"admin:{admin.id}", bearer(response.json()["access_token"])
+
+
+async def impersonate(client: Any, platform: Platform, slug: str, role: Role = Role.TENANT_ADMIN) -> dict[str, str]:
+    """An impersonation token as the platform would issue it (a super-admin acting inside the tenant)."""
+    async with platform.control.connection() as conn:
+        tenant = await registry.get_by_slug(conn, slug)
+    assert tenant is not None
+    auth: Authenticator = client.app.state[AUTH_STATE_KEY]
+    admin_id, session_id = await admin_session(platform)
+    return bearer(auth.impersonation_token(TenantContext.of(tenant), admin_id, role, session_id).access_token)
+
+
+async def user_id_of(platform: Platform, slug: str, email: str) -> int:
+    (row,) = await tenant_rows(platform, slug, "SELECT id FROM users WHERE lower(email) = lower(%s)", (email,))
+    return int(row["id"])
