@@ -72,6 +72,40 @@ TIER_QUOTAS: dict[Tier, dict[QuotaType, int | None]] = {
 }
 
 
+class TierPrice(msgspec.Struct, frozen=True):
+    """What a tier costs (in the smallest unit of ``PRICE_CURRENCY``); 0 is free."""
+
+    monthly: int
+    yearly: int
+
+
+#: The currency of every price (ISO 4217, lower case as Stripe writes it).
+PRICE_CURRENCY = "usd"
+
+#: Price per tier: with ``TIER_QUOTAS`` the one source of what a tier is (billing sync reads both).
+TIER_PRICES: dict[Tier, TierPrice] = {
+    Tier.STARTER: TierPrice(monthly=0, yearly=0),
+    Tier.PROFESSIONAL: TierPrice(monthly=2_900, yearly=29_000),
+    Tier.ENTERPRISE: TierPrice(monthly=29_900, yearly=299_000),
+}
+
+
+class Overage(enum.StrEnum):
+    """What is billed beyond a plan's quota, and its metered unit."""
+
+    CARDS = "cards"  # per card over the quota
+    STORAGE_GB = "storage_gb"  # per started GiB over the quota
+    API_CALLS = "api_calls"  # per call over the hourly quota
+
+
+#: Price per overage unit, in the smallest currency unit (fractions allowed: Stripe's unit_amount_decimal).
+OVERAGE_UNIT_PRICES: dict[Overage, str] = {
+    Overage.CARDS: "0.1",
+    Overage.STORAGE_GB: "50",
+    Overage.API_CALLS: "0.01",
+}
+
+
 #: A tenant's effective limit for a quota (None: unlimited), looked up when called: reads never ask.
 LimitLookup = Callable[[QuotaType], Awaitable[int | None]]
 

@@ -1,0 +1,1 @@
+"""Self-serve onboarding: signup, email verification, the onboarding checklist."""
