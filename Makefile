@@ -10,7 +10,7 @@ DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-migrate  migrate tenants vs raw psycopg, 1,000 tenants (ops/bench/migrate.py)"
 	@echo "make bench-search   card search at 100,000 cards, without and with the index (ops/bench/search.py)"
 	@echo "make bench-collect  usage collection and /metrics benchmark (ops/bench/collect.py)"
+	@echo "make bench-signup   database step via spares, clone and raw, and whole signups (ops/bench/signup.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
@@ -98,6 +99,9 @@ bench-search: install
 
 bench-collect: install
 	$(BIN)/python ops/bench/collect.py
+
+bench-signup: install
+	$(BIN)/python ops/bench/signup.py $(BENCH_ARGS)
 
 clean:
 	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi

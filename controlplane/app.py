@@ -20,6 +20,17 @@ from controlplane.auth.ratelimit import RateLimiter, counter_from_url
 from controlplane.auth.service import Authenticator, hash_secret
 from controlplane.auth.sessions import refresh_key
 from controlplane.auth.tokens import KeyRing, TokenSigner
+from controlplane.billing.admin_routes import ADMIN_BILLING_USAGE_HANDLERS
+from controlplane.billing.inbox import Inbox
+from controlplane.billing.metering import Metering
+from controlplane.billing.providers import provider_for
+from controlplane.billing.routes import (
+    ADMIN_BILLING_HANDLERS,
+    TENANT_BILLING_HANDLERS,
+    billing_portal_link,
+    stripe_webhook,
+)
+from controlplane.billing.service import BillingService
 from controlplane.cards.routes import TENANT_API_HANDLERS, vault_dependency
 from controlplane.http import probes
 from controlplane.http.admin import admin_guard
@@ -30,10 +41,14 @@ from controlplane.http.state import (
     API_CALLS_STATE_KEY,
     AUTH_STATE_KEY,
     BASE_DOMAIN_STATE_KEY,
+    BILLING_INBOX_STATE_KEY,
+    BILLING_STATE_KEY,
+    MAIL_STATE_KEY,
     METRICS_STATE_KEY,
     METRICS_TOKEN_HASH_STATE_KEY,
     PLATFORM_STATE_KEY,
     QUOTA_ALERTS_STATE_KEY,
+    SIGNUPS_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
@@ -41,12 +56,15 @@ from controlplane.http.state import (
     USAGE_STATE_KEY,
 )
 from controlplane.http.tenant_api import tenant_auth_middleware, tenant_request_dependencies
+from controlplane.mail.sender import MailSender
 from controlplane.maintenance.routes import MAINTENANCE_HANDLERS
 from controlplane.maintenance.service import HealthMonitor
 from controlplane.metrics.requests import HttpMetrics, instrument
 from controlplane.metrics.routes import ADMIN_METRICS_HANDLERS, metrics_endpoint
 from controlplane.metrics.service import CardVaultMetrics
 from controlplane.migrations.routes import migration_status
+from controlplane.onboarding.routes import SIGNUP_HANDLERS, TENANT_ONBOARDING_HANDLERS
+from controlplane.onboarding.service import Signups
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
 from controlplane.provisioning.reconciler import Reconciler
@@ -104,7 +122,7 @@ def create_app(settings: Settings) -> Litestar:
                 refresh_key=refresh_key(settings.security.secret_key),
                 control=platform.control,
             )
-            api_calls = ApiCalls(limiter, platform.control)
+            api_calls = ApiCalls(limiter, platform.control, ceiling=settings.billing.quota_ceiling)
             usage = UsageService(platform)
             await usage.load()  # the last persisted values: /metrics is not empty after a restart
             alerts = QuotaAlerts(platform.control)
@@ -120,7 +138,24 @@ def create_app(settings: Settings) -> Litestar:
             principal_events = PrincipalEvents(settings.database, auth)
             await principal_events.start()
             health = HealthMonitor(platform, cache, concurrency=settings.usage.concurrency)
-            jobs = Jobs(platform, Reconciler(platform, tenants), reload_keys, api_calls, usage, alerts, health)
+            mail = MailSender(platform.control, settings.mail)
+            billing_provider = provider_for(settings.billing)  # None with CARDVAULT_BILLING=none
+            metering = Metering(platform, billing_provider) if billing_provider is not None else None
+            billing = BillingService(platform, tenants, billing_provider)
+            inbox = Inbox(platform, billing)
+            jobs = Jobs(
+                platform,
+                Reconciler(platform, tenants),
+                reload_keys,
+                api_calls,
+                usage,
+                alerts,
+                health,
+                mail=mail,
+                metering=metering,
+                billing=billing,
+                inbox=inbox,
+            )
             jobs.schedule(scheduler)
             metrics.bind(
                 pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot, quotas=alerts, health=health
@@ -135,11 +170,16 @@ def create_app(settings: Settings) -> Litestar:
             app.state[API_CALLS_STATE_KEY] = api_calls
             app.state[USAGE_STATE_KEY] = usage
             app.state[QUOTA_ALERTS_STATE_KEY] = alerts
+            app.state[MAIL_STATE_KEY] = mail
+            app.state[BILLING_STATE_KEY] = billing
+            app.state[BILLING_INBOX_STATE_KEY] = inbox
+            app.state[SIGNUPS_STATE_KEY] = Signups(platform, tenants, auth, pools, checkout=billing)
             scheduler.start()
             try:
                 yield
             finally:
                 await scheduler.stop()
+                await tenants.spares.stop()  # a refill started after a claim finishes its spare first
                 await principal_events.stop()
                 await cache.stop()
                 await pools.close()
@@ -147,6 +187,8 @@ def create_app(settings: Settings) -> Litestar:
                     await jobs.flush_api_calls()
                 finally:
                     await counter.close()
+                    if billing_provider is not None:
+                        await billing_provider.aclose()  # the SDK's HTTP connections of this loop
 
     admin = Router(
         path="/",
@@ -160,6 +202,8 @@ def create_app(settings: Settings) -> Litestar:
             *ADMIN_LOGIN_HANDLERS,
             *MAINTENANCE_HANDLERS,
             *ADMIN_USAGE_HANDLERS,
+            *ADMIN_BILLING_USAGE_HANDLERS,
+            *ADMIN_BILLING_HANDLERS,
         ],
         guards=[admin_guard],
         security=[{"bearer": []}],
@@ -168,7 +212,13 @@ def create_app(settings: Settings) -> Litestar:
     tenant_api = [
         Router(
             path=path,
-            route_handlers=[*TENANT_API_HANDLERS, *TENANT_AUDIT_HANDLERS, *ACCOUNT_HANDLERS],
+            route_handlers=[
+                *TENANT_API_HANDLERS,
+                *TENANT_AUDIT_HANDLERS,
+                *ACCOUNT_HANDLERS,
+                *TENANT_ONBOARDING_HANDLERS,
+                *TENANT_BILLING_HANDLERS,
+            ],
             dependencies={**tenant_request_dependencies(), **vault_dependency(settings)},
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
             middleware=[tenant_auth_middleware],
@@ -182,6 +232,9 @@ def create_app(settings: Settings) -> Litestar:
             *tenant_api,
             AUTH_ROUTER,
             TENANT_AUTH_ROUTER,
+            *SIGNUP_HANDLERS,
+            # Stripe's webhook and the dunning mails' billing link are public: mounted only with Stripe on.
+            *([stripe_webhook, billing_portal_link] if settings.billing.provider == "stripe" else []),
             probes.live,
             probes.ready,
             metrics_endpoint,

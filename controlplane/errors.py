@@ -165,3 +165,17 @@ class TenantUnavailable(CardVaultError):
     def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any) -> None:
         super().__init__(detail, retry_after=retry_after, **extra)
         self.retry_after = retry_after
+
+
+class ProviderUnavailable(CardVaultError):
+    """The billing provider (Stripe) cannot be reached or failed; nothing was changed on our side."""
+
+    status = 503
+    code = "provider_unavailable"
+
+
+class InvalidSignature(CardVaultError):
+    """A webhook whose signature is missing, wrong or too old (or whose body is no event)."""
+
+    status = 400
+    code = "invalid_signature"

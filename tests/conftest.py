@@ -32,10 +32,11 @@ from controlplane.app import create_app
 from controlplane.crypto import SecretBox
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
+from controlplane.provisioning.spares_repository import spare_tag
 from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import AuthSettings, DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
 
-pytest_plugins = ["tests.harness"]
+pytest_plugins = ["tests.harness", "tests.stripe_harness", "tests.smtp_harness"]
 
 SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
 ADMIN_TOKEN = "test-admin-token"
@@ -71,7 +72,12 @@ def make_settings(dsn: str, template: str, **provisioning: object) -> Settings:
     return Settings(
         database=DatabaseSettings(url=dsn, connect_timeout=3, statement_timeout=60),
         provisioning=dataclasses.replace(
-            ProvisioningSettings(), template_database=template, reconcile_interval=0, **provisioning
+            # No spare databases unless a test asks for them: tenants are cloned, and nothing is made behind
+            # a test's back.
+            ProvisioningSettings(),
+            template_database=template,
+            reconcile_interval=0,
+            **{"spare_databases": 0, **provisioning},
         ),
         security=SecuritySettings(secret_key=SECRET_KEY, admin_token=ADMIN_TOKEN),
         # argon2id at test strength: the production cost only slows the suite down.
@@ -96,11 +102,16 @@ def control_dsn(pg_admin_dsn: str, control_template: str) -> Iterator[str]:
 
 
 def drop_everything_made_by(control_dsn: str) -> None:
-    """Drop every tenant database and role this control database knows of, on every server."""
+    """Drop every tenant database and role this control database knows of, and every spare database and
+    role named with its tag (``cvspare_<tag>_*``: rows, claims in flight, leaks alike), on every server."""
     box = SecretBox(SECRET_KEY)
     with psycopg.connect(control_dsn, autocommit=True) as conn:
         ids = {r[0] for r in conn.execute("SELECT id FROM tenants UNION SELECT tenant_id FROM tenant_operations")}
         servers = [box.decrypt(r[0]) for r in conn.execute("SELECT dsn_encrypted FROM db_servers")]
+        pool = conn.execute(
+            "SELECT seed, (SELECT oid FROM pg_database WHERE datname = current_database())::bigint FROM spare_pool"
+        ).fetchone()
+    spares_like = f"cvspare\\_{spare_tag(pool[0], pool[1])}\\_%" if pool else None
     for server_dsn in servers:
         try:
             admin = _admin(server_dsn)
@@ -111,6 +122,12 @@ def drop_everything_made_by(control_dsn: str) -> None:
                 name = sql.Identifier(f"t_{tenant_id.hex}")
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+            for listing, drop in (
+                ("SELECT datname FROM pg_database WHERE datname LIKE %s", "DROP DATABASE IF EXISTS {} WITH (FORCE)"),
+                ("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", "DROP ROLE IF EXISTS {}"),
+            ):
+                for (spare,) in admin.execute(listing, (spares_like,)).fetchall() if spares_like else []:
+                    admin.execute(sql.SQL(drop).format(sql.Identifier(spare)))
 
 
 @pytest.fixture
@@ -175,6 +192,7 @@ def serve(control_dsn: str, tenant_template_name: str, tmp_path: Path, **extra_e
         "CARDVAULT_LOG_LEVEL": "WARNING",
         "CARDVAULT_ARGON2_MEMORY_KIB": "64",
         "CARDVAULT_ARGON2_TIME_COST": "1",
+        "CARDVAULT_SPARE_DATABASES": "0",
         **extra_env,
     }
     log_path = tmp_path / f"serve-{port}.log"

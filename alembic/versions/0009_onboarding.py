@@ -1,10 +1,13 @@
 """Onboarding: the mail outbox and each tenant's onboarding record (email verification, checklist marks).
 
 - ``mail_outbox``: every mail the service sends, written in the transaction of what caused it, delivered
-  by a job (``sent_at`` NULL: still to send; ``attempts``/``last_error``/``send_after`` for retries).
-  A signup therefore never fails because mail is down.
+  by a job (``sent_at`` NULL: still to send; ``attempts``/``last_error``/``send_after`` for retries;
+  ``failed_at``: the server refused it for good, never retried). A signup therefore never fails because
+  mail is down. The body (it holds a link with a one-time token) is emptied once the mail is sent or has
+  failed for good; the row stays for a while as a record of what was sent to whom.
 - ``tenant_onboarding``: one row per tenant that signed up by itself: the first admin's address, the
-  hash of its verification token and when it expires, and when it was verified.
+  SHA-256 of its verification token and when it expires, and when it was verified (the hash is kept
+  after use, so a second click on the link is told that it was used rather than that it is unknown).
 
 Revision ID: 0009
 Revises: 0008
@@ -33,18 +36,26 @@ def upgrade() -> None:
             send_after timestamptz NOT NULL DEFAULT now(),
             attempts integer NOT NULL DEFAULT 0,
             last_error text,
-            sent_at timestamptz
+            sent_at timestamptz,
+            failed_at timestamptz
         )
         """
     )
-    op.execute("CREATE INDEX mail_outbox_pending ON mail_outbox (send_after) WHERE sent_at IS NULL")
+    op.execute(
+        "CREATE INDEX mail_outbox_pending ON mail_outbox (send_after, id) WHERE sent_at IS NULL AND failed_at IS NULL"
+    )
+    # For the cascade when a tenant is deleted, and for a tenant's mails.
+    op.execute("CREATE INDEX mail_outbox_tenant ON mail_outbox (tenant_id) WHERE tenant_id IS NOT NULL")
+    op.execute(
+        "CREATE INDEX mail_outbox_done ON mail_outbox (created_at) WHERE sent_at IS NOT NULL OR failed_at IS NOT NULL"
+    )
     op.execute(
         """
         CREATE TABLE tenant_onboarding (
             tenant_id uuid PRIMARY KEY REFERENCES tenants (id) ON DELETE CASCADE,
             admin_email text NOT NULL,
-            verify_hash text UNIQUE,
-            verify_expires_at timestamptz,
+            verify_hash bytea NOT NULL UNIQUE,
+            verify_expires_at timestamptz NOT NULL,
             email_verified_at timestamptz,
             created_at timestamptz NOT NULL DEFAULT now()
         )

@@ -5,10 +5,16 @@ resolved the tenant, authenticated the caller and checked the route's permission
 handler runs. Handlers take one dependency, ``accounts``: an ``Accounts`` on the request's connection,
 committed after the handler returns and rolled back if it raises; after a commit that changed
 anything, this instance's cached principals of the tenant are dropped.
+
+An invitation (a user created without a password, or a re-issued invitation) is also mailed: once the
+tenant's transaction has committed, the invitation mail (with the link
+``{CARDVAULT_PUBLIC_URL}/t/{slug}/invitations/accept?token=...``) goes into the control database's
+outbox, and the mail job delivers it. The token is in the response as before.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,14 +42,20 @@ from controlplane.accounts.models import (
 from controlplane.accounts.service import Accounts
 from controlplane.auth.models import Permission
 from controlplane.auth.service import Authenticator
+from controlplane.context import TenantContext
 from controlplane.http.params import Cursor, Limit
 from controlplane.http.state import AUTH_STATE_KEY, PLATFORM_STATE_KEY
 from controlplane.http.tenant_api import open_tenant_request, requires
+from controlplane.mail import outbox, templates
+from controlplane.mail.models import MailKind
 from controlplane.paging import TENANT_PAGES
 from controlplane.platform import Platform
 from controlplane.usage.quotas import limits_for
 
 Deps = NamedDependency[Accounts]
+log = logging.getLogger(__name__)
+#: Invitations a request made, to mail once its transaction has committed.
+_INVITATIONS_KEY = "cardvault.invitations"
 
 
 async def provide_accounts(request: Request[Any, Any, Any]) -> AsyncIterator[Accounts]:
@@ -60,6 +72,37 @@ async def provide_accounts(request: Request[Any, Any, Any]) -> AsyncIterator[Acc
         yield accounts
     if accounts.changed:
         await auth.principals_changed(tenant_request.tenant.id)
+    await _mail_invitations(request, tenant_request.tenant)
+
+
+def _to_mail(request: Request[Any, Any, Any], created: UserCreated) -> UserCreated:
+    """``created``, its invitation (if it is one) noted to be mailed after the commit."""
+    if created.invite_token is not None:
+        request.scope.setdefault("state", {}).setdefault(_INVITATIONS_KEY, []).append(created)
+    return created
+
+
+async def _mail_invitations(request: Request[Any, Any, Any], tenant: TenantContext) -> None:
+    """Queue the invitation mails of the request's (committed) invitations. A failure is logged, not
+    answered: the invitations exist and their tokens are in the response."""
+    invitations: list[UserCreated] = request.scope.get("state", {}).get(_INVITATIONS_KEY, [])
+    if not invitations:
+        return
+    platform: Platform = request.app.state[PLATFORM_STATE_KEY]
+    try:
+        async with platform.control.connection() as conn, conn.transaction():
+            for created in invitations:
+                assert created.invite_token is not None and created.invite_expires_at is not None
+                subject, body = templates.invitation(
+                    base_url=platform.settings.http.base_url,
+                    slug=tenant.slug,
+                    role=created.role,
+                    token=created.invite_token,
+                    expires_at=created.invite_expires_at,
+                )
+                await outbox.enqueue(conn, tenant.id, MailKind.INVITATION, created.email, subject, body)
+    except Exception:
+        log.error("could not queue %d invitation mail(s) of tenant %s", len(invitations), tenant.slug, exc_info=True)
 
 
 _DEPENDENCIES = {"accounts": Provide(provide_accounts)}
@@ -110,8 +153,10 @@ class UsersController(Controller):
         opt=requires(Permission.USERS_MANAGE),
         summary="Create a user (with password) or invite one (without: the invite_token is shown once)",
     )
-    async def create_user(self, accounts: Deps, data: JSONBody[UserCreate]) -> UserCreated:
-        return await accounts.create_user(data)
+    async def create_user(
+        self, request: Request[Any, Any, Any], accounts: Deps, data: JSONBody[UserCreate]
+    ) -> UserCreated:
+        return _to_mail(request, await accounts.create_user(data))
 
     @get("/{user_id:int}", opt=requires(Permission.USERS_READ), summary="One user")
     async def get_user(self, accounts: Deps, user_id: FromPath[int]) -> User:
@@ -131,8 +176,10 @@ class UsersController(Controller):
         status_code=200,
         summary="Re-issue a pending invitation (the old token stops working; the new one is shown once)",
     )
-    async def reissue_invitation(self, accounts: Deps, user_id: FromPath[int]) -> UserCreated:
-        return await accounts.reissue_invitation(user_id)
+    async def reissue_invitation(
+        self, request: Request[Any, Any, Any], accounts: Deps, user_id: FromPath[int]
+    ) -> UserCreated:
+        return _to_mail(request, await accounts.reissue_invitation(user_id))
 
 
 class ApiKeysController(Controller):

@@ -92,17 +92,34 @@ class Logins:
         await self.limiter.clear(keys[0][0], int(self.settings.login_window))
         if self.passwords.needs_rehash(row["password_hash"]):
             await users.update_user(conn, row["id"], {"password_hash": await self.passwords.hash(password)})
-        await users.touch_login(conn, row["id"])
+        pair = await self.open_tenant_session(
+            conn, tenant, row["id"], Role(row["tenant_role"]), source_address=source_address, user_agent=user_agent
+        )
+        return pair, row["id"]
+
+    async def open_tenant_session(
+        self,
+        conn: AsyncConn,
+        tenant: TenantRef,
+        user_id: int,
+        role: Role,
+        *,
+        source_address: str | None,
+        user_agent: str | None,
+    ) -> TokenPair:
+        """A login session and its tokens for a user whose identity is already established (a login that
+        verified the password, or a signup that has just set it); the caller commits."""
+        await users.touch_login(conn, user_id)
         session_id, refresh = await sessions.open_session(
             conn,
             "auth_sessions",
-            row["id"],
+            user_id,
             key=self._refresh_key,
             ttl=self.settings.refresh_token_ttl,
             source_address=source_address,
             user_agent=user_agent,
         )
-        return self._tenant_pair(tenant, row["id"], Role(row["tenant_role"]), session_id, refresh), row["id"]
+        return self._tenant_pair(tenant, user_id, role, session_id, refresh)
 
     def _tenant_pair(
         self, tenant: TenantRef, user_id: int, role: Role, session_id: uuid.UUID, refresh: str

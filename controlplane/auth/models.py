@@ -53,6 +53,7 @@ class Permission(enum.StrEnum):
     USERS_MANAGE = "users:manage"  # create / invite, change role and permissions, disable
     API_KEYS_MANAGE = "api_keys:manage"
     AUDIT_READ = "audit:read"
+    BILLING_MANAGE = "billing:manage"  # the plan, checkout, billing portal
     SELF = "self"  # one's own profile, password and sessions: every identity of the tenant
 
 
@@ -72,6 +73,7 @@ _ADMIN = _MANAGER | {
     Permission.USERS_MANAGE,
     Permission.API_KEYS_MANAGE,
     Permission.AUDIT_READ,
+    Permission.BILLING_MANAGE,
 }
 
 #: The permission matrix.

@@ -94,6 +94,7 @@ def vault_dependency(settings: Settings) -> dict[str, Provide]:
     """
     storage = LocalStorage(settings.data_dir / "storage")
     max_image_bytes = settings.http.max_image_bytes
+    ceiling = settings.billing.quota_ceiling  # cards and storage are soft for tenants paying for overage
 
     async def provide_request_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
         async with open_tenant_request(request) as ctx:
@@ -102,7 +103,7 @@ def vault_dependency(settings: Settings) -> dict[str, Provide]:
                 ctx.conn,
                 ctx.tenant.id,
                 storage=storage,
-                quota_limits=limits_for(platform.control, ctx.tenant.id),
+                quota_limits=limits_for(platform.control, ctx.tenant.id, ceiling=ceiling),
                 max_image_bytes=max_image_bytes,
                 principal=ctx.principal,
                 audit=lambda: ctx.audit,

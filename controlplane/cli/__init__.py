@@ -7,15 +7,17 @@ on stderr with a non-zero exit status.
 from __future__ import annotations
 
 from controlplane.cli.admins import admins, keys
+from controlplane.cli.billing import billing
 from controlplane.cli.common import cli
 from controlplane.cli.maintenance import maintenance, reconcile
 from controlplane.cli.migrate import migrate
 from controlplane.cli.serve import local, serve
 from controlplane.cli.servers import servers
+from controlplane.cli.spares import spares
 from controlplane.cli.tenants import tenants
 from controlplane.cli.users import users
 
-for command in (serve, local, migrate, servers, tenants, users, reconcile, maintenance, admins, keys):
+for command in (serve, local, migrate, servers, tenants, users, reconcile, maintenance, admins, keys, billing, spares):
     cli.add_command(command)
 
 

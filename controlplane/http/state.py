@@ -23,6 +23,12 @@ API_CALLS_STATE_KEY = "api_calls"
 #: The ``UsageService`` and the ``QuotaAlerts``.
 USAGE_STATE_KEY = "usage"
 QUOTA_ALERTS_STATE_KEY = "quota_alerts"
+#: The ``Signups`` behind ``/signup`` and the outbox's ``MailSender``.
+SIGNUPS_STATE_KEY = "signups"
+MAIL_STATE_KEY = "mail"
+#: The ``BillingService`` (tenant plans at the provider) and the webhook ``Inbox``.
+BILLING_STATE_KEY = "billing"
+BILLING_INBOX_STATE_KEY = "billing_inbox"
 #: The ``CardVaultMetrics`` that ``/metrics`` renders.
 METRICS_STATE_KEY = "metrics"
 #: SHA-256 of CARDVAULT_ADMIN_TOKEN and of CARDVAULT_METRICS_TOKEN (None: no such token).

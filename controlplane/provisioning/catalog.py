@@ -21,6 +21,11 @@ TENANT_GROUP_ROLE = "cardvault_tenant"
 TENANT_NAME_PATTERN = re.compile(r"^t_[0-9a-f]{32}$")
 _TENANT_NAME_LIKE = "t\\_%"
 
+#: Names of spare databases and their roles (``cvspare_`` + the pool's tag + random hex): never ``t_*``,
+#: so a spare is never taken for a tenant database. Group 1 is the tag of the control plane that made it.
+SPARE_NAME_PATTERN = re.compile(r"^cvspare_([0-9a-f]{8})_[0-9a-f]{32}$")
+_SPARE_NAME_LIKE = "cvspare\\_%"
+
 
 async def database_exists(conn: AsyncConn, name: str) -> bool:
     cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
@@ -42,6 +47,81 @@ async def tenant_roles(conn: AsyncConn) -> set[str]:
     """Roles on the server named like tenant roles."""
     cur = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (_TENANT_NAME_LIKE,))
     return {r["rolname"] for r in await cur.fetchall() if TENANT_NAME_PATTERN.fullmatch(r["rolname"])}
+
+
+async def spare_objects(conn: AsyncConn) -> tuple[set[str], set[str]]:
+    """Databases and roles on the server named like spares (of any control plane): one round trip."""
+    cur = await conn.execute(
+        "SELECT true AS is_database, datname AS name FROM pg_database WHERE datname LIKE %s"
+        " UNION ALL SELECT false, rolname FROM pg_roles WHERE rolname LIKE %s",
+        (_SPARE_NAME_LIKE, _SPARE_NAME_LIKE),
+    )
+    rows = [r for r in await cur.fetchall() if SPARE_NAME_PATTERN.fullmatch(r["name"])]
+    return {r["name"] for r in rows if r["is_database"]}, {r["name"] for r in rows if not r["is_database"]}
+
+
+async def rename_spare(conn: AsyncConn, spare_database: str, spare_role: str, database: str, role: str) -> None:
+    """Give a spare's database and role the tenant's names, in one round trip and one transaction.
+
+    Privileges and memberships follow the objects (they are kept by OID) and a SCRAM verifier survives a
+    role rename (an MD5 one would not: PostgreSQL clears it). Done already (a retry after a crash): each
+    object still under its spare name is renamed alone, and one that is under neither name is an error.
+
+    The commit does not wait for the WAL flush (the next synchronous commit on the server flushes it: the
+    first admin's seeding, a moment later). If a crash loses it, the claim is redone: by the reconciler
+    finishing the provisioning, or, once the tenant is active, finding its database missing and its
+    claimed spare still there under the spare's name.
+    """
+    rename = sql.SQL(
+        "SET LOCAL synchronous_commit = off; ALTER DATABASE {} RENAME TO {}; ALTER ROLE {} RENAME TO {}"
+    ).format(sql.Identifier(spare_database), sql.Identifier(database), sql.Identifier(spare_role), sql.Identifier(role))
+    try:
+        await conn.execute(rename)
+        return
+    except (psycopg.errors.InvalidCatalogName, psycopg.errors.UndefinedObject, psycopg.errors.DuplicateDatabase,
+            psycopg.errors.DuplicateObject):  # fmt: skip
+        pass
+    for old, new, exists, kind in (
+        (spare_database, database, database_exists, "DATABASE"),
+        (spare_role, role, role_exists, "ROLE"),
+    ):
+        if await exists(conn, old):
+            await conn.execute(
+                sql.SQL("ALTER {} {} RENAME TO {}").format(sql.SQL(kind), sql.Identifier(old), sql.Identifier(new))
+            )
+        elif not await exists(conn, new):
+            raise LookupError(f"{kind.lower()} {old} is gone: neither it nor {new} exists")
+
+
+_ACCESS = """
+    WITH d AS (SELECT oid, datdba, datacl FROM pg_database WHERE datname = %(database)s),
+         r AS (SELECT * FROM pg_roles WHERE rolname = %(role)s)
+    SELECT EXISTS (SELECT FROM d) AS database, EXISTS (SELECT FROM r) AS role,
+           (SELECT rolcanlogin AND NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)
+              FROM r) AS plain_login,
+           (SELECT pg_has_role(r.oid, %(group)s, 'MEMBER') FROM r) AS in_group,
+           (SELECT has_database_privilege(r.oid, d.oid, 'CONNECT') FROM r, d) AS can_connect,
+           (SELECT has_database_privilege('public', d.oid, 'CONNECT') FROM d) AS public_connect,
+           (SELECT count(*) FROM d, r, aclexplode(d.datacl) a WHERE a.grantee NOT IN (d.datdba, r.oid)) AS others
+"""
+
+
+async def tenant_access_problems(conn: AsyncConn, role: str, database: str) -> list[str]:
+    """What is wrong with a tenant's (or a spare's) role and database ACL; empty when all is as provisioned:
+    a plain login role in the tenant group, with CONNECT on its database, which no one else was granted."""
+    cur = await conn.execute(_ACCESS, {"database": database, "role": role, "group": TENANT_GROUP_ROLE})
+    row = await cur.fetchone()
+    assert row is not None
+    if not row["database"] or not row["role"]:
+        return [f"{what} missing" for what in ("database", "role") if not row[what]]
+    problems = {
+        "the role is not a plain login role": not row["plain_login"],
+        f"the role is not in {TENANT_GROUP_ROLE}": not row["in_group"],
+        "the role may not connect": not row["can_connect"],
+        "PUBLIC may connect": row["public_connect"],
+        "other roles hold privileges on the database": row["others"] > 0,
+    }
+    return [problem for problem, present in problems.items() if present]
 
 
 async def ensure_group_role(conn: AsyncConn) -> None:

@@ -60,3 +60,66 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
     @property
     def clean(self) -> bool:
         return not self.findings
+
+
+class SpareState(enum.StrEnum):
+    """Where a spare database is in its life (``spare_databases.state``)."""
+
+    #: Its row is written; its database and role are being made (or were, by a process that died).
+    CREATING = "creating"
+    #: Complete, at ``schema_revision``: a signup may claim it.
+    READY = "ready"
+    #: Being dropped (recycled, in excess, its server draining); never claimed again.
+    DROPPING = "dropping"
+
+
+class Spare(msgspec.Struct, kw_only=True):
+    """A pre-created tenant database and its login role, not yet anybody's."""
+
+    database_name: str
+    server_id: uuid.UUID
+    role_name: str
+    role_password_encrypted: str
+    schema_revision: str
+    state: SpareState
+    created_at: datetime
+
+
+class RefillOutcome(msgspec.Struct, kw_only=True):
+    """What one refill did on one server."""
+
+    server: str
+    target: int
+    ready: int = 0
+    created: int = 0
+    #: Ready spares dropped because the schema head moved (recycled), or because there were too many.
+    dropped: int = 0
+    #: Left over by a refill that died (``creating`` / ``dropping`` rows) and dropped now.
+    cleared: int = 0
+    #: Why this server was skipped or stopped early (another refill holds it, an error), if it was.
+    note: str = ""
+
+    def describe(self) -> str:
+        text = f"{self.server}: {self.ready}/{self.target} ready"
+        changes = [f"{n} {what}" for n, what in ((self.created, "created"), (self.dropped, "dropped"),
+                                                 (self.cleared, "cleared")) if n]  # fmt: skip
+        if changes:
+            text += f" ({', '.join(changes)})"
+        return f"{text}; {self.note}" if self.note else text
+
+
+class SpareClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """The spare a provisioning claimed, as its ledger params keep it (``params["spare"]``)."""
+
+    name: str
+    revision: str
+
+    def to_params(self) -> dict[str, str]:
+        return {"name": self.name, "revision": self.revision}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SpareClaim | None:
+        spare = params.get("spare")
+        if not isinstance(spare, dict):
+            return None
+        return cls(name=str(spare["name"]), revision=str(spare["revision"]))

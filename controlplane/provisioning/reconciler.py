@@ -15,7 +15,10 @@ One cycle (``cardvault reconcile [--fix]``, and periodically inside the service)
    in to it) has that privilege revoked, the server's own user keeping CONNECT; tenant databases still
    being provisioned are skipped (their provisioning revokes it). A server registered before server
    identities were recorded gets its identity (``server_identity``) recorded, unless another
-   registered server already has it (the same server twice: reported, never changed).
+   registered server already has it (the same server twice: reported, never changed);
+6. every server's spare databases are checked against their rows (``spare_reconciler``): leftovers of
+   a refill that died and broken spares are dropped, and so are ``cvspare_*`` orphans of this control
+   plane; another control plane's are reported only. Spares are never ``t_*`` orphans.
 
 Without ``fix`` nothing is changed; everything found is reported.
 """
@@ -36,8 +39,17 @@ from controlplane.fleet.models import Server, ServerIdentity
 from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
-from controlplane.provisioning.models import Finding, Operation, OperationKind, OperationState, ReconcileReport
+from controlplane.provisioning.models import (
+    Finding,
+    Operation,
+    OperationKind,
+    OperationState,
+    ReconcileReport,
+    SpareClaim,
+)
 from controlplane.provisioning.service import FirstAdmin, TenantService
+from controlplane.provisioning.spare_reconciler import SpareReconciler
+from controlplane.provisioning.spares import SparePool
 from controlplane.provisioning.steps import Steps
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
@@ -51,6 +63,12 @@ class Reconciler:
     def __init__(self, platform: Platform, service: TenantService) -> None:
         self._p = platform
         self._service = service
+        self._spares = SpareReconciler(platform, service.spares)
+
+    @property
+    def spares(self) -> SparePool:
+        """The spare pool of the service this reconciler finishes operations with (the refill job's)."""
+        return self._service.spares
 
     async def run(self, *, fix: bool) -> ReconcileReport:
         report = ReconcileReport(fixed=fix)
@@ -129,7 +147,8 @@ class Reconciler:
         password = await self._password(conn, tenant.id)
         try:
             admin = FirstAdmin.from_ledger(op.params, self._p.box)
-            await self._service.provision_steps(conn, tenant.id, server, password, op.id, steps, admin)
+            spare = SpareClaim.from_params(op.params)
+            await self._service.provision_steps(conn, tenant.id, server, password, op.id, steps, admin, spare)
         except Exception as exc:
             await self._service.undo_provision(conn, tenant.id, op.id, steps, exc)
             return "rolled back"
@@ -196,6 +215,7 @@ class Reconciler:
                 tenants = await registry.list_tenants(conn, server_id=server.id)
                 open_databases = await fleet_catalog.open_databases(admin)
                 reached = await fleet_catalog.identity(admin) if server.identity is None else None
+                tag = await self._service.spares.tag(conn)
         except CardVaultError as exc:
             report.findings.append(
                 Finding(kind="server_unreachable", server=server.name, subject=server.name, detail=exc.detail)
@@ -203,7 +223,10 @@ class Reconciler:
             return
         if reached is not None:
             await self._unidentified(report, server, reached, fix)
+        # Tenant databases being provisioned, and this control plane's spares (one being made is open
+        # until its role is granted; the spare check drops any left that way), revoke PUBLIC themselves.
         being_provisioned = {t.database_name for t in tenants if t.status is TenantStatus.PROVISIONING}
+        open_databases = [d for d in open_databases if not _own_spare(d.name, tag)]
         await self._public_connect(report, server, [d for d in open_databases if d.name not in being_provisioned], fix)
         registered = {t.database_name for t in tenants}
         for tenant in tenants:
@@ -217,6 +240,7 @@ class Reconciler:
         orphans = {name: (name in databases, name in roles) for name in (databases | roles) - registered}
         if orphans:
             await self._orphans(report, server, orphans, fix)
+        await self._spares.run(report, server, fix)
 
     async def _missing_database(self, report: ReconcileReport, server: Server, tenant: Tenant, fix: bool) -> None:
         finding = Finding(
@@ -233,6 +257,9 @@ class Reconciler:
             return
         try:
             async with self._service.locked(tenant.id) as conn:
+                if await self._spares.rename_lost(conn, server, tenant):
+                    finding.action = "renamed again from the spare it claimed (a crash lost the rename)"
+                    return
                 async with conn.transaction():
                     await registry.set_status(conn, tenant.id, TenantStatus.BROKEN, suspended_at=tenant.suspended_at)
                     op_id = await ledger.start(
@@ -350,6 +377,11 @@ class Reconciler:
         except CardVaultError as exc:
             return f"failed: {exc.detail}"
         return done
+
+
+def _own_spare(name: str, tag: str) -> bool:
+    match = catalog.SPARE_NAME_PATTERN.fullmatch(name)
+    return match is not None and match.group(1) == tag
 
 
 async def _still_running(conn: AsyncConn, op: Operation) -> bool:

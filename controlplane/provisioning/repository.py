@@ -116,3 +116,28 @@ async def known_tenant_ids(conn: AsyncConn, tenant_ids: Iterable[uuid.UUID]) -> 
         "SELECT DISTINCT tenant_id FROM tenant_operations WHERE tenant_id = ANY(%s)", (list(tenant_ids),)
     )
     return {r["tenant_id"] for r in await cur.fetchall()}
+
+
+async def spare_claims(conn: AsyncConn, names: Iterable[str]) -> set[str]:
+    """Which of the spare ``names`` a provisioning claimed that is still running or whose tenant is registered
+    (renamed already, or about to be, or to be renamed again by the reconciler): none of them is an orphan."""
+    cur = await conn.execute(
+        """
+        SELECT params -> 'spare' ->> 'name' AS name FROM tenant_operations o
+         WHERE kind = 'provision' AND params -> 'spare' ->> 'name' = ANY(%s)
+           AND (state = 'running' OR EXISTS (SELECT FROM tenants t WHERE t.id = o.tenant_id))
+        """,
+        (list(names),),
+    )
+    return {r["name"] for r in await cur.fetchall()}
+
+
+async def claimed_spare(conn: AsyncConn, tenant_id: uuid.UUID) -> str | None:
+    """The spare the tenant's provisioning claimed, if it claimed one."""
+    cur = await conn.execute(
+        "SELECT params -> 'spare' ->> 'name' AS name FROM tenant_operations"
+        " WHERE tenant_id = %s AND kind = 'provision' AND params ? 'spare' ORDER BY id DESC LIMIT 1",
+        (tenant_id,),
+    )
+    row = await cur.fetchone()
+    return str(row["name"]) if row else None

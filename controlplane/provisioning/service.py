@@ -10,31 +10,29 @@ from __future__ import annotations
 
 import logging
 import time
-import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 from controlplane import db
 from controlplane.accounts import repository as accounts
-from controlplane.crypto import SecretBox, new_password, tenant_role_verifier
+from controlplane.crypto import new_password, tenant_role_verifier
 from controlplane.db import AsyncConn
 from controlplane.errors import (
     CardVaultError,
     InvalidState,
     OperationFailed,
-    ValidationFailed,
 )
 from controlplane.fleet.models import Server
 from controlplane.platform import Platform
 from controlplane.provisioning import catalog
 from controlplane.provisioning import repository as ledger
-from controlplane.provisioning.locking import TenantLocks
-from controlplane.provisioning.models import OperationKind, OperationState
+from controlplane.provisioning.inputs import FirstAdmin, validate_name
+from controlplane.provisioning.models import OperationKind, OperationState, SpareClaim
+from controlplane.provisioning.spares import SparePool
 from controlplane.provisioning.steps import Steps
 from controlplane.provisioning.template import Templates
+from controlplane.provisioning.updates import TenantUpdates
 from controlplane.registry import repository as registry
 from controlplane.registry.models import (
     TIER_QUOTAS,
@@ -49,35 +47,12 @@ from controlplane.registry.models import (
 from controlplane.storage import Storage
 from controlplane.storage.local import LocalStorage
 
+__all__ = ["FirstAdmin", "TenantService", "validate_name"]
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class FirstAdmin:
-    """The tenant_admin a new tenant is provisioned with (the password already hashed)."""
-
-    email: str
-    password_hash: str
-
-    @classmethod
-    def from_ledger(cls, params: Mapping[str, Any], box: SecretBox) -> FirstAdmin | None:
-        seed = params.get("admin")
-        if not isinstance(seed, Mapping):
-            return None
-        return cls(email=str(seed["email"]), password_hash=box.decrypt(str(seed["password_hash"])))
-
-
-def validate_name(name: str) -> str:
-    cleaned = name.strip() if isinstance(name, str) else ""
-    if not 1 <= len(cleaned) <= 200:
-        raise ValidationFailed("name must be 1-200 characters")
-    if any(unicodedata.category(char) == "Cc" for char in cleaned):  # NUL would reach PostgreSQL as a 500
-        raise ValidationFailed("name must not contain control characters")
-    return cleaned
-
-
-class TenantService(TenantLocks):
+class TenantService(TenantUpdates):
     """One service behind both the CLI and the admin API."""
 
     def __init__(self, platform: Platform, storage: Storage | None = None) -> None:
@@ -85,6 +60,8 @@ class TenantService(TenantLocks):
         #: Where the tenants' files live; a purge removes the tenant's whole area.
         self.storage = storage if storage is not None else LocalStorage(platform.settings.data_dir / "storage")
         self.templates = Templates(platform)
+        #: Spare databases: claimed by ``create`` instead of a clone when one is ready.
+        self.spares = SparePool(platform, self.templates)
         self._provisioned: list[Callable[[float, bool], None]] = []
 
     def on_provisioned(self, listener: Callable[[float, bool], None]) -> None:
@@ -108,6 +85,11 @@ class TenantService(TenantLocks):
         async with self.locked(tenant_id) as conn:
             server = await self._p.fleet.place(conn)
             async with conn.transaction():
+                # A spare claimed here goes back to the pool if the registration fails (slug taken).
+                spare = await self.spares.claim(conn, server.id)
+                claim = SpareClaim(name=spare.database_name, revision=spare.schema_revision) if spare else None
+                if claim is not None:
+                    params["spare"] = claim.to_params()
                 await registry.insert_tenant(
                     conn,
                     tenant_id=tenant_id,
@@ -118,7 +100,8 @@ class TenantService(TenantLocks):
                     server_id=server.id,
                     database_name=database_name_for(tenant_id),
                     role_name=role_name_for(tenant_id),
-                    role_password_encrypted=self._p.box.encrypt(password),
+                    # A spare's role keeps its password: it becomes the tenant's credential.
+                    role_password_encrypted=spare.role_password_encrypted if spare else self._p.box.encrypt(password),
                 )
                 op_id = await ledger.start(
                     conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, **params}
@@ -126,7 +109,7 @@ class TenantService(TenantLocks):
             steps = Steps(self._p)
             started = time.perf_counter()
             try:
-                await self.provision_steps(conn, tenant_id, server, password, op_id, steps, admin)
+                await self.provision_steps(conn, tenant_id, server, password, op_id, steps, admin, claim)
             except Exception as exc:
                 self._observe(time.perf_counter() - started, succeeded=False)
                 failed_step = steps.current  # before the undo runs its own steps
@@ -136,6 +119,9 @@ class TenantService(TenantLocks):
                 raise OperationFailed(
                     f"provisioning failed at step {failed_step}: {exc}; nothing was kept", step=failed_step
                 ) from exc
+            finally:
+                if claim is not None:
+                    self.spares.claimed(server.id)  # replaced in the background, off this signup's path
             self._observe(time.perf_counter() - started, succeeded=True)
             tenant = await registry.get_by_id(conn, tenant_id)
         assert tenant is not None
@@ -155,11 +141,20 @@ class TenantService(TenantLocks):
         op_id: int,
         steps: Steps,
         admin: FirstAdmin | None = None,
+        spare: SpareClaim | None = None,
     ) -> None:
-        """The idempotent provisioning steps, also used by the reconciler to finish an interrupted one."""
+        """The idempotent provisioning steps, also used by the reconciler to finish an interrupted one.
+
+        With a claimed ``spare``, its database and role are renamed to the tenant's (``claim_spare``)
+        instead of cloning the template and creating the role.
+        """
         database, role = database_name_for(tenant_id), role_name_for(tenant_id)
-        revision = await steps.run("template", lambda: self.templates.ensure(conn, server))
-        await steps.run("create_database", lambda: self.templates.clone(conn, server, database))
+        if spare is not None:
+            revision = spare.revision
+            await steps.run("claim_spare", lambda: self.spares.take_over(conn, server.id, spare.name, database, role))
+        else:
+            revision = await steps.run("template", lambda: self.templates.ensure(conn, server))
+            await steps.run("create_database", lambda: self.templates.clone(conn, server, database))
 
         if admin is not None:
 
@@ -173,7 +168,8 @@ class TenantService(TenantLocks):
             async with self._p.fleet.admin(conn, server.id) as admin:
                 await catalog.create_tenant_role(admin, role, database, tenant_role_verifier(password))
 
-        await steps.run("create_role", create_role)
+        if spare is None:
+            await steps.run("create_role", create_role)
 
         async def activate() -> None:
             tenant = await registry.get_by_id(conn, tenant_id)
@@ -194,6 +190,11 @@ class TenantService(TenantLocks):
         """Remove everything a failed provisioning made. If even that fails, the reconciler finishes it."""
         failed_step = steps.current
         try:
+            tenant = await registry.get_by_id(conn, tenant_id)
+            spare = await ledger.claimed_spare(conn, tenant_id) if tenant else None
+            if tenant is not None and spare is not None:
+                # Not renamed yet (or half): the spare goes too, never back to the pool.
+                await steps.run("drop_spare", lambda: self.spares.drop_objects(conn, tenant.server_id, spare))
             await self._remove_everything(conn, tenant_id, steps)
             await ledger.finish(
                 conn, op_id, OperationState.ROLLED_BACK, steps=steps.timings, step=failed_step, error=str(cause)
@@ -365,35 +366,3 @@ class TenantService(TenantLocks):
             )
             raise
         await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=steps.timings)
-
-    async def update(
-        self, slug: str, *, name: str | None = None, new_slug: str | None = None, tier: str | None = None
-    ) -> Tenant:
-        """Rename (slug and/or display name) or change tier; the database keeps its name."""
-        if name is not None:
-            name = validate_name(name)
-        if new_slug is not None:
-            validate_slug(new_slug)
-        tier_ = parse_tier(tier) if tier is not None else None
-        async with self.locked_slug(slug) as (conn, tenant):
-            if tenant.status in (TenantStatus.PROVISIONING, TenantStatus.DELETING):
-                raise InvalidState(f"cannot change a tenant that is {tenant.status.value}", status=tenant.status.value)
-            changes = {"slug": new_slug, "name": name, "tier": tier_.value if tier_ else None}
-            async with conn.transaction():
-                await registry.update_fields(
-                    conn,
-                    tenant.id,
-                    slug=new_slug,
-                    name=name,
-                    tier=tier_,
-                    max_users=TIER_QUOTAS[tier_][QuotaType.USERS] if tier_ else None,
-                )
-                if tier_ is not None:
-                    await registry.set_quotas(conn, tenant.id, TIER_QUOTAS[tier_])
-                op_id = await ledger.start(
-                    conn, tenant.id, new_slug or slug, OperationKind.UPDATE, {k: v for k, v in changes.items() if v}
-                )
-                await ledger.finish(conn, op_id, OperationState.SUCCEEDED, steps=[])
-            updated = await registry.get_by_id(conn, tenant.id)
-        assert updated is not None
-        return updated

@@ -98,10 +98,15 @@ class Overage(enum.StrEnum):
     API_CALLS = "api_calls"  # per call over the hourly quota
 
 
-#: Price per overage unit, in the smallest currency unit (fractions allowed: Stripe's unit_amount_decimal).
+#: Price per overage unit, in the smallest currency unit (cents; fractions allowed: Stripe's
+#: ``unit_amount_decimal``), billed monthly through one metered price per meter. Metering reports one
+#: quantity per UTC day that the meter sums over the month, so levels are billed per unit-day:
+#: cards 0.01 cent per card over the plan per day (1,000 extra cards for 30 days: $3.00), storage
+#: 2 cents per started GiB over the plan per day (about 60 cents per GiB-month), API calls 0.01 cent per
+#: call over the hourly limit ($1.00 per 10,000 calls).
 OVERAGE_UNIT_PRICES: dict[Overage, str] = {
-    Overage.CARDS: "0.1",
-    Overage.STORAGE_GB: "50",
+    Overage.CARDS: "0.01",
+    Overage.STORAGE_GB: "2",
     Overage.API_CALLS: "0.01",
 }
 

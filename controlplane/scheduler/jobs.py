@@ -15,6 +15,11 @@ keeps the job's stats for ``/metrics``).
 | ``compact_usage_history`` | leader | ``CARDVAULT_USAGE_COMPACT_INTERVAL`` |
 | ``refresh_usage`` | every replica | ``CARDVAULT_USAGE_INTERVAL`` |
 | ``tenant_health`` | leader | ``CARDVAULT_HEALTH_INTERVAL`` |
+| ``refill_spares`` | leader (and on the claiming replica right after a claim, in the background) | 30 s |
+| ``deliver_mail`` | leader | ``CARDVAULT_MAIL_INTERVAL`` |
+| ``report_overage`` (overage ledger) | leader, with a billing provider | ``CARDVAULT_BILLING_USAGE_INTERVAL`` |
+| ``billing_inbox`` (webhook events due: retries, and any a crash left) | leader, with a billing provider | 60 s |
+| ``billing_grace`` (suspend tenants unpaid past the grace deadline) | leader, with a billing provider | 15 min |
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from controlplane.billing.inbox import Inbox
+from controlplane.billing.metering import Metering
+from controlplane.billing.service import BillingService
+from controlplane.mail.sender import MailSender
 from controlplane.maintenance.service import HealthMonitor, run_maintenance_window
 from controlplane.platform import Platform
 from controlplane.provisioning.reconciler import Reconciler
@@ -40,6 +49,12 @@ MAINTENANCE_INTERVAL = 3600.0
 API_CALLS_FLUSH_INTERVAL = 30.0
 #: Seconds between clean-ups of expired storage expansions and old resolved alerts.
 QUOTA_CLEANUP_INTERVAL = 86400.0
+#: Seconds between top-ups of the spare databases (also right after each claim, in the background).
+SPARE_REFILL_INTERVAL = 30.0
+#: Seconds between runs of the webhook inbox (events due for a retry, or left unprocessed by a crash).
+BILLING_INBOX_INTERVAL = 60.0
+#: Seconds between checks of grace deadlines (a tenant is suspended at most this late).
+BILLING_GRACE_INTERVAL = 900.0
 #: Tenant databases vacuumed at once in a maintenance window.
 MAINTENANCE_CONCURRENCY = 2
 
@@ -56,6 +71,13 @@ class Jobs:
     usage: UsageService
     alerts: QuotaAlerts
     health: HealthMonitor
+    #: Delivers the mail outbox over SMTP.
+    mail: MailSender
+    #: Records and reports overage to the billing provider (None with ``CARDVAULT_BILLING=none``).
+    metering: Metering | None = None
+    #: Tenant billing and the webhook inbox (their jobs run only with a billing provider).
+    billing: BillingService | None = None
+    inbox: Inbox | None = None
 
     def schedule(self, scheduler: Scheduler) -> None:
         """Add every job of the table to ``scheduler`` (jobs whose interval is 0 are off)."""
@@ -70,10 +92,23 @@ class Jobs:
         scheduler.add_leader_job("compact_usage_history", self.usage.compact_job, settings.usage.compact_interval)
         scheduler.add_instance_job("refresh_usage", self.usage.refresh_job, settings.usage.interval)
         scheduler.add_leader_job("tenant_health", self.health.job, settings.usage.health_interval)
+        # Also with CARDVAULT_SPARE_DATABASES=0: the job then drops the spares left from before.
+        scheduler.add_leader_job("refill_spares", self.refill_spares, SPARE_REFILL_INTERVAL)
+        self.reconciler.spares.refill_after_claims()
+        scheduler.add_leader_job("deliver_mail", self.mail.job, settings.mail.interval)
+        if self.metering is not None:
+            scheduler.add_leader_job("report_overage", self.metering.job, settings.billing.usage_interval)
+        if self.billing is not None and self.billing.provider is not None and self.inbox is not None:
+            scheduler.add_leader_job("billing_inbox", self.inbox.process_pending, BILLING_INBOX_INTERVAL)
+            scheduler.add_leader_job("billing_grace", self.billing.expire_grace, BILLING_GRACE_INTERVAL)
 
     async def reconcile(self) -> str:
         report = await self.reconciler.run(fix=True)
         return f"{len(report.findings)} finding(s)"
+
+    async def refill_spares(self) -> str:
+        outcomes = await self.reconciler.spares.refill()
+        return "; ".join(o.describe() for o in outcomes) or "no servers"
 
     async def reload_signing_keys(self) -> str:
         await self.reload_keys()

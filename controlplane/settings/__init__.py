@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -75,6 +76,10 @@ def _check_billing(billing: BillingSettings) -> None:
         raise ConfigError(f"CARDVAULT_BILLING must be none or stripe, got {billing.provider!r}")
     if billing.on_cancel not in ("starter", "suspend"):
         raise ConfigError(f"CARDVAULT_BILLING_ON_CANCEL must be starter or suspend, got {billing.on_cancel!r}")
+    if not 1.0 <= billing.overage_ceiling <= 100.0:
+        raise ConfigError(
+            f"CARDVAULT_OVERAGE_CEILING must be 1.0..100 (1.0: hard limits), got {billing.overage_ceiling}"
+        )
     if billing.provider == "stripe" and not (billing.stripe_api_key and billing.stripe_webhook_secret):
         raise ConfigError("CARDVAULT_BILLING=stripe needs CARDVAULT_STRIPE_API_KEY and CARDVAULT_STRIPE_WEBHOOK_SECRET")
 
@@ -119,6 +124,16 @@ class Settings:
                 raise ConfigError(f"CARDVAULT_{name} must be >= {minimum}, got {value}")
             return value
 
+        def get_float(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"CARDVAULT_{name} must be a number, got {raw!r}") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"CARDVAULT_{name} must be a finite number, got {raw!r}")
+            return value
+
         def get_duration(name: str, default: float) -> float:
             raw = source.get(f"CARDVAULT_{name}", "").strip()
             return parse_duration(raw) if raw else default
@@ -151,6 +166,7 @@ class Settings:
             grace=get_duration("BILLING_GRACE", BillingSettings.grace),
             on_cancel=get("BILLING_ON_CANCEL", BillingSettings.on_cancel).lower(),
             usage_interval=get_duration("BILLING_USAGE_INTERVAL", BillingSettings.usage_interval),
+            overage_ceiling=get_float("OVERAGE_CEILING", BillingSettings.overage_ceiling),
         )
         _check_billing(billing)
         return cls(

@@ -204,10 +204,19 @@ class BillingSettings:
     #: Seconds between overage reports to the provider on the leader; 0 disables
     #: (``CARDVAULT_BILLING_USAGE_INTERVAL``).
     usage_interval: float = 3600.0
+    #: How far a tenant paying for a plan (subscription active, trialing or past_due in its grace, on a
+    #: paid tier) may exceed its cards, storage and API-call limits, as a multiple of them; what is over the
+    #: plan is billed as overage. 1.0: no overage, the limits are hard (``CARDVAULT_OVERAGE_CEILING``).
+    overage_ceiling: float = 2.0
 
     @property
     def enabled(self) -> bool:
         return self.provider != "none"
+
+    @property
+    def quota_ceiling(self) -> float:
+        """The multiple of a paying tenant's plan limits that is enforced (1.0 with billing off)."""
+        return self.overage_ceiling if self.enabled else 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,17 @@
 """API calls per tenant: the hourly rate limit (the ``api_calls_per_hour`` quota) and the usage count.
 
 Every authenticated tenant API call is admitted here. The limit is a fixed window of one hour on a
-counter shared by all instances when ``CARDVAULT_REDIS_URL`` is set (in-process otherwise). Calls are
-also counted in memory per tenant and hour and added to ``tenant_api_calls`` by ``flush`` (a job of
-every instance; each adds its own counts, so nothing is counted twice).
+counter shared by all instances when ``CARDVAULT_REDIS_URL`` is set (in-process otherwise). Admitted
+calls are also counted in memory per tenant and hour and added to ``tenant_api_calls`` by ``flush`` (a
+job of every instance; each adds its own counts, so nothing is counted twice); a refused call (429) is
+not counted: it is neither usage nor billable overage.
 
-If the shared counter (Redis) is unreachable, calls are admitted (logged): rate limiting is not worth
-an outage. The limit itself is read from the registry at most once a minute per tenant: a quota change takes
-effect within a minute on every instance without a registry query per request.
+The limit is the enforced one (``quota_repository.enforced_limit``): for a tenant paying for a plan with
+billing on, up to ``ceiling`` times its hourly limit, the calls over the plan's limit being billed as
+overage by metering. If the shared counter (Redis) is unreachable, calls are admitted (logged): rate
+limiting is not worth an outage. The limit itself is read from the registry at most once a minute per
+tenant (a bounded cache): a quota or subscription change takes effect within a minute on every instance
+without a registry query per request.
 """
 
 from __future__ import annotations
@@ -31,14 +35,22 @@ log = logging.getLogger(__name__)
 HOUR = 3600
 #: Seconds a tenant's limit is cached.
 LIMIT_TTL = 60.0
+#: Tenants whose limit (and limiter key) is cached at most; past it, expired entries go, then all.
+MAX_CACHED = 100_000
 
 
 class ApiCalls:
     def __init__(
-        self, limiter: RateLimiter, control: AsyncConnectionPool[AsyncConn], *, clock: Callable[[], float] = time.time
+        self,
+        limiter: RateLimiter,
+        control: AsyncConnectionPool[AsyncConn],
+        *,
+        ceiling: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._limiter = limiter
         self._control = control
+        self._ceiling = ceiling
         self._clock = clock
         self._limits: dict[uuid.UUID, tuple[int | None, float]] = {}
         self._keys: dict[uuid.UUID, str] = {}  # the limiter's key of each tenant (formatting a UUID costs)
@@ -50,7 +62,13 @@ class ApiCalls:
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._control.connection() as conn:
-            value = await quota_repository.effective_limit(conn, tenant_id, QuotaType.API_CALLS_PER_HOUR)
+            value = await quota_repository.enforced_limit(
+                conn, tenant_id, QuotaType.API_CALLS_PER_HOUR, ceiling=self._ceiling
+            )
+        if len(self._limits) >= MAX_CACHED and tenant_id not in self._limits:
+            self._limits = {k: v for k, v in self._limits.items() if v[1] > now}
+            if len(self._limits) >= MAX_CACHED:
+                self._limits.clear()
         self._limits[tenant_id] = (value, now + LIMIT_TTL)
         return value
 
@@ -58,19 +76,23 @@ class ApiCalls:
         """Drop the cached limit (the tenant's quotas changed here)."""
         self._limits.pop(tenant_id, None)
 
+    def _count(self, tenant_id: uuid.UUID) -> None:
+        self._counts[(tenant_id, int(self._clock() // HOUR) * HOUR)] += 1
+
     async def admit(self, tenant_id: uuid.UUID) -> Decision | None:
-        """Count one call; 429 ``TooManyRequests`` when the tenant is over its hourly limit.
+        """Admit and count one call; 429 ``TooManyRequests`` (not counted) when the tenant is over its
+        hourly limit.
 
         Returns the decision (for the ``RateLimit-*`` headers), or None for an unlimited tenant.
         """
         limit = await self.limit(tenant_id)
-        self._counts[(tenant_id, int(self._clock() // HOUR) * HOUR)] += 1
         if limit is None:
+            self._count(tenant_id)
             return None
         try:
             key = self._keys.get(tenant_id)
             if key is None:
-                if len(self._keys) >= 100_000:
+                if len(self._keys) >= MAX_CACHED:
                     self._keys.clear()
                 key = self._keys[tenant_id] = f"api:{tenant_id}"
             decision = await self._limiter.hit(key, limit, HOUR)
@@ -78,6 +100,7 @@ class ApiCalls:
             # Fail open: a dead Redis must not take every tenant's API down; the login throttle,
             # which guards against brute force, fails closed instead.
             log.warning("rate limiter unavailable, admitting the call: %s", exc.detail)
+            self._count(tenant_id)
             return None
         if not decision.allowed:
             raise TooManyRequests(
@@ -86,6 +109,7 @@ class ApiCalls:
                 limit=limit,
                 retry_after=decision.reset_after,
             )
+        self._count(tenant_id)
         return decision
 
     def pending(self) -> dict[tuple[uuid.UUID, int], int]:

@@ -1,5 +1,6 @@
 """SQL of quotas as the platform manages them: effective limits (``tenant_quotas`` plus live
-``quota_expansions``), expansions, and quota alert events (``quota_alerts``). Callers own transactions.
+``quota_expansions``), the enforced limits of tenants paying for overage (``tenant_billing``), expansions,
+and quota alert events (``quota_alerts``). Callers own transactions.
 """
 
 from __future__ import annotations
@@ -61,6 +62,44 @@ async def effective_limit(conn: AsyncConn, tenant_id: uuid.UUID, quota: QuotaTyp
     cur = await conn.execute(query, {"tenant": tenant_id, "quota": quota.value})
     row = await cur.fetchone()
     return int(row["effective_limit"]) if row and row["effective_limit"] is not None else None
+
+
+#: Quotas that become soft for a tenant paying for a plan (``enforced_limit``); users stay hard.
+SOFT_QUOTAS = frozenset({QuotaType.CARDS, QuotaType.STORAGE_BYTES, QuotaType.API_CALLS_PER_HOUR})
+#: Subscription statuses (the provider's words, ``tenant_billing``) of a tenant paying for its plan:
+#: billing's ``PAYING`` plus ``past_due``, which keeps the plan (and its allowance) until the grace deadline.
+OVERAGE_STATUSES = ("active", "trialing", "past_due")
+
+_ENFORCED = sql.SQL(
+    """
+    SELECT e.effective_limit,
+           CASE WHEN e.effective_limit IS NOT NULL
+                 AND b.subscription_status = ANY(%(statuses)s) AND t.subscription_tier <> 'starter'
+                THEN LEAST(floor(e.effective_limit::numeric * %(ceiling)s::numeric), {cap})::bigint
+                ELSE e.effective_limit END AS enforced_limit
+      FROM ({effective}) e
+      JOIN tenants t ON t.id = e.tenant_id
+      LEFT JOIN tenant_billing b ON b.tenant_id = e.tenant_id
+     WHERE e.quota_type = %(quota)s
+    """
+).format(effective=EFFECTIVE[True], cap=sql.Literal(_BIGINT_MAX))
+
+
+async def enforced_limit(
+    conn: AsyncConn, tenant_id: uuid.UUID, quota: QuotaType, *, ceiling: float = 1.0
+) -> int | None:
+    """The limit a create or an API call is held to: the effective limit (the plan's: what overage is
+    billed over), times ``ceiling`` for a soft quota of a tenant paying for a paid plan (its subscription
+    in ``OVERAGE_STATUSES``, tier not starter). None: unlimited or no row. ``ceiling`` 1.0: the plain
+    effective limit (billing off, or overage turned off)."""
+    if ceiling == 1.0 or quota not in SOFT_QUOTAS:
+        return await effective_limit(conn, tenant_id, quota)
+    cur = await conn.execute(
+        _ENFORCED,
+        {"tenant": tenant_id, "quota": quota.value, "ceiling": str(ceiling), "statuses": list(OVERAGE_STATUSES)},
+    )
+    row = await cur.fetchone()
+    return int(row["enforced_limit"]) if row and row["enforced_limit"] is not None else None
 
 
 async def quota_rows(conn: AsyncConn, tenant_id: uuid.UUID) -> list[Row]:

@@ -3,8 +3,12 @@
 - **Effective limit** of a quota = its ``tenant_quotas.quota_limit`` (None: unlimited) plus every
   ``quota_expansions`` row of that tenant and quota whose ``expires_at`` is still ahead
   (``quota_repository.effective_limit``). Expired expansions stop counting by themselves;
-  ``quota_repository.delete_expired_expansions`` is the clean-up for a leader job. Enforcement, the API
-  call limiter and ``alerts`` all use it.
+  ``quota_repository.delete_expired_expansions`` is the clean-up for a leader job. ``alerts`` and
+  overage metering use it: it is the plan's limit.
+- **Enforced limit** (``quota_repository.enforced_limit``): what creates and the API call limiter refuse
+  at. The effective limit, except that with billing on a tenant paying for a paid plan may go over its
+  cards, storage and API-call limits up to ``CARDVAULT_OVERAGE_CEILING`` times them (soft quotas; what
+  is over the plan is billed as overage). Users stay hard.
 - **Admin overrides**: ``parse_limits`` validates ``{quota_type: limit | None}``; the limits are
   written with ``registry.set_quotas`` (a later tier change resets them to the tier's defaults).
 
@@ -86,15 +90,16 @@ def parse_limits(raw: Mapping[str, int | None]) -> dict[QuotaType, int | None]:
 # -- limits ------------------------------------------------------------------------------------------
 
 
-def limits_for(control: AsyncConnectionPool[AsyncConn], tenant_id: uuid.UUID) -> LimitLookup:
-    """The tenant's effective limits, each looked up (``effective_limit``) when asked for.
+def limits_for(control: AsyncConnectionPool[AsyncConn], tenant_id: uuid.UUID, *, ceiling: float = 1.0) -> LimitLookup:
+    """The tenant's enforced limits, each looked up (``enforced_limit``) when asked for; ``ceiling``:
+    ``BillingSettings.quota_ceiling`` (1.0: the plan's limits are hard).
 
     Lazy, so that reads never touch the control database; only a create that checks a quota does.
     """
 
     async def limit_of(quota: QuotaType) -> int | None:
         async with control.connection() as conn:
-            return await repository.effective_limit(conn, tenant_id, quota)
+            return await repository.enforced_limit(conn, tenant_id, quota, ceiling=ceiling)
 
     return limit_of
 

@@ -62,6 +62,11 @@ ADMIN_ROUTES = [
     ("PUT", "/admin/tenants/acme/quotas"),
     ("POST", "/admin/tenants/acme/quotas/storage-expansion"),
     ("GET", "/admin/tenants/acme/usage"),
+    ("GET", "/admin/billing/usage"),
+    ("POST", "/admin/billing/usage/1/retry"),
+    ("GET", "/admin/tenants/acme/billing"),
+    ("POST", "/admin/tenants/acme/billing/plan"),
+    ("POST", "/admin/tenants/acme/billing/sync"),
 ]
 
 
@@ -87,7 +92,10 @@ async def test_openapi_lists_every_admin_route(client: Client) -> None:
         for method in operations
         if method in ("get", "post", "patch", "put", "delete")
     }
-    expected = {(m, p.replace("/acme", "/{slug}").replace("/default/", "/{name}/")) for m, p in ADMIN_ROUTES}
+    expected = {
+        (m, p.replace("/acme", "/{slug}").replace("/default/", "/{name}/").replace("/usage/1/", "/usage/{report_id}/"))
+        for m, p in ADMIN_ROUTES
+    }
     assert listed == expected, "ADMIN_ROUTES (the auth test's list) must name every admin operation"
     assert {"/health/live", "/health/ready"} <= set(schema["paths"])
     assert "bearer" in schema["components"]["securitySchemes"]

@@ -53,6 +53,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/settings"): {"json": {"collection_name": "Mine"}},
     ("PATCH", "/me"): {"json": {"display_name": "Me"}},
     ("PUT", "/me/password"): {"json": {"current_password": "not my password", "new_password": "another password"}},
+    ("POST", "/billing/checkout"): {"json": {"tier": "professional"}},
+    ("POST", "/billing/portal"): {},
+    ("POST", "/billing/plan"): {"json": {"tier": "enterprise"}},
 }
 #: What refusing an identity looks like (a route that runs may still answer 403 for its own reasons,
 #: e.g. ``wrong_password`` when changing one's password).
