@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import hmac
 import logging
 import struct
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import cast
 from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives import hashes
@@ -52,13 +50,6 @@ log = logging.getLogger(__name__)
 LINK_TTL = timedelta(days=30)
 _TOKEN = struct.Struct(">16sQ")  # tenant id, expiry (unix seconds)
 _MAC_BYTES = 16
-
-
-class DunningMail(enum.StrEnum):
-    """The dunning mails (``mail_outbox.kind``)."""
-
-    PAST_DUE = "payment_past_due"
-    SUSPENDED = "payment_suspended"
 
 
 def _when(moment: datetime) -> str:
@@ -150,7 +141,7 @@ class Dunning:
         conn: AsyncConn,
         provider: BillingProvider,
         tenant: Tenant,
-        kind: DunningMail,
+        kind: MailKind,
         *,
         deadline: datetime,
         now: datetime,
@@ -161,12 +152,11 @@ class Dunning:
             log.warning("billing: tenant %s has no billing contact for its %s mail", tenant.slug, kind.value)
             return None
         expires = now + LINK_TTL
-        text = past_due_text if kind is DunningMail.PAST_DUE else suspended_text
+        text = past_due_text if kind is MailKind.PAYMENT_PAST_DUE else suspended_text
         subject, body = text(
             slug=tenant.slug, deadline=deadline, link=self.links.link(tenant.id, expires), link_expires=expires
         )
-        # mail_outbox.kind is free text; MailKind (controlplane.mail) does not list billing's kinds yet.
-        return await outbox.enqueue(conn, tenant.id, cast(MailKind, kind), recipient, subject, body)
+        return await outbox.enqueue(conn, tenant.id, kind, recipient, subject, body)
 
     async def portal_url(self, provider: BillingProvider, token: str, *, now: datetime) -> str:
         """A fresh Billing Portal session for the tenant a dunning link names (``PortalLinkInvalid``

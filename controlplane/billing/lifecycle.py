@@ -9,11 +9,14 @@ audited in ``platform_audit`` with actor ``billing``.
 | subscription state | tenant effect |
 |---|---|
 | ``active`` / ``trialing`` | tier = the price's tier; grace cleared; resumed if billing suspended it |
-| ``past_due`` / ``unpaid`` / ``paused`` | tier kept; grace deadline = first seen + grace |
-| ... and the grace deadline passed | suspended for non-payment (flag set), data kept |
+| ``past_due`` / ``unpaid`` / ``paused`` | tier kept; grace deadline = first seen + grace; billing contact mailed |
+| ... and the grace deadline passed | suspended for non-payment (flag set), data kept; billing contact mailed |
 | ``canceled`` / ``incomplete_expired`` / gone | ``on_cancel=starter``: tier starter, resumed if billing suspended it |
 | ... with ``on_cancel=suspend`` | suspended (flag set: a new subscription resumes it) |
 | ``incomplete`` (first payment under way), none yet | nothing |
+
+The two mails (``dunning``) are queued by ``BillingService`` with the dunning state, when a decision
+starts the grace period (``past_due`` without a deadline before) or suspends (``grace_expired``).
 
 Every decision is a function of the latest state, so replays and events out of order converge on
 the same tenant. A cancellation acts once, when the state first becomes ended (a super-admin may set a

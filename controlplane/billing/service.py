@@ -24,7 +24,7 @@ from typing import Any
 
 from controlplane.billing import catalog
 from controlplane.billing import repository as repo
-from controlplane.billing.dunning import Dunning, DunningMail
+from controlplane.billing.dunning import Dunning
 from controlplane.billing.errors import AlreadySubscribed, BillingDisabled, NoSubscription, OverQuota, PriceNotSynced
 from controlplane.billing.lifecycle import BillingEffects, Decision, decide
 from controlplane.billing.metering import overage_summary
@@ -39,6 +39,7 @@ from controlplane.billing.models import (
 from controlplane.billing.provider import BillingProvider, SubscriptionState
 from controlplane.db import AsyncConn
 from controlplane.errors import InvalidTier, TenantNotFound, ValidationFailed
+from controlplane.mail.models import MailKind
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
@@ -339,9 +340,9 @@ class BillingService:
         """The billing contact's mail when the grace period starts or runs out (in the caller's transaction,
         with the dunning state it announces)."""
         if decision.reason == "past_due" and not grace_was_running:
-            kind = DunningMail.PAST_DUE
+            kind = MailKind.PAYMENT_PAST_DUE
         elif decision.reason == "grace_expired" and decision.suspend:
-            kind = DunningMail.SUSPENDED
+            kind = MailKind.PAYMENT_SUSPENDED
         else:
             return
         if decision.grace_deadline is None or tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):

@@ -19,6 +19,10 @@ class MailKind(enum.StrEnum):
     VERIFY_EMAIL = "verify_email"
     #: The link with which an invited user sets their password.
     INVITATION = "invitation"
+    #: A payment failed: the grace deadline and a Billing Portal link (billing's dunning).
+    PAYMENT_PAST_DUE = "payment_past_due"
+    #: The grace period ended unpaid: the tenant is suspended; the Billing Portal link still works.
+    PAYMENT_SUSPENDED = "payment_suspended"
 
 
 class OutgoingMail(msgspec.Struct, frozen=True, kw_only=True):

@@ -49,6 +49,9 @@ async def claim(conn: AsyncConn, *, now: datetime, lease_until: datetime, limit:
         FROM (
             SELECT id FROM mail_outbox
             WHERE sent_at IS NULL AND failed_at IS NULL AND send_after <= %(now)s
+              -- A mail written with a tenant's registration waits until the tenant is provisioned: a
+              -- provisioning that fails takes the mail with it (ON DELETE CASCADE), unsent.
+              AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = mail_outbox.tenant_id AND t.status = 'provisioning')
             ORDER BY send_after, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED

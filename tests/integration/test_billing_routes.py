@@ -5,7 +5,7 @@ usage against the plan) while checkout, portal and plan answer 409 ``billing_dis
 is not mounted; only tenant admins of that very tenant reach a tenant's billing (another tenant's admin
 403, a user of the tenant 403 ``permission_denied``, an unknown tenant 404); a super-admin's plan change
 below what the tenant uses is refused 409 ``over_quota`` naming exactly the quotas it exceeds, changes
-nothing, and goes through with ``force``.
+nothing, and goes through with ``force``. With Stripe on, the app closes the SDK's connections when it stops.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from controlplane.http.state import BILLING_STATE_KEY
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
@@ -26,6 +27,7 @@ from tests.integration.auth_support import (
     super_admin,
     tenant_rows,
 )
+from tests.integration.billing_support import open_stripe_client
 
 Client = AsyncTestClient[Any]
 PLAN = {"tier": "professional", "interval": "month"}
@@ -137,3 +139,14 @@ async def test_tenant_identities_cannot_use_the_admin_billing_routes(
         answer = await client.request(method, path, json=payload, headers=auth)
         assert answer.status_code == 403, answer.text
     assert await _tier(platform, "acme") is Tier.PROFESSIONAL
+
+
+async def test_the_app_closes_the_stripe_connections_when_it_stops(stripe_settings: Settings) -> None:
+    async with open_stripe_client(stripe_settings) as client:
+        acme = await create_tenant(client, "acme", tier="starter")
+        portal = await client.post(acme.api("/billing/portal"), headers=acme.auth)  # Stripe through the app
+        assert portal.status_code == 200, portal.text
+        provider = client.app.state[BILLING_STATE_KEY].provider
+        (http,) = provider._http.values()  # the SDK's HTTP client of the app's event loop
+        assert not http._client_async.is_closed
+    assert http._client_async.is_closed

@@ -48,3 +48,26 @@ def test_the_live_subscription_counts_over_newer_incomplete_or_ended_ones() -> N
 def test_lookup_keys() -> None:
     assert lookup_key(Tier.PROFESSIONAL, "month") == "cardvault_professional_monthly"
     assert lookup_key(Tier.STARTER, "year") == "cardvault_starter_yearly"
+
+
+def _metered(item_id: str, price_id: str, *, ours: bool = True) -> dict[str, Any]:
+    metadata = {"overage": "cards"} if ours else {}
+    recurring = {"usage_type": "metered", "interval": "month"}
+    return {"id": item_id, "price": {"id": price_id, "recurring": recurring, "metadata": metadata}}
+
+
+def test_the_plan_is_the_licensed_item_and_our_metered_items_are_the_overage() -> None:
+    licensed = {"id": "si_plan", "price": {"id": "price_pro", "recurring": {"usage_type": "licensed"}}}
+    items = [_metered("si_cards", "price_cards"), licensed, _metered("si_theirs", "price_other", ours=False)]
+    state = subscription_state(sub(items={"data": items}, current_period_end=END))
+    assert (state.price_id, state.item_id) == ("price_pro", "si_plan")  # not the metered item listed first
+    assert state.overage_items == {"si_cards": "price_cards"}  # a metered price not of ours is left alone
+
+
+def test_a_metered_plan_of_an_older_api_version_is_not_the_plan() -> None:
+    items = [
+        {"id": "si_m", "plan": {"id": "plan_m", "usage_type": "metered"}},
+        {"id": "si_l", "plan": {"id": "plan_l"}},
+    ]
+    state = subscription_state(sub(items={"data": items}))
+    assert (state.price_id, state.item_id, state.overage_items) == ("plan_l", "si_l", {})
