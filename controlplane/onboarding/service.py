@@ -4,14 +4,16 @@ A signup is, in this order (each step's failure undoes all before it, so nothing
 
 1. checks that cost nothing (open, name, slug, tier, email, password policy), then the per-address
    limit (``CARDVAULT_SIGNUP_RATE`` an hour), then the password hash;
-2. ``TenantService.create`` with the first tenant_admin: registry row, database, role. A taken slug
-   (also the loser of a race for it) is 409 ``slug_taken`` before anything is made;
+2. ``TenantService.create`` with the first tenant_admin: registry row, database, role. The onboarding
+   row (SHA-256 of the verification token, expiry) and the verification mail are written in the
+   transaction that registers the tenant, so they exist exactly when the tenant does (a crash at any
+   later point leaves a whole starter tenant, never a half one; the mail waits in the outbox until the
+   tenant is provisioned). A taken slug (also the loser of a race for it) is 409 ``slug_taken`` before
+   anything is made;
 3. for a paid tier with billing on: the provider's checkout (the tenant starts on starter; the webhook
    moves it to the paid tier once paid). With billing off the tier is set at once;
 4. a login session for the new admin on the tenant's database (its first pooled connection), audited
-   there as ``tenant.signup``;
-5. one control-database transaction: the onboarding row (SHA-256 of the verification token, expiry)
-   and the verification mail in the outbox. Its commit is the last step that can fail.
+   there as ``tenant.signup``.
 
 If a step after 2 fails, the tenant is purged (database, role, files, registry row; the onboarding
 and outbox rows go with the registry row), so a retry with the same slug works. The platform audit
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
@@ -129,9 +132,14 @@ class Signups:
         ) as act:
             admin = FirstAdmin(email=email, password_hash=await self._auth.passwords.hash(password))
             initial = Tier.STARTER if paid else tier
-            tenant = act.result(await self._tenants.create(name=name, slug=slug, tier=initial.value, admin=admin))
+            record = self._record(name, slug, email, now or datetime.now(UTC))
+            tenant = act.result(
+                await self._tenants.create(
+                    name=name, slug=slug, tier=initial.value, admin=admin, with_registration=record
+                )
+            )
             try:
-                return await self._complete(tenant, data, email, tier if paid else None, client, now)
+                return await self._complete(tenant, data, email, tier if paid else None, client)
             except BaseException as exc:
                 await self._undo(tenant, exc)
                 raise
@@ -143,7 +151,6 @@ class Signups:
         email: str,
         paid_tier: Tier | None,
         client: Client,
-        now: datetime | None,
     ) -> SignupResult:
         checkout_url = None
         if paid_tier is not None:
@@ -153,7 +160,6 @@ class Signups:
                 "checkout", lambda: checkout.checkout(tenant, paid_tier, data.interval, email=email)
             )
         tokens = await self._step("session", lambda: self._open_session(tenant, email, client))
-        await self._step("record", lambda: self._record(tenant, email, now or datetime.now(UTC)))
         return SignupResult(
             tenant=SignupTenant(
                 id=tenant.id,
@@ -194,20 +200,26 @@ class Signups:
             await audit_log.record_tenant(conn, ctx, "tenant.signup", details={"tier": tenant.subscription_tier.value})
         return tokens
 
-    async def _record(self, tenant: Tenant, email: str, now: datetime) -> None:
+    def _record(
+        self, name: str, slug: str, email: str, now: datetime
+    ) -> Callable[[AsyncConn, uuid.UUID], Awaitable[None]]:
+        """The onboarding row and the verification mail, written in the tenant's registration
+        transaction: a tenant that exists always has them, whatever fails or crashes later."""
         token = secrets.token_urlsafe(32)
         expires_at = now + timedelta(seconds=self._p.settings.signup.verify_ttl)
         subject, body = templates.verification(
-            base_url=self._p.settings.http.base_url,
-            organisation=tenant.name,
-            slug=tenant.slug,
-            token=token,
-            expires_at=expires_at,
+            base_url=self._p.settings.http.base_url, organisation=name, slug=slug, token=token, expires_at=expires_at
         )
-        async with self._p.control.connection() as conn, conn.transaction():
-            await repository.insert(conn, tenant.id, email, hash_secret(token), expires_at)
-            await outbox.enqueue(conn, tenant.id, MailKind.VERIFY_EMAIL, email, subject, body)
-            self._p.failpoints.hit("before:signup_commit")
+
+        async def record(conn: AsyncConn, tenant_id: uuid.UUID) -> None:
+            async def write() -> None:
+                await repository.insert(conn, tenant_id, email, hash_secret(token), expires_at)
+                await outbox.enqueue(conn, tenant_id, MailKind.VERIFY_EMAIL, email, subject, body)
+                self._p.failpoints.hit("before:signup_commit")
+
+            await self._step("record", write)
+
+        return record
 
     async def _undo(self, tenant: Tenant, cause: BaseException) -> None:
         """Purge the half-signed-up tenant (its onboarding and outbox rows go with its registry row)."""

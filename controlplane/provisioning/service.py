@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from controlplane import db
@@ -70,9 +70,21 @@ class TenantService(TenantUpdates):
 
     # -- create ---------------------------------------------------------------------------------
 
-    async def create(self, *, name: str, slug: str, tier: str, admin: FirstAdmin | None = None) -> Tenant:
+    async def create(
+        self,
+        *,
+        name: str,
+        slug: str,
+        tier: str,
+        admin: FirstAdmin | None = None,
+        with_registration: Callable[[AsyncConn, uuid.UUID], Awaitable[None]] | None = None,
+    ) -> Tenant:
         """Register and provision a tenant (with its first tenant_admin when ``admin`` is given);
-        on failure nothing of it is left anywhere."""
+        on failure nothing of it is left anywhere.
+
+        ``with_registration(conn, tenant_id)`` writes the caller's own rows about the tenant in the
+        transaction that registers it (rows that reference ``tenants`` with ON DELETE CASCADE): they
+        exist exactly when the tenant does, whatever fails or crashes afterwards."""
         name = validate_name(name)
         validate_slug(slug)
         tier_ = parse_tier(tier)
@@ -106,6 +118,8 @@ class TenantService(TenantUpdates):
                 op_id = await ledger.start(
                     conn, tenant_id, slug, OperationKind.PROVISION, {"server": server.name, **params}
                 )
+                if with_registration is not None:
+                    await with_registration(conn, tenant_id)
             steps = Steps(self._p)
             started = time.perf_counter()
             try:

@@ -14,6 +14,7 @@ from controlplane.mail import outbox
 from controlplane.mail.models import MailKind
 from controlplane.mail.sender import BACKOFF_BASE, MailSender, backoff
 from controlplane.platform import Platform
+from controlplane.provisioning.service import TenantService
 from controlplane.settings import MailSettings, Settings
 from tests.conftest import eventually
 from tests.integration.signup_support import (
@@ -141,3 +142,19 @@ async def test_without_an_smtp_url_mail_stays_queued_and_it_is_said_once(
 def test_backoff_doubles_from_30_seconds_up_to_an_hour() -> None:
     assert [backoff(n).total_seconds() for n in (1, 2, 3, 4)] == [30, 60, 120, 240]
     assert backoff(8).total_seconds() == 3600 and backoff(10_000).total_seconds() == 3600
+
+
+async def test_a_mail_of_a_tenant_still_being_provisioned_waits(
+    platform: Platform, service: TenantService, smtp_server: SmtpServer
+) -> None:
+    """A mail written with a tenant's registration is not sent before the tenant is provisioned (a failed
+    provisioning removes it with the tenant, unsent)."""
+    tenant = await service.create(name="Waiting", slug="waiting", tier="starter")
+    async with platform.control.connection() as conn, conn.transaction():
+        await outbox.enqueue(conn, tenant.id, MailKind.VERIFY_EMAIL, "w@x.test", "hello", "body")
+        await conn.execute("UPDATE tenants SET status = 'provisioning' WHERE id = %s", (tenant.id,))
+    assert (await _sender(platform, smtp_server.url).deliver()).sent == 0
+    async with platform.control.connection() as conn:
+        await conn.execute("UPDATE tenants SET status = 'active' WHERE id = %s", (tenant.id,))
+    assert (await _sender(platform, smtp_server.url).deliver()).sent == 1
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["w@x.test"]]
