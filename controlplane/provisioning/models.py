@@ -101,8 +101,8 @@ class RefillOutcome(msgspec.Struct, kw_only=True):
 
     def describe(self) -> str:
         text = f"{self.server}: {self.ready}/{self.target} ready"
-        changes = [f"{n} {what}" for n, what in ((self.created, "created"), (self.dropped, "dropped"),
-                                                 (self.cleared, "cleared")) if n]  # fmt: skip
+        counts = {"created": self.created, "dropped": self.dropped, "cleared": self.cleared}
+        changes = [f"{n} {what}" for what, n in counts.items() if n]
         if changes:
             text += f" ({', '.join(changes)})"
         return f"{text}; {self.note}" if self.note else text

@@ -4,10 +4,12 @@ Refill tops every active server up to the setting with spares made exactly like 
 (ACL, role, group), recycles the ones left behind when the schema head moves, and keeps none on a draining
 server. The reconciler never reports spares as orphans; it drops what a dead refill left half made, a spare
 broken by hand, and a leaked ``cvspare_*`` of its own, and leaves another control plane's alone.
+``cardvault spares refill | list`` do the same from the command line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from controlplane.fleet.models import ServerStatus
 from controlplane.provisioning import catalog
 from controlplane.settings import ProvisioningSettings, Settings
 from tests.integration.admin_support import HEAD
+from tests.integration.cli_support import cli_env, ok, run_cli
 from tests.integration.spare_support import (
     drop_by_hand,
     make_spare_by_hand,
@@ -206,3 +209,18 @@ async def test_reconciler_drops_what_a_dead_refill_left_and_broken_spares(
         assert await spare_rows(control_dsn) == [row]
         assert await spare_objects(pg_admin_dsn) == objects_of([intact])
         assert (await reconcile(platform, fix=True)).clean
+
+
+async def test_cli_refills_and_lists_spares(
+    control_dsn: str, tenant_template_name: str, tmp_path: Path, pg_admin_dsn: str
+) -> None:
+    env = cli_env(control_dsn, tenant_template_name, tmp_path, CARDVAULT_SPARE_DATABASES="2")
+    refilled = ok(await asyncio.to_thread(run_cli, env, "spares", "refill", "--json")).json()
+    assert [(o["server"], o["created"], o["ready"], o["note"]) for o in refilled] == [("default", 2, 2, "")]
+
+    listed = ok(await asyncio.to_thread(run_cli, env, "spares", "list", "--json"))
+    rows = listed.json()
+    assert sorted(r["database_name"] for r in rows) == sorted(await ready_spares(control_dsn))
+    assert {(r["server"], r["state"], r["schema_revision"]) for r in rows} == {("default", "ready", HEAD)}
+    assert "password" not in listed.stdout
+    assert await spare_objects(pg_admin_dsn) == objects_of([r["database_name"] for r in rows])
