@@ -15,6 +15,72 @@ import pytest
 OPS = Path(__file__).resolve().parents[1] / "ops" / "prometheus"
 
 
+#: Every documented family and its label names (the README table lists the same).
+DOCUMENTED: dict[str, frozenset[str]] = {
+    "cardvault_tenants": frozenset({"status", "tier"}),
+    "cardvault_tenant_info": frozenset({"tenant", "tier", "status", "server"}),
+    "cardvault_tenant_database_bytes": frozenset({"tenant"}),
+    "cardvault_tenant_table_bytes": frozenset({"tenant", "table"}),
+    "cardvault_tenant_table_rows": frozenset({"tenant", "table"}),
+    "cardvault_tenant_storage_bytes": frozenset({"tenant", "kind"}),
+    "cardvault_tenant_storage_files": frozenset({"tenant", "kind"}),
+    "cardvault_tenant_quota_usage_ratio": frozenset({"tenant", "quota"}),
+    "cardvault_quota_alerts_open": frozenset({"quota", "threshold"}),
+    "cardvault_tenant_up": frozenset({"tenant"}),
+    "cardvault_tenant_health_connect_seconds": frozenset({"tenant"}),
+    "cardvault_tenant_health_query_seconds": frozenset({"tenant"}),
+    "cardvault_tenant_health_last_check_timestamp_seconds": frozenset(),
+    "cardvault_tenant_health_check_duration_seconds": frozenset(),
+    "cardvault_server_info": frozenset({"server", "status"}),
+    "cardvault_server_tenants": frozenset({"server"}),
+    "cardvault_server_database_bytes": frozenset({"server"}),
+    "cardvault_server_connections": frozenset({"server"}),
+    "cardvault_server_max_connections": frozenset({"server"}),
+    "cardvault_usage_last_collection_timestamp_seconds": frozenset(),
+    "cardvault_usage_collection_duration_seconds": frozenset(),
+    "cardvault_usage_collection_interval_seconds": frozenset(),
+    "cardvault_usage_collection_tenants": frozenset(),
+    "cardvault_usage_collection_scanned_tenants": frozenset(),
+    "cardvault_usage_collection_failed_tenants": frozenset(),
+    "cardvault_usage_collection_servers": frozenset(),
+    "cardvault_usage_collection_failed_servers": frozenset(),
+    "cardvault_pool_hits": frozenset(),
+    "cardvault_pool_misses": frozenset(),
+    "cardvault_pool_evictions": frozenset(),
+    "cardvault_pool_invalidations": frozenset(),
+    "cardvault_pool_open": frozenset(),
+    "cardvault_pool_capacity": frozenset(),
+    "cardvault_pool_connections": frozenset(),
+    "cardvault_pool_connections_in_use": frozenset(),
+    "cardvault_pool_connections_idle": frozenset(),
+    "cardvault_pool_connection_budget": frozenset(),
+    "cardvault_pool_requests_waiting": frozenset(),
+    **{
+        f"cardvault_registry_cache_{name}": frozenset()
+        for name in (
+            "hits",
+            "negative_hits",
+            "misses",
+            "credential_hits",
+            "credential_misses",
+            "invalidations",
+            "resets",
+            "reconnects",
+            "listening",
+        )
+    },
+    "cardvault_registry_cache_entries": frozenset({"kind"}),
+    "cardvault_job_runs": frozenset({"job"}),
+    "cardvault_job_failures": frozenset({"job"}),
+    "cardvault_job_failing": frozenset({"job"}),
+    "cardvault_job_last_success_timestamp_seconds": frozenset({"job"}),
+    "cardvault_job_last_duration_seconds": frozenset({"job"}),
+    "cardvault_provisioning_duration_seconds": frozenset({"outcome"}),
+    "cardvault_http_requests": frozenset({"method", "route", "status"}),
+    "cardvault_http_request_duration_seconds": frozenset({"method", "route"}),
+}
+
+
 def prometheus_tool(name: str) -> str:
     """Path of ``promtool`` or ``prometheus`` (Debian package ``prometheus``, which ``make test`` installs
     when it runs as root); the test fails saying what to install when it is missing."""

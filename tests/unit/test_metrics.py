@@ -4,26 +4,20 @@ The exposition is checked by ``promtool check metrics`` (the real Prometheus lin
 never skips, when it cannot be had) and parsed back to check names and label sets against the
 documented table (``DOCUMENTED``). Snapshots are built here as the collectors would publish them; a
 1,000-tenant scrape runs with every way of reaching PostgreSQL made to fail. The HTTP middleware runs in
-a small Litestar app. The shipped Prometheus config and alert rules are checked with promtool, and the
-alert rules are exercised with ``promtool test rules``.
+a small Litestar app. The shipped config, alert rules and dashboard: ``test_prometheus_files.py``.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from litestar import Litestar, get
 from litestar.params import FromPath
 from litestar.testing import TestClient
@@ -42,76 +36,10 @@ from controlplane.usage.models import (
     TenantUsage,
     UsageSnapshot,
 )
-from tests.prometheus_support import OPS, assert_promtool_clean, dashboard_expressions, promtool
+from tests.prometheus_support import DOCUMENTED, assert_promtool_clean
 
 TABLES = ("audit_log", "cards", "files", "manufacturers", "players", "teams", "users")
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
-
-#: Every documented family and its label names (the README table lists the same).
-DOCUMENTED: dict[str, frozenset[str]] = {
-    "cardvault_tenants": frozenset({"status", "tier"}),
-    "cardvault_tenant_info": frozenset({"tenant", "tier", "status", "server"}),
-    "cardvault_tenant_database_bytes": frozenset({"tenant"}),
-    "cardvault_tenant_table_bytes": frozenset({"tenant", "table"}),
-    "cardvault_tenant_table_rows": frozenset({"tenant", "table"}),
-    "cardvault_tenant_storage_bytes": frozenset({"tenant", "kind"}),
-    "cardvault_tenant_storage_files": frozenset({"tenant", "kind"}),
-    "cardvault_tenant_quota_usage_ratio": frozenset({"tenant", "quota"}),
-    "cardvault_quota_alerts_open": frozenset({"quota", "threshold"}),
-    "cardvault_tenant_up": frozenset({"tenant"}),
-    "cardvault_tenant_health_connect_seconds": frozenset({"tenant"}),
-    "cardvault_tenant_health_query_seconds": frozenset({"tenant"}),
-    "cardvault_tenant_health_last_check_timestamp_seconds": frozenset(),
-    "cardvault_tenant_health_check_duration_seconds": frozenset(),
-    "cardvault_server_info": frozenset({"server", "status"}),
-    "cardvault_server_tenants": frozenset({"server"}),
-    "cardvault_server_database_bytes": frozenset({"server"}),
-    "cardvault_server_connections": frozenset({"server"}),
-    "cardvault_server_max_connections": frozenset({"server"}),
-    "cardvault_usage_last_collection_timestamp_seconds": frozenset(),
-    "cardvault_usage_collection_duration_seconds": frozenset(),
-    "cardvault_usage_collection_interval_seconds": frozenset(),
-    "cardvault_usage_collection_tenants": frozenset(),
-    "cardvault_usage_collection_scanned_tenants": frozenset(),
-    "cardvault_usage_collection_failed_tenants": frozenset(),
-    "cardvault_usage_collection_servers": frozenset(),
-    "cardvault_usage_collection_failed_servers": frozenset(),
-    "cardvault_pool_hits": frozenset(),
-    "cardvault_pool_misses": frozenset(),
-    "cardvault_pool_evictions": frozenset(),
-    "cardvault_pool_invalidations": frozenset(),
-    "cardvault_pool_open": frozenset(),
-    "cardvault_pool_capacity": frozenset(),
-    "cardvault_pool_connections": frozenset(),
-    "cardvault_pool_connections_in_use": frozenset(),
-    "cardvault_pool_connections_idle": frozenset(),
-    "cardvault_pool_connection_budget": frozenset(),
-    "cardvault_pool_requests_waiting": frozenset(),
-    **{
-        f"cardvault_registry_cache_{name}": frozenset()
-        for name in (
-            "hits",
-            "negative_hits",
-            "misses",
-            "credential_hits",
-            "credential_misses",
-            "invalidations",
-            "resets",
-            "reconnects",
-            "listening",
-        )
-    },
-    "cardvault_registry_cache_entries": frozenset({"kind"}),
-    "cardvault_job_runs": frozenset({"job"}),
-    "cardvault_job_failures": frozenset({"job"}),
-    "cardvault_job_failing": frozenset({"job"}),
-    "cardvault_job_last_success_timestamp_seconds": frozenset({"job"}),
-    "cardvault_job_last_duration_seconds": frozenset({"job"}),
-    "cardvault_provisioning_duration_seconds": frozenset({"outcome"}),
-    "cardvault_http_requests": frozenset({"method", "route", "status"}),
-    "cardvault_http_request_duration_seconds": frozenset({"method", "route"}),
-}
-
 
 # -- building blocks --------------------------------------------------------------------------------
 
@@ -480,159 +408,3 @@ def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     by_le = {dict(k)["le"]: v for k, v in buckets.items()}
     assert by_le == {"0.1": 2, "1.0": 4, "+Inf": 5}
     assert samples(text, "cardvault_http_request_duration_seconds_sum")[(("method", "GET"), ("route", "/x"))] == 4.65
-
-
-# -- shipped Prometheus config and rules ------------------------------------------------------------
-
-
-def test_alert_rules_pass_promtool() -> None:
-    done = promtool("check", "rules", str(OPS / "alerts.yml"))
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
-    # Deployed, the scrape token file sits next to the config (it is a secret: not in the repository).
-    for name in ("prometheus.yml", "alerts.yml"):
-        shutil.copy(OPS / name, tmp_path / name)
-    (tmp_path / "cardvault_metrics_token").write_text("a-scrape-token\n")
-    done = promtool("check", "config", str(tmp_path / "prometheus.yml"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    config = yaml.safe_load((OPS / "prometheus.yml").read_text())
-    [job] = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
-    assert job["authorization"]["credentials_file"]
-
-
-def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
-    """``promtool test rules`` on synthetic series: quotas at 0.85 and 1.0 (a full users quota, a single-seat
-    plan's normal state, is only info), a stale collector, a failing
-    job, connections near max_connections, pool budget, acquire timeouts."""
-    # Annotations are for people; promtool would compare them too, so the copy under test has none.
-    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
-    series = [
-        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="a"}', "values": "0.85x40"},
-        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="b"}', "values": "0.85x40"},
-        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="users",instance="a"}', "values": "1x40"},
-        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="calm",quota="cards",instance="a"}', "values": "0.5x40"},
-        {"series": 'cardvault_tenant_quota_usage_ratio{tenant="full",quota="cards",instance="a"}', "values": "1x40"},
-        # the last collection finished at t=0, every 60 s expected: stale after 180 s (+5 min for)
-        {"series": 'cardvault_usage_last_collection_timestamp_seconds{job="cardvault",instance="a"}', "values": "0x40"},
-        {"series": 'cardvault_usage_collection_interval_seconds{job="cardvault",instance="a"}', "values": "60x40"},
-        {"series": 'cardvault_job_failing{job="reconcile",instance="a"}', "values": "1x40"},
-        {"series": 'cardvault_tenant_up{tenant="acme",instance="a"}', "values": "1x40"},
-        {"series": 'cardvault_tenant_up{tenant="broken",instance="a"}', "values": "0x40"},
-        {"series": 'cardvault_job_failing{job="flush_api_calls",instance="a"}', "values": "0x40"},
-        {"series": 'cardvault_server_connections{server="db1",instance="a"}', "values": "90x40"},
-        {"series": 'cardvault_server_max_connections{server="db1",instance="a"}', "values": "100x40"},
-        {"series": 'cardvault_pool_connections{instance="a"}', "values": "195x40"},
-        {"series": 'cardvault_pool_connection_budget{instance="a"}', "values": "200x40"},
-        {
-            "series": 'cardvault_http_requests_total{instance="a",method="GET",'
-            'route="/t/{tenant_slug}/api/cards/{card_id}",status="503"}',
-            "values": "0+10x40",
-        },
-    ]
-    ratio = {"severity": "info", "tenant": "acme", "quota": "cards"}
-    tests = {
-        "rule_files": ["alerts.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "20m",
-                        "alertname": "CardVaultTenantQuotaNearLimit",
-                        "exp_alerts": [
-                            {"exp_labels": ratio},
-                            {"exp_labels": {**ratio, "quota": "users"}},
-                        ],
-                    },
-                    {
-                        "eval_time": "20m",
-                        "alertname": "CardVaultTenantQuotaExhausted",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "full", "quota": "cards"}}],
-                    },
-                    {"eval_time": "5m", "alertname": "CardVaultTenantDown", "exp_alerts": []},
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultTenantDown",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "broken"}}],
-                    },
-                    {"eval_time": "3m", "alertname": "CardVaultUsageCollectionStale", "exp_alerts": []},
-                    {
-                        "eval_time": "10m",
-                        "alertname": "CardVaultUsageCollectionStale",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultJobFailing",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "reconcile"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultServerConnectionsHigh",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "server": "db1"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultPoolConnectionsNearBudget",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "a"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultPoolAcquireTimeouts",
-                        "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "a"}}],
-                    },
-                ],
-            }
-        ],
-    }
-    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests))
-    done = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def _family_of(name: str) -> str:
-    """The family a series name belongs to (counters are parsed without ``_total``)."""
-    for suffix in ("_bucket", "_count", "_sum", "_total"):
-        if name.endswith(suffix) and name.removesuffix(suffix) in DOCUMENTED:
-            return name.removesuffix(suffix)
-    return name
-
-
-def test_dashboard_is_importable_json_on_the_datasource_variable() -> None:
-    dashboard = json.loads((OPS.parent / "grafana" / "cardvault.json").read_text())
-    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
-    assert any(v["name"] == "DS_PROMETHEUS" and v["type"] == "datasource" for v in dashboard["templating"]["list"])
-    ids = [p["id"] for p in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
-    for p in dashboard["panels"]:
-        if p["type"] != "row":
-            assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
-            assert p["targets"], p["title"]
-            assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in p["targets"])
-
-
-def test_dashboard_and_alerts_use_only_documented_metrics() -> None:
-    alerts = yaml.safe_load((OPS / "alerts.yml").read_text())
-    expressions = [*dashboard_expressions(), *(r["expr"] for g in alerts["groups"] for r in g["rules"])]
-    used = {_family_of(m) for expr in expressions for m in re.findall(r"\bcardvault_[a-z_]+", expr)}
-    assert used - set(DOCUMENTED) == set()
-    # the panels the brief asks for
-    for needed in (
-        "cardvault_tenants",
-        "cardvault_tenant_database_bytes",
-        "cardvault_tenant_quota_usage_ratio",
-        "cardvault_pool_connections",
-        "cardvault_job_failing",
-        "cardvault_http_requests",
-        "cardvault_http_request_duration_seconds",
-    ):
-        assert needed in used
