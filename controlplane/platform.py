@@ -14,6 +14,8 @@ from controlplane.db import AsyncConn
 from controlplane.errors import ConfigError
 from controlplane.failpoints import Failpoints
 from controlplane.fleet.service import Fleet
+from controlplane.objectstore import ObjectStore
+from controlplane.objectstore.factory import store_for
 from controlplane.schemas.alembic_runner import SchemaScripts, tenant_scripts
 from controlplane.schemas.control import migrate_registry
 from controlplane.settings import Settings
@@ -29,6 +31,8 @@ class Platform:
     box: SecretBox
     tenant_scripts: SchemaScripts
     failpoints: Failpoints
+    #: Where backups and export archives are stored (sealed): a directory or an S3 bucket.
+    objects: ObjectStore
 
     @classmethod
     @asynccontextmanager
@@ -47,7 +51,7 @@ class Platform:
         try:
             async with control.connection() as conn:
                 await fleet.ensure_default(conn, settings.database.url)
-            yield cls(settings, control, fleet, box, scripts, failpoints)
+            yield cls(settings, control, fleet, box, scripts, failpoints, store_for(settings))
         finally:
             await fleet.close()
             await control.close()

@@ -19,6 +19,8 @@ class OperationKind(enum.StrEnum):
     PURGE = "purge"
     MIGRATE = "migrate"
     REPAIR = "repair"
+    #: The tenant switched to a database restored from a backup (``controlplane.backups``).
+    RESTORE = "restore"
 
 
 class OperationState(enum.StrEnum):

@@ -16,12 +16,16 @@ from pathlib import Path
 
 from controlplane.errors import ConfigError
 from controlplane.settings.groups import (
+    DEFAULT_BACKUP_SCHEDULES,
     AuthSettings,
+    BackupSchedule,
+    BackupSettings,
     BillingSettings,
     DatabaseSettings,
     HttpSettings,
     MailSettings,
     PoolSettings,
+    PrivacySettings,
     ProvisioningSettings,
     SecuritySettings,
     SignupSettings,
@@ -30,16 +34,20 @@ from controlplane.settings.groups import (
 
 __all__ = [
     "AuthSettings",
+    "BackupSchedule",
+    "BackupSettings",
     "BillingSettings",
     "DatabaseSettings",
     "HttpSettings",
     "MailSettings",
     "PoolSettings",
+    "PrivacySettings",
     "ProvisioningSettings",
     "SecuritySettings",
     "Settings",
     "SignupSettings",
     "UsageSettings",
+    "parse_backup_schedules",
     "parse_duration",
     "parse_trusted_proxies",
 ]
@@ -71,6 +79,27 @@ def parse_trusted_proxies(text: str) -> tuple[str, ...]:
     return tuple(proxies)
 
 
+def parse_backup_schedules(text: str) -> dict[str, BackupSchedule]:
+    """``CARDVAULT_BACKUP_SCHEDULE``: ``tier=interval/retention`` items, comma-separated (e.g.
+    ``starter=1d/7d,enterprise=6h/90d``); tiers not named keep their default."""
+    schedules = dict(DEFAULT_BACKUP_SCHEDULES)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        tier, _, spec = item.partition("=")
+        interval, _, retention = spec.partition("/")
+        tier = tier.strip().lower()
+        if tier not in DEFAULT_BACKUP_SCHEDULES or not interval.strip() or not retention.strip():
+            raise ConfigError(
+                f"CARDVAULT_BACKUP_SCHEDULE: {item!r} is not tier=interval/retention with a tier of "
+                + ", ".join(DEFAULT_BACKUP_SCHEDULES)
+                + " (e.g. enterprise=6h/90d)"
+            )
+        schedule = BackupSchedule(parse_duration(interval), parse_duration(retention))
+        if schedule.interval <= 0 or schedule.retention < schedule.interval:
+            raise ConfigError(f"CARDVAULT_BACKUP_SCHEDULE: {item!r} needs an interval > 0 and retention >= interval")
+        schedules[tier] = schedule
+    return schedules
+
+
 def _check_billing(billing: BillingSettings) -> None:
     if billing.provider not in ("none", "stripe"):
         raise ConfigError(f"CARDVAULT_BILLING must be none or stripe, got {billing.provider!r}")
@@ -94,6 +123,11 @@ class Settings:
     log_level: str = "INFO"
     #: Testing only: make operations fail at named steps (``CARDVAULT_FAILPOINTS``, see failpoints.py).
     failpoints: str = ""
+    #: ``false`` serves one tenant (``default_tenant``) at ``/api`` with no routing, for self-hosters
+    #: (``CARDVAULT_MULTI_TENANT``, 1/0).
+    multi_tenant: bool = True
+    #: Slug of the tenant single-tenant mode serves (``CARDVAULT_DEFAULT_TENANT``).
+    default_tenant: str = "default"
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     provisioning: ProvisioningSettings = dataclasses.field(default_factory=ProvisioningSettings)
     pools: PoolSettings = dataclasses.field(default_factory=PoolSettings)
@@ -104,6 +138,13 @@ class Settings:
     billing: BillingSettings = dataclasses.field(default_factory=BillingSettings)
     mail: MailSettings = dataclasses.field(default_factory=MailSettings)
     signup: SignupSettings = dataclasses.field(default_factory=SignupSettings)
+    backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)
+    privacy: PrivacySettings = dataclasses.field(default_factory=PrivacySettings)
+
+    @property
+    def backup_dir(self) -> Path:
+        """The local backup store's directory (``CARDVAULT_BACKUP_DIR`` or ``{data_dir}/backups``)."""
+        return Path(self.backups.directory) if self.backups.directory else self.data_dir / "backups"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,10 +210,34 @@ class Settings:
             overage_ceiling=get_float("OVERAGE_CEILING", BillingSettings.overage_ceiling),
         )
         _check_billing(billing)
+
+        def get_bool(name: str, default: bool) -> bool:
+            return get(name, "1" if default else "0").lower() not in ("0", "false", "no", "off")
+
+        backups = BackupSettings(
+            directory=get("BACKUP_DIR", ""),
+            s3_bucket=get("BACKUP_S3_BUCKET", ""),
+            s3_endpoint=get("BACKUP_S3_ENDPOINT", "").rstrip("/"),
+            s3_region=get("BACKUP_S3_REGION", BackupSettings.s3_region),
+            s3_access_key=get("BACKUP_S3_ACCESS_KEY", ""),
+            s3_secret_key=get("BACKUP_S3_SECRET_KEY", ""),
+            s3_prefix=get("BACKUP_S3_PREFIX", "").strip("/"),
+            schedules=parse_backup_schedules(get("BACKUP_SCHEDULE", "")),
+            interval=get_duration("BACKUP_INTERVAL", BackupSettings.interval),
+            per_server_concurrency=get_int("BACKUP_CONCURRENCY", BackupSettings.per_server_concurrency, 1),
+            verify_interval=get_duration("BACKUP_VERIFY_INTERVAL", BackupSettings.verify_interval),
+            verify_sample=get_int("BACKUP_VERIFY_SAMPLE", BackupSettings.verify_sample, 0),
+            rollback_window=get_duration("RESTORE_ROLLBACK_WINDOW", BackupSettings.rollback_window),
+            stale_factor=get_float("BACKUP_STALE_FACTOR", BackupSettings.stale_factor),
+        )
+        if backups.stale_factor < 1.0:
+            raise ConfigError(f"CARDVAULT_BACKUP_STALE_FACTOR must be >= 1, got {backups.stale_factor}")
         return cls(
             data_dir=Path(get("DATA_DIR", ".cardvault")),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             failpoints=get("FAILPOINTS", ""),
+            multi_tenant=get_bool("MULTI_TENANT", True),
+            default_tenant=get("DEFAULT_TENANT", "default").lower(),
             database=DatabaseSettings(
                 url=get("DATABASE_URL", ""),
                 connect_timeout=get_duration("CONNECT_TIMEOUT", DatabaseSettings.connect_timeout),
@@ -214,6 +279,9 @@ class Settings:
                 secret_key=get("SECRET_KEY", ""),
                 admin_token=get("ADMIN_TOKEN", ""),
                 metrics_token=get("METRICS_TOKEN", ""),
+                previous_secret_keys=tuple(
+                    key for key in (part.strip() for part in get("SECRET_KEY_PREVIOUS", "").split(",")) if key
+                ),
             ),
             auth=AuthSettings(
                 access_token_ttl=get_duration("ACCESS_TOKEN_TTL", AuthSettings.access_token_ttl),
@@ -243,6 +311,13 @@ class Settings:
                 enabled=get("SIGNUP", "1").lower() not in ("0", "false", "no", "off"),
                 per_address_per_hour=get_int("SIGNUP_RATE", SignupSettings.per_address_per_hour, 1),
                 verify_ttl=get_duration("VERIFY_TTL", SignupSettings.verify_ttl),
+            ),
+            backups=backups,
+            privacy=PrivacySettings(
+                export_ttl=get_duration("EXPORT_TTL", PrivacySettings.export_ttl),
+                audit_retention=get_duration("AUDIT_RETENTION", PrivacySettings.audit_retention),
+                hygiene_interval=get_duration("HYGIENE_INTERVAL", PrivacySettings.hygiene_interval),
+                quarantine_grace=get_duration("QUARANTINE_GRACE", PrivacySettings.quarantine_grace),
             ),
         )
 

@@ -113,6 +113,9 @@ class SecuritySettings:
     admin_token: str = ""
     #: Scrape-only credential for ``GET /metrics`` (``CARDVAULT_METRICS_TOKEN``); kept only as a hash.
     metrics_token: str = ""
+    #: Earlier values of the secret key, still readable while ``cardvault keys rotate`` re-encrypts what
+    #: they protect under ``secret_key`` (``CARDVAULT_SECRET_KEY_PREVIOUS``, comma-separated).
+    previous_secret_keys: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,3 +245,82 @@ class SignupSettings:
     per_address_per_hour: int = 10
     #: Lifetime of an email verification link in seconds (``CARDVAULT_VERIFY_TTL``).
     verify_ttl: float = 3 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupSchedule:
+    """How often one tier's tenants are backed up and how long each backup is kept."""
+
+    #: Seconds between two backups of a tenant.
+    interval: float
+    #: Seconds a backup is kept before it expires and is deleted.
+    retention: float
+
+
+#: ``CARDVAULT_BACKUP_SCHEDULE``'s default: starter daily kept 7 days, professional daily kept 30,
+#: enterprise every 6 hours kept 90.
+DEFAULT_BACKUP_SCHEDULES: dict[str, BackupSchedule] = {
+    "starter": BackupSchedule(86400.0, 7 * 86400.0),
+    "professional": BackupSchedule(86400.0, 30 * 86400.0),
+    "enterprise": BackupSchedule(6 * 3600.0, 90 * 86400.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupSettings:
+    """Per-tenant backups (``pg_dump -Fc``, encrypted as they stream), their store, schedule and restores."""
+
+    #: Directory of the local backup store (``CARDVAULT_BACKUP_DIR``; empty: ``{CARDVAULT_DATA_DIR}/backups``).
+    directory: str = ""
+    #: S3 bucket; when set, backups and exports go to S3-compatible object storage instead of the directory
+    #: (``CARDVAULT_BACKUP_S3_BUCKET``).
+    s3_bucket: str = ""
+    #: Endpoint URL of the S3-compatible service (``CARDVAULT_BACKUP_S3_ENDPOINT``; empty: AWS).
+    s3_endpoint: str = ""
+    #: Region (``CARDVAULT_BACKUP_S3_REGION``).
+    s3_region: str = "us-east-1"
+    #: Access key id and secret (``CARDVAULT_BACKUP_S3_ACCESS_KEY``, ``CARDVAULT_BACKUP_S3_SECRET_KEY``;
+    #: empty: the SDK's default credential chain).
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    #: Key prefix of every object in the bucket (``CARDVAULT_BACKUP_S3_PREFIX``).
+    s3_prefix: str = ""
+    #: Interval and retention per tier (``CARDVAULT_BACKUP_SCHEDULE``, e.g.
+    #: ``starter=1d/7d,professional=1d/30d,enterprise=6h/90d``; tiers not named keep their default).
+    schedules: dict[str, BackupSchedule] = dataclasses.field(default_factory=lambda: dict(DEFAULT_BACKUP_SCHEDULES))
+    #: Seconds between runs of the scheduled-backup job on the leader; each run starts the backups that are
+    #: due (``CARDVAULT_BACKUP_INTERVAL``; 0: no scheduled backups).
+    interval: float = 300.0
+    #: Backups running at once on one database server (``CARDVAULT_BACKUP_CONCURRENCY``).
+    per_server_concurrency: int = 2
+    #: Seconds between runs of the restore-verification job, which restores a sample of recent backups into
+    #: scratch databases (``CARDVAULT_BACKUP_VERIFY_INTERVAL``; 0: off).
+    verify_interval: float = 86400.0
+    #: Backups restored per verification run (``CARDVAULT_BACKUP_VERIFY_SAMPLE``).
+    verify_sample: int = 3
+    #: Seconds the database a restore replaced is kept for a rollback (``CARDVAULT_RESTORE_ROLLBACK_WINDOW``).
+    rollback_window: float = 3 * 86400.0
+    #: A tenant whose last successful backup is older than this many times its interval counts as stale
+    #: (metrics and the alert rule; ``CARDVAULT_BACKUP_STALE_FACTOR``).
+    stale_factor: float = 2.0
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_bucket)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings:
+    """GDPR exports and erasure, audit retention, storage hygiene."""
+
+    #: Seconds a finished export's download link works (``CARDVAULT_EXPORT_TTL``); the archive is deleted
+    #: after its one download or at expiry.
+    export_ttl: float = 86400.0
+    #: Seconds audit entries are kept, in the control database and in every tenant database
+    #: (``CARDVAULT_AUDIT_RETENTION``; 0: forever).
+    audit_retention: float = 400 * 86400.0
+    #: Seconds between storage hygiene runs on the leader (``CARDVAULT_HYGIENE_INTERVAL``; 0: off).
+    hygiene_interval: float = 86400.0
+    #: Seconds a quarantined file (on disk with no row) is kept before it is deleted
+    #: (``CARDVAULT_QUARANTINE_GRACE``).
+    quarantine_grace: float = 7 * 86400.0

@@ -1,0 +1,1 @@
+"""Per-tenant backups: ``pg_dump -Fc`` streamed, sealed, into the object store; tested restores."""

@@ -1,0 +1,1 @@
+"""Storage hygiene: files with no row and rows with no file, quarantined then deleted."""

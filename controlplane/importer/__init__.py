@@ -1,0 +1,1 @@
+"""Legacy import: single-tenant CardVault SQLite installations moved into a tenant."""

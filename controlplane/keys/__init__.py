@@ -1,0 +1,1 @@
+"""Master-key rotation: every secret the control plane stores, re-encrypted under the current key."""

@@ -1,0 +1,1 @@
+"""GDPR: tenant and per-user exports, user erasure, deletion certificates, audit retention."""
