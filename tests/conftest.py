@@ -131,8 +131,9 @@ def drop_everything_made_by(control_dsn: str) -> None:
 
 
 @pytest.fixture
-def settings(control_dsn: str, tenant_template_name: str) -> Settings:
-    return make_settings(control_dsn, tenant_template_name)
+def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
+    # Stored files, backups and exports of the test go under its own temporary directory.
+    return dataclasses.replace(make_settings(control_dsn, tenant_template_name), data_dir=tmp_path / "data")
 
 
 @pytest.fixture
