@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -52,3 +53,10 @@ def new_database(admin_dsn: str) -> Iterator[Callable[[], str]]:
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> SchemaScripts:
     return SchemaScripts(base_schema(tmp_path_factory.mktemp("schema") / "tenant_schema"), TENANT_VERSION_TABLE)
+
+
+@pytest.fixture
+async def control(control_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A superuser connection (autocommit) to the test's control database, beside the code under test."""
+    async with await psycopg.AsyncConnection.connect(control_dsn, autocommit=True) as conn:
+        yield conn

@@ -12,12 +12,10 @@ rows; ``overage_summary`` adds the ledger and the days still to record within th
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -48,12 +46,6 @@ H = timedelta(hours=1)
 @pytest.fixture
 def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
     return quiet_settings(control_dsn, tenant_template_name, tmp_path)
-
-
-@pytest.fixture
-async def control(control_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(control_dsn, autocommit=True) as conn:
-        yield conn
 
 
 async def tenant(client: Client, control: Any, slug: str, tier: str = "starter", customer: bool = True) -> uuid.UUID:

@@ -8,7 +8,6 @@ tenant's own admin (and an anonymous caller) cannot reach either route.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,6 @@ H = timedelta(hours=1)
 @pytest.fixture
 def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
     return quiet_settings(control_dsn, tenant_template_name, tmp_path)
-
-
-@pytest.fixture
-async def control(control_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(control_dsn, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,12 +46,6 @@ RUNS = "cardvault_job_runs_total"
 @pytest.fixture
 def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
     return quiet_settings(control_dsn, tenant_template_name, tmp_path)
-
-
-@pytest.fixture
-async def control(control_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(control_dsn, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture(scope="module")
