@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from controlplane.app import create_app
 from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE, SchemaScripts
+from controlplane.settings import Settings
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.schema_support import base_schema
 from tests.redis_harness import redis_server
 
@@ -60,3 +65,35 @@ async def control(control_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any
     """A superuser connection (autocommit) to the test's control database, beside the code under test."""
     async with await psycopg.AsyncConnection.connect(control_dsn, autocommit=True) as conn:
         yield conn
+
+
+#: The client address every ``remote`` request comes from.
+REMOTE = "198.51.100.7"
+
+
+@pytest.fixture
+async def remote(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The whole app (``create_app``, lifespan run in this event loop) reached from ``REMOTE`` with the
+    automation token, like the ``client`` fixture but with a client address an ``inet`` column can hold
+    (Litestar's test client calls itself ``testclient``)."""
+    app = create_app(settings)
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def serve() -> None:  # the lifespan enters and exits in one task (anyio's task groups insist)
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(serve())
+    await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # start-up failed: raise its error
+    transport = httpx.ASGITransport(app=app, client=(REMOTE, 4711))
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver.local", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as http:
+            yield http
+    finally:
+        stop.set()
+        await task
