@@ -1,4 +1,5 @@
-"""The accounts API of a tenant (``/me``, ``/users``, ``/api-keys``, ``/settings``) through the real app.
+"""The accounts API of a tenant (``/me``, ``/users``) through the real app; API keys, settings and isolation
+are in ``test_accounts_keys.py``.
 
 Outcomes are checked around the code under test where it matters: users, sessions, keys and the
 ``audit_log`` are read straight from the tenant's database as the superuser.
@@ -12,6 +13,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from controlplane.platform import Platform
+from tests.integration.accounts_support import error, no_secrets
 from tests.integration.auth_support import (
     USER_PASSWORD,
     add_user,
@@ -26,28 +28,6 @@ from tests.integration.auth_support import (
 )
 
 Client = AsyncTestClient[Any]
-
-_SECRET_FIELDS = {"password", "password_hash", "invite_hash", "key_hash", "refresh_hash"}
-
-
-def _no_secrets(body: Any) -> None:
-    """No hash or password anywhere in a response body."""
-    if isinstance(body, dict):
-        assert not _SECRET_FIELDS & body.keys(), body
-        for value in body.values():
-            _no_secrets(value)
-    elif isinstance(body, list):
-        for value in body:
-            _no_secrets(value)
-
-
-def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["error"] == code, body
-    assert body["detail"], body
-    return body
-
 
 # -- /me ---------------------------------------------------------------------------------------------
 
@@ -67,7 +47,7 @@ async def test_me_profile_and_display_name(client: Client, platform: Platform) -
     assert (await client.get("/api/me", headers={**t.auth, "X-Tenant": t.slug})).json()["display_name"] == "The Admin"
 
     for bad in ({"display_name": "x\x00y"}, {"display_name": "   "}, {"email": "a@b.c"}, {"display_name": 5}):
-        _error(await client.patch(t.api("/me"), json=bad, headers=t.auth), 400, "validation_failed")
+        error(await client.patch(t.api("/me"), json=bad, headers=t.auth), 400, "validation_failed")
     (row,) = await audit_rows(platform, t.slug, "me.update")
     assert row["entity"] == "user" and row["entity_id"] == str(me["id"]) and row["actor"] == f"user:{me['id']}"
 
@@ -87,18 +67,18 @@ async def test_password_change_keeps_this_session_and_ends_the_others(client: Cl
     new = "a much better passphrase"
 
     wrong = {"current_password": "not my password", "new_password": new}
-    _error(await client.put(t.api("/me/password"), json=wrong, headers=here), 403, "wrong_password")
+    error(await client.put(t.api("/me/password"), json=wrong, headers=here), 403, "wrong_password")
     short = {"current_password": USER_PASSWORD, "new_password": "short"}
-    _error(await client.put(t.api("/me/password"), json=short, headers=here), 400, "validation_failed")
+    error(await client.put(t.api("/me/password"), json=short, headers=here), 400, "validation_failed")
     extra = {"current_password": USER_PASSWORD, "new_password": new, "user_id": 1}
-    _error(await client.put(t.api("/me/password"), json=extra, headers=here), 400, "validation_failed")
+    error(await client.put(t.api("/me/password"), json=extra, headers=here), 400, "validation_failed")
 
     response = await client.put(
         t.api("/me/password"), json={"current_password": USER_PASSWORD, "new_password": new}, headers=here
     )
     assert response.status_code == 204, response.text
     assert (await client.get(t.api("/me"), headers=here)).status_code == 200
-    _error(await client.get(t.api("/me"), headers=elsewhere), 401, "invalid_token")
+    error(await client.get(t.api("/me"), headers=elsewhere), 401, "invalid_token")
     bad_login = await client.post(f"/t/{t.slug}/auth/token", json={"email": "pw@x.test", "password": USER_PASSWORD})
     assert bad_login.status_code == 401
     await login(client, t.slug, "pw@x.test", new)
@@ -114,10 +94,10 @@ async def test_identities_without_a_user_row_have_no_password_or_sessions(client
     me = (await client.get(t.api("/me"), headers=imp)).json()
     assert me["kind"] == "impersonation" and me["id"] is None and me["email"] is None
     body = {"current_password": "whatever it was", "new_password": "a much better passphrase"}
-    detail = _error(await client.put(t.api("/me/password"), json=body, headers=imp), 403, "permission_denied")
+    detail = error(await client.put(t.api("/me/password"), json=body, headers=imp), 403, "permission_denied")
     assert "impersonation" in detail["detail"]
-    _error(await client.get(t.api("/me/sessions"), headers=imp), 403, "permission_denied")
-    _error(await client.patch(t.api("/me"), json={"display_name": "x"}, headers=imp), 403, "permission_denied")
+    error(await client.get(t.api("/me/sessions"), headers=imp), 403, "permission_denied")
+    error(await client.patch(t.api("/me"), json={"display_name": "x"}, headers=imp), 403, "permission_denied")
 
 
 async def test_sessions_list_and_revoke(client: Client, platform: Platform) -> None:
@@ -129,20 +109,20 @@ async def test_sessions_list_and_revoke(client: Client, platform: Platform) -> N
     response = await client.get(t.api("/me/sessions"), headers=first)
     assert response.status_code == 200, response.text
     sessions = response.json()
-    _no_secrets(sessions)
+    no_secrets(sessions)
     assert len(sessions) == 2 and sum(s["current"] for s in sessions) == 1
     other = next(s["id"] for s in sessions if not s["current"])
 
     # Someone else's session is not mine to end (404, and it stays live).
     admin_sessions = (await client.get(t.api("/me/sessions"), headers=t.auth)).json()
-    _error(await client.delete(t.api(f"/me/sessions/{admin_sessions[0]['id']}"), headers=first), 404, "not_found")
+    error(await client.delete(t.api(f"/me/sessions/{admin_sessions[0]['id']}"), headers=first), 404, "not_found")
     assert (await client.get(t.api("/me"), headers=t.auth)).status_code == 200
 
     assert (await client.delete(t.api(f"/me/sessions/{other}"), headers=first)).status_code == 204
-    _error(await client.get(t.api("/me"), headers=second), 401, "invalid_token")
+    error(await client.get(t.api("/me"), headers=second), 401, "invalid_token")
     assert (await client.get(t.api("/me"), headers=first)).status_code == 200
-    _error(await client.delete(t.api(f"/me/sessions/{other}"), headers=first), 404, "not_found")
-    _error(await client.delete(t.api(f"/me/sessions/{uuid.uuid4()}"), headers=first), 404, "not_found")
+    error(await client.delete(t.api(f"/me/sessions/{other}"), headers=first), 404, "not_found")
+    error(await client.delete(t.api(f"/me/sessions/{uuid.uuid4()}"), headers=first), 404, "not_found")
     assert (await client.delete(t.api("/me/sessions/not-a-uuid"), headers=first)).status_code in (400, 404)
 
     (row,) = await audit_rows(platform, t.slug, "session.revoke")
@@ -160,7 +140,7 @@ async def test_users_create_list_get(client: Client, platform: Platform) -> None
         response = await client.post(t.api("/users"), json=body, headers=t.auth)
         assert response.status_code == 201, response.text
         user = response.json()
-        _no_secrets(user)
+        no_secrets(user)
         assert user["role"] == role and user["invited"] is False and user["invite_token"] is None
         created.append(user)
     await login(client, t.slug, "u0@x.test")  # email look-up is case-insensitive
@@ -182,7 +162,7 @@ async def test_users_create_list_get(client: Client, platform: Platform) -> None
         response = await client.get(t.api("/users"), params=params, headers=t.auth)
         assert response.status_code == 200, response.text
         page = response.json()
-        _no_secrets(page)
+        no_secrets(page)
         assert len(page["items"]) <= 2
         seen += [u["id"] for u in page["items"]]
         cursor = page["next_cursor"]
@@ -192,13 +172,13 @@ async def test_users_create_list_get(client: Client, platform: Platform) -> None
 
     response = await client.get(t.api(f"/users/{created[1]['id']}"), headers=t.auth)
     assert response.status_code == 200 and response.json()["email"] == "U1@X.test"
-    _error(await client.get(t.api("/users/999999"), headers=t.auth), 404, "not_found")
-    _error(await client.get(t.api(f"/users/{2**63}"), headers=t.auth), 404, "not_found")
-    _error(await client.get(t.api("/users"), params={"cursor": "garbage"}, headers=t.auth), 400, "invalid_cursor")
-    _error(await client.get(t.api("/users"), params={"limit": 0}, headers=t.auth), 400, "validation_failed")
+    error(await client.get(t.api("/users/999999"), headers=t.auth), 404, "not_found")
+    error(await client.get(t.api(f"/users/{2**63}"), headers=t.auth), 404, "not_found")
+    error(await client.get(t.api("/users"), params={"cursor": "garbage"}, headers=t.auth), 400, "invalid_cursor")
+    error(await client.get(t.api("/users"), params={"limit": 0}, headers=t.auth), 400, "validation_failed")
 
     dup = {"email": "u2@x.TEST", "role": "user", "password": USER_PASSWORD}
-    _error(await client.post(t.api("/users"), json=dup, headers=t.auth), 409, "email_taken")
+    error(await client.post(t.api("/users"), json=dup, headers=t.auth), 409, "email_taken")
     for bad in (
         {"email": "not-an-email", "role": "user", "password": USER_PASSWORD},
         {"email": "a b@x.test", "role": "user", "password": USER_PASSWORD},
@@ -209,7 +189,7 @@ async def test_users_create_list_get(client: Client, platform: Platform) -> None
         {"email": "r\x00@x.test", "role": "user"},
         {"email": "r@x.test", "role": "user", "is_admin": True},
     ):
-        _error(await client.post(t.api("/users"), json=bad, headers=t.auth), 400, "validation_failed")
+        error(await client.post(t.api("/users"), json=bad, headers=t.auth), 400, "validation_failed")
     assert (await tenant_rows(platform, t.slug, "SELECT count(*) AS n FROM users"))[0]["n"] == 5
 
     rows = await audit_rows(platform, t.slug, "user.create")
@@ -236,7 +216,7 @@ async def test_permission_boundaries(client: Client, platform: Platform) -> None
             client.patch(t.api("/settings"), json={"locale": "de"}, headers=auth),
         ]
         for request in writes:
-            _error(await request, 403, "permission_denied")
+            error(await request, 403, "permission_denied")
         assert (await client.get(t.api("/settings"), headers=auth)).status_code == 200
         assert (await client.get(t.api("/me"), headers=auth)).status_code == 200
     assert (await client.get(t.api("/users"), headers=t.auth)).status_code == 200
@@ -255,13 +235,13 @@ async def test_nobody_hands_out_more_than_they_have(client: Client, platform: Pl
     admin_id = await user_id_of(platform, t.slug, t.admin_email)
 
     up = {"email": "boss@x.test", "role": "tenant_admin", "password": USER_PASSWORD}
-    _error(await client.post(t.api("/users"), json=up, headers=cm), 403, "permission_denied")
+    error(await client.post(t.api("/users"), json=up, headers=cm), 403, "permission_denied")
     sneaky = {"email": "k@x.test", "role": "user", "password": USER_PASSWORD, "permissions": {"api_keys:manage": True}}
-    _error(await client.post(t.api("/users"), json=sneaky, headers=cm), 403, "permission_denied")
-    _error(
+    error(await client.post(t.api("/users"), json=sneaky, headers=cm), 403, "permission_denied")
+    error(
         await client.patch(t.api(f"/users/{admin_id}"), json={"disabled": True}, headers=cm), 403, "permission_denied"
     )
-    _error(await client.patch(t.api(f"/users/{cm_id}"), json={"permissions": {}}, headers=cm), 403, "permission_denied")
+    error(await client.patch(t.api(f"/users/{cm_id}"), json={"permissions": {}}, headers=cm), 403, "permission_denied")
     ok = {"email": "ok@x.test", "role": "user", "password": USER_PASSWORD, "permissions": {"catalog:write": True}}
     assert (await client.post(t.api("/users"), json=ok, headers=cm)).status_code == 201
 
@@ -272,9 +252,7 @@ async def test_users_quota_refuses_and_inserts_nothing(client: Client, platform:
         {"email": "two@x.test", "role": "user", "password": USER_PASSWORD},
         {"email": "invited@x.test", "role": "user"},
     ):
-        detail = _error(
-            await client.post(starter.api("/users"), json=body, headers=starter.auth), 403, "quota_exceeded"
-        )
+        detail = error(await client.post(starter.api("/users"), json=body, headers=starter.auth), 403, "quota_exceeded")
         assert detail["quota"] == "users" and detail["limit"] == 1 and detail["usage"] == 1
     assert (await tenant_rows(platform, starter.slug, "SELECT count(*) AS n FROM users"))[0]["n"] == 1
     assert not await audit_rows(platform, starter.slug, "user.create")
@@ -287,7 +265,7 @@ async def test_users_quota_refuses_and_inserts_nothing(client: Client, platform:
         )
         assert response.status_code == 201, response.text
     last = await client.post(pro.api("/users"), json={"email": "i9@x.test", "role": "user"}, headers=pro.auth)
-    _error(last, 403, "quota_exceeded")
+    error(last, 403, "quota_exceeded")
 
 
 async def test_invitation_accept_login_and_reissue(client: Client, platform: Platform) -> None:
@@ -299,7 +277,7 @@ async def test_invitation_accept_login_and_reissue(client: Client, platform: Pla
     invited = response.json()
     token = invited["invite_token"]
     assert invited["invited"] is True and token and invited["invite_expires_at"]
-    _no_secrets(invited)
+    no_secrets(invited)
     (row,) = await tenant_rows(
         platform, t.slug, "SELECT password_hash, invite_hash FROM users WHERE id = %s", (invited["id"],)
     )
@@ -310,7 +288,7 @@ async def test_invitation_accept_login_and_reissue(client: Client, platform: Pla
 
     # Not usable before it is accepted (the empty hash never verifies).
     bad = await client.post(f"/t/{t.slug}/auth/token", json={"email": "new@x.test", "password": USER_PASSWORD})
-    _error(bad, 401, "invalid_credentials")
+    error(bad, 401, "invalid_credentials")
 
     accept = f"/t/{t.slug}/auth/invitations/accept"
     chosen = "my own new passphrase"
@@ -320,8 +298,8 @@ async def test_invitation_accept_login_and_reissue(client: Client, platform: Pla
     await login(client, t.slug, "new@x.test", chosen)
     assert (await client.post(accept, json={"invite_token": token, "password": chosen})).status_code == 401
     assert (await client.get(t.api(f"/users/{invited['id']}"), headers=t.auth)).json()["invited"] is False
-    _error(await client.post(t.api(f"/users/{invited['id']}/invitation"), headers=t.auth), 409, "invitation_accepted")
-    _error(await client.post(t.api("/users/999999/invitation"), headers=t.auth), 404, "not_found")
+    error(await client.post(t.api(f"/users/{invited['id']}/invitation"), headers=t.auth), 409, "invitation_accepted")
+    error(await client.post(t.api("/users/999999/invitation"), headers=t.auth), 404, "not_found")
 
     # An expired invitation is refused; a re-issued one replaces it.
     response = await client.post(t.api("/users"), json={"email": "late@x.test", "role": "user"}, headers=t.auth)
@@ -361,7 +339,7 @@ async def test_disabling_a_user_ends_their_access_at_once(client: Client, platfo
     response = await client.patch(t.api(f"/users/{user_id}"), json={"disabled": True}, headers=t.auth)
     assert response.status_code == 200, response.text
     assert response.json()["disabled"] is True
-    _error(await client.get(t.api("/me"), headers=auth), 401, "invalid_token")
+    error(await client.get(t.api("/me"), headers=auth), 401, "invalid_token")
     login_again = await client.post(f"/t/{t.slug}/auth/token", json={"email": "gone@x.test", "password": USER_PASSWORD})
     assert login_again.status_code == 401
     live = await tenant_rows(
@@ -379,8 +357,8 @@ async def test_disabling_a_user_ends_their_access_at_once(client: Client, platfo
     relogged = await login_as(client, t.slug, "gone@x.test")
     me = (await client.get(t.api("/me"), headers=relogged)).json()
     assert me["role"] == "user" and "cards:write_own" not in me["permissions"]
-    _error(await client.patch(t.api("/users/999999"), json={"display_name": "x"}, headers=t.auth), 404, "not_found")
-    _error(
+    error(await client.patch(t.api("/users/999999"), json={"display_name": "x"}, headers=t.auth), 404, "not_found")
+    error(
         await client.patch(t.api(f"/users/{user_id}"), json={"role": "owner"}, headers=t.auth), 400, "validation_failed"
     )
 
@@ -388,167 +366,3 @@ async def test_disabling_a_user_ends_their_access_at_once(client: Client, platfo
     assert first["entity_id"] == str(user_id) and first["details"]["disabled"] is True
     assert first["details"]["sessions_ended"] == 1
     assert second["details"]["tenant_role"] == "user"
-
-
-# -- /api-keys ---------------------------------------------------------------------------------------
-
-
-async def test_api_keys_lifecycle(client: Client, platform: Platform) -> None:
-    t = await create_tenant(client, "keys-ent", tier="enterprise")
-    other = await create_tenant(client, "keys-other", tier="enterprise")
-    admin_id = await user_id_of(platform, t.slug, t.admin_email)
-
-    response = await client.post(t.api("/api-keys"), json={"name": "reader", "role": "user"}, headers=t.auth)
-    assert response.status_code == 201, response.text
-    created = response.json()
-    _no_secrets(created)
-    key = created["key"]
-    assert key.startswith("cvk_") and created["role"] == "user" and created["created_by"] == admin_id
-    assert key.startswith(created["prefix"]) and created["expires_at"] is None and created["last_used_at"] is None
-
-    listed = (await client.get(t.api("/api-keys"), headers=t.auth)).json()
-    _no_secrets(listed)
-    assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0]
-    (stored,) = await tenant_rows(platform, t.slug, "SELECT key_hash FROM api_keys")
-    assert key.encode() not in bytes(stored["key_hash"])
-
-    # The key works on the card API, with its role's permissions only.
-    assert (await client.get(t.api("/cards"), headers=bearer(key))).status_code == 200
-    me = (await client.get(t.api("/me"), headers=bearer(key))).json()
-    assert me["kind"] == "api_key" and me["role"] == "user"
-    made = await client.post(t.api("/manufacturers"), json={"name": "Topps"}, headers=bearer(key))
-    _error(made, 403, "permission_denied")
-    _error(await client.get(t.api("/me/sessions"), headers=bearer(key)), 403, "permission_denied")
-    assert (await client.get(t.api("/api-keys"), headers=t.auth)).json()[0]["last_used_at"] is not None
-
-    # Another tenant's path: refused before its database is touched.
-    _error(await client.get(other.api("/cards"), headers=bearer(key)), 403, "wrong_tenant")
-    _error(await client.get("/api/cards", headers={**bearer(key), "X-Tenant": other.slug}), 403, "wrong_tenant")
-
-    writer = await client.post(
-        t.api("/api-keys"), json={"name": "writer", "role": "collection_manager", "expires_in_days": 30}, headers=t.auth
-    )
-    assert writer.status_code == 201 and writer.json()["expires_at"] is not None
-    assert (
-        await client.post(t.api("/manufacturers"), json={"name": "Topps"}, headers=bearer(writer.json()["key"]))
-    ).status_code == 201
-
-    for bad in (
-        {"name": "", "role": "user"},
-        {"name": "k", "role": "root"},
-        {"name": "k", "role": "user", "expires_in_days": 0},
-        {"name": "k", "role": "user", "scope": "all"},
-    ):
-        _error(await client.post(t.api("/api-keys"), json=bad, headers=t.auth), 400, "validation_failed")
-
-    assert (await client.delete(t.api(f"/api-keys/{created['id']}"), headers=t.auth)).status_code == 204
-    _error(await client.get(t.api("/cards"), headers=bearer(key)), 401, "invalid_token")
-    _error(await client.delete(t.api("/api-keys/999999"), headers=t.auth), 404, "not_found")
-    revoked = [k for k in (await client.get(t.api("/api-keys"), headers=t.auth)).json() if k["id"] == created["id"]]
-    assert revoked[0]["revoked_at"] is not None
-
-    creates = await audit_rows(platform, t.slug, "api_key.create")
-    assert [r["entity_id"] for r in creates] == [str(created["id"]), str(writer.json()["id"])]
-    (revoke,) = await audit_rows(platform, t.slug, "api_key.revoke")
-    assert revoke["entity"] == "api_key" and revoke["entity_id"] == str(created["id"])
-    assert key not in str([r["details"] for r in await audit_rows(platform, t.slug)])
-
-
-async def test_api_key_roles_are_capped_by_the_maker(client: Client, platform: Platform) -> None:
-    t = await create_tenant(client, "keys-cap", tier="enterprise")
-    await add_user(platform, t.slug, "cm@x.test", "collection_manager", permissions={"api_keys:manage": True})
-    cm = await login_as(client, t.slug, "cm@x.test")
-    _error(
-        await client.post(t.api("/api-keys"), json={"name": "up", "role": "tenant_admin"}, headers=cm),
-        403,
-        "permission_denied",
-    )
-    response = await client.post(t.api("/api-keys"), json={"name": "same", "role": "collection_manager"}, headers=cm)
-    assert response.status_code == 201, response.text
-
-
-async def test_api_keys_need_a_tier_with_api_access(client: Client, platform: Platform) -> None:
-    t = await create_tenant(client, "keys-starter", tier="starter")
-    body = _error(
-        await client.post(t.api("/api-keys"), json={"name": "k", "role": "user"}, headers=t.auth),
-        403,
-        "feature_not_in_tier",
-    )
-    assert body["tier"] == "starter"
-    assert await tenant_rows(platform, t.slug, "SELECT id FROM api_keys") == []
-
-
-# -- /settings ---------------------------------------------------------------------------------------
-
-
-async def test_settings_read_and_validated_update(client: Client, platform: Platform) -> None:
-    t = await create_tenant(client, "settings")
-    response = await client.get(t.api("/settings"), headers=t.auth)
-    assert response.status_code == 200, response.text
-    assert {k: v for k, v in response.json().items() if k != "updated_at"} == {
-        "collection_name": None,
-        "default_card_sort": None,
-        "locale": None,
-        "timezone": None,
-    }
-    change = {
-        "collection_name": "Grandpa's boxes",
-        "default_card_sort": "-year",
-        "locale": "de-CH",
-        "timezone": "Europe/Zurich",
-    }
-    response = await client.patch(t.api("/settings"), json=change, headers=t.auth)
-    assert response.status_code == 200, response.text
-    assert {k: response.json()[k] for k in change} == change
-
-    for bad in (
-        {"timezone": "Mars/Olympus_Mons"},
-        {"timezone": "../../etc/passwd"},
-        {"default_card_sort": "price"},
-        {"locale": "not a locale"},
-        {"locale": "x" * 36},
-        {"collection_name": "x" * 201},
-        {"collection_name": "a\x00b"},
-        {"theme": "dark"},
-    ):
-        _error(await client.patch(t.api("/settings"), json=bad, headers=t.auth), 400, "validation_failed")
-
-    response = await client.patch(t.api("/settings"), json={"collection_name": None}, headers=t.auth)
-    assert response.status_code == 200 and response.json()["collection_name"] is None
-    assert response.json()["timezone"] == "Europe/Zurich"
-    (stored,) = await tenant_rows(platform, t.slug, "SELECT settings FROM tenant_settings")
-    assert stored["settings"] == {"default_card_sort": "-year", "locale": "de-CH", "timezone": "Europe/Zurich"}
-
-    first, second = await audit_rows(platform, t.slug, "settings.update")
-    assert first["entity"] == "settings" and first["details"]["changed"] == change
-    assert second["details"]["changed"] == {"collection_name": None}
-
-
-# -- isolation ---------------------------------------------------------------------------------------
-
-
-async def test_one_tenants_admin_cannot_reach_anothers_accounts(client: Client, platform: Platform) -> None:
-    alpha = await create_tenant(client, "acc-alpha")
-    bravo = await create_tenant(client, "acc-bravo")
-    bravo_admin = await user_id_of(platform, bravo.slug, bravo.admin_email)
-
-    paths = ("/users", f"/users/{bravo_admin}", "/api-keys", "/settings", "/me")
-    via_header = {**alpha.auth, "X-Tenant": bravo.slug}
-    for path in paths:
-        _error(await client.get(bravo.api(path), headers=alpha.auth), 403, "wrong_tenant")
-        _error(await client.get(f"/api{path}", headers=via_header), 403, "wrong_tenant")
-    patch = {"role": "user", "disabled": True}
-    _error(await client.patch(bravo.api(f"/users/{bravo_admin}"), json=patch, headers=alpha.auth), 403, "wrong_tenant")
-    body = {"email": "spy@x.test", "role": "tenant_admin", "password": USER_PASSWORD}
-    _error(await client.post(bravo.api("/users"), json=body, headers=alpha.auth), 403, "wrong_tenant")
-    _error(
-        await client.post("/api/users", json=body, headers={**alpha.auth, "X-Tenant": bravo.slug}), 403, "wrong_tenant"
-    )
-    _error(await client.patch(bravo.api("/settings"), json={"locale": "fr"}, headers=alpha.auth), 403, "wrong_tenant")
-
-    rows = await tenant_rows(platform, bravo.slug, "SELECT email, tenant_role, disabled FROM users")
-    assert rows == [{"email": bravo.admin_email, "tenant_role": "tenant_admin", "disabled": False}]
-    assert not [r for r in await audit_rows(platform, bravo.slug) if r["action"].startswith(("user.", "settings."))]
-    # Alpha's own API still answers alpha's users only.
-    emails = [u["email"] for u in (await client.get(alpha.api("/users"), headers=alpha.auth)).json()["items"]]
-    assert emails == [alpha.admin_email]
