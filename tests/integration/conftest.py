@@ -17,6 +17,7 @@ from controlplane.app import create_app
 from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE, SchemaScripts
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN
+from tests.integration.cards_support import CardApi, open_card_api
 from tests.integration.schema_support import base_schema
 from tests.redis_harness import redis_server
 
@@ -97,3 +98,19 @@ async def remote(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture(scope="module")
+async def card_api(
+    pg_admin_dsn: str, control_template: str, tenant_template_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[CardApi]:
+    """The tenant API of ``cards_support`` over two tenants (acme, globex), provisioned once per module."""
+    storage = tmp_path_factory.mktemp("storage")
+    async with open_card_api(pg_admin_dsn, control_template, tenant_template_name, storage, ("acme", "globex")) as api:
+        yield api
+
+
+@pytest.fixture
+async def api(card_api: CardApi) -> CardApi:
+    await card_api.reset()
+    return card_api

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from controlplane.cards import repository
 from controlplane.registry.models import QuotaType
-from tests.integration.cards_support import MAX_IMAGE_BYTES, CardApi, Json, assert_error, open_card_api, ts
+from tests.integration.cards_support import MAX_IMAGE_BYTES, CardApi, Json, assert_error, ts
 
 SIGNATURES = {
     "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
@@ -35,21 +34,6 @@ def image(content_type: str, size: int = 600) -> bytes:
     """``size`` bytes that start like an image of ``content_type`` (only the signature is checked)."""
     head = SIGNATURES[content_type]
     return head + os.urandom(size - len(head))
-
-
-@pytest.fixture(scope="module")
-async def card_api(
-    pg_admin_dsn: str, control_template: str, tenant_template_name: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[CardApi]:
-    storage = tmp_path_factory.mktemp("storage")
-    async with open_card_api(pg_admin_dsn, control_template, tenant_template_name, storage, ("acme", "globex")) as api:
-        yield api
-
-
-@pytest.fixture
-async def api(card_api: CardApi) -> CardApi:
-    await card_api.reset()
-    return card_api
 
 
 def tenant_dir(api: CardApi, slug: str) -> Path:

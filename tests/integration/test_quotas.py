@@ -39,12 +39,6 @@ async def card_api(
         yield api
 
 
-@pytest.fixture
-async def api(card_api: CardApi) -> CardApi:
-    await card_api.reset()
-    return card_api
-
-
 async def counters(api: CardApi) -> dict[str, int]:
     rows = await api.sql("acme", "SELECT name, value FROM usage_counters")
     return {r["name"]: int(r["value"]) for r in rows}
