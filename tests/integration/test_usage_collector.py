@@ -4,13 +4,12 @@ Database sizes come from one query per server; per-table sizes and row estimates
 stored files by kind come from a scan of each tenant's own database, skipped while its size holds and
 bounded in concurrency; results land in the snapshot, the history, ``tenant_storage_usage`` and the
 quotas' ``current_usage``; a tenant that cannot be read is counted as failed without stopping the cycle;
-the history is downsampled and expired exactly; a restarted service neither starts empty nor rescans.
+a restarted service neither starts empty nor rescans. History downsampling: ``test_usage_history.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -29,11 +27,20 @@ from controlplane.registry.models import Tenant
 from controlplane.settings import Settings, UsageSettings
 from controlplane.usage.collector import DIRECTORY, SCAN_ROLE, Collector
 from controlplane.usage.models import StorageUsage
-from controlplane.usage.repository import history_plan
 from controlplane.usage.service import UsageService, describe
 from tests.conftest import eventually, make_settings
 from tests.harness import LocalClusterHandle
 from tests.integration.tenant_support import execute, fetch
+from tests.integration.usage_support import (
+    CountingConnection,
+    add_cards,
+    add_files,
+    add_users,
+    analyze,
+    create_tenants,
+    database_size,
+    metric_rows,
+)
 
 CONCURRENCY = 2
 
@@ -49,79 +56,6 @@ def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Set
 @pytest.fixture
 def usage(platform: Platform) -> UsageService:
     return UsageService(platform)
-
-
-def tenant_db(admin_dsn: str, tenant: Tenant) -> str:
-    return db.with_database(admin_dsn, tenant.database_name)
-
-
-async def add_cards(admin_dsn: str, tenant: Tenant, count: int, *, note_bytes: int = 0) -> None:
-    """``count`` cards, each with ``note_bytes`` of incompressible notes (random hex)."""
-    await execute(
-        tenant_db(admin_dsn, tenant),
-        """
-        INSERT INTO cards (cardnumber, year, notes)
-        SELECT 'c' || g, 1990, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, %s / 32) i)
-          FROM generate_series(1, %s) g
-        """,
-        (note_bytes, count),
-    )
-
-
-async def add_users(admin_dsn: str, tenant: Tenant, count: int) -> None:
-    await execute(
-        tenant_db(admin_dsn, tenant),
-        "INSERT INTO users (email, password_hash) SELECT 'u' || g || '@x.test', 'h' FROM generate_series(1, %s) g",
-        (count,),
-    )
-
-
-async def add_files(admin_dsn: str, tenant: Tenant, files: list[tuple[str, int]]) -> None:
-    """``files`` rows of (kind, bytes)."""
-    async with await psycopg.AsyncConnection.connect(tenant_db(admin_dsn, tenant), autocommit=True) as conn:
-        for kind, size in files:
-            await conn.execute(
-                "INSERT INTO files (key, content_type, bytes, sha256, kind) VALUES (%s, 'image/png', %s, %s, %s)",
-                (uuid.uuid4().hex, size, "0" * 64, kind),
-            )
-
-
-async def analyze(admin_dsn: str, *tenants: Tenant) -> None:
-    for tenant in tenants:
-        await execute(tenant_db(admin_dsn, tenant), "ANALYZE")
-
-
-async def database_size(admin_dsn: str, tenant: Tenant) -> int:
-    (row,) = await fetch(admin_dsn, "SELECT pg_database_size(%s) AS bytes", (tenant.database_name,))
-    return int(row["bytes"])
-
-
-async def create_tenants(service: TenantService, *slugs: str) -> list[Tenant]:
-    return [await service.create(name=slug, slug=slug, tier="professional") for slug in slugs]
-
-
-async def metric_rows(control_dsn: str, tenant: Tenant) -> list[dict[str, Any]]:
-    return await fetch(
-        control_dsn,
-        "SELECT metric_name, metric_value, recorded_at FROM tenant_usage_metrics WHERE tenant_id = %s"
-        " ORDER BY recorded_at, metric_name",
-        (tenant.id,),
-    )
-
-
-class CountingConnection:
-    """A real (pooled) admin connection that records every statement executed through it."""
-
-    def __init__(self, conn: db.AsyncConn, statements: list[str]) -> None:
-        self._conn = conn
-        self._statements = statements
-
-    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        self._statements.append(query if isinstance(query, str) else query.as_string(self._conn))
-        return await self._conn.execute(query, params, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
 
 
 # -- sizes, tables, counters, storage ----------------------------------------------------------------
@@ -407,83 +341,3 @@ async def test_the_default_scan_connection_is_a_short_lived_usage_session(
         return bool(rows[0]["n"] == 0)
 
     await eventually(closed, "the scan connection is closed")
-
-
-# -- history retention ------------------------------------------------------------------------------
-
-
-async def test_history_is_downsampled_per_hour_then_per_day_then_dropped(
-    usage: UsageService, service: TenantService, control_dsn: str
-) -> None:
-    shop, other = await create_tenants(service, "history-a", "history-b")
-    now = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
-
-    async def series(tenant: Tenant, metric: str, start: datetime, end: datetime, step: str) -> None:
-        await execute(
-            control_dsn,
-            """
-            INSERT INTO tenant_usage_metrics (tenant_id, metric_name, metric_value, recorded_at)
-            SELECT %s, %s, extract(epoch FROM g), g FROM generate_series(%s::timestamptz, %s, %s::interval) g
-            """,
-            (tenant.id, metric, start, end, step),
-        )
-
-    raw_start = now - timedelta(days=7)
-    hourly_day = datetime(2026, 6, 5, tzinfo=UTC)  # 10 days back: one point per hour
-    daily_days = datetime(2026, 3, 7, tzinfo=UTC)  # 100 days back: one point per day
-    ancient = now - timedelta(days=500)
-    five_minutes = "5 minutes"
-    await series(shop, "database_bytes", raw_start, raw_start + timedelta(minutes=25), five_minutes)  # 6 raw
-    await series(shop, "database_bytes", now - timedelta(hours=2), now, five_minutes)  # 25 raw
-    await series(shop, "database_bytes", hourly_day, hourly_day + timedelta(hours=23, minutes=55), five_minutes)
-    await series(shop, "cards", hourly_day, hourly_day + timedelta(hours=23, minutes=55), five_minutes)
-    await series(other, "database_bytes", hourly_day, hourly_day + timedelta(hours=23, minutes=55), five_minutes)
-    await series(shop, "database_bytes", daily_days, daily_days + timedelta(days=3) - timedelta(minutes=30), "30 min")
-    await series(shop, "database_bytes", ancient, ancient + timedelta(hours=9), "1 hour")  # 10 too old
-    # Just before the raw window: the hour [raw_start - 1h, raw_start) keeps one point.
-    await series(shop, "database_bytes", raw_start - timedelta(hours=1), raw_start - timedelta(minutes=5), five_minutes)
-
-    deleted = await usage.compact_history(now=now)
-
-    async def points(tenant: Tenant, metric: str, start: datetime, end: datetime) -> list[datetime]:
-        rows = await fetch(
-            control_dsn,
-            "SELECT recorded_at FROM tenant_usage_metrics WHERE tenant_id = %s AND metric_name = %s"
-            " AND recorded_at >= %s AND recorded_at < %s ORDER BY recorded_at",
-            (tenant.id, metric, start, end),
-        )
-        return [r["recorded_at"] for r in rows]
-
-    day_end = hourly_day + timedelta(days=1)
-    last_of_each_hour = [hourly_day + timedelta(hours=h, minutes=55) for h in range(24)]
-    assert await points(shop, "database_bytes", hourly_day, day_end) == last_of_each_hour
-    assert await points(shop, "cards", hourly_day, day_end) == last_of_each_hour
-    assert await points(other, "database_bytes", hourly_day, day_end) == last_of_each_hour
-    last_of_each_day = [daily_days + timedelta(days=d, hours=23, minutes=30) for d in range(3)]
-    assert await points(shop, "database_bytes", daily_days, daily_days + timedelta(days=3)) == last_of_each_day
-    assert await points(shop, "database_bytes", ancient - timedelta(days=1), ancient + timedelta(days=1)) == []
-    assert len(await points(shop, "database_bytes", raw_start, now + timedelta(seconds=1))) == 6 + 25
-    assert await points(shop, "database_bytes", raw_start - timedelta(hours=1), raw_start) == [
-        raw_start - timedelta(minutes=5)
-    ]
-    assert deleted == 3 * (288 - 24) + (144 - 3) + 10 + (12 - 1)
-
-    # Idempotent: a second pass finds nothing more to remove.
-    assert await usage.compact_history(now=now) == 0
-
-
-def test_history_plan_edges_fall_on_hours_and_days() -> None:
-    now = datetime(2026, 6, 15, 12, 34, 56, tzinfo=UTC)
-    drop_before, slices = history_plan(
-        now, datetime(2020, 1, 1, tzinfo=UTC), raw=7 * 86400, hourly=90 * 86400, daily=400 * 86400
-    )
-    assert drop_before == datetime(2025, 5, 11, tzinfo=UTC)
-    assert slices[0][0] == drop_before
-    assert slices[-1][1] == datetime(2026, 6, 8, 12, tzinfo=UTC)
-    for (_, end, _), (start, _, _) in itertools.pairwise(slices):
-        assert end == start  # contiguous
-    day, hour = timedelta(days=1), timedelta(hours=1)
-    assert {b for s, e, b in slices if e <= datetime(2026, 3, 17, tzinfo=UTC)} == {day}
-    assert {b for s, e, b in slices if s >= datetime(2026, 3, 17, tzinfo=UTC)} == {hour}
-    # Nothing to do when all history is newer than the raw window.
-    assert history_plan(now, now - hour, raw=7 * 86400, hourly=90 * 86400, daily=400 * 86400)[1] == []
