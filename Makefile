@@ -6,16 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Data directory of `make run` (private PostgreSQL cluster in $(DATA_DIR)/postgres, generated secrets).
 DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
+# pytest's arguments in `make test`: two xdist workers (the suite's CI budget is two cores).
+PYTEST_ARGS ?= -n 2
 # Stops/destroys the local cluster; controlplane.localpg needs only the standard library.
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
 	@echo "make test       ruff, mypy --strict, lint-imports, pytest (starts its own throwaway PostgreSQL;"
-	@echo "                PYTEST_ARGS=\"-n 2\" runs it on two pytest-xdist workers, one cluster each)"
+	@echo "                on two pytest-xdist workers, one cluster each; PYTEST_ARGS=\"-n 0\" runs it serially)"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict, lint-imports (package layering)"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make bench      provisioning benchmark (ops/bench/provision.py; BENCH_ARGS=\"--tenants 1000 --migrate\")"
@@ -23,6 +25,7 @@ help:
 	@echo "make bench-search   card search at 100,000 cards, without and with the index (ops/bench/search.py)"
 	@echo "make bench-collect  usage collection and /metrics benchmark (ops/bench/collect.py)"
 	@echo "make bench-signup   database step via spares, clone and raw, and whole signups (ops/bench/signup.py)"
+	@echo "make bench-backup   backup and restore of 100,000 cards vs raw pg_dump/pg_restore, 1,000 nightly backups, legacy import (ops/bench/backup.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
@@ -102,6 +105,9 @@ bench-collect: install
 
 bench-signup: install
 	$(BIN)/python ops/bench/signup.py $(BENCH_ARGS)
+
+bench-backup: install
+	$(BIN)/python ops/bench/backup.py $(BENCH_ARGS)
 
 clean:
 	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi

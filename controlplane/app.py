@@ -11,7 +11,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from controlplane.accounts.login_routes import ADMIN_LOGIN_HANDLERS, AUTH_ROUTER, TENANT_AUTH_ROUTER
+from controlplane.accounts.login_routes import (
+    ADMIN_LOGIN_HANDLERS,
+    AUTH_ROUTER,
+    TENANT_AUTH_ROUTER,
+    accept_invitation,
+    logout,
+    refresh,
+    token,
+)
 from controlplane.accounts.routes import ACCOUNT_HANDLERS
 from controlplane.audit.routes import ADMIN_AUDIT_HANDLERS, TENANT_AUDIT_HANDLERS
 from controlplane.auth.passwords import Passwords
@@ -20,6 +28,12 @@ from controlplane.auth.ratelimit import RateLimiter, counter_from_url
 from controlplane.auth.service import Authenticator, hash_secret
 from controlplane.auth.sessions import refresh_key
 from controlplane.auth.tokens import KeyRing, TokenSigner
+from controlplane.backups.admin_routes import ADMIN_BACKUP_HANDLERS
+from controlplane.backups.restore import RestoreService
+from controlplane.backups.restore_routes import ADMIN_RESTORE_HANDLERS
+from controlplane.backups.routes import TENANT_BACKUP_HANDLERS
+from controlplane.backups.schedule import BackupScheduler
+from controlplane.backups.service import BackupService
 from controlplane.billing.admin_routes import ADMIN_BILLING_USAGE_HANDLERS
 from controlplane.billing.inbox import Inbox
 from controlplane.billing.metering import Metering
@@ -40,14 +54,19 @@ from controlplane.http.state import (
     ADMIN_TOKEN_HASH_STATE_KEY,
     API_CALLS_STATE_KEY,
     AUTH_STATE_KEY,
+    BACKUPS_STATE_KEY,
     BASE_DOMAIN_STATE_KEY,
     BILLING_INBOX_STATE_KEY,
     BILLING_STATE_KEY,
+    BYTES_SERVED_STATE_KEY,
+    HYGIENE_STATE_KEY,
     MAIL_STATE_KEY,
     METRICS_STATE_KEY,
     METRICS_TOKEN_HASH_STATE_KEY,
     PLATFORM_STATE_KEY,
+    PRIVACY_STATE_KEY,
     QUOTA_ALERTS_STATE_KEY,
+    RESTORES_STATE_KEY,
     SIGNUPS_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
@@ -55,7 +74,22 @@ from controlplane.http.state import (
     TENANTS_STATE_KEY,
     USAGE_STATE_KEY,
 )
-from controlplane.http.tenant_api import tenant_auth_middleware, tenant_request_dependencies
+from controlplane.http.tenant_api import (
+    pin_tenant,
+    refuse_new_tenants,
+    tenant_auth_middleware,
+    tenant_dependencies,
+    tenant_request_dependencies,
+)
+from controlplane.hygiene.delivery_routes import (
+    PUBLIC_DELIVERY_HANDLERS,
+    TENANT_DELIVERY_HANDLERS,
+    delivery_dependencies,
+)
+from controlplane.hygiene.routes import ADMIN_HYGIENE_HANDLERS
+from controlplane.hygiene.service import StorageHygiene
+from controlplane.importer.routes import ADMIN_IMPORT_HANDLERS
+from controlplane.importer.single_tenant import ensure_default_tenant
 from controlplane.mail.sender import MailSender
 from controlplane.maintenance.routes import MAINTENANCE_HANDLERS
 from controlplane.maintenance.service import HealthMonitor
@@ -67,6 +101,9 @@ from controlplane.onboarding.routes import SIGNUP_HANDLERS, TENANT_ONBOARDING_HA
 from controlplane.onboarding.service import Signups
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
+from controlplane.privacy.admin_routes import ADMIN_PRIVACY_HANDLERS
+from controlplane.privacy.routes import TENANT_PRIVACY_HANDLERS
+from controlplane.privacy.service import Privacy
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.provisioning.routes import TenantsController, reconcile
 from controlplane.provisioning.server_routes import ServersController
@@ -77,6 +114,7 @@ from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
+from controlplane.usage.bytes_served import BytesServed
 from controlplane.usage.routes import ADMIN_USAGE_HANDLERS
 from controlplane.usage.service import UsageService
 
@@ -93,6 +131,9 @@ def _tenants(state: State) -> TenantService:
 
 def create_app(settings: Settings) -> Litestar:
     admin_token = settings.security.admin_token
+    # CARDVAULT_MULTI_TENANT=0: one tenant at /api, pinned (no /t/{slug}, signup or tenant creation).
+    single = not settings.multi_tenant
+    pinned = [pin_tenant(settings.default_tenant)] if single else []
     # /metrics: in-memory state only (snapshot, pools, cache, jobs) plus HTTP request counts.
     metrics = CardVaultMetrics(
         per_table=settings.usage.metrics_per_table, collection_interval=settings.usage.interval or None
@@ -143,6 +184,13 @@ def create_app(settings: Settings) -> Litestar:
             metering = Metering(platform, billing_provider) if billing_provider is not None else None
             billing = BillingService(platform, tenants, billing_provider)
             inbox = Inbox(platform, billing)
+            backups = BackupService(platform)
+            backup_jobs = BackupScheduler(backups)
+            restores = RestoreService(platform, tenants, backups)
+            await backup_jobs.refresh()  # /metrics knows the backups' standing from the start
+            hygiene = StorageHygiene(platform)
+            bytes_served = BytesServed()
+            privacy = Privacy(platform)
             jobs = Jobs(
                 platform,
                 Reconciler(platform, tenants),
@@ -155,8 +203,15 @@ def create_app(settings: Settings) -> Litestar:
                 metering=metering,
                 billing=billing,
                 inbox=inbox,
+                backups=backup_jobs,
+                restores=restores,
+                privacy=privacy,
+                hygiene=hygiene,
+                bytes_served=bytes_served,
             )
             jobs.schedule(scheduler)
+            metrics.bind(backups=backup_jobs)
+            metrics.bind(hygiene=hygiene, served=bytes_served)
             metrics.bind(
                 pools=pools, cache=cache, jobs=scheduler, snapshot=lambda: usage.snapshot, quotas=alerts, health=health
             )
@@ -165,7 +220,8 @@ def create_app(settings: Settings) -> Litestar:
             app.state[TENANTS_STATE_KEY] = tenants
             app.state[TENANT_CACHE_STATE_KEY] = cache
             app.state[TENANT_POOLS_STATE_KEY] = pools
-            app.state[BASE_DOMAIN_STATE_KEY] = settings.http.base_domain or None
+            # Single-tenant mode: no subdomains (every /api request is the default tenant).
+            app.state[BASE_DOMAIN_STATE_KEY] = None if single else (settings.http.base_domain or None)
             app.state[AUTH_STATE_KEY] = auth
             app.state[API_CALLS_STATE_KEY] = api_calls
             app.state[USAGE_STATE_KEY] = usage
@@ -173,18 +229,28 @@ def create_app(settings: Settings) -> Litestar:
             app.state[MAIL_STATE_KEY] = mail
             app.state[BILLING_STATE_KEY] = billing
             app.state[BILLING_INBOX_STATE_KEY] = inbox
+            app.state[BACKUPS_STATE_KEY] = backups
+            app.state[RESTORES_STATE_KEY] = restores
             app.state[SIGNUPS_STATE_KEY] = Signups(platform, tenants, auth, pools, checkout=billing)
+            app.state[PRIVACY_STATE_KEY] = privacy
+            app.state[HYGIENE_STATE_KEY] = hygiene
+            app.state[BYTES_SERVED_STATE_KEY] = bytes_served
+            if single:
+                await ensure_default_tenant(tenants, settings.default_tenant)
             scheduler.start()
             try:
                 yield
             finally:
                 await scheduler.stop()
+                await backups.stop()  # backups running here stay `running`: the next leader's job retries them
+                await privacy.stop()  # exports made here are given back (pending) for another replica
                 await tenants.spares.stop()  # a refill started after a claim finishes its spare first
                 await principal_events.stop()
                 await cache.stop()
                 await pools.close()
                 try:
                     await jobs.flush_api_calls()
+                    await jobs.flush_bytes_served()
                 finally:
                     await counter.close()
                     if billing_provider is not None:
@@ -204,8 +270,13 @@ def create_app(settings: Settings) -> Litestar:
             *ADMIN_USAGE_HANDLERS,
             *ADMIN_BILLING_USAGE_HANDLERS,
             *ADMIN_BILLING_HANDLERS,
+            *ADMIN_BACKUP_HANDLERS,
+            *ADMIN_RESTORE_HANDLERS,
+            *ADMIN_PRIVACY_HANDLERS,
+            *ADMIN_IMPORT_HANDLERS,
+            *ADMIN_HYGIENE_HANDLERS,
         ],
-        guards=[admin_guard],
+        guards=[admin_guard, *([refuse_new_tenants] if single else [])],
         security=[{"bearer": []}],
     )
     # The tenant API, reachable by path (/t/{slug}/api), or by subdomain or X-Tenant header (/api).
@@ -214,27 +285,40 @@ def create_app(settings: Settings) -> Litestar:
             path=path,
             route_handlers=[
                 *TENANT_API_HANDLERS,
+                *TENANT_DELIVERY_HANDLERS,
                 *TENANT_AUDIT_HANDLERS,
                 *ACCOUNT_HANDLERS,
                 *TENANT_ONBOARDING_HANDLERS,
                 *TENANT_BILLING_HANDLERS,
+                *TENANT_BACKUP_HANDLERS,
+                *TENANT_PRIVACY_HANDLERS,
             ],
-            dependencies={**tenant_request_dependencies(), **vault_dependency(settings)},
+            dependencies={
+                **tenant_request_dependencies(),
+                **vault_dependency(settings),
+                **tenant_dependencies(),  # ``tenant``: whose image bytes are counted
+                **delivery_dependencies(settings),
+            },
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
-            middleware=[tenant_auth_middleware],
+            middleware=[*pinned, tenant_auth_middleware],
             security=[{"bearer": []}],
         )
-        for path in (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api")
+        for path in (("/api",) if single else (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api"))
     ]
+    # Tenant logins at /t/{slug}/auth/* (where invitation mails point), and signup; single-tenant mode adds
+    # /api/auth/* for the default tenant (/auth/* stays the platform's) and has no signup.
+    single_auth = Router("/api/auth", route_handlers=[token, refresh, logout, accept_invitation], middleware=pinned)
+    tenant_logins = [single_auth, TENANT_AUTH_ROUTER] if single else [TENANT_AUTH_ROUTER, *SIGNUP_HANDLERS]
     app = Litestar(
         route_handlers=[
             admin,
             *tenant_api,
             AUTH_ROUTER,
-            TENANT_AUTH_ROUTER,
-            *SIGNUP_HANDLERS,
+            *tenant_logins,
             # Stripe's webhook and the dunning mails' billing link are public: mounted only with Stripe on.
             *([stripe_webhook, billing_portal_link] if settings.billing.provider == "stripe" else []),
+            # Signed file links: public, outside the tenant API's authentication (mounted in both modes).
+            Router("/", route_handlers=PUBLIC_DELIVERY_HANDLERS, dependencies=delivery_dependencies(settings)),
             probes.live,
             probes.ready,
             metrics_endpoint,

@@ -1,8 +1,12 @@
 """Secrets at rest and role passwords.
 
-Tenant role passwords and server DSNs are stored encrypted (Fernet, key derived from
-``CARDVAULT_SECRET_KEY``). Role passwords reach PostgreSQL only as SCRAM-SHA-256 verifiers, so the
-plaintext never appears in a server log even with ``log_statement = 'all'``.
+Every secret the control plane stores (tenant role passwords, server DSNs, token signing keys, the
+data keys of backups and exports, ...) is encrypted with the master key: Fernet, its key derived from
+``CARDVAULT_SECRET_KEY``. During a master-key rotation the earlier keys
+(``CARDVAULT_SECRET_KEY_PREVIOUS``) still decrypt while ``cardvault keys rotate`` re-encrypts every stored
+value under the current one; new values are always encrypted with the current key. Role passwords reach
+PostgreSQL only as SCRAM-SHA-256 verifiers, so the plaintext never appears in a server log even with
+``log_statement = 'all'``.
 
 Tenant role verifiers use ``TENANT_ROLE_SCRAM_ITERATIONS`` PBKDF2 rounds, not PostgreSQL's 4096. The
 iteration count is a work factor against guessing a password from its verifier (or from a recorded
@@ -15,11 +19,14 @@ tenant connection, the most expensive part of opening one.
 from __future__ import annotations
 
 import base64
+import contextlib
+import enum
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -32,25 +39,81 @@ DEFAULT_SCRAM_ITERATIONS = 4096
 TENANT_ROLE_SCRAM_ITERATIONS = 16
 
 
-class SecretBox:
-    """Encrypts and decrypts short secrets with a key derived from the service secret."""
+class KeyState(enum.Enum):
+    """Which master key a stored value is encrypted with."""
 
-    def __init__(self, secret_key: str) -> None:
-        if len(secret_key) < MIN_SECRET_KEY_LENGTH:
-            raise ConfigError(f"CARDVAULT_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters")
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cardvault-secretbox", info=b"fernet-v1").derive(
-            secret_key.encode()
-        )
-        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
+    #: The current key (``CARDVAULT_SECRET_KEY``).
+    CURRENT = "current"
+    #: One of the previous keys only: ``cardvault keys rotate`` re-encrypts it.
+    PREVIOUS = "previous"
+    #: None of the configured keys (a key that was removed too early, or a damaged value).
+    UNREADABLE = "unreadable"
+
+
+def _fernet(secret_key: str, setting: str) -> Fernet:
+    if len(secret_key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(f"{setting} must be at least {MIN_SECRET_KEY_LENGTH} characters")
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cardvault-secretbox", info=b"fernet-v1").derive(
+        secret_key.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+class SecretBox:
+    """Encrypts short secrets with the current master key; decrypts with the current or a previous one.
+
+    ``previous``: the keys a rotation is moving away from (``CARDVAULT_SECRET_KEY_PREVIOUS``), newest first;
+    a previous key equal to the current one is ignored.
+    """
+
+    def __init__(self, secret_key: str, previous: Sequence[str] = ()) -> None:
+        self._current = _fernet(secret_key, "CARDVAULT_SECRET_KEY")
+        older = list(dict.fromkeys(key for key in previous if key != secret_key))
+        self._previous = [_fernet(key, "every key of CARDVAULT_SECRET_KEY_PREVIOUS") for key in older]
+        self._all = MultiFernet([self._current, *self._previous])
+
+    @property
+    def previous_keys(self) -> int:
+        """How many previous keys still decrypt."""
+        return len(self._previous)
 
     def encrypt(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode()).decode()
+        return self._current.encrypt(plaintext.encode()).decode()
 
     def decrypt(self, token: str) -> str:
         try:
-            return self._fernet.decrypt(token.encode()).decode()
+            return self._all.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise ConfigError("stored secret cannot be decrypted: wrong CARDVAULT_SECRET_KEY?") from None
+            raise ConfigError(
+                "stored secret cannot be decrypted: wrong CARDVAULT_SECRET_KEY (or a previous key missing "
+                "from CARDVAULT_SECRET_KEY_PREVIOUS)?"
+            ) from None
+
+    def state(self, token: str) -> KeyState:
+        """Which key ``token`` is encrypted with (authenticated: a damaged token is ``UNREADABLE``)."""
+        return self._open(token)[0]
+
+    def reencrypt(self, token: str) -> str | None:
+        """``token``'s plaintext encrypted with the current key, or None when it already is.
+
+        ``ConfigError`` when no configured key decrypts it.
+        """
+        state, plaintext = self._open(token)
+        if state is KeyState.UNREADABLE:
+            raise ConfigError("stored secret cannot be decrypted with the current or a previous key")
+        if state is KeyState.CURRENT:
+            return None
+        assert plaintext is not None
+        return self._current.encrypt(plaintext).decode()
+
+    def _open(self, token: str) -> tuple[KeyState, bytes | None]:
+        raw = token.encode()
+        with contextlib.suppress(InvalidToken):
+            return KeyState.CURRENT, self._current.decrypt(raw)
+        for fernet in self._previous:
+            with contextlib.suppress(InvalidToken):
+                return KeyState.PREVIOUS, fernet.decrypt(raw)
+        return KeyState.UNREADABLE, None
 
 
 def new_password() -> str:

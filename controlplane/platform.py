@@ -40,14 +40,14 @@ class Platform:
         """Open everything (migrating the registry first unless ``migrate`` is False)."""
         if not settings.database.url:
             raise ConfigError("CARDVAULT_DATABASE_URL is not set (make run starts a local PostgreSQL)")
-        box = SecretBox(settings.security.secret_key)
+        box = SecretBox(settings.security.secret_key, settings.security.previous_secret_keys)
         failpoints = Failpoints(settings.failpoints)
         scripts = tenant_scripts(settings.provisioning)
         if migrate:
             await migrate_registry(settings)
         control = db.control_pool(settings.database.url, settings.database)
         await control.open(wait=True, timeout=settings.database.connect_timeout + 5)
-        fleet = Fleet(box, settings.database)
+        fleet = Fleet(box, settings.database, tls_dir=settings.data_dir / "tls")
         try:
             async with control.connection() as conn:
                 await fleet.ensure_default(conn, settings.database.url)

@@ -36,7 +36,7 @@ from controlplane.provisioning.spares_repository import spare_tag
 from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import AuthSettings, DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
 
-pytest_plugins = ["tests.harness", "tests.stripe_harness", "tests.smtp_harness"]
+pytest_plugins = ["tests.harness", "tests.stripe_harness", "tests.smtp_harness", "tests.s3_harness"]
 
 SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
 ADMIN_TOKEN = "test-admin-token"
@@ -112,6 +112,8 @@ def drop_everything_made_by(control_dsn: str) -> None:
             "SELECT seed, (SELECT oid FROM pg_database WHERE datname = current_database())::bigint FROM spare_pool"
         ).fetchone()
     spares_like = f"cvspare\\_{spare_tag(pool[0], pool[1])}\\_%" if pool else None
+    # Scratch databases of backup verifications that did not end (named with the same tag).
+    scratch_like = f"cvverify\\_{spare_tag(pool[0], pool[1])}\\_%" if pool else None
     for server_dsn in servers:
         try:
             admin = _admin(server_dsn)
@@ -122,12 +124,20 @@ def drop_everything_made_by(control_dsn: str) -> None:
                 name = sql.Identifier(f"t_{tenant_id.hex}")
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+                # Databases a restore made or retired (t_<hex>_r..., t_<hex>_p...).
+                like = f"t\\_{tenant_id.hex}\\_%"
+                extras = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (like,)).fetchall()
+                for (extra,) in extras:
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(extra)))
             for listing, drop in (
                 ("SELECT datname FROM pg_database WHERE datname LIKE %s", "DROP DATABASE IF EXISTS {} WITH (FORCE)"),
                 ("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", "DROP ROLE IF EXISTS {}"),
             ):
                 for (spare,) in admin.execute(listing, (spares_like,)).fetchall() if spares_like else []:
                     admin.execute(sql.SQL(drop).format(sql.Identifier(spare)))
+            scratch_listing = "SELECT datname FROM pg_database WHERE datname LIKE %s"
+            for (scratch,) in admin.execute(scratch_listing, (scratch_like,)).fetchall() if scratch_like else []:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
 
 
 @pytest.fixture

@@ -139,9 +139,10 @@ class LocalClusterHandle:
         self.port, self._dsn = port, dsn
         return dsn
 
-    def stop(self) -> None:
-        """Stop the server (``pg_ctl stop -m fast``); connections fail until :meth:`start`."""
-        self.cluster.stop()
+    def stop(self, *, immediate: bool = False) -> None:
+        """Stop the server (``pg_ctl stop -m fast``, or ``-m immediate``: every backend exits on the spot,
+        none finishes its query); connections fail until :meth:`start`."""
+        self.cluster.stop(immediate=immediate)
 
     def is_running(self) -> bool:
         return self.cluster.is_running()

@@ -78,6 +78,30 @@ DOCUMENTED: dict[str, frozenset[str]] = {
     "cardvault_provisioning_duration_seconds": frozenset({"outcome"}),
     "cardvault_http_requests": frozenset({"method", "route", "status"}),
     "cardvault_http_request_duration_seconds": frozenset({"method", "route"}),
+    **{
+        f"cardvault_storage_hygiene_{name}": frozenset()
+        for name in (
+            "quarantined",
+            "restored",
+            "deleted",
+            "reclaimed_bytes",
+            "missing_found",
+            "missing_removed",
+            "orphans",
+            "missing_files",
+            "quarantine_files",
+            "quarantine_bytes",
+            "failed_tenants",
+            "last_run_timestamp_seconds",
+        )
+    },
+    "cardvault_image_bytes_served": frozenset(),
+    "cardvault_tenant_image_bytes_served": frozenset({"tenant"}),
+    "cardvault_tenant_last_backup_timestamp_seconds": frozenset({"tenant"}),
+    "cardvault_tenant_backup_stale": frozenset({"tenant"}),
+    "cardvault_backups_stale_tenants": frozenset(),
+    "cardvault_backups_retained": frozenset(),
+    "cardvault_backups_retained_bytes": frozenset(),
 }
 
 

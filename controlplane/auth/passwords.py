@@ -5,6 +5,9 @@ thread: the event loop keeps serving other requests meanwhile. A login for an un
 invited user who has no password yet (``password_hash = ''``), verifies against a dummy hash, so the
 response time does not tell which emails exist.
 
+Legacy bcrypt hashes (``$2a$``/``$2b$``/``$2y$``, from imported single-tenant installations) verify too,
+and always need a rehash: the first successful sign-in replaces them with argon2id.
+
 The password rules follow NIST SP 800-63B: a length range and nothing else (no composition rules).
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 
+import bcrypt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -24,6 +28,7 @@ MAX_PASSWORD_LENGTH = 1024
 MAX_EMAIL_LENGTH = 254
 
 _ARGON2_PREFIX = "$argon2"
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 
 class Passwords:
@@ -49,6 +54,8 @@ class Passwords:
 
         An empty or unparsable hash still costs one dummy verification, so it is not told apart by timing.
         """
+        if password_hash.startswith(_BCRYPT_PREFIXES):
+            return await asyncio.to_thread(_verify_bcrypt, password_hash, password)
         if not password_hash.startswith(_ARGON2_PREFIX):
             await self.verify_dummy(password)
             return False
@@ -64,8 +71,10 @@ class Passwords:
     def needs_rehash(self, password_hash: str) -> bool:
         """Whether a hash that just verified was made with other costs than the current ones.
 
-        Only meaningful after a successful ``verify``; an invalid hash answers False.
+        Only meaningful after a successful ``verify``; an invalid hash answers False; a bcrypt one True.
         """
+        if password_hash.startswith(_BCRYPT_PREFIXES):
+            return True
         try:
             return self._hasher.check_needs_rehash(password_hash)
         except (InvalidHashError, ValueError):
@@ -76,6 +85,14 @@ class Passwords:
             return self._hasher.verify(password_hash, password)
         except (VerificationError, InvalidHashError, ValueError):
             return False
+
+
+def _verify_bcrypt(password_hash: str, password: str) -> bool:
+    """A legacy bcrypt hash. bcrypt only ever read a password's first 72 bytes, so those are compared."""
+    try:
+        return bcrypt.checkpw(password.encode()[:72], password_hash.encode("ascii"))
+    except ValueError:  # a malformed hash (or one that is not ASCII)
+        return False
 
 
 def validate_password(password: str) -> str:

@@ -82,16 +82,22 @@ def suspended_text(*, slug: str, deadline: datetime, link: str, link_expires: da
     return subject, body
 
 
+def _link_key(secret_key: str) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cardvault-billing", info=b"portal-links-v1")
+    return hkdf.derive(secret_key.encode())
+
+
 class PortalLinks:
     """Signed, expiring links to a tenant's Billing Portal (see the module docstring)."""
 
-    def __init__(self, secret_key: str, base_url: str) -> None:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cardvault-billing", info=b"portal-links-v1")
-        self._key = hkdf.derive(secret_key.encode())
+    def __init__(self, secret_key: str, base_url: str, previous_keys: tuple[str, ...] = ()) -> None:
+        # Links are signed with the current secret key; links mailed before a key rotation
+        # (``CARDVAULT_SECRET_KEY_PREVIOUS``) keep working until they expire.
+        self._keys = [_link_key(key) for key in (secret_key, *previous_keys)]
         self._base_url = base_url
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    def _mac(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return hmac.new(key or self._keys[0], payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def token(self, tenant_id: uuid.UUID, expires_at: datetime) -> str:
         payload = _TOKEN.pack(tenant_id.bytes, int(expires_at.timestamp()))
@@ -107,7 +113,9 @@ class PortalLinks:
         except (binascii.Error, ValueError):
             raw = b""
         payload, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
-        if len(raw) != _TOKEN.size + _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
+        if len(raw) != _TOKEN.size + _MAC_BYTES or not any(
+            hmac.compare_digest(mac, self._mac(payload, key)) for key in self._keys
+        ):
             raise PortalLinkInvalid("this billing link is not valid")
         tenant, expires = _TOKEN.unpack(payload)
         if expires <= now.timestamp():
@@ -120,7 +128,8 @@ class Dunning:
 
     def __init__(self, platform: Platform) -> None:
         self._p = platform
-        self.links = PortalLinks(platform.settings.security.secret_key, platform.settings.http.base_url)
+        security = platform.settings.security
+        self.links = PortalLinks(security.secret_key, platform.settings.http.base_url, security.previous_secret_keys)
 
     async def contact(self, conn: AsyncConn, provider: BillingProvider, tenant_id: uuid.UUID) -> str | None:
         """The tenant's billing contact: its signup admin's address, else its customer's at the provider."""

@@ -9,7 +9,9 @@ tenant's limits up when called; None = unlimited), ``storage`` and ``max_image_b
 mount these handlers without the tenant API's authentication.
 
 Objects a request makes obsolete (replaced or deleted images) are removed by a background task, i.e.
-after the response is complete and the transaction has committed.
+after the response is complete and the transaction has committed. The image download also takes
+``tenant`` (the app's ``http.tenant_api.tenant_dependencies``): the bytes it sends count as the tenant's
+bytes served; it answers ``If-None-Match`` with 304 (``storage.delivery``).
 """
 
 from __future__ import annotations
@@ -53,14 +55,15 @@ from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, Car
 from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.http.params import Cursor, Limit
-from controlplane.http.state import PLATFORM_STATE_KEY
+from controlplane.http.state import BYTES_SERVED_STATE_KEY, PLATFORM_STATE_KEY
 from controlplane.http.tenant_api import open_tenant_request, requires
 from controlplane.paging import MAX_ID, TENANT_PAGES
 from controlplane.platform import Platform
 from controlplane.registry.models import LimitLookup
 from controlplane.settings import Settings
-from controlplane.storage import Storage
+from controlplane.storage import Storage, delivery
 from controlplane.storage.local import LocalStorage
+from controlplane.usage.bytes_served import BytesServed
 from controlplane.usage.quotas import limits_for
 
 Search = Annotated[
@@ -73,6 +76,7 @@ TextFilter = Annotated[str | None, QueryParameter(max_length=100, pattern=NO_NUL
 ContentType = Annotated[
     str | None, HeaderParameter(name="content-type", description="image/jpeg, image/png or image/webp")
 ]
+IfNoneMatch = Annotated[str | None, HeaderParameter(name="if-none-match", max_length=8192)]
 Vault = NamedDependency[CardVault]
 
 
@@ -332,21 +336,30 @@ class CardsController(Controller):
     @get(
         "/{card_id:int}/image",
         opt=requires(Permission.CARDS_READ),
-        summary="The card's image, as uploaded",
+        summary="The card's image, as uploaded (If-None-Match: 304; for CDNs see /cards/{id}/image/link)",
         media_type="application/octet-stream",
         response_headers=[ResponseHeader(name="ETag", documentation_only=True, description="sha256 of the image")],
     )
-    async def get_image(self, vault: Vault, card_id: FromPath[int]) -> Response[bytes]:
+    async def get_image(
+        self,
+        request: Request[Any, Any, Any],
+        vault: Vault,
+        tenant: NamedDependency[TenantContext],
+        card_id: FromPath[int],
+        if_none_match: IfNoneMatch = None,
+    ) -> Response[bytes]:
         info, data = await vault.get_image(card_id)
-        return Response(
-            data,
-            media_type=info.content_type,
-            headers={
-                "ETag": f'"{info.sha256}"',
-                "Cache-Control": "private, no-cache",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        headers = {
+            "ETag": delivery.etag(info.sha256),
+            "Cache-Control": delivery.PRIVATE_CACHE_CONTROL,
+            "X-Content-Type-Options": "nosniff",
+        }
+        if delivery.not_modified(if_none_match, headers["ETag"]):
+            return Response(b"", status_code=304, headers=headers)  # nothing sent: not bytes served
+        served: BytesServed | None = request.app.state.get(BYTES_SERVED_STATE_KEY)
+        if served is not None:
+            served.count(tenant.id, tenant.slug, len(data))
+        return Response(data, media_type=info.content_type, headers=headers)
 
     @delete("/{card_id:int}/image", opt=requires(Permission.CARDS_WRITE_OWN), summary="Remove the card's image")
     async def delete_image(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:

@@ -6,19 +6,31 @@ on stderr with a non-zero exit status.
 
 from __future__ import annotations
 
-from controlplane.cli.admins import admins, keys
+from controlplane.cli.admins import admins
+from controlplane.cli.backups import backups
 from controlplane.cli.billing import billing
 from controlplane.cli.common import cli
+from controlplane.cli.importer import import_sqlite
+from controlplane.cli.keys import keys
 from controlplane.cli.maintenance import maintenance, reconcile
 from controlplane.cli.migrate import migrate
+from controlplane.cli.privacy import privacy
+from controlplane.cli.restores import RESTORE_COMMANDS
 from controlplane.cli.serve import local, serve
 from controlplane.cli.servers import servers
 from controlplane.cli.spares import spares
+from controlplane.cli.storage import storage
 from controlplane.cli.tenants import tenants
 from controlplane.cli.users import users
 
 for command in (serve, local, migrate, servers, tenants, users, reconcile, maintenance, admins, keys, billing, spares):
     cli.add_command(command)
+cli.add_command(import_sqlite)
+cli.add_command(privacy)
+cli.add_command(storage)
+cli.add_command(backups)
+for restore_command in RESTORE_COMMANDS:
+    backups.add_command(restore_command)
 
 
 def main() -> None:

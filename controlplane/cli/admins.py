@@ -1,4 +1,4 @@
-"""``cardvault admins ...`` and ``cardvault keys ...``: platform super-admins and token signing keys.
+"""``cardvault admins ...``: platform super-admins (signing keys: ``controlplane/cli/keys.py``).
 
 Every change is recorded in ``platform_audit`` with the actor ``cli:<os user>``, in the same
 transaction as the change itself.
@@ -28,9 +28,6 @@ if TYPE_CHECKING:  # the rest is imported where used, so that the command line s
 T = TypeVar("T")
 
 _ADMIN_COLUMNS = ("id", "email", "disabled", "created_at", "last_login_at")
-_KEY_COLUMNS = ("kid", "active", "created_at", "retired_at", "verify_until")
-#: Retired keys verify this much longer than the access-token lifetime (clock skew, slow refreshes).
-_ROTATION_MARGIN = 120.0
 
 
 def _show(admins: list[Admin], as_json: bool) -> None:
@@ -153,67 +150,3 @@ def set_password(email: str, as_json: bool) -> None:
         return admin
 
     _show([with_platform(work)], as_json)
-
-
-@click.group()
-def keys() -> None:
-    """The keys access tokens are signed with."""
-
-
-@keys.command("rotate")
-@json_option
-def rotate(as_json: bool) -> None:
-    """Sign new tokens with a new key; the old key keeps verifying for one token lifetime + 2 min."""
-    from controlplane.auth import tokens
-
-    async def work(platform: Platform) -> dict[str, Any]:
-        verify_for = platform.settings.auth.access_token_ttl + _ROTATION_MARGIN
-        async with platform.control.connection() as conn, conn.transaction():
-            kid = await tokens.rotate(conn, platform.box, verify_for=verify_for)
-            await _audit(conn, "signing_key.rotate", "signing_key", kid, verify_for=verify_for)
-        return {"kid": kid, "previous_keys_verify_for": verify_for}
-
-    result = with_platform(work)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(
-            f"new signing key {result['kid']}; retired keys keep verifying for "
-            f"{result['previous_keys_verify_for']:.0f} s"
-        )
-
-
-@keys.command("list")
-@json_option
-def list_keys(as_json: bool) -> None:
-    """List signing keys (never their secrets)."""
-    from controlplane.auth import repository
-
-    async def work(platform: Platform) -> list[repository.SigningKeyInfo]:
-        async with platform.control.connection() as conn:
-            return await repository.list_signing_keys(conn)
-
-    found = with_platform(work)
-    if as_json:
-        emit_json(found)
-    else:
-        table([to_builtins(k) for k in found], _KEY_COLUMNS)
-
-
-@keys.command("prune")
-@json_option
-def prune(as_json: bool) -> None:
-    """Delete retired keys that no longer verify anything."""
-    from controlplane.auth import repository
-
-    async def work(platform: Platform) -> int:
-        async with platform.control.connection() as conn, conn.transaction():
-            deleted = await repository.prune_signing_keys(conn)
-            await _audit(conn, "signing_key.prune", "signing_key", None, deleted=deleted)
-        return deleted
-
-    deleted = with_platform(work)
-    if as_json:
-        emit_json({"deleted": deleted})
-    else:
-        click.echo(f"deleted {deleted} expired signing key(s)")

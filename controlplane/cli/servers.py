@@ -1,16 +1,41 @@
-"""``cardvault servers add | set-dsn | list | drain | activate``: the PostgreSQL servers of the fleet
-(imports inside the commands, as everywhere in the CLI).
+"""``cardvault servers add | set-dsn | update | list | drain | activate``: the PostgreSQL servers of the
+fleet (imports inside the commands, as everywhere in the CLI).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from controlplane.cli.common import cli_actor, emit_json, json_option, load_settings, run, table, to_builtins
 from controlplane.fleet.models import ServerStatus
+
+#: libpq's sslmode values (``controlplane.fleet.tls.SSLMODES``, not imported: the CLI starts fast).
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+sslmode_option = click.option(
+    "--sslmode",
+    type=click.Choice(_SSLMODES),
+    help="TLS mode of every connection to the server (verify-ca and verify-full need --root-cert).",
+)
+root_cert_option = click.option(
+    "--root-cert",
+    "root_cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM file of the CA that signed the server's certificate (stored in the registry).",
+)
+
+
+def _read_cert(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--root-cert") from None
 
 
 @click.group()
@@ -21,17 +46,21 @@ def servers() -> None:
 @servers.command("add")
 @click.argument("name")
 @click.argument("dsn")
+@sslmode_option
+@root_cert_option
 @json_option
-def servers_add(name: str, dsn: str, as_json: bool) -> None:
+def servers_add(name: str, dsn: str, sslmode: str | None, root_cert: str | None, as_json: bool) -> None:
     """Register a server. DSN names host, port, user and dbname; its user needs CREATEDB and CREATEROLE
     (or SUPERUSER). Every database of the server but the tenants' own is closed to PUBLIC."""
+    from controlplane.fleet.tls import ServerTls
     from controlplane.platform import Platform
 
+    tls = ServerTls(sslmode=sslmode, root_cert=_read_cert(root_cert))
     settings = load_settings()
 
     async def go() -> Any:
         async with Platform.open(settings) as platform, platform.control.connection() as conn:
-            return await platform.fleet.register(conn, name, dsn)
+            return await platform.fleet.register(conn, name, dsn, tls_settings=tls)
 
     _servers([run(go)], as_json)
 
@@ -67,6 +96,40 @@ def servers_set_dsn(name: str, dsn: str | None, as_json: bool) -> None:
                 async with platform.control.connection() as conn:
                     server = await platform.fleet.update_dsn(conn, name, new_dsn)
                 audit.details["dsn"] = server.dsn_display
+                return server
+
+    _servers([run(go)], as_json)
+
+
+@servers.command("update")
+@click.argument("name")
+@sslmode_option
+@root_cert_option
+@click.option("--no-root-cert", is_flag=True, help="Remove the server's root certificate.")
+@json_option
+def servers_update(name: str, sslmode: str | None, root_cert: str | None, no_root_cert: bool, as_json: bool) -> None:
+    """Change NAME's TLS settings; checked by connecting with them first. Options left out are unchanged."""
+    from msgspec import UNSET
+
+    from controlplane.audit.service import platform_action
+    from controlplane.context import AuditContext
+    from controlplane.platform import Platform
+
+    if root_cert is not None and no_root_cert:
+        raise click.UsageError("--root-cert and --no-root-cert exclude each other")
+    pem = None if no_root_cert else (_read_cert(root_cert) if root_cert is not None else UNSET)
+    mode = UNSET if sslmode is None else sslmode
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with Platform.open(settings) as platform:
+            context = AuditContext(actor=cli_actor(), actor_label="command line")
+            async with platform_action(
+                platform.control, context, "server.set_tls", entity="server", entity_id=name
+            ) as audit:
+                async with platform.control.connection() as conn:
+                    server = await platform.fleet.update_tls(conn, name, sslmode=mode, root_cert=pem)
+                audit.details |= {"sslmode": server.sslmode, "root_cert_sha256": server.root_cert_sha256}
                 return server
 
     _servers([run(go)], as_json)

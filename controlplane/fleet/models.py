@@ -50,6 +50,10 @@ class Server(msgspec.Struct, kw_only=True):
     system_identifier: str | None = None
     #: The port the server listens on (its own ``port`` setting), with ``system_identifier``.
     port: int | None = None
+    #: libpq ``sslmode`` of every connection to the server (None: libpq's default, ``prefer``).
+    sslmode: str | None = None
+    #: SHA-256 of the root certificate (PEM) the server's certificate is verified with, if one is set.
+    root_cert_sha256: str | None = None
 
     @property
     def identity(self) -> ServerIdentity | None:

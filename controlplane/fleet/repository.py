@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from controlplane.db import AsyncConn
 from controlplane.errors import ServerExists
 from controlplane.fleet.models import Server, ServerIdentity, ServerStatus
+from controlplane.fleet.tls import ServerTls
 
 _SELECT = """
     SELECT s.id, s.name, s.dsn_display, s.status, s.template_revision, s.created_at,
-           s.system_identifier, s.port,
+           s.system_identifier, s.port, s.sslmode,
+           encode(sha256(convert_to(s.ssl_root_cert, 'UTF8')), 'hex') AS root_cert_sha256,
            (SELECT count(*) FROM tenants t WHERE t.server_id = s.id) AS tenants
       FROM db_servers s
 """
@@ -31,6 +33,8 @@ def _server(row: Mapping[str, Any]) -> Server:
         created_at=row["created_at"],
         system_identifier=None if row["system_identifier"] is None else str(row["system_identifier"]),
         port=row["port"],
+        sslmode=row["sslmode"],
+        root_cert_sha256=row["root_cert_sha256"],
     )
 
 
@@ -52,28 +56,36 @@ async def insert_server(
     dsn_encrypted: str,
     dsn_display: str,
     identity: ServerIdentity | None,
+    tls: ServerTls,
 ) -> None:
     try:
         async with conn.transaction():
             await conn.execute(
-                "INSERT INTO db_servers (id, name, dsn_encrypted, dsn_display, system_identifier, port)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (server_id, name, dsn_encrypted, dsn_display, *_identity_params(identity)),
+                "INSERT INTO db_servers (id, name, dsn_encrypted, dsn_display, system_identifier, port, sslmode,"
+                " ssl_root_cert) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (server_id, name, dsn_encrypted, dsn_display, *_identity_params(identity), tls.sslmode, tls.root_cert),
             )
     except psycopg.errors.UniqueViolation as exc:
         raise _exists(exc, name, identity) from None
 
 
 async def update_dsn(
-    conn: AsyncConn, server: Server, *, dsn_encrypted: str, dsn_display: str, identity: ServerIdentity
+    conn: AsyncConn,
+    server: Server,
+    *,
+    dsn_encrypted: str,
+    dsn_display: str,
+    identity: ServerIdentity,
+    tls: ServerTls,
 ) -> None:
-    """A new DSN (and the identity it was checked against); the row's trigger tells every replica."""
+    """A new DSN and TLS settings (and the identity they were checked against); the row's trigger tells
+    every replica."""
     try:
         async with conn.transaction():
             await conn.execute(
                 "UPDATE db_servers SET dsn_encrypted = %s, dsn_display = %s, system_identifier = %s, port = %s,"
-                " updated_at = now() WHERE id = %s",
-                (dsn_encrypted, dsn_display, *_identity_params(identity), server.id),
+                " sslmode = %s, ssl_root_cert = %s, updated_at = now() WHERE id = %s",
+                (dsn_encrypted, dsn_display, *_identity_params(identity), tls.sslmode, tls.root_cert, server.id),
             )
     except psycopg.errors.UniqueViolation as exc:
         raise _exists(exc, server.name, identity) from None
@@ -119,6 +131,23 @@ async def dsn_encrypted(conn: AsyncConn, server_id: uuid.UUID) -> str | None:
     cur = await conn.execute("SELECT dsn_encrypted FROM db_servers WHERE id = %s", (server_id,))
     row = await cur.fetchone()
     return str(row["dsn_encrypted"]) if row else None
+
+
+class StoredConnection(NamedTuple):
+    """What connecting to a server takes: its encrypted DSN and its TLS settings."""
+
+    dsn_encrypted: str
+    tls: ServerTls
+
+
+async def stored_connection(conn: AsyncConn, server_id: uuid.UUID) -> StoredConnection | None:
+    cur = await conn.execute("SELECT dsn_encrypted, sslmode, ssl_root_cert FROM db_servers WHERE id = %s", (server_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return StoredConnection(
+        str(row["dsn_encrypted"]), ServerTls(sslmode=row["sslmode"], root_cert=row["ssl_root_cert"])
+    )
 
 
 async def set_status(conn: AsyncConn, server_id: uuid.UUID, status: ServerStatus) -> None:

@@ -8,9 +8,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 import psycopg
+from msgspec import UNSET, UnsetType
 from psycopg import conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -26,7 +28,7 @@ from controlplane.errors import (
     ServerUnavailable,
     ValidationFailed,
 )
-from controlplane.fleet import catalog, dsns, repository
+from controlplane.fleet import catalog, dsns, repository, tls
 from controlplane.fleet.models import (
     DEFAULT_SERVER_NAME,
     SERVER_NAME_PATTERN,
@@ -35,6 +37,7 @@ from controlplane.fleet.models import (
     ServerStatus,
     validate_server_name,
 )
+from controlplane.fleet.tls import RootCertFiles, ServerTls
 from controlplane.settings import DatabaseSettings
 
 #: Management connections kept open per server (CREATE DATABASE, DROP DATABASE, roles).
@@ -63,14 +66,24 @@ class Fleet:
     drops them at once: this process calls it when it changes a server, and the registry cache calls
     it when another replica's change is notified (``cardvault_servers``). A management pool opened
     with an older DSN is replaced (and the old one closed) the next time the server is used.
+
+    Every DSN it hands out carries the server's TLS settings (``sslmode``, ``sslrootcert``: see
+    ``fleet.tls``); root certificates are written under ``tls_dir`` (a private temporary directory when
+    None).
     """
 
     def __init__(
-        self, box: SecretBox, settings: DatabaseSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        box: SecretBox,
+        settings: DatabaseSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tls_dir: Path | None = None,
     ) -> None:
         self._box = box
         self._settings = settings
         self._clock = clock
+        self._certs = RootCertFiles(tls_dir)
         self._dsns: dict[uuid.UUID, _CachedDsn] = {}
         #: Bumped by ``forget``: a registry read that started before it is not cached.
         self._generation = 0
@@ -87,30 +100,35 @@ class Fleet:
             await entry.pool.close()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._certs.close()
 
     # -- registration ---------------------------------------------------------------------------
 
-    async def register(self, conn: AsyncConn, name: str, dsn: str, *, check: bool = True) -> Server:
+    async def register(
+        self, conn: AsyncConn, name: str, dsn: str, *, tls_settings: ServerTls | None = None, check: bool = True
+    ) -> Server:
         """Add a server. Its DSN must name host, port, user and database.
 
         With ``check`` (always, but for tests that register a server nobody can reach) the DSN must
-        connect as a user with rights to create databases and roles, to a primary that is not
-        registered yet (by system identifier and port); PUBLIC then loses CONNECT on every database
-        of the server, in the same transaction as the registry row is written.
+        connect, with the TLS settings (``sslmode`` may also be in the DSN), as a user with rights to
+        create databases and roles, to a primary that is not registered yet (by system identifier and
+        port); PUBLIC then loses CONNECT on every database of the server, in the same transaction as
+        the registry row is written.
         """
         validate_server_name(name)
         dsns.explicit(dsn)
+        dsn, tls_ = tls.split(dsn, tls_settings or ServerTls())
         if not check:
-            await self._insert(conn, name, dsn, None)
+            await self._insert(conn, name, dsn, None, tls_)
             return await self.get(conn, name)
-        async with self._checked(dsn) as (admin, facts):
+        async with self._checked(self._with_tls(dsn, tls_)) as (admin, facts):
             await self._refuse_taken(conn, name, facts.identity)
             open_databases = await catalog.open_databases(admin)
             blocked = [d for d in open_databases if not d.manageable]
             if blocked:
                 raise ValidationFailed(catalog.unmanageable_detail(blocked))
             async with conn.transaction():
-                await self._insert(conn, name, dsn, facts.identity)
+                await self._insert(conn, name, dsn, facts.identity, tls_)
                 still_open = await catalog.lock_down(admin, (d.name for d in open_databases))
                 if still_open:
                     raise ValidationFailed(
@@ -122,7 +140,8 @@ class Fleet:
         """Register the control database's own server when the fleet is empty.
 
         Host, port and user are the ones the control connection actually reached, so the registered
-        DSN is explicit even when ``CARDVAULT_DATABASE_URL`` leans on libpq defaults.
+        DSN is explicit even when ``CARDVAULT_DATABASE_URL`` leans on libpq defaults. Its TLS settings
+        are the URL's: ``sslmode``, and the root certificate its ``sslrootcert`` file holds.
         """
         if await repository.list_servers(conn):
             return
@@ -130,17 +149,47 @@ class Fleet:
         dsn = conninfo.make_conninfo(
             control_dsn, host=info.host, port=str(info.port), user=info.user, dbname="postgres"
         )
+        dsn, root_cert = tls.from_local_file(dsn)
         with contextlib.suppress(ServerExists):  # another replica starting at the same time
-            await self.register(conn, DEFAULT_SERVER_NAME, dsn)
+            await self.register(conn, DEFAULT_SERVER_NAME, dsn, tls_settings=ServerTls(root_cert=root_cert))
 
     async def update_dsn(self, conn: AsyncConn, name: str, dsn: str) -> Server:
         """Replace a server's DSN (a rotated password, a new address): it must reach the same server.
 
-        The registry row's trigger notifies every replica; this one forgets the old DSN at once.
+        The server keeps its TLS settings (an ``sslmode`` in the new DSN replaces its mode). The registry
+        row's trigger notifies every replica; this one forgets the old DSN at once.
         """
         server = await self.get(conn, name)
         dsns.explicit(dsn)
-        async with self._checked(dsn) as (_, facts):
+        stored = await self._stored(conn, server.id)
+        return await self._replace(conn, server, *tls.new_dsn(dsn, stored.tls))
+
+    async def update_tls(
+        self,
+        conn: AsyncConn,
+        name: str,
+        *,
+        sslmode: str | UnsetType | None = UNSET,
+        root_cert: str | UnsetType | None = UNSET,
+    ) -> Server:
+        """Change a server's TLS settings (UNSET: unchanged, None: cleared); checked like a new DSN's.
+
+        Every replica reconnects with them (the row's trigger notifies; pools opened before are replaced).
+        """
+        server = await self.get(conn, name)
+        stored = await self._stored(conn, server.id)
+        dsn = self._box.decrypt(stored.dsn_encrypted)
+        return await self._replace(conn, server, *tls.new_tls(dsn, stored.tls, sslmode=sslmode, root_cert=root_cert))
+
+    async def _stored(self, conn: AsyncConn, server_id: uuid.UUID) -> repository.StoredConnection:
+        stored = await repository.stored_connection(conn, server_id)
+        if stored is None:
+            raise ServerNotFound(f"no server with id {server_id}")
+        return stored
+
+    async def _replace(self, conn: AsyncConn, server: Server, dsn: str, tls_: ServerTls) -> Server:
+        """Store ``dsn`` and ``tls_`` for ``server`` once they are proven to reach it."""
+        async with self._checked(self._with_tls(dsn, tls_)) as (_, facts):
             registered = server.identity
             if registered is not None and registered != facts.identity:
                 raise ServerMismatch(
@@ -158,12 +207,15 @@ class Fleet:
                 dsn_encrypted=self._box.encrypt(dsn),
                 dsn_display=db.redact(dsn),
                 identity=facts.identity,
+                tls=tls_,
             )
         self.forget(server.id)
         self._suspect.discard(server.id)
-        return await self.get(conn, name)
+        return await self.get(conn, server.name)
 
-    async def _insert(self, conn: AsyncConn, name: str, dsn: str, identity: ServerIdentity | None) -> None:
+    async def _insert(
+        self, conn: AsyncConn, name: str, dsn: str, identity: ServerIdentity | None, tls_: ServerTls
+    ) -> None:
         await repository.insert_server(
             conn,
             server_id=uuid.uuid4(),
@@ -171,7 +223,13 @@ class Fleet:
             dsn_encrypted=self._box.encrypt(dsn),
             dsn_display=db.redact(dsn),
             identity=identity,
+            tls=tls_,
         )
+
+    def _with_tls(self, dsn: str, tls_: ServerTls) -> str:
+        """``dsn`` as libpq gets it: with the TLS settings (the root certificate as a file)."""
+        root_cert_file = self._certs.path(tls_.root_cert) if tls_.root_cert is not None else None
+        return tls.with_tls(dsn, tls_.sslmode, root_cert_file)
 
     async def _refuse_taken(self, conn: AsyncConn, name: str, identity: ServerIdentity) -> None:
         if await repository.get_by_name(conn, name) is not None:
@@ -189,8 +247,8 @@ class Fleet:
             try:
                 conn = await stack.enter_async_context(db.connect(dsn, self._settings, role="check"))
             except ServerUnavailable as exc:
-                # The DSN given is what is wrong (host, port, credentials, database): a client error.
-                raise ValidationFailed(f"cannot connect with this DSN: {exc.detail}") from None
+                # The DSN given is what is wrong (host, port, credentials, database, TLS): a client error.
+                raise ValidationFailed(f"cannot connect with this DSN and TLS settings: {exc.detail}") from None
             facts = await catalog.facts(conn)
             if not facts.can_manage_tenants:
                 raise ValidationFailed("the DSN's user needs SUPERUSER or CREATEDB and CREATEROLE")
@@ -226,16 +284,18 @@ class Fleet:
     # -- connections ----------------------------------------------------------------------------
 
     async def dsn(self, conn: AsyncConn, server_id: uuid.UUID) -> str:
-        """The server's management DSN (decrypted; kept for ``server_dsn_ttl`` seconds at most)."""
+        """The server's management DSN (decrypted; kept for ``server_dsn_ttl`` seconds at most), with its
+        TLS settings: ``sslmode`` and ``sslrootcert`` (an absolute path), so anything built from it, a
+        ``pg_dump`` subprocess included, connects as the registry says."""
         cached = self._dsns.get(server_id)
         if cached is not None and cached.expires > self._clock():
             return cached.dsn
         generation = self._generation
-        encrypted = await repository.dsn_encrypted(conn, server_id)
-        if encrypted is None:
+        stored = await repository.stored_connection(conn, server_id)
+        if stored is None:
             self._dsns.pop(server_id, None)
             raise ServerNotFound(f"no server with id {server_id}")
-        dsn = self._box.decrypt(encrypted)
+        dsn = self._with_tls(self._box.decrypt(stored.dsn_encrypted), stored.tls)
         ttl = self._settings.server_dsn_ttl
         if ttl > 0 and generation == self._generation:
             now = self._clock()

@@ -6,9 +6,10 @@ response. Handlers and dependencies add response headers (``RateLimit-*``) with
 ``add_response_headers``; the ``before_send`` hook writes them, on errors too.
 
 Every response also says ``X-Content-Type-Options: nosniff`` and, unless its handler chose a caching
-policy of its own (a card image: ``private, no-cache`` with an ETag), ``Cache-Control: no-store``.
-Everything this service answers is private to its caller (tokens, API keys, invitation tokens,
-a tenant's data), so no browser or proxy cache may keep any of it.
+policy of its own (a card image: ``private, max-age=60`` with an ETag; a signed file link's object:
+public until the link expires), ``Cache-Control: no-store``. Everything else this service answers is
+private to its caller (tokens, API keys, invitation tokens, a tenant's data), so no browser or proxy
+cache may keep any of it.
 """
 
 from __future__ import annotations

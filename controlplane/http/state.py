@@ -29,8 +29,17 @@ MAIL_STATE_KEY = "mail"
 #: The ``BillingService`` (tenant plans at the provider) and the webhook ``Inbox``.
 BILLING_STATE_KEY = "billing"
 BILLING_INBOX_STATE_KEY = "billing_inbox"
+#: The ``BackupService`` (per-tenant backups).
+BACKUPS_STATE_KEY = "backups"
 #: The ``CardVaultMetrics`` that ``/metrics`` renders.
 METRICS_STATE_KEY = "metrics"
+#: The ``StorageHygiene`` (orphaned and missing files) and the ``BytesServed`` meter (image bytes sent).
+HYGIENE_STATE_KEY = "hygiene"
+BYTES_SERVED_STATE_KEY = "bytes_served"
+#: The ``Privacy`` service: exports, erasures, deletion certificates, audit retention.
+PRIVACY_STATE_KEY = "privacy"
+#: The ``RestoreService`` (restores, rollbacks, verifications, their upkeep).
+RESTORES_STATE_KEY = "restores"
 #: SHA-256 of CARDVAULT_ADMIN_TOKEN and of CARDVAULT_METRICS_TOKEN (None: no such token).
 ADMIN_TOKEN_HASH_STATE_KEY = "admin_token_sha256"
 METRICS_TOKEN_HASH_STATE_KEY = "metrics_token_sha256"

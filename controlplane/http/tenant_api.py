@@ -9,6 +9,10 @@ for the account routes); other routes that need only the tenant use ``tenant_dep
 
 Every tenant API handler names the permission it needs in its ``opt`` (``requires(...)``); a handler
 without one is refused (500; a test walks the route table so none ships).
+
+Single-tenant mode (``CARDVAULT_MULTI_TENANT=0``): the routers are mounted at ``/api`` only (and the
+tenant's logins at ``/api/auth``) behind ``pin_tenant``, which makes every request name the default
+tenant as a path would; ``refuse_new_tenants`` keeps ``POST /admin/tenants`` shut (403).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Middleware, Receive, Scope, Send
 
 from controlplane.auth.models import Permission, Principal
 from controlplane.auth.ratelimit import Decision
 from controlplane.auth.service import Authenticator
 from controlplane.context import AuditContext, TenantContext, TenantRequest
-from controlplane.errors import PermissionDenied, ServerUnavailable, TenantUnavailable
+from controlplane.errors import Forbidden, PermissionDenied, ServerUnavailable, TenantUnavailable
 from controlplane.http.context import add_response_headers, request_id, source_address
 from controlplane.http.state import (
     API_CALLS_STATE_KEY,
@@ -217,3 +222,36 @@ def tenant_dependencies() -> dict[str, Provide]:
         "tenant_cache": Provide(provide_tenant_cache, sync_to_thread=False),
         "tenant": Provide(provide_tenant),
     }
+
+
+# -- single-tenant mode (CARDVAULT_MULTI_TENANT=0) -------------------------------------------------------
+
+
+class SingleTenantMode(Forbidden):
+    """Something only a multi-tenant installation does (creating tenants, signing up)."""
+
+    code = "single_tenant_mode"
+
+
+def pin_tenant(slug: str) -> Middleware:
+    """Middleware of the ``/api`` routers in single-tenant mode: every request is for tenant ``slug``,
+    as if its path had named it (``/t/{slug}/api``), so resolution, authentication and logins work as
+    they do for a path. A Host or ``X-Tenant`` naming another tenant is still a 400 ``tenant_conflict``."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def pinned(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["path_params"] = {**scope.get("path_params", {}), TENANT_SLUG_PARAM: slug}
+            await app(scope, receive, send)
+
+        return pinned
+
+    return middleware
+
+
+async def refuse_new_tenants(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of ``/admin`` in single-tenant mode: ``POST /admin/tenants`` is refused (403)."""
+    scope = connection.scope
+    if scope["type"] == ScopeType.HTTP and scope["method"] == "POST" and scope["path"].rstrip("/") == "/admin/tenants":
+        raise SingleTenantMode(
+            "this installation serves one tenant (CARDVAULT_MULTI_TENANT=0); tenants cannot be created"
+        )

@@ -125,13 +125,14 @@ class LocalCluster(ClusterHome):
         home = self._existing_home()
         return home is not None and self._initialised(home) and self._status(home)
 
-    def stop(self) -> None:
-        """Stop the server (``pg_ctl stop -m fast``); a no-op when it is not running."""
+    def stop(self, *, immediate: bool = False) -> None:
+        """Stop the server (``pg_ctl stop -m fast``; ``immediate``: ``-m immediate``, every backend exits on
+        the spot, as in a crash); a no-op when it is not running."""
         home = self._existing_home()
         if home is None or not self._initialised(home):
             return
         with flock(home):
-            self._stop(home)
+            self._stop(home, immediate=immediate)
 
     def destroy(self) -> None:
         """Stop the server and remove every file of the cluster (and the fallback symlink)."""
@@ -289,12 +290,13 @@ class LocalCluster(ClusterHome):
             tail = "\n".join(fh.read().splitlines()[-20:])
         return False, f"{result.stdout.strip()}\n{tail}".strip()
 
-    def _stop(self, home: Path, *, force: bool = False) -> None:
+    def _stop(self, home: Path, *, force: bool = False, immediate: bool = False) -> None:
         if not self._status(home):
             return
-        result = self._pg_ctl(home, "stop", "-m", "fast", "-w", "-t", "60", "-s")
-        if result.returncode == 0:
-            return
+        if not immediate:
+            result = self._pg_ctl(home, "stop", "-m", "fast", "-w", "-t", "60", "-s")
+            if result.returncode == 0:
+                return
         result = self._pg_ctl(home, "stop", "-m", "immediate", "-w", "-t", "30", "-s")
         if result.returncode == 0 or not self._status(home):
             return

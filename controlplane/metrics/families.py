@@ -13,6 +13,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from controlplane.backups.models import BackupOverview
+from controlplane.hygiene.models import HygieneCounters, HygieneReport
 from controlplane.maintenance.models import FleetHealth
 from controlplane.pools.models import PoolStats
 from controlplane.registry.models import TIER_QUOTAS, TenantStatus, Tier
@@ -222,3 +224,90 @@ def health_families(health: FleetHealth) -> Iterator[Metric]:
         "Seconds the last round of tenant health checks took",
         health.duration_seconds,
     )
+
+
+# -- storage hygiene and bytes served ---------------------------------------------------------------
+
+
+def hygiene_families(counters: HygieneCounters, latest: HygieneReport | None) -> Iterator[Metric]:
+    """What this replica's fixing runs did (counters), and what its last full run found (gauges, absent
+    before it: only the replica that ran it knows; aggregate with ``max``)."""
+    prefix = "cardvault_storage_hygiene"
+    yield counter(f"{prefix}_quarantined_total", "Objects with no files row moved to quarantine", counters.quarantined)
+    yield counter(
+        f"{prefix}_restored_total", "Quarantined objects moved back (their row reappeared)", counters.restored
+    )
+    yield counter(f"{prefix}_deleted_total", "Quarantined objects deleted after the grace period", counters.deleted)
+    yield counter(
+        f"{prefix}_reclaimed_bytes_total", "Bytes freed by deleting quarantined objects", counters.reclaimed_bytes
+    )
+    yield counter(
+        f"{prefix}_missing_found_total", "Files rows newly found with no stored object", counters.missing_found
+    )
+    yield counter(
+        f"{prefix}_missing_removed_total",
+        "Files rows with no object removed after the grace period",
+        counters.missing_removed,
+    )
+    if latest is None:
+        return
+    yield gauge(
+        f"{prefix}_orphans",
+        "Objects with no files row (past the safety margin) found by the last run",
+        sum(t.orphans for t in latest.tenants),
+    )
+    yield gauge(
+        f"{prefix}_missing_files", "Files rows with no stored object, open after the last run", latest.missing_files
+    )
+    yield gauge(f"{prefix}_quarantine_files", "Objects in quarantine after the last run", latest.quarantine_files)
+    yield gauge(f"{prefix}_quarantine_bytes", "Bytes in quarantine after the last run", latest.quarantine_bytes)
+    yield gauge(f"{prefix}_failed_tenants", "Tenants the last run could not check", latest.failed)
+    yield gauge(
+        f"{prefix}_last_run_timestamp_seconds",
+        "Unix time the last full run ended",
+        latest.started_at.timestamp() + latest.duration_seconds,
+    )
+
+
+def served_families(published: Mapping[str, int], per_tenant: bool) -> Iterator[Metric]:
+    """Image bytes this replica served since it started (sum across replicas); per tenant unless off."""
+    yield counter(
+        "cardvault_image_bytes_served_total", "Bytes of stored images served (no 304s)", float(sum(published.values()))
+    )
+    if per_tenant and published:
+        family = CounterMetricFamily(
+            "cardvault_tenant_image_bytes_served", "Bytes of the tenant's stored images served", labels=("tenant",)
+        )
+        for slug, size in sorted(published.items()):
+            family.add_metric((slug,), float(size))
+        yield family
+
+
+# -- backups ----------------------------------------------------------------------------------------
+
+
+def backup_families(overview: BackupOverview) -> Iterator[Metric]:
+    """Each active or suspended tenant's last successful backup and whether it is stale (no success within
+    ``CARDVAULT_BACKUP_STALE_FACTOR`` intervals of its tier), and the retained backups of the fleet."""
+    tenant = ("tenant",)
+    last = GaugeMetricFamily(
+        "cardvault_tenant_last_backup_timestamp_seconds",
+        "Unix time the tenant's last successful backup finished (absent: never)",
+        labels=tenant,
+    )
+    stale = GaugeMetricFamily(
+        "cardvault_tenant_backup_stale", "1 when the tenant has no successful backup recent enough", labels=tenant
+    )
+    for slug, finished in sorted(overview.last_success.items()):
+        if finished is not None:
+            last.add_metric((slug,), finished)
+    for slug, is_stale in sorted(overview.stale.items()):
+        stale.add_metric((slug,), 1.0 if is_stale else 0.0)
+    yield from (last, stale)
+    yield gauge(
+        "cardvault_backups_stale_tenants",
+        "Tenants without a recent enough successful backup",
+        sum(overview.stale.values()),
+    )
+    yield gauge("cardvault_backups_retained", "Backups kept (succeeded, not expired), of any tenant", overview.retained)
+    yield gauge("cardvault_backups_retained_bytes", "Bytes of the backups kept, of any tenant", overview.retained_bytes)

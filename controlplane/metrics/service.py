@@ -9,10 +9,10 @@ Two parts, rendered differently:
 
 - *live* families (pools, registry cache, jobs, provisioning, HTTP): small, bounded by the code (jobs,
   routes), read on the event loop at each scrape because their sources are mutated there;
-- *per-tenant* families (tenants, servers, last collection, quota ratios, tenant health): one series
-  set per tenant, built from sources that are replaced whole (the usage snapshot, the quota limits, the
-  last health round). Their text is rendered once per change (in a worker thread, off the event loop)
-  and reused by every scrape until one of them changes.
+- *per-tenant* families (tenants, servers, last collection, quota ratios, tenant health, backups): one
+  series set per tenant, built from sources that are replaced whole (the usage snapshot, the quota limits,
+  the last health round, the backups' standing). Their text is rendered once per change (in a worker
+  thread, off the event loop) and reused by every scrape until one of them changes.
 
 Quota usage ratios are the snapshot's counters (``users``, ``cards``, ``storage_bytes``, exact
 trigger-kept counts of the tenant database) over the tenant's *effective* limits as ``QuotaAlerts``
@@ -24,6 +24,11 @@ Label cardinality is bounded and documented: ``tenant`` is the tenant's **slug**
 series), ``table`` is one of the tenant schema's tables (a fixed set; per-table series can be turned
 off with ``per_table=False``), ``kind`` a storage kind, ``quota`` a ``QuotaType``, ``job`` a scheduler
 job, ``server`` a registered server, ``status``/``tier`` the registry enums.
+
+Image bytes served (``BytesServed``) are counted per tenant on the request path and published whole at
+each flush (30 s); their text is cached per publication like the per-tenant text. ``per_table=False``
+(for very large fleets) drops their per-tenant series too, keeping the total. Storage hygiene's counters
+and its last run's gauges are live (a handful of series).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -38,6 +44,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from controlplane.backups.models import BackupOverview
+from controlplane.hygiene.models import HygieneCounters, HygieneReport
 from controlplane.maintenance.models import FleetHealth
 from controlplane.metrics import families as metric_families
 from controlplane.metrics.families import Limits
@@ -110,8 +118,35 @@ class HealthSource(Protocol):
     def latest(self) -> FleetHealth | None: ...
 
 
+class BackupSource(Protocol):
+    """``BackupScheduler``: the backups' standing per tenant, replaced whole at each refresh."""
+
+    @property
+    def overview(self) -> BackupOverview | None: ...
+
+
+class HygieneSource(Protocol):
+    """``StorageHygiene``: counters of its fixing runs, and its last full run (replaced whole)."""
+
+    @property
+    def counters(self) -> HygieneCounters: ...
+
+    @property
+    def latest(self) -> HygieneReport | None: ...
+
+
+class ServedSource(Protocol):
+    """``BytesServed``: image bytes this replica served, per tenant slug (replaced whole at each flush)."""
+
+    @property
+    def published(self) -> Mapping[str, int]: ...
+
+
+#: What an unbound ``served`` source publishes.
+_NOTHING_SERVED: Mapping[str, int] = MappingProxyType({})
+
 #: What the cached per-tenant text is built from; each part is replaced whole, never changed in place.
-_Sources = tuple[UsageSnapshot | None, Limits | None, FleetHealth | None]
+_Sources = tuple[UsageSnapshot | None, Limits | None, FleetHealth | None, BackupOverview | None]
 
 
 def _same(a: _Sources, b: _Sources) -> bool:
@@ -156,6 +191,11 @@ class CardVaultMetrics(Collector):
         self._jobs: JobSource | None = None
         self._quotas: QuotaSource | None = None
         self._health: HealthSource | None = None
+        self._backups: BackupSource | None = None
+        self._hygiene: HygieneSource | None = None
+        self._served: ServedSource | None = None
+        #: (published mapping, its families, their text): rebuilt only when the meter publishes anew.
+        self._served_built: tuple[Mapping[str, int], list[Metric], bytes] | None = None
         self._others: list[Collector] = []
         # (sources, their families, the text): rebuilt only when the collectors publish a new snapshot,
         # the quota limits are refreshed or a health round ends.
@@ -177,8 +217,15 @@ class CardVaultMetrics(Collector):
         jobs: JobSource | None = None,
         quotas: QuotaSource | None = None,
         health: HealthSource | None = None,
+        backups: BackupSource | None = None,
+        hygiene: HygieneSource | None = None,
+        served: ServedSource | None = None,
     ) -> None:
         """Attach the sources (in the app lifespan); only those given are replaced."""
+        if hygiene is not None:
+            self._hygiene = hygiene
+        if served is not None:
+            self._served = served
         if snapshot is not None:
             self._snapshot = snapshot
         if pools is not None:
@@ -191,6 +238,8 @@ class CardVaultMetrics(Collector):
             self._quotas = quotas
         if health is not None:
             self._health = health
+        if backups is not None:
+            self._backups = backups
 
     def register(self, collector: Collector) -> None:
         """Expose another collector's live families too (e.g. the HTTP middleware's)."""
@@ -206,6 +255,7 @@ class CardVaultMetrics(Collector):
         """Every family: live ones, then the per-tenant ones (built once per change of their sources)."""
         yield from self.collect_live()
         yield from self._build()[1]
+        yield from self._build_served()[1]
 
     def render(self) -> bytes:
         """The exposition text (on the caller's thread; see ``render_live`` + ``render_tenants``)."""
@@ -217,13 +267,15 @@ class CardVaultMetrics(Collector):
 
     def cached_tenants_text(self) -> bytes | None:
         """The per-tenant text if its sources have not changed since it was rendered, else None."""
-        built = self._built
-        return built[2] if built is not None and _same(built[0], self._sources()) else None
+        built, served = self._built, self._served_built
+        if built is None or served is None or served[0] is not self._published():
+            return None
+        return built[2] + served[2] if _same(built[0], self._sources()) else None
 
     def render_tenants(self) -> bytes:
         """Text of the per-tenant families (snapshot, quota ratios, health), rendered once per change of
         their sources; safe in a worker thread."""
-        return self._build()[2]
+        return self._build()[2] + self._build_served()[2]
 
     def collect_live(self) -> Iterator[Metric]:
         if self._interval is not None:
@@ -247,6 +299,8 @@ class CardVaultMetrics(Collector):
             for (quota, threshold), count in sorted(self._quotas.open_counts.items()):
                 alerts.add_metric((quota, str(threshold)), count)
             yield alerts
+        if self._hygiene is not None:
+            yield from metric_families.hygiene_families(self._hygiene.counters, self._hygiene.latest)
         provisioning = HistogramMetricFamily(
             "cardvault_provisioning_duration_seconds",
             "Seconds to provision a tenant (registry row to active database), by outcome",
@@ -263,7 +317,22 @@ class CardVaultMetrics(Collector):
             self._snapshot(),
             self._quotas.limits if self._quotas is not None else None,
             self._health.latest if self._health is not None else None,
+            self._backups.overview if self._backups is not None else None,
         )
+
+    def _published(self) -> Mapping[str, int]:
+        return self._served.published if self._served is not None else _NOTHING_SERVED
+
+    def _build_served(self) -> tuple[Mapping[str, int], list[Metric], bytes]:
+        """Bytes-served families (per tenant unless ``per_table`` is off), rendered once per publication."""
+        published = self._published()
+        built = self._served_built
+        if built is not None and built[0] is published:
+            return built
+        families = [] if self._served is None else list(metric_families.served_families(published, self.per_table))
+        built = (published, families, render(families) if families else b"")
+        self._served_built = built
+        return built
 
     def _build(self) -> tuple[_Sources, list[Metric], bytes]:
         sources = self._sources()
@@ -273,10 +342,12 @@ class CardVaultMetrics(Collector):
         with self._build_lock:  # two scrapes racing on new sources build them once
             built = self._built
             if built is None or not _same(built[0], sources):
-                snapshot, limits, health = sources
+                snapshot, limits, health, backups = sources
                 families = list(metric_families.snapshot_families(snapshot, self.per_table, limits)) if snapshot else []
                 if health is not None:
                     families.extend(metric_families.health_families(health))
+                if backups is not None:
+                    families.extend(metric_families.backup_families(backups))
                 built = (sources, families, render(families))
                 self._built = built
         return built

@@ -8,4 +8,8 @@ from controlplane.settings import Settings
 
 
 def store_for(settings: Settings) -> ObjectStore:
+    if settings.backups.uses_s3:
+        from controlplane.objectstore.s3 import S3ObjectStore  # boto3 only when it is used
+
+        return S3ObjectStore.from_settings(settings.backups)
     return LocalObjectStore(settings.backup_dir)

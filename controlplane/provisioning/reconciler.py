@@ -57,6 +57,9 @@ from controlplane.registry.models import Tenant, TenantStatus
 log = logging.getLogger(__name__)
 
 _TRANSITIONS = (OperationKind.SUSPEND, OperationKind.RESUME, OperationKind.DELETE)
+#: Interrupted operations another package settles (a ``restore``: ``controlplane.backups``' restore upkeep
+#: finishes or undoes it from its ledger params); the reconciler reports them and leaves them alone.
+_SETTLED_ELSEWHERE = {OperationKind.RESTORE: "left to the restore upkeep (cardvault backups upkeep)"}
 
 
 class Reconciler:
@@ -109,6 +112,8 @@ class Reconciler:
                 continue  # a live process holds the tenant: the operation is not interrupted
 
     async def _finish(self, conn: AsyncConn, op: Operation) -> str:
+        if op.kind in _SETTLED_ELSEWHERE:
+            return _SETTLED_ELSEWHERE[op.kind]
         tenant = await registry.get_by_id(conn, op.tenant_id)
         steps = Steps(self._p)
         try:

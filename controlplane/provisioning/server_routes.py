@@ -1,4 +1,4 @@
-"""Admin API for the fleet's servers: ``/admin/servers`` (register, change the DSN, drain, activate).
+"""Admin API for the fleet's servers: ``/admin/servers`` (register, change the DSN or TLS, drain, activate).
 
 Here rather than in ``controlplane.fleet``: the platform layer and the tenant API's wiring stand on the
 fleet, so the fleet itself has no HTTP face.
@@ -9,14 +9,22 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, Request, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, KwargDefinition
+from msgspec import UNSET, UnsetType
 
 from controlplane.audit.routes import audited
 from controlplane.fleet.models import SERVER_NAME_PATTERN, Server, ServerStatus
 from controlplane.fleet.repository import list_servers
+from controlplane.fleet.tls import SSLMODES, ServerTls
 from controlplane.platform import Platform
+
+_SSLMODE = (
+    f"libpq sslmode of every connection to the server: {', '.join(SSLMODES)} (verify-ca and verify-full need "
+    "root_cert, or sslrootcert=system in the DSN)"
+)
+_ROOT_CERT = "PEM of the certificate authority (or authorities) that signed the server's certificate"
 
 
 class AddServer(msgspec.Struct, forbid_unknown_fields=True):
@@ -28,6 +36,15 @@ class AddServer(msgspec.Struct, forbid_unknown_fields=True):
             description="libpq DSN naming host, port, user and dbname, of a user with CREATEDB and CREATEROLE"
         ),
     ]
+    sslmode: Annotated[str | None, KwargDefinition(description=_SSLMODE)] = None
+    root_cert: Annotated[str | None, KwargDefinition(description=_ROOT_CERT)] = None
+
+
+class ServerTlsChange(msgspec.Struct, forbid_unknown_fields=True):
+    """A field left out is unchanged; ``null`` clears it."""
+
+    sslmode: Annotated[str | UnsetType | None, KwargDefinition(description=_SSLMODE)] = UNSET
+    root_cert: Annotated[str | UnsetType | None, KwargDefinition(description=_ROOT_CERT)] = UNSET
 
 
 class ServerDsn(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,8 +71,24 @@ class ServersController(Controller):
     ) -> Server:
         async with audited(request, "server.add", entity="server", entity_id=data.name) as audit:
             async with platform.control.connection() as conn:
-                server = await platform.fleet.register(conn, data.name, data.dsn)
+                tls = ServerTls(sslmode=data.sslmode, root_cert=data.root_cert)
+                server = await platform.fleet.register(conn, data.name, data.dsn, tls_settings=tls)
             audit.details["dsn"] = server.dsn_display  # never the DSN as given: it may hold a password
+            audit.details |= {"sslmode": server.sslmode, "root_cert_sha256": server.root_cert_sha256}
+            return server
+
+    @patch("/{name:str}", summary="Change the server's TLS settings (sslmode, root certificate); checked first")
+    async def set_tls(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        data: JSONBody[ServerTlsChange],
+        platform: NamedDependency[Platform],
+    ) -> Server:
+        async with audited(request, "server.set_tls", entity="server", entity_id=name) as audit:
+            async with platform.control.connection() as conn:
+                server = await platform.fleet.update_tls(conn, name, sslmode=data.sslmode, root_cert=data.root_cert)
+            audit.details |= {"sslmode": server.sslmode, "root_cert_sha256": server.root_cert_sha256}
             return server
 
     @put(

@@ -20,6 +20,16 @@ keeps the job's stats for ``/metrics``).
 | ``report_overage`` (overage ledger) | leader, with a billing provider | ``CARDVAULT_BILLING_USAGE_INTERVAL`` |
 | ``billing_inbox`` (webhook events due: retries, and any a crash left) | leader, with a billing provider | 60 s |
 | ``billing_grace`` (suspend tenants unpaid past the grace deadline) | leader, with a billing provider | 15 min |
+| ``privacy_exports`` (pending or abandoned exports made, links expired, ended archives deleted) | leader | 60 s |
+| ``privacy_erasures`` (user erasures a process left half-done) | leader | 5 min |
+| ``deletion_certificates`` (purges certified; backups destroyed recorded) | leader | 5 min |
+| ``audit_retention`` (old audit entries deleted, control and tenant databases) | leader | 6 h |
+| ``storage_hygiene`` (orphaned and missing files) | leader | ``CARDVAULT_HYGIENE_INTERVAL`` |
+| ``flush_bytes_served`` (image bytes served, to the registry and ``/metrics``) | every replica | 30 s |
+| ``backups`` (expiry, due tenants, open backups nobody runs) | leader | ``CARDVAULT_BACKUP_INTERVAL`` or 5 min |
+| ``refresh_backup_status`` (the backups' standing for ``/metrics``) | every replica | 60 s |
+| ``verify_backups`` (recent backups test-restored in scratch DBs) | leader | ``CARDVAULT_BACKUP_VERIFY_INTERVAL`` |
+| ``restore_upkeep`` (interrupted restores settled, retired databases dropped) | leader | 60 s |
 """
 
 from __future__ import annotations
@@ -28,17 +38,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from controlplane.backups.restore import RestoreService
+from controlplane.backups.schedule import STATUS_INTERVAL as BACKUP_STATUS_INTERVAL
+from controlplane.backups.schedule import BackupScheduler
 from controlplane.billing.inbox import Inbox
 from controlplane.billing.metering import Metering
 from controlplane.billing.service import BillingService
+from controlplane.hygiene.service import StorageHygiene
 from controlplane.mail.sender import MailSender
 from controlplane.maintenance.service import HealthMonitor, run_maintenance_window
 from controlplane.platform import Platform
+from controlplane.privacy.service import Privacy
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.scheduler.service import Scheduler
 from controlplane.usage import quota_repository
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
+from controlplane.usage.bytes_served import BytesServed
 from controlplane.usage.service import UsageService
 
 #: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
@@ -55,6 +71,14 @@ SPARE_REFILL_INTERVAL = 30.0
 BILLING_INBOX_INTERVAL = 60.0
 #: Seconds between checks of grace deadlines (a tenant is suspended at most this late).
 BILLING_GRACE_INTERVAL = 900.0
+#: Seconds between runs of the export worker on the leader (exports are also made at once where asked).
+PRIVACY_EXPORTS_INTERVAL = 60.0
+#: Seconds between runs of the erasure and deletion-certificate jobs.
+PRIVACY_INTERVAL = 300.0
+#: Seconds between audit-retention runs (entries are deleted at most this late).
+AUDIT_RETENTION_INTERVAL = 6 * 3600.0
+#: Seconds between runs of the restore upkeep (interrupted restores settled, retired databases dropped).
+RESTORE_UPKEEP_INTERVAL = 60.0
 #: Tenant databases vacuumed at once in a maintenance window.
 MAINTENANCE_CONCURRENCY = 2
 
@@ -78,6 +102,15 @@ class Jobs:
     #: Tenant billing and the webhook inbox (their jobs run only with a billing provider).
     billing: BillingService | None = None
     inbox: Inbox | None = None
+    #: Scheduled backups, their expiry and recovery, and the backups' standing for ``/metrics``.
+    backups: BackupScheduler | None = None
+    #: Restores: the verification job and the restore upkeep.
+    restores: RestoreService | None = None
+    #: Exports, erasures, deletion certificates and audit retention.
+    privacy: Privacy | None = None
+    #: Storage hygiene (orphaned and missing files) and the bytes-served meter.
+    hygiene: StorageHygiene | None = None
+    bytes_served: BytesServed | None = None
 
     def schedule(self, scheduler: Scheduler) -> None:
         """Add every job of the table to ``scheduler`` (jobs whose interval is 0 are off)."""
@@ -98,9 +131,26 @@ class Jobs:
         scheduler.add_leader_job("deliver_mail", self.mail.job, settings.mail.interval)
         if self.metering is not None:
             scheduler.add_leader_job("report_overage", self.metering.job, settings.billing.usage_interval)
+        if self.backups is not None:
+            scheduler.add_leader_job("backups", self.backups.job, self.backups.interval)
+            scheduler.add_instance_job("refresh_backup_status", self.backups.refresh_job, BACKUP_STATUS_INTERVAL)
+        if self.restores is not None:
+            verify_interval = settings.backups.verify_interval
+            scheduler.add_leader_job("verify_backups", self.restores.verifier.job, verify_interval)
+            scheduler.add_leader_job("restore_upkeep", self.restores.upkeep.run, RESTORE_UPKEEP_INTERVAL)
         if self.billing is not None and self.billing.provider is not None and self.inbox is not None:
             scheduler.add_leader_job("billing_inbox", self.inbox.process_pending, BILLING_INBOX_INTERVAL)
             scheduler.add_leader_job("billing_grace", self.billing.expire_grace, BILLING_GRACE_INTERVAL)
+        if self.privacy is not None:
+            privacy = self.privacy
+            scheduler.add_leader_job("privacy_exports", privacy.exports.upkeep, PRIVACY_EXPORTS_INTERVAL)
+            scheduler.add_leader_job("privacy_erasures", privacy.erasure.finish_pending, PRIVACY_INTERVAL)
+            scheduler.add_leader_job("deletion_certificates", privacy.certificates.job, PRIVACY_INTERVAL)
+            scheduler.add_leader_job("audit_retention", privacy.retention.job, AUDIT_RETENTION_INTERVAL)
+        if self.hygiene is not None:
+            scheduler.add_leader_job("storage_hygiene", self.hygiene.job, settings.privacy.hygiene_interval)
+        if self.bytes_served is not None:
+            scheduler.add_instance_job("flush_bytes_served", self.flush_bytes_served, API_CALLS_FLUSH_INTERVAL)
 
     async def reconcile(self) -> str:
         report = await self.reconciler.run(fix=True)
@@ -118,6 +168,13 @@ class Jobs:
         """Also run once more when the service stops, so no counted call is lost."""
         async with self.platform.control.connection() as conn:
             return f"{await self.api_calls.flush(conn)} tenant-hour(s) flushed"
+
+    async def flush_bytes_served(self) -> str:
+        """Also run once more when the service stops, so no counted byte is lost."""
+        if self.bytes_served is None:
+            return "no meter"
+        async with self.platform.control.connection() as conn:
+            return f"{await self.bytes_served.flush(conn)} tenant(s) flushed"
 
     async def maintenance_window(self) -> str:
         hour = datetime.now(UTC).hour

@@ -4,17 +4,23 @@ Keys are made here (``new_key``), never taken from user input, and every impleme
 that does not look like one, so no request can name a path outside its tenant's area. Objects are
 grouped per tenant (``tenant_id``) so that one tenant's uploads can never touch another's objects.
 ``LocalStorage`` (``controlplane.storage.local``) keeps them on disk; an object store can replace it
-behind the same five methods.
+behind the same methods.
+
+Besides the served objects, a storage keeps a *quarantine* per tenant, outside what is served: storage
+hygiene (``controlplane.hygiene``) moves objects no ``files`` row refers to there, and later deletes them
+or moves them back. ``controlplane.storage.delivery`` has what serving objects over HTTP needs (entity
+tags, cache policies, signed links), free of HTTP types.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import uuid
 from typing import Protocol, runtime_checkable
 
-__all__ = ["KEY_PATTERN", "InvalidStorageKey", "Storage", "new_key", "validate_key"]
+__all__ = ["KEY_PATTERN", "InvalidStorageKey", "Storage", "StoredObject", "new_key", "validate_key"]
 
 #: A key: lowercase letters, digits, ``-`` and ``_`` (never starting with ``.`` or ``-``), optionally
 #: one extension. No separators, so a key can only ever name an object directly in its tenant's area.
@@ -45,6 +51,15 @@ def new_key(sha256_hex: str, extension: str) -> str:
     return key
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    """One object as listed by ``Storage.keys``: its key, size and last modification (Unix time)."""
+
+    key: str
+    bytes: int
+    modified: float
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Per-tenant object storage. Implementations must be safe for concurrent use.
@@ -69,9 +84,41 @@ class Storage(Protocol):
         ...
 
     async def delete_all(self, tenant_id: uuid.UUID) -> int:
-        """Remove every object of the tenant and its area (a purge); the number of objects removed.
+        """Remove every object of the tenant and its area, its quarantine included (a purge); the number
+        of served objects removed.
 
         Idempotent: a second call (say, the reconciler finishing an interrupted purge) removes what the
         first one left and returns 0 when nothing was left.
         """
+        ...
+
+    async def keys(self, tenant_id: uuid.UUID) -> list[StoredObject]:
+        """The tenant's served objects (writes in progress and anything that is no key are left out)."""
+        ...
+
+    async def stat(self, tenant_id: uuid.UUID, key: str) -> StoredObject | None:
+        """The served object's size and modification time, or None when there is no such object."""
+        ...
+
+    async def areas(self) -> list[uuid.UUID]:
+        """Every tenant id that has a storage area (whether or not the registry still knows it)."""
+        ...
+
+    async def remove_area(self, tenant_id: uuid.UUID) -> bool:
+        """Remove the tenant's served area if it holds no object (leftover temporary files go with it);
+        False when objects are left in it. The quarantine is kept."""
+        ...
+
+    async def quarantine(self, tenant_id: uuid.UUID, key: str) -> int | None:
+        """Move the object out of the served area into the tenant's quarantine; its size, or None when
+        there was no such object (it is not served from then on)."""
+        ...
+
+    async def restore(self, tenant_id: uuid.UUID, key: str) -> bool:
+        """Move a quarantined object back to the served area; True when it is served again (or already
+        was), False when there was nothing to bring back."""
+        ...
+
+    async def delete_quarantined(self, tenant_id: uuid.UUID, key: str) -> int | None:
+        """Delete a quarantined object; the bytes freed, or None when there was none."""
         ...

@@ -11,6 +11,10 @@ from datetime import datetime
 
 import msgspec
 
+#: ``tenant_storage_usage.storage_type`` of a tenant's retained backups (written by ``controlplane.backups``):
+#: shown in its storage, never counted in the ``storage_bytes`` quota.
+BACKUPS_STORAGE_TYPE = "backups"
+
 
 class TableUsage(msgspec.Struct, frozen=True, kw_only=True):
     table: str

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from controlplane.db import AsyncConn
 from controlplane.registry.models import QuotaType
-from controlplane.usage.models import StorageUsage
+from controlplane.usage.models import BACKUPS_STORAGE_TYPE, StorageUsage
 
 #: Buckets of downsampled history start at UTC midnight / the full hour whatever the session time zone.
 _BUCKET_ORIGIN = "2000-01-01 00:00:00+00"
@@ -166,6 +166,76 @@ async def set_api_call_usage(conn: AsyncConn, hour: datetime) -> int:
     return cur.rowcount
 
 
+# -- bytes served ----------------------------------------------------------------------------------
+
+#: A ``bytes_served`` history point is written at most this often per tenant (the total, every flush).
+BYTES_SERVED_POINT_EVERY = timedelta(minutes=5)
+
+
+class ServedCount(NamedTuple):
+    tenant_id: uuid.UUID
+    bytes: int
+    requests: int
+
+
+async def add_bytes_served(conn: AsyncConn, counts: Sequence[ServedCount]) -> int:
+    """Add to each tenant's ``tenant_bytes_served`` total and record the new total as a ``bytes_served``
+    history point (a cumulative count, so downsampling keeps it exact; at most one point per tenant every
+    ``BYTES_SERVED_POINT_EVERY``). Tenants deleted meanwhile are skipped; the number of tenants added to."""
+    if not counts:
+        return 0
+    cur = await conn.execute(
+        """
+        WITH added AS (
+            INSERT INTO tenant_bytes_served AS s (tenant_id, bytes, requests)
+            SELECT v.tenant_id, v.bytes, v.requests
+              FROM unnest(%(ids)s::uuid[], %(bytes)s::bigint[], %(requests)s::bigint[])
+                   AS v (tenant_id, bytes, requests)
+             WHERE EXISTS (SELECT 1 FROM tenants t WHERE t.id = v.tenant_id)
+             ORDER BY v.tenant_id
+            ON CONFLICT (tenant_id) DO UPDATE
+               SET bytes = s.bytes + EXCLUDED.bytes, requests = s.requests + EXCLUDED.requests, updated_at = now()
+            RETURNING s.tenant_id, s.bytes
+        ), points AS (
+            INSERT INTO tenant_usage_metrics (tenant_id, metric_name, metric_value, recorded_at)
+            SELECT a.tenant_id, 'bytes_served', a.bytes, clock_timestamp()
+              FROM added a
+             WHERE NOT EXISTS (SELECT 1 FROM tenant_usage_metrics m
+                                WHERE m.tenant_id = a.tenant_id AND m.metric_name = 'bytes_served'
+                                  AND m.recorded_at > clock_timestamp() - %(every)s)
+        )
+        SELECT count(*) AS added FROM added
+        """,
+        {
+            "ids": [c.tenant_id for c in counts],
+            "bytes": [c.bytes for c in counts],
+            "requests": [c.requests for c in counts],
+            "every": BYTES_SERVED_POINT_EVERY,
+        },
+    )
+    row = await cur.fetchone()
+    return int(row["added"]) if row else 0
+
+
+async def bytes_served(conn: AsyncConn, tenant_id: uuid.UUID, since: datetime) -> tuple[int, int, int]:
+    """The tenant's (bytes served, requests) in total, and the bytes served since ``since``: the total less
+    the last history point at or before ``since`` (0 when counting began later)."""
+    cur = await conn.execute(
+        """
+        SELECT coalesce(s.bytes, 0) AS total, coalesce(s.requests, 0) AS requests,
+               coalesce((SELECT m.metric_value FROM tenant_usage_metrics m
+                          WHERE m.tenant_id = %(id)s AND m.metric_name = 'bytes_served' AND m.recorded_at <= %(since)s
+                          ORDER BY m.recorded_at DESC LIMIT 1), 0) AS before
+          FROM (SELECT 1) one LEFT JOIN tenant_bytes_served s ON s.tenant_id = %(id)s
+        """,
+        {"id": tenant_id, "since": since},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    total = int(row["total"])
+    return total, int(row["requests"]), max(0, total - int(row["before"]))
+
+
 # -- start-up ---------------------------------------------------------------------------------------
 
 
@@ -176,7 +246,12 @@ async def load_scans(conn: AsyncConn) -> list[dict[str, Any]]:
 
 
 async def load_storage(conn: AsyncConn) -> dict[uuid.UUID, dict[str, StorageUsage]]:
-    cur = await conn.execute("SELECT tenant_id, storage_type, bytes_used, file_count FROM tenant_storage_usage")
+    """What the collector last measured of each tenant's stored files (kinds others record, such as
+    ``backups``, are not the tenant's files: they never count in its ``storage_bytes``)."""
+    cur = await conn.execute(
+        "SELECT tenant_id, storage_type, bytes_used, file_count FROM tenant_storage_usage WHERE storage_type <> %s",
+        (BACKUPS_STORAGE_TYPE,),
+    )
     out: dict[uuid.UUID, dict[str, StorageUsage]] = {}
     for r in await cur.fetchall():
         out.setdefault(r["tenant_id"], {})[r["storage_type"]] = StorageUsage(

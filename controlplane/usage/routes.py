@@ -5,7 +5,7 @@
 - ``PUT /admin/tenants/{slug}/quotas``: override limits (audited ``tenant.quotas.update``).
 - ``POST /admin/tenants/{slug}/quotas/storage-expansion``: temporary extra storage (audited
   ``tenant.storage.expand``).
-- ``GET /admin/tenants/{slug}/usage``: one tenant's quotas, history, projections, open alerts.
+- ``GET /admin/tenants/{slug}/usage``: one tenant's quotas, history, projections, open alerts, image bytes served.
 - ``GET /admin/capacity``: quotas projected to be reached soon, upgrade recommendations, servers.
 
 After a limit change or an expansion the tenant's alerts are re-evaluated at once (through the app's
@@ -15,7 +15,7 @@ After a limit change or an expansion the tenant's alerts are re-evaluated at onc
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -33,7 +33,7 @@ from controlplane.paging import InvalidCursor
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
 from controlplane.registry.models import SLUG_PATTERN, TIER_QUOTAS, QuotaType, Tenant, TenantStatus, Tier
-from controlplane.usage import alerts, capacity, capacity_repository, quotas, trends
+from controlplane.usage import alerts, capacity, capacity_repository, quotas, repository, trends
 from controlplane.usage.alerts import THRESHOLDS, Alert, AlertState, QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.models import CollectionStats
@@ -84,6 +84,15 @@ class HistoryPoint(msgspec.Struct):
     value: float
 
 
+class BytesServedView(msgspec.Struct, kw_only=True):
+    """Card image bytes the tenant was served (bodies sent; 304s send none), from every replica's flush."""
+
+    total: int
+    requests: int
+    #: Over the view's ``history_days`` (to the last history point, at most five minutes old).
+    in_window: int
+
+
 class TenantUsageView(msgspec.Struct, kw_only=True):
     tenant: TenantRef
     generated_at: datetime
@@ -97,6 +106,7 @@ class TenantUsageView(msgspec.Struct, kw_only=True):
     projections: list[trends.Projection]
     recommendation: trends.Recommendation | None
     alerts: list[Alert]
+    bytes_served: BytesServedView
 
 
 async def _tenant(conn: AsyncConn, slug: str) -> Tenant:
@@ -258,6 +268,7 @@ async def tenant_usage(
         points = await capacity.trend_points(conn, tenant.id)
         latest = await capacity.latest_values(conn, tenant.id)
         open_alerts = await alerts.list_alerts(conn, state=AlertState.OPEN, tenant_id=tenant.id, limit=100)
+        served, responses, recent = await repository.bytes_served(conn, tenant.id, now - timedelta(days=days))
     by_quota = {s.quota: s for s in statuses}
     current = dict(latest)
     for metric, quota in trends.METRIC_QUOTAS.items():
@@ -289,6 +300,7 @@ async def tenant_usage(
         projections=projections,
         recommendation=trends.recommend(tenant.subscription_tier, growth),
         alerts=open_alerts,
+        bytes_served=BytesServedView(total=served, requests=responses, in_window=recent),
     )
 
 

@@ -82,6 +82,10 @@ def drop_leftovers(
             ids = [r[0] for r in control.execute("SELECT DISTINCT tenant_id FROM tenant_operations")]
             for tenant_id in ids:
                 name = sql.Identifier(f"t_{tenant_id.hex}")
+                # Databases a restore replaced or made on the side: t_<hex>_<suffix>.
+                pattern = f"t\\_{tenant_id.hex}\\_%"
+                for (other,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (pattern,)):
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
     if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():

@@ -56,12 +56,23 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/billing/checkout"): {"json": {"tier": "professional"}},
     ("POST", "/billing/portal"): {},
     ("POST", "/billing/plan"): {"json": {"tier": "enterprise"}},
+    ("POST", "/exports"): {},
+    ("POST", "/me/export"): {},
+    ("POST", "/users/{user_id:int}/export"): {},
+    ("POST", "/users/{user_id:int}/erase"): {"json": {"confirm_email": "nobody@acme.test"}},
+    ("POST", "/backups"): {},
 }
 #: What refusing an identity looks like (a route that runs may still answer 403 for its own reasons,
 #: e.g. ``wrong_password`` when changing one's password).
 DENIALS = {(403, "permission_denied"), (403, "wrong_tenant"), (403, "feature_not_in_tier")}
 #: Routes about one's own user row: identities without one (API keys, impersonation) are refused there.
-USER_ROW_ONLY = {("PATCH", "/me"), ("PUT", "/me/password"), ("GET", "/me/sessions"), ("DELETE", "/me/sessions/{x}")}
+USER_ROW_ONLY = {
+    ("PATCH", "/me"),
+    ("PUT", "/me/password"),
+    ("GET", "/me/sessions"),
+    ("DELETE", "/me/sessions/{x}"),
+    ("POST", "/me/export"),
+}
 
 
 def _fill(path: str) -> str:

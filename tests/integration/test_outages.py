@@ -249,7 +249,12 @@ async def death_under_a_query(app: Litestar, client: Client, settings: Settings,
             return bool(found and found[0])
 
         await eventually(waiting_on_the_lock, "the tenant's query waits on the lock")
-        second.stop()
+        # Immediate: with a fast shutdown the locker's backend may end first, and the waiting query
+        # could get its lock and finish before its own backend is told to end. The test cluster commits
+        # asynchronously: a checkpoint first, so the crash loses no committed row.
+        async with await psycopg.AsyncConnection.connect(second.dsn, autocommit=True) as admin:
+            await admin.execute("CHECKPOINT")
+        second.stop(immediate=True)
         response = await asyncio.wait_for(request, failure_bound(settings))
         assert_unavailable(response)
     finally:

@@ -35,16 +35,17 @@ from tests.integration.admin_support import st_run
 from tests.integration.tenant_support import create_tenant_as_admin_sync
 
 SLUG = "fuzz-shop"
-#: Tenant API operations: cards (list, create, get, patch, delete; image get, put, delete) and five each
-#: (list, create, get, patch, delete) for players, teams and manufacturers.
-TENANT_OPERATIONS = 8 + 3 * 5
+#: Tenant API operations: cards (list, create, get, patch, delete; image get, put, delete, signed link) and
+#: five each (list, create, get, patch, delete) for players, teams and manufacturers.
+TENANT_OPERATIONS = 9 + 3 * 5
 #: The paths of those operations (schemathesis ``--include-path-regex``).
 FUZZED_PATHS = r"^/t/\{tenant_slug\}/api/(cards|players|teams|manufacturers)(/|$)"
-#: The accounts and audit operations: /me (4 + delete session), /users (5), /api-keys (3), /settings (2),
-#: /audit (1). Fuzzed with an impersonation token: it has no user row or session the fuzzer could
-#: disable, revoke or log out, so every request is authenticated to the end.
-ACCOUNT_OPERATIONS = 5 + 5 + 3 + 2 + 1
-ACCOUNT_PATHS = r"^/t/\{tenant_slug\}/api/(me|users|api-keys|settings|audit)(/|$)"
+#: The accounts, audit and privacy operations: /me (4 + delete session, export, exports), /users (5, export,
+#: erase), /api-keys (3), /settings (2), /audit (1), /exports (4). Fuzzed with an impersonation token: it
+#: has no user row or session the fuzzer could disable, revoke or log out, so every request is
+#: authenticated to the end.
+ACCOUNT_OPERATIONS = 7 + 7 + 3 + 2 + 1 + 4
+ACCOUNT_PATHS = r"^/t/\{tenant_slug\}/api/(me|users|api-keys|settings|audit|exports)(/|$)"
 
 
 def provision(url: str) -> dict[str, str]:

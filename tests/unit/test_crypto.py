@@ -13,6 +13,7 @@ import pytest
 from controlplane.crypto import (
     MIN_SECRET_KEY_LENGTH,
     TENANT_ROLE_SCRAM_ITERATIONS,
+    KeyState,
     SecretBox,
     new_password,
     scram_sha256_verifier,
@@ -21,6 +22,8 @@ from controlplane.crypto import (
 from controlplane.errors import ConfigError
 
 KEY = "k" * MIN_SECRET_KEY_LENGTH
+OLD_KEY = "o" * MIN_SECRET_KEY_LENGTH
+OLDER_KEY = "p" * MIN_SECRET_KEY_LENGTH
 VERIFIER = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
 
 
@@ -61,6 +64,49 @@ def test_a_tampered_token_cannot_be_decrypted() -> None:
         box.decrypt(tampered)
     with pytest.raises(ConfigError):
         box.decrypt("not a token")
+
+
+def test_during_a_rotation_the_previous_keys_still_decrypt_and_the_current_one_encrypts() -> None:
+    old, older = SecretBox(OLD_KEY).encrypt("from old"), SecretBox(OLDER_KEY).encrypt("from older")
+    box = SecretBox(KEY, [OLD_KEY, OLDER_KEY])
+    assert box.previous_keys == 2
+    assert box.decrypt(old) == "from old" and box.decrypt(older) == "from older"
+    fresh = box.encrypt("new")
+    assert SecretBox(KEY).decrypt(fresh) == "new", "new values need the current key only"
+    with pytest.raises(ConfigError, match="CARDVAULT_SECRET_KEY_PREVIOUS"):
+        SecretBox(OLD_KEY).decrypt(fresh)
+    # The rotated-away key alone no longer opens anything written now; without it, old values are lost.
+    with pytest.raises(ConfigError):
+        SecretBox(KEY).decrypt(old)
+
+
+def test_key_state_tells_current_previous_and_unreadable_values_apart() -> None:
+    box = SecretBox(KEY, [OLD_KEY])
+    assert box.state(box.encrypt("x")) is KeyState.CURRENT
+    assert box.state(SecretBox(OLD_KEY).encrypt("x")) is KeyState.PREVIOUS
+    assert box.state(SecretBox(OLDER_KEY).encrypt("x")) is KeyState.UNREADABLE
+    assert box.state("not a token") is KeyState.UNREADABLE
+    token = box.encrypt("x")
+    assert box.state(token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]) is KeyState.UNREADABLE
+
+
+def test_reencrypt_moves_a_previous_keys_value_to_the_current_key_and_leaves_current_ones() -> None:
+    box = SecretBox(KEY, [OLD_KEY])
+    old = SecretBox(OLD_KEY).encrypt("secret ✓")
+    moved = box.reencrypt(old)
+    assert moved is not None and moved != old
+    assert SecretBox(KEY).decrypt(moved) == "secret ✓"
+    assert box.reencrypt(moved) is None, "already under the current key: nothing to write"
+    with pytest.raises(ConfigError):
+        box.reencrypt(SecretBox(OLDER_KEY).encrypt("lost"))
+
+
+def test_previous_keys_are_checked_and_the_current_key_among_them_is_ignored() -> None:
+    with pytest.raises(ConfigError, match="CARDVAULT_SECRET_KEY_PREVIOUS"):
+        SecretBox(KEY, ["short"])
+    box = SecretBox(KEY, [KEY, OLD_KEY, OLD_KEY])
+    assert box.previous_keys == 1
+    assert box.state(box.encrypt("x")) is KeyState.CURRENT
 
 
 def test_new_passwords_are_long_random_and_url_safe() -> None:

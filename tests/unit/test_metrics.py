@@ -10,10 +10,7 @@ a small Litestar app. The shipped config, alert rules and dashboard: ``test_prom
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -21,178 +18,21 @@ import pytest
 from litestar import Litestar, get
 from litestar.params import FromPath
 from litestar.testing import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.maintenance.models import FleetHealth, Health
 from controlplane.metrics.requests import UNMATCHED, HttpMetrics, instrument
 from controlplane.metrics.service import CardVaultMetrics
-from controlplane.pools.models import PoolStats
-from controlplane.scheduler.service import JobStats
-from controlplane.usage.models import (
-    CollectionStats,
-    ServerUsage,
-    StorageUsage,
-    TableUsage,
-    TenantUsage,
-    UsageSnapshot,
-)
 from tests.prometheus_support import DOCUMENTED, assert_promtool_clean
-
-TABLES = ("audit_log", "cards", "files", "manufacturers", "players", "teams", "users")
-NOW = datetime(2025, 1, 1, tzinfo=UTC)
-
-# -- building blocks --------------------------------------------------------------------------------
-
-
-def tenant(
-    slug: str,
-    *,
-    tier: str = "starter",
-    status: str = "active",
-    database_bytes: int = 8_000_000,
-    counters: Mapping[str, int] | None = None,
-    row_estimate: int = 10,
-) -> TenantUsage:
-    return TenantUsage(
-        tenant_id=uuid.uuid4(),
-        slug=slug,
-        tier=tier,
-        status=status,
-        server="default",
-        database_bytes=database_bytes,
-        tables=tuple(TableUsage(table=t, total_bytes=16_384, row_estimate=row_estimate) for t in TABLES),
-        storage={"image": StorageUsage(bytes=1234, files=2)},
-        counters=dict(counters if counters is not None else {"users": 1, "cards": 800, "storage_bytes": 1234}),
-        measured_at=NOW,
-        tables_scanned_at=NOW,
-    )
-
-
-def snapshot_of(*tenants: TenantUsage) -> UsageSnapshot:
-    return UsageSnapshot(
-        tenants={t.tenant_id: t for t in tenants},
-        servers={
-            "default": ServerUsage(
-                name="default",
-                status="active",
-                tenants=len(tenants),
-                database_bytes=sum(t.database_bytes for t in tenants),
-                connections=12,
-                max_connections=100,
-            )
-        },
-        last=CollectionStats(started_at=NOW, duration_seconds=1.5, tenants=len(tenants), scanned=1, failed=0),
-    )
-
-
-def many_tenants(n: int) -> UsageSnapshot:
-    tiers = ("starter", "professional", "enterprise")
-    return snapshot_of(*(tenant(f"tenant-{i:05d}", tier=tiers[i % 3]) for i in range(n)))
-
-
-class FakePools:
-    def stats(self) -> PoolStats:
-        return PoolStats(
-            hits=90,
-            misses=10,
-            evictions=3,
-            invalidations=1,
-            open_pools=7,
-            connections_open=9,
-            connections_in_use=2,
-            connections_idle=7,
-            requests_waiting=0,
-            budget=200,
-            capacity=100,
-        )
-
-
-class FakeCache:
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "hits": 5,
-            "negative_hits": 1,
-            "misses": 2,
-            "credential_hits": 4,
-            "credential_misses": 2,
-            "invalidations": 1,
-            "resets": 0,
-            "reconnects": 0,
-            "listening": True,
-            "tenants": 3,
-            "credentials": 2,
-        }
-
-
-@dataclass
-class FakeScheduler:
-    stats: dict[str, JobStats] = field(
-        default_factory=lambda: {
-            "reconcile": JobStats(runs=3, failures=1, last_success=1_700_000_000.0, last_duration=0.2),
-            "usage": JobStats(runs=1, failures=1, last_error="server down"),
-        }
-    )
-
-
-@dataclass
-class FakeQuotas:
-    open_counts: dict[tuple[str, int], int] = field(
-        default_factory=lambda: {(q, t): 0 for q in ("cards", "storage_bytes", "users") for t in (80, 100)}
-    )
-    limits: dict[uuid.UUID, dict[str, int | None]] = field(default_factory=dict)
-
-
-@dataclass
-class FakeHealth:
-    latest: FleetHealth | None
-
-
-def health_of(snapshot: UsageSnapshot | None) -> FakeHealth:
-    """A health round over the snapshot's tenants: every one up but the last, whose login failed (no
-    round before the first collection)."""
-    if snapshot is None:
-        return FakeHealth(None)
-    slugs = [u.slug for u in snapshot.tenants.values()]
-    results = tuple(
-        Health(tenant=slug, ok=True, connect_ms=3.0, query_ms=0.1)
-        if n < len(slugs) - 1
-        else Health(tenant=slug, ok=False, connect_ms=None, query_ms=None, error="role cannot log in")
-        for n, slug in enumerate(slugs)
-    )
-    return FakeHealth(FleetHealth(finished_at=datetime.now(UTC), duration_seconds=0.5, results=results))
-
-
-def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> tuple[CardVaultMetrics, HttpMetrics]:
-    metrics = CardVaultMetrics(per_table=per_table, collection_interval=300.0)
-    http = HttpMetrics()
-    metrics.register(http)
-    metrics.bind(
-        snapshot=lambda: snapshot,
-        pools=FakePools(),
-        cache=FakeCache(),
-        jobs=FakeScheduler(),
-        quotas=FakeQuotas(),
-        health=health_of(snapshot),
-    )
-    http.observe("GET", "/t/{tenant_slug}/api/cards/{card_id}", 200, 0.0012)
-    http.observe("POST", "/admin/tenants", 201, 0.3)
-    http.observe("GET", UNMATCHED, 404, 0.0001)
-    metrics.observe_provisioning(0.4, succeeded=True)
-    return metrics, http
-
-
-def families(text: bytes) -> dict[str, Any]:
-    return {f.name: f for f in text_string_to_metric_families(text.decode())}
-
-
-def samples(text: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for f in text_string_to_metric_families(text.decode())
-        for s in f.samples
-        if s.name == name
-    }
-
+from tests.unit.metrics_support import (
+    NOW,
+    TABLES,
+    FakeQuotas,
+    families,
+    full_metrics,
+    many_tenants,
+    samples,
+    snapshot_of,
+    tenant,
+)
 
 # -- the exposition ---------------------------------------------------------------------------------
 
@@ -329,8 +169,9 @@ def test_scrape_of_1000_tenants_makes_no_database_call_and_renders_the_snapshot_
     assert len(samples(first, "cardvault_tenant_database_bytes")) == 1000
     assert sum(samples(first, "cardvault_tenant_up").values()) == 999
     # Series per tenant are a fixed number whatever the tenant count: info, size, 2 per table,
-    # storage bytes and files per kind, its limited quotas, and up + 2 health latencies.
-    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3 + 3
+    # storage bytes and files per kind, its limited quotas, up + 2 health latencies, its last backup
+    # and whether it is stale, and its image bytes served.
+    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3 + 3 + 2 + 1
     tenant_series = sum(len(f.samples) for name, f in families(first).items() if name.startswith("cardvault_tenant_"))
     assert tenant_series <= 1000 * per_tenant
 
