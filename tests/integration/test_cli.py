@@ -212,7 +212,7 @@ def test_migrate_status_and_tenants(cli: Cli) -> None:
     run = ok(cli("migrate", "tenants", "--concurrency", "2"))
     assert run.stdout.strip() == f"head {HEAD}: 2 ok, 0 failed"
     assert "migrate: finished 2/2: 2 ok, 0 failed" in run.stderr
-    # --json, --dry-run, --only-failed and a failing tenant: tests/integration/test_migrations.py.
+    # --json, --dry-run, --only-failed and a failing tenant: tests/integration/migrations/.
 
 
 # -- users ---------------------------------------------------------------------------------------
