@@ -68,8 +68,10 @@ from controlplane.http.state import (
     QUOTA_ALERTS_STATE_KEY,
     RESTORES_STATE_KEY,
     SIGNUPS_STATE_KEY,
+    SSO_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
+    TENANT_REQUESTS_STATE_KEY,
     TENANT_SLUG_PARAM,
     TENANTS_STATE_KEY,
     USAGE_STATE_KEY,
@@ -112,9 +114,14 @@ from controlplane.routing.cache import TenantCache
 from controlplane.scheduler.jobs import Jobs
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
+from controlplane.sso.oidc import Discovery
+from controlplane.sso.routes import ADMIN_SSO_HANDLERS, SSO_AUTH_ROUTER, TENANT_SSO_HANDLERS
+from controlplane.sso.service import Sso
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.bytes_served import BytesServed
+from controlplane.usage.performance_routes import ADMIN_PERFORMANCE_HANDLERS
+from controlplane.usage.request_stats import TenantRequests
 from controlplane.usage.routes import ADMIN_USAGE_HANDLERS
 from controlplane.usage.service import UsageService
 
@@ -138,8 +145,11 @@ def create_app(settings: Settings) -> Litestar:
     metrics = CardVaultMetrics(
         per_table=settings.usage.metrics_per_table, collection_interval=settings.usage.interval or None
     )
-    http_metrics = HttpMetrics()
+    # Per-tenant request classes and latency (persisted hourly; in /metrics unless per-table series are off).
+    tenant_requests = TenantRequests(per_tenant=settings.usage.metrics_per_table)
+    http_metrics = HttpMetrics(tenants=tenant_requests)
     metrics.register(http_metrics)
+    metrics.bind(requests=tenant_requests)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -208,6 +218,7 @@ def create_app(settings: Settings) -> Litestar:
                 privacy=privacy,
                 hygiene=hygiene,
                 bytes_served=bytes_served,
+                tenant_requests=tenant_requests,
             )
             jobs.schedule(scheduler)
             metrics.bind(backups=backup_jobs)
@@ -231,10 +242,12 @@ def create_app(settings: Settings) -> Litestar:
             app.state[BILLING_INBOX_STATE_KEY] = inbox
             app.state[BACKUPS_STATE_KEY] = backups
             app.state[RESTORES_STATE_KEY] = restores
+            app.state[SSO_STATE_KEY] = Sso(platform, auth, pools, Discovery())
             app.state[SIGNUPS_STATE_KEY] = Signups(platform, tenants, auth, pools, checkout=billing)
             app.state[PRIVACY_STATE_KEY] = privacy
             app.state[HYGIENE_STATE_KEY] = hygiene
             app.state[BYTES_SERVED_STATE_KEY] = bytes_served
+            app.state[TENANT_REQUESTS_STATE_KEY] = tenant_requests
             if single:
                 await ensure_default_tenant(tenants, settings.default_tenant)
             scheduler.start()
@@ -251,6 +264,7 @@ def create_app(settings: Settings) -> Litestar:
                 try:
                     await jobs.flush_api_calls()
                     await jobs.flush_bytes_served()
+                    await jobs.flush_tenant_requests()
                 finally:
                     await counter.close()
                     if billing_provider is not None:
@@ -268,12 +282,14 @@ def create_app(settings: Settings) -> Litestar:
             *ADMIN_LOGIN_HANDLERS,
             *MAINTENANCE_HANDLERS,
             *ADMIN_USAGE_HANDLERS,
+            *ADMIN_PERFORMANCE_HANDLERS,
             *ADMIN_BILLING_USAGE_HANDLERS,
             *ADMIN_BILLING_HANDLERS,
             *ADMIN_BACKUP_HANDLERS,
             *ADMIN_RESTORE_HANDLERS,
             *ADMIN_PRIVACY_HANDLERS,
             *ADMIN_IMPORT_HANDLERS,
+            *ADMIN_SSO_HANDLERS,
             *ADMIN_HYGIENE_HANDLERS,
         ],
         guards=[admin_guard, *([refuse_new_tenants] if single else [])],
@@ -292,6 +308,7 @@ def create_app(settings: Settings) -> Litestar:
                 *TENANT_BILLING_HANDLERS,
                 *TENANT_BACKUP_HANDLERS,
                 *TENANT_PRIVACY_HANDLERS,
+                *TENANT_SSO_HANDLERS,
             ],
             dependencies={
                 **tenant_request_dependencies(),
@@ -308,7 +325,9 @@ def create_app(settings: Settings) -> Litestar:
     # Tenant logins at /t/{slug}/auth/* (where invitation mails point), and signup; single-tenant mode adds
     # /api/auth/* for the default tenant (/auth/* stays the platform's) and has no signup.
     single_auth = Router("/api/auth", route_handlers=[token, refresh, logout, accept_invitation], middleware=pinned)
-    tenant_logins = [single_auth, TENANT_AUTH_ROUTER] if single else [TENANT_AUTH_ROUTER, *SIGNUP_HANDLERS]
+    tenant_logins = (
+        [single_auth, TENANT_AUTH_ROUTER] if single else [TENANT_AUTH_ROUTER, SSO_AUTH_ROUTER, *SIGNUP_HANDLERS]
+    )
     app = Litestar(
         route_handlers=[
             admin,

@@ -36,7 +36,13 @@ from controlplane.provisioning.spares_repository import spare_tag
 from controlplane.schemas.alembic_runner import registry_scripts
 from controlplane.settings import AuthSettings, DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
 
-pytest_plugins = ["tests.harness", "tests.stripe_harness", "tests.smtp_harness", "tests.s3_harness"]
+pytest_plugins = [
+    "tests.harness",
+    "tests.stripe_harness",
+    "tests.smtp_harness",
+    "tests.s3_harness",
+    "tests.oidc_harness",
+]
 
 SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
 ADMIN_TOKEN = "test-admin-token"

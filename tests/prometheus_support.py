@@ -78,6 +78,8 @@ DOCUMENTED: dict[str, frozenset[str]] = {
     "cardvault_provisioning_duration_seconds": frozenset({"outcome"}),
     "cardvault_http_requests": frozenset({"method", "route", "status"}),
     "cardvault_http_request_duration_seconds": frozenset({"method", "route"}),
+    "cardvault_tenant_requests": frozenset({"tenant", "class"}),
+    "cardvault_tenant_request_duration_seconds": frozenset({"tenant"}),
     **{
         f"cardvault_storage_hygiene_{name}": frozenset()
         for name in (

@@ -45,6 +45,8 @@ from controlplane.pools.service import TenantPools
 from controlplane.routing.cache import TenantCache
 from controlplane.routing.errors import TenantRequired
 from controlplane.routing.resolver import resolve, resolve_slug
+from controlplane.sso import repository as sso
+from controlplane.sso.errors import PasswordLoginDisabled
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^\x00\s]+@[^\x00\s]+$")]
 Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")]
@@ -95,6 +97,14 @@ def _platform(request: Request[Any, Any, Any]) -> Platform:
     return platform
 
 
+async def _check_password_login(request: Request[Any, Any, Any], tenant: TenantContext) -> None:
+    """409 ``password_login_disabled`` if the tenant signs in through its identity provider only
+    (a super-admin's impersonation stays open as the break-glass)."""
+    async with _platform(request).control.connection() as conn:
+        if not await sso.password_login_allowed(conn, tenant.id):
+            raise PasswordLoginDisabled("this workspace signs in with single sign-on: /t/{slug}/auth/sso/start")
+
+
 def _client(request: Request[Any, Any, Any]) -> str | None:
     """The peer's address as given (the throttle's key; stored sessions keep it only if it is an IP)."""
     return request.client.host if request.client else None
@@ -116,6 +126,7 @@ async def token(request: Request[Any, Any, Any], data: JSONBody[LoginRequest]) -
     agent = request.headers.get("user-agent", "")[:256] or None
     tenant = await _named_tenant(request)
     if tenant is not None:
+        await _check_password_login(request, tenant)
         async with _pools(request).connection(tenant.id) as conn:
             pair, user_id = await auth.login_tenant(
                 conn, tenant, data.email, data.password, source_address=address, user_agent=agent
@@ -193,6 +204,7 @@ async def accept_invitation(request: Request[Any, Any, Any], data: JSONBody[Acce
     tenant = await _named_tenant(request)
     if tenant is None:
         raise NotFound("invitations belong to a tenant: /t/{slug}/auth/invitations/accept")
+    await _check_password_login(request, tenant)
     password = validate_password(data.password)
     password_hash = await auth.passwords.hash(password)
     async with _pools(request).connection(tenant.id) as conn:

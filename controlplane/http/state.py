@@ -36,10 +36,14 @@ METRICS_STATE_KEY = "metrics"
 #: The ``StorageHygiene`` (orphaned and missing files) and the ``BytesServed`` meter (image bytes sent).
 HYGIENE_STATE_KEY = "hygiene"
 BYTES_SERVED_STATE_KEY = "bytes_served"
+#: The ``TenantRequests`` recorder (per-tenant request classes and latency, flushed hourly rows).
+TENANT_REQUESTS_STATE_KEY = "tenant_requests"
 #: The ``Privacy`` service: exports, erasures, deletion certificates, audit retention.
 PRIVACY_STATE_KEY = "privacy"
 #: The ``RestoreService`` (restores, rollbacks, verifications, their upkeep).
 RESTORES_STATE_KEY = "restores"
+#: The ``Sso`` service (enterprise single sign-on: settings, sign-in flow, the password-login switch).
+SSO_STATE_KEY = "sso"
 #: SHA-256 of CARDVAULT_ADMIN_TOKEN and of CARDVAULT_METRICS_TOKEN (None: no such token).
 ADMIN_TOKEN_HASH_STATE_KEY = "admin_token_sha256"
 METRICS_TOKEN_HASH_STATE_KEY = "metrics_token_sha256"

@@ -52,6 +52,9 @@ from controlplane.routing.resolver import admit, resolve, resolve_slug
 #: ``opt`` key naming the permission a tenant route needs.
 PERMISSION_OPT = "permission"
 _GUARDED_KEY = "cardvault.tenant_credential"
+#: ``scope["state"]`` key of the ``TenantContext`` a tenant API request resolved to (set before the
+#: credential is checked), for per-tenant request metrics (``controlplane.metrics.requests``).
+RESOLVED_TENANT_KEY = "cardvault.resolved_tenant"
 
 
 class CallMeter(Protocol):
@@ -137,6 +140,7 @@ async def _authenticate(scope: Scope) -> None:
         state.get(BASE_DOMAIN_STATE_KEY),
     )
     tenant = await resolve(state[TENANT_CACHE_STATE_KEY], slug)
+    scope.setdefault("state", {})[RESOLVED_TENANT_KEY] = tenant
     auth: Authenticator = state[AUTH_STATE_KEY]
     credential = await auth.credential(_text(headers.get(b"authorization")))
     auth.check_tenant(tenant, credential)

@@ -8,6 +8,10 @@ outside the standard ones become ``OTHER``. ``instrument(app, ...)`` wraps the a
 (outside the router, so unmatched requests and errors are seen too). The hot path costs two
 ``perf_counter`` calls, one small closure for the status, one dict lookup and three integer/float
 updates: no locks (everything runs on the event loop) and no prometheus_client child lookups.
+
+With ``tenants`` (a ``TenantRequests``), a request that resolved to a tenant (``tenant_auth_middleware``
+leaves its ``TenantContext`` under ``RESOLVED_TENANT_KEY`` in ``scope["state"]``) is also counted for that
+tenant, with the status actually sent (exception handlers included).
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from controlplane.context import TenantContext
+from controlplane.http.tenant_api import RESOLVED_TENANT_KEY
 from controlplane.metrics.service import DurationHistogram
+from controlplane.usage.request_stats import TenantRequests
 
 #: Route label of requests that matched no route.
 UNMATCHED = "unmatched"
@@ -45,9 +52,11 @@ class _Route:
 class HttpMetrics:
     """Request counters and latency histograms by method and route template; a Prometheus collector."""
 
-    def __init__(self, buckets: Sequence[float] = BUCKETS) -> None:
+    def __init__(self, buckets: Sequence[float] = BUCKETS, *, tenants: TenantRequests | None = None) -> None:
         self._bounds = tuple(buckets)
         self._routes: dict[tuple[str, str], _Route] = {}
+        #: Per-tenant statistics of the requests that resolved to a tenant (``RESOLVED_TENANT_KEY``).
+        self.tenants = tenants
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in METHODS:
@@ -108,7 +117,13 @@ class _Middleware:
         finally:
             # The router leaves the matched template in the scope; no template: nothing matched.
             route = scope.get("path_template") or UNMATCHED
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe(scope["method"], route, status, seconds)
+            tenants = self.metrics.tenants
+            if tenants is not None:
+                tenant: TenantContext | None = scope.get("state", {}).get(RESOLVED_TENANT_KEY)
+                if tenant is not None:  # the final status: after the exception handlers, as sent
+                    tenants.observe(tenant.id, tenant.slug, status, seconds)
 
 
 def instrument(app: Litestar, metrics: HttpMetrics) -> None:

@@ -25,6 +25,8 @@ series), ``table`` is one of the tenant schema's tables (a fixed set; per-table 
 off with ``per_table=False``), ``kind`` a storage kind, ``quota`` a ``QuotaType``, ``job`` a scheduler
 job, ``server`` a registered server, ``status``/``tier`` the registry enums.
 
+Tenant API requests by status class and their latency (``TenantRequests``) are published and cached the
+same way (``controlplane.metrics.tenant_requests``; nothing published when ``per_table`` is off).
 Image bytes served (``BytesServed``) are counted per tenant on the request path and published whole at
 each flush (30 s); their text is cached per publication like the per-tenant text. ``per_table=False``
 (for very large fleets) drops their per-tenant series too, keeping the total. Storage hygiene's counters
@@ -49,9 +51,11 @@ from controlplane.hygiene.models import HygieneCounters, HygieneReport
 from controlplane.maintenance.models import FleetHealth
 from controlplane.metrics import families as metric_families
 from controlplane.metrics.families import Limits
+from controlplane.metrics.tenant_requests import request_families
 from controlplane.pools.models import PoolStats
 from controlplane.scheduler.service import JobStats
 from controlplane.usage.models import UsageSnapshot
+from controlplane.usage.request_stats import RequestStats
 
 #: Buckets of ``cardvault_provisioning_duration_seconds``: a clone takes well under a second, a
 #: provisioning that waits on a busy server several.
@@ -142,8 +146,18 @@ class ServedSource(Protocol):
     def published(self) -> Mapping[str, int]: ...
 
 
+class RequestSource(Protocol):
+    """``TenantRequests``: per-tenant request classes and latency, per slug (replaced whole at each flush)."""
+
+    @property
+    def published(self) -> Mapping[str, RequestStats]: ...
+
+
 #: What an unbound ``served`` source publishes.
 _NOTHING_SERVED: Mapping[str, int] = MappingProxyType({})
+
+#: What an unbound ``requests`` source publishes.
+_NO_REQUESTS: Mapping[str, RequestStats] = MappingProxyType({})
 
 #: What the cached per-tenant text is built from; each part is replaced whole, never changed in place.
 _Sources = tuple[UsageSnapshot | None, Limits | None, FleetHealth | None, BackupOverview | None]
@@ -196,6 +210,9 @@ class CardVaultMetrics(Collector):
         self._served: ServedSource | None = None
         #: (published mapping, its families, their text): rebuilt only when the meter publishes anew.
         self._served_built: tuple[Mapping[str, int], list[Metric], bytes] | None = None
+        self._requests: RequestSource | None = None
+        #: (published mapping, its text): per-tenant request series, rebuilt once per publication.
+        self._requests_built: tuple[Mapping[str, RequestStats], list[Metric], bytes] | None = None
         self._others: list[Collector] = []
         # (sources, their families, the text): rebuilt only when the collectors publish a new snapshot,
         # the quota limits are refreshed or a health round ends.
@@ -220,8 +237,11 @@ class CardVaultMetrics(Collector):
         backups: BackupSource | None = None,
         hygiene: HygieneSource | None = None,
         served: ServedSource | None = None,
+        requests: RequestSource | None = None,
     ) -> None:
         """Attach the sources (in the app lifespan); only those given are replaced."""
+        if requests is not None:
+            self._requests = requests
         if hygiene is not None:
             self._hygiene = hygiene
         if served is not None:
@@ -256,6 +276,7 @@ class CardVaultMetrics(Collector):
         yield from self.collect_live()
         yield from self._build()[1]
         yield from self._build_served()[1]
+        yield from self._build_requests()[1]
 
     def render(self) -> bytes:
         """The exposition text (on the caller's thread; see ``render_live`` + ``render_tenants``)."""
@@ -267,15 +288,17 @@ class CardVaultMetrics(Collector):
 
     def cached_tenants_text(self) -> bytes | None:
         """The per-tenant text if its sources have not changed since it was rendered, else None."""
-        built, served = self._built, self._served_built
+        built, served, requests = self._built, self._served_built, self._requests_built
         if built is None or served is None or served[0] is not self._published():
             return None
-        return built[2] + served[2] if _same(built[0], self._sources()) else None
+        if requests is None or requests[0] is not self._requests_published():
+            return None
+        return built[2] + served[2] + requests[2] if _same(built[0], self._sources()) else None
 
     def render_tenants(self) -> bytes:
         """Text of the per-tenant families (snapshot, quota ratios, health), rendered once per change of
         their sources; safe in a worker thread."""
-        return self._build()[2] + self._build_served()[2]
+        return self._build()[2] + self._build_served()[2] + self._build_requests()[2]
 
     def collect_live(self) -> Iterator[Metric]:
         if self._interval is not None:
@@ -332,6 +355,20 @@ class CardVaultMetrics(Collector):
         families = [] if self._served is None else list(metric_families.served_families(published, self.per_table))
         built = (published, families, render(families) if families else b"")
         self._served_built = built
+        return built
+
+    def _requests_published(self) -> Mapping[str, RequestStats]:
+        return self._requests.published if self._requests is not None else _NO_REQUESTS
+
+    def _build_requests(self) -> tuple[Mapping[str, RequestStats], list[Metric], bytes]:
+        """Per-tenant request families, rendered once per publication of the recorder."""
+        published = self._requests_published()
+        built = self._requests_built
+        if built is not None and built[0] is published:
+            return built
+        families = list(request_families(published))
+        built = (published, families, render(families) if families else b"")
+        self._requests_built = built
         return built
 
     def _build(self) -> tuple[_Sources, list[Metric], bytes]:

@@ -26,6 +26,7 @@ keeps the job's stats for ``/metrics``).
 | ``audit_retention`` (old audit entries deleted, control and tenant databases) | leader | 6 h |
 | ``storage_hygiene`` (orphaned and missing files) | leader | ``CARDVAULT_HYGIENE_INTERVAL`` |
 | ``flush_bytes_served`` (image bytes served, to the registry and ``/metrics``) | every replica | 30 s |
+| ``flush_tenant_requests`` (per-tenant request classes and latency, hourly rows) | every replica | 30 s |
 | ``backups`` (expiry, due tenants, open backups nobody runs) | leader | ``CARDVAULT_BACKUP_INTERVAL`` or 5 min |
 | ``refresh_backup_status`` (the backups' standing for ``/metrics``) | every replica | 60 s |
 | ``verify_backups`` (recent backups test-restored in scratch DBs) | leader | ``CARDVAULT_BACKUP_VERIFY_INTERVAL`` |
@@ -55,6 +56,7 @@ from controlplane.usage import quota_repository
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.bytes_served import BytesServed
+from controlplane.usage.request_stats import TenantRequests
 from controlplane.usage.service import UsageService
 
 #: Seconds between re-reads of the signing keys (a rotation elsewhere is picked up within this).
@@ -111,6 +113,8 @@ class Jobs:
     #: Storage hygiene (orphaned and missing files) and the bytes-served meter.
     hygiene: StorageHygiene | None = None
     bytes_served: BytesServed | None = None
+    #: Per-tenant request statistics (status classes, latency), flushed to ``tenant_request_stats``.
+    tenant_requests: TenantRequests | None = None
 
     def schedule(self, scheduler: Scheduler) -> None:
         """Add every job of the table to ``scheduler`` (jobs whose interval is 0 are off)."""
@@ -151,6 +155,8 @@ class Jobs:
             scheduler.add_leader_job("storage_hygiene", self.hygiene.job, settings.privacy.hygiene_interval)
         if self.bytes_served is not None:
             scheduler.add_instance_job("flush_bytes_served", self.flush_bytes_served, API_CALLS_FLUSH_INTERVAL)
+        if self.tenant_requests is not None:
+            scheduler.add_instance_job("flush_tenant_requests", self.flush_tenant_requests, API_CALLS_FLUSH_INTERVAL)
 
     async def reconcile(self) -> str:
         report = await self.reconciler.run(fix=True)
@@ -175,6 +181,13 @@ class Jobs:
             return "no meter"
         async with self.platform.control.connection() as conn:
             return f"{await self.bytes_served.flush(conn)} tenant(s) flushed"
+
+    async def flush_tenant_requests(self) -> str:
+        """Also run once more when the service stops, so no counted request is lost."""
+        if self.tenant_requests is None:
+            return "no recorder"
+        async with self.platform.control.connection() as conn:
+            return f"{await self.tenant_requests.flush(conn)} tenant-hour(s) flushed"
 
     async def maintenance_window(self) -> str:
         hour = datetime.now(UTC).hour

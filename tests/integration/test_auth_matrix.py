@@ -61,6 +61,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/users/{user_id:int}/export"): {},
     ("POST", "/users/{user_id:int}/erase"): {"json": {"confirm_email": "nobody@acme.test"}},
     ("POST", "/backups"): {},
+    ("PUT", "/sso"): {
+        "json": {"issuer": "http://127.0.0.1:9", "client_id": "c", "client_secret": "s", "allowed_domains": ["a.test"]}
+    },
 }
 #: What refusing an identity looks like (a route that runs may still answer 403 for its own reasons,
 #: e.g. ``wrong_password`` when changing one's password).

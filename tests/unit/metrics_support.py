@@ -25,6 +25,7 @@ from controlplane.usage.models import (
     TenantUsage,
     UsageSnapshot,
 )
+from controlplane.usage.request_stats import TenantRequests
 
 TABLES = ("audit_log", "cards", "files", "manufacturers", "players", "teams", "users")
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -195,8 +196,13 @@ class FakeServed:
 
 def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> tuple[CardVaultMetrics, HttpMetrics]:
     metrics = CardVaultMetrics(per_table=per_table, collection_interval=300.0)
-    http = HttpMetrics()
+    tenant_requests = TenantRequests(per_tenant=per_table)
+    http = HttpMetrics(tenants=tenant_requests)
     metrics.register(http)
+    for usage in snapshot.tenants.values() if snapshot else ():
+        tenant_requests.observe(usage.tenant_id, usage.slug, 200, 0.003)
+        tenant_requests.observe(usage.tenant_id, usage.slug, 404, 0.02)
+    tenant_requests.publish()  # as the flush job does
     metrics.bind(
         snapshot=lambda: snapshot,
         pools=FakePools(),
@@ -207,6 +213,7 @@ def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> t
         backups=backups_of(snapshot),
         hygiene=hygiene_of(snapshot),
         served=FakeServed({u.slug: 2048 for u in snapshot.tenants.values()} if snapshot else {}),
+        requests=tenant_requests,
     )
     http.observe("GET", "/t/{tenant_slug}/api/cards/{card_id}", 200, 0.0012)
     http.observe("POST", "/admin/tenants", 201, 0.3)

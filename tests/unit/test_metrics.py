@@ -21,6 +21,7 @@ from litestar.testing import TestClient
 
 from controlplane.metrics.requests import UNMATCHED, HttpMetrics, instrument
 from controlplane.metrics.service import CardVaultMetrics
+from controlplane.usage.request_stats import BOUNDS as REQUEST_BOUNDS
 from tests.prometheus_support import DOCUMENTED, assert_promtool_clean
 from tests.unit.metrics_support import (
     NOW,
@@ -170,8 +171,9 @@ def test_scrape_of_1000_tenants_makes_no_database_call_and_renders_the_snapshot_
     assert sum(samples(first, "cardvault_tenant_up").values()) == 999
     # Series per tenant are a fixed number whatever the tenant count: info, size, 2 per table,
     # storage bytes and files per kind, its limited quotas, up + 2 health latencies, its last backup
-    # and whether it is stale, and its image bytes served.
-    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3 + 3 + 2 + 1
+    # and whether it is stale, and its image bytes served; its requests by class (4) and their latency
+    # histogram (buckets, sum and count).
+    per_tenant = 1 + 1 + 2 * len(TABLES) + 2 + 3 + 3 + 2 + 1 + 4 + (len(REQUEST_BOUNDS) + 1) + 2
     tenant_series = sum(len(f.samples) for name, f in families(first).items() if name.startswith("cardvault_tenant_"))
     assert tenant_series <= 1000 * per_tenant
 
