@@ -34,7 +34,14 @@ from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.provisioning.spares_repository import spare_tag
 from controlplane.schemas.alembic_runner import registry_scripts
-from controlplane.settings import AuthSettings, DatabaseSettings, ProvisioningSettings, SecuritySettings, Settings
+from controlplane.settings import (
+    AuthSettings,
+    DatabaseSettings,
+    ProvisioningSettings,
+    SecuritySettings,
+    Settings,
+    UsageSettings,
+)
 
 pytest_plugins = [
     "tests.harness",
@@ -89,6 +96,13 @@ def make_settings(dsn: str, template: str, **provisioning: object) -> Settings:
         # argon2id at test strength: the production cost only slows the suite down.
         auth=AuthSettings(argon2_memory_kib=64, argon2_time_cost=1),
     )
+
+
+def quiet_settings(control_dsn: str, template: str, tmp_path: Path) -> Settings:
+    """Test settings with the usage collectors off (tests write usage and history themselves) and files
+    under ``tmp_path``."""
+    base = make_settings(control_dsn, template)
+    return dataclasses.replace(base, data_dir=tmp_path / "data", usage=UsageSettings(interval=0, compact_interval=0))
 
 
 @pytest.fixture

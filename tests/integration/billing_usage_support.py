@@ -6,16 +6,11 @@ Times are fixed (``NOW``, a Monday morning): the domain functions take ``now=``;
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
-
-from controlplane.settings import Settings, UsageSettings
-from tests.conftest import make_settings
 
 Control = psycopg.AsyncConnection[Any]
 GIB = 1024**3
@@ -24,12 +19,6 @@ NOW = datetime(2031, 5, 12, 9, 30, tzinfo=UTC)
 TODAY = datetime(2031, 5, 12, tzinfo=UTC)
 DAY1 = TODAY - timedelta(days=1)
 DAY0 = TODAY - timedelta(days=2)
-
-
-def quiet_settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
-    """Test settings with the usage collectors off: the tests write the history themselves."""
-    base = make_settings(control_dsn, tenant_template_name)
-    return dataclasses.replace(base, data_dir=tmp_path / "data", usage=UsageSettings(interval=0, compact_interval=0))
 
 
 async def add_points(control: Control, tenant_id: uuid.UUID, metric: str, *points: tuple[datetime, float]) -> None:

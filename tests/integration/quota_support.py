@@ -21,3 +21,21 @@ async def set_usage(control: psycopg.AsyncConnection[Any], tenant_id: uuid.UUID,
 async def evaluate(platform: Platform, tenant_id: uuid.UUID | None = None) -> list[alerts.AlertChange]:
     async with platform.control.connection() as conn:
         return await alerts.evaluate(conn, tenant_id=tenant_id)
+
+
+async def alert_rows(control: psycopg.AsyncConnection[Any], tenant_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    """(quota, threshold, state, usage, limit) of every alert of the tenant, by id."""
+    cur = await control.execute(
+        "SELECT quota_type, threshold, state, usage, quota_limit FROM quota_alerts WHERE tenant_id = %s ORDER BY id",
+        (tenant_id,),
+    )
+    return await cur.fetchall()
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) >= {"error", "detail"}, body
+    if code is not None:
+        assert body["error"] == code, body
+    return body

@@ -24,6 +24,7 @@ from controlplane.billing.metering import LOOKBACK_DAYS, SETTLE, OverageLine
 from controlplane.platform import Platform
 from controlplane.registry.models import Overage
 from controlplane.settings import Settings
+from tests.conftest import quiet_settings
 from tests.integration.admin_support import create
 from tests.integration.billing_usage_support import (
     DAY0,
@@ -35,7 +36,6 @@ from tests.integration.billing_usage_support import (
     add_points,
     brief,
     ledger,
-    quiet_settings,
     set_customer,
 )
 

@@ -20,7 +20,7 @@ from litestar.testing import AsyncTestClient
 from controlplane.billing import metering
 from controlplane.platform import Platform
 from controlplane.settings import Settings
-from tests.conftest import ADMIN_TOKEN, Served
+from tests.conftest import ADMIN_TOKEN, Served, quiet_settings
 from tests.integration.admin_support import assert_error, run_schemathesis, selected
 from tests.integration.auth_support import TenantAdmin, create_tenant
 from tests.integration.billing_usage_support import (
@@ -30,7 +30,6 @@ from tests.integration.billing_usage_support import (
     add_calls,
     add_points,
     ledger,
-    quiet_settings,
     set_customer,
 )
 

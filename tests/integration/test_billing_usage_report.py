@@ -32,9 +32,9 @@ from controlplane.billing.providers import provider_for
 from controlplane.failpoints import FailpointError
 from controlplane.platform import Platform
 from controlplane.settings import Settings
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, quiet_settings
 from tests.integration.admin_support import create
-from tests.integration.billing_usage_support import add_calls, add_points, ledger, quiet_settings, set_customer
+from tests.integration.billing_usage_support import add_calls, add_points, ledger, set_customer
 from tests.stripe_harness import StripeStandin, stripe_billing
 
 Client = AsyncTestClient[Any]

@@ -5,7 +5,6 @@ never shows in another's view. The usage collectors are off: the tests write the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import uuid
@@ -17,9 +16,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from controlplane.platform import Platform
-from controlplane.settings import Settings, UsageSettings
+from controlplane.settings import Settings
 from controlplane.usage import capacity, trends
-from tests.conftest import make_settings
+from tests.conftest import quiet_settings
 from tests.integration.auth_support import create_tenant
 from tests.integration.quota_support import evaluate, set_usage
 
@@ -28,9 +27,7 @@ Client = AsyncTestClient[Any]
 
 @pytest.fixture
 def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
-    """The usual test settings, collectors off and files under ``tmp_path``."""
-    base = make_settings(control_dsn, tenant_template_name)
-    return dataclasses.replace(base, data_dir=tmp_path / "data", usage=UsageSettings(interval=0, compact_interval=0))
+    return quiet_settings(control_dsn, tenant_template_name, tmp_path)
 
 
 async def add_history(

@@ -10,7 +10,6 @@ large fleet in one statement; revision 0005 downgrades and upgrades.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import uuid
 from datetime import timedelta
@@ -26,12 +25,12 @@ from psycopg.rows import dict_row
 from controlplane.platform import Platform
 from controlplane.registry.models import QuotaType
 from controlplane.schemas.alembic_runner import registry_scripts
-from controlplane.settings import ProvisioningSettings, Settings, UsageSettings
+from controlplane.settings import ProvisioningSettings, Settings
 from controlplane.usage import alerts, quota_repository
-from tests.conftest import ADMIN_TOKEN, Served, make_settings
+from tests.conftest import ADMIN_TOKEN, Served, quiet_settings
 from tests.integration.admin_support import registry_snapshot, run_schemathesis, selected
 from tests.integration.auth_support import TenantAdmin, create_tenant
-from tests.integration.quota_support import evaluate, set_usage
+from tests.integration.quota_support import assert_error, evaluate, set_usage
 
 Client = AsyncTestClient[Any]
 GIB = 1024**3
@@ -40,27 +39,7 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 @pytest.fixture
 def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
-    """The usual test settings, collectors off and files under ``tmp_path``."""
-    base = make_settings(control_dsn, tenant_template_name)
-    return dataclasses.replace(base, data_dir=tmp_path / "data", usage=UsageSettings(interval=0, compact_interval=0))
-
-
-async def alert_rows(control: psycopg.AsyncConnection[Any], tenant_id: uuid.UUID) -> list[tuple[Any, ...]]:
-    """(quota, threshold, state, usage, limit) of every alert of the tenant, by id."""
-    cur = await control.execute(
-        "SELECT quota_type, threshold, state, usage, quota_limit FROM quota_alerts WHERE tenant_id = %s ORDER BY id",
-        (tenant_id,),
-    )
-    return await cur.fetchall()
-
-
-def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) >= {"error", "detail"}, body
-    if code is not None:
-        assert body["error"] == code, body
-    return body
+    return quiet_settings(control_dsn, tenant_template_name, tmp_path)
 
 
 # -- admin controls ---------------------------------------------------------------------------------

@@ -12,23 +12,21 @@ history themselves.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
 from controlplane.platform import Platform
 from controlplane.registry.models import TIER_QUOTAS, QuotaType, Tier
-from controlplane.settings import Settings, UsageSettings
+from controlplane.settings import Settings
 from controlplane.usage import alerts
 from controlplane.usage.alerts import ChangeKind
-from tests.conftest import make_settings
+from tests.conftest import quiet_settings
 from tests.integration.auth_support import create_tenant
-from tests.integration.quota_support import evaluate, set_usage
+from tests.integration.quota_support import alert_rows, assert_error, evaluate, set_usage
 
 Client = AsyncTestClient[Any]
 GIB = 1024**3
@@ -36,27 +34,7 @@ GIB = 1024**3
 
 @pytest.fixture
 def settings(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Settings:
-    """The usual test settings, collectors off and files under ``tmp_path``."""
-    base = make_settings(control_dsn, tenant_template_name)
-    return dataclasses.replace(base, data_dir=tmp_path / "data", usage=UsageSettings(interval=0, compact_interval=0))
-
-
-async def alert_rows(control: psycopg.AsyncConnection[Any], tenant_id: uuid.UUID) -> list[tuple[Any, ...]]:
-    """(quota, threshold, state, usage, limit) of every alert of the tenant, by id."""
-    cur = await control.execute(
-        "SELECT quota_type, threshold, state, usage, quota_limit FROM quota_alerts WHERE tenant_id = %s ORDER BY id",
-        (tenant_id,),
-    )
-    return await cur.fetchall()
-
-
-def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) >= {"error", "detail"}, body
-    if code is not None:
-        assert body["error"] == code, body
-    return body
+    return quiet_settings(control_dsn, tenant_template_name, tmp_path)
 
 
 # -- alerts -----------------------------------------------------------------------------------------
