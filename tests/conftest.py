@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import inspect
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from controlplane.settings import (
     Settings,
     UsageSettings,
 )
+from tests.processes import free_port
 
 pytest_plugins = [
     "tests.harness",
@@ -193,13 +193,6 @@ class Served:
         self.log = log
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Iterator[Served]:
     """``cardvault serve`` (uvicorn) on a free port against this test's control database."""
@@ -210,7 +203,7 @@ def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Itera
 @contextlib.contextmanager
 def serve(control_dsn: str, tenant_template_name: str, tmp_path: Path, **extra_env: str) -> Iterator[Served]:
     """Run ``cardvault serve`` until the block ends (``extra_env``: more ``CARDVAULT_*`` variables)."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
     env |= {
         "CARDVAULT_DATABASE_URL": control_dsn,

@@ -9,7 +9,6 @@ verifier must still refuse for what they say).
 
 from __future__ import annotations
 
-import socket
 import threading
 import warnings
 from collections.abc import Iterator
@@ -21,12 +20,7 @@ import httpx
 import pytest
 import werkzeug.serving
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.processes import free_port
 
 
 class OidcProvider:
@@ -59,7 +53,7 @@ def oidc_provider() -> Iterator[OidcProvider]:
         import oidc_provider_mock
 
     app = oidc_provider_mock.app()
-    port = _free_port()
+    port = free_port()
     server = werkzeug.serving.make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()

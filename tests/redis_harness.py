@@ -10,15 +10,10 @@ The ``redis_url`` fixture is defined in ``tests/integration/conftest.py`` on top
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,37 +21,9 @@ from pathlib import Path
 
 import redis
 
+from tests.processes import die_with_parent, free_port, stop, track
+
 TEST_URL_ENV = "CARDVAULT_TEST_REDIS_URL"
-_started: list[subprocess.Popen[bytes]] = []
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's choice)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    for proc in _started:
-        _stop(proc)
 
 
 def _wait_for_ping(url: str, proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
@@ -93,13 +60,12 @@ def redis_server(timeout: float = 15.0) -> Iterator[str]:
     port = free_port()
     args = [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"]
     args += ["--daemonize", "no", "--dir", str(workdir), "--logfile", str(log)]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    _started.append(proc)
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    track(proc)
     try:
         url = f"redis://127.0.0.1:{port}/0"
         _wait_for_ping(url, proc, log, time.monotonic() + timeout)
         yield url
     finally:
-        _stop(proc)
-        _started.remove(proc)
+        stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)

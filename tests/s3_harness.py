@@ -13,12 +13,8 @@ Fixtures:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import dataclasses
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,40 +28,12 @@ import httpx
 import pytest
 
 from controlplane.settings import Settings
+from tests.processes import die_with_parent, free_port, stop, track
 
 ACCESS_KEY = "cardvault-test"
 SECRET_KEY = "cardvault-test-secret"
 REGION = "us-east-1"
 PREFIX = "cv"
-_started: list[subprocess.Popen[bytes]] = []
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    for proc in _started:
-        _stop(proc)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class S3Server:
@@ -88,7 +56,7 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     moto_server = str(Path(sys.executable).parent / "moto_server")
     with log.open("wb") as out:
@@ -97,9 +65,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
-    _started.append(proc)
+    track(proc)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:
@@ -113,7 +81,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             time.sleep(0.05)
         yield S3Server(endpoint)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.processes import free_port
 
 
 class _Collector:
@@ -110,13 +111,6 @@ class SmtpServer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(self.messages)} of {count} mail(s) arrived within {within} s")
             await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -12,14 +12,11 @@ stand-in's test hooks (see ``tests/stripe_standin/hooks.py``).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,33 +30,12 @@ import httpx
 import pytest
 
 from controlplane.settings import BillingSettings, Settings
+from tests.processes import die_with_parent, stop, track
 from tests.stripe_standin import objects
 
 API_KEY = "sk_test_cardvault_standin"
 WEBHOOK_SECRET = "whsec_cardvault_standin_secret"
 ROOT = Path(__file__).resolve().parent.parent
-_started: list[subprocess.Popen[bytes]] = []
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    for proc in _started:
-        _stop(proc)
 
 
 def _start(module: str, args: list[str], log: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
@@ -71,9 +47,9 @@ def _start(module: str, args: list[str], log: Path, timeout: float = 30.0) -> tu
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
-    _started.append(proc)
+    track(proc)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     line = b""
@@ -81,7 +57,7 @@ def _start(module: str, args: list[str], log: Path, timeout: float = 30.0) -> tu
         ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
         chunk = os.read(proc.stdout.fileno(), 1) if ready else b""
         if not chunk:
-            _stop(proc)
+            stop(proc)
             raise RuntimeError(f"{module} did not start:\n{log.read_text()}")
         line += chunk
     url = f"http://127.0.0.1:{int(line.split()[1])}"
@@ -91,7 +67,7 @@ def _start(module: str, args: list[str], log: Path, timeout: float = 30.0) -> tu
             return proc, url
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(proc)
+                stop(proc)
                 raise RuntimeError(f"{module} does not answer:\n{log.read_text()}") from None
             time.sleep(0.02)
 
@@ -212,8 +188,7 @@ def running_standin() -> Iterator[StripeStandin]:
         yield StripeStandin(url=standin, localstripe_url=localstripe)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
-            _started.remove(proc)
+            stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from controlplane.billing.stripe_provider import StripeProvider
 from controlplane.errors import InvalidSignature, ProviderUnavailable
 from controlplane.registry.models import Overage, Tier
 from controlplane.settings import BillingSettings
-from tests.redis_harness import free_port
+from tests.processes import free_port
 from tests.stripe_harness import StripeStandin, stripe_billing
 
 

@@ -14,7 +14,6 @@ provisioned and a usage collection is triggered (``POST /admin/usage/collect``),
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -35,6 +34,7 @@ from controlplane.metrics.service import CardVaultMetrics
 from controlplane.usage.models import CollectionStats, TableUsage, TenantUsage, UsageSnapshot
 from tests.conftest import ADMIN_TOKEN, Served
 from tests.integration.tenant_support import create_tenant_as_admin, create_tenant_as_admin_sync
+from tests.processes import free_port
 from tests.prometheus_support import OPS, assert_promtool_clean, dashboard_expressions, prometheus_tool
 
 Client = AsyncTestClient[Any]
@@ -128,13 +128,6 @@ async def test_a_published_usage_snapshot_is_scraped_per_tenant(client: Client) 
 # -- a real Prometheus ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PrometheusServer:
     """A Prometheus scraping one target with the shipped config and rules, until ``stop()``."""
 
@@ -146,7 +139,7 @@ class PrometheusServer:
         (directory / "cardvault_metrics_token").write_text(token + "\n")
         (directory / "alerts.yml").write_text((OPS / "alerts.yml").read_text())
         (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.log = directory / "prometheus.log"
         with self.log.open("w") as log:
             self._proc = subprocess.Popen(

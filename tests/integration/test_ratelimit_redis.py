@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from controlplane.auth.ratelimit import LimiterUnavailable, RateLimiter, RedisCounter, counter_from_url
-from tests.redis_harness import free_port
+from tests.processes import free_port
 
 WINDOW = 3600
 

@@ -15,7 +15,7 @@ import stripe
 from aiohttp import web
 
 from tests.conftest import eventually
-from tests.redis_harness import free_port
+from tests.processes import free_port
 from tests.stripe_harness import StripeStandin
 
 
