@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 #: ``ops/prometheus``: the scrape configuration and the alert rules (the dashboard is ``ops/grafana``).
 OPS = Path(__file__).resolve().parents[1] / "ops" / "prometheus"
@@ -126,6 +128,25 @@ def promtool(*args: str, stdin: bytes | None = None, cwd: Path | None = None) ->
         check=False,
         timeout=60,
     )
+
+
+def assert_alert_rules(directory: Path, series: list[dict[str, str]], checks: list[dict[str, Any]]) -> None:
+    """``promtool test rules`` of ``ops/prometheus/alerts.yml`` over ``series`` (one value a minute): every
+    ``alert_rule_test`` entry of ``checks`` holds. Annotations are for people; promtool would compare them
+    too, so the copy under test (written into ``directory``) has none."""
+    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (directory / "alerts.yml").write_text(yaml.safe_dump(rules))
+    tests = {
+        "rule_files": ["alerts.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": checks}],
+    }
+    (directory / "alerts_test.yml").write_text(yaml.safe_dump(tests))
+    done = promtool("test", "rules", "alerts_test.yml", cwd=directory)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def assert_promtool_clean(text: bytes) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.prometheus_support import DOCUMENTED, OPS, dashboard_expressions, promtool
+from tests.prometheus_support import DOCUMENTED, OPS, assert_alert_rules, dashboard_expressions, promtool
 
 
 def test_alert_rules_pass_promtool() -> None:
@@ -35,12 +35,6 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
     """``promtool test rules`` on synthetic series: quotas at 0.85 and 1.0 (a full users quota, a single-seat
     plan's normal state, is only info), a stale collector, a failing
     job, connections near max_connections, pool budget, acquire timeouts."""
-    # Annotations are for people; promtool would compare them too, so the copy under test has none.
-    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
     series = [
         {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="a"}', "values": "0.85x40"},
         {"series": 'cardvault_tenant_quota_usage_ratio{tenant="acme",quota="cards",instance="b"}', "values": "0.85x40"},
@@ -65,66 +59,57 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
         },
     ]
     ratio = {"severity": "info", "tenant": "acme", "quota": "cards"}
-    tests = {
-        "rule_files": ["alerts.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
+    assert_alert_rules(
+        tmp_path,
+        series,
+        [
             {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "20m",
-                        "alertname": "CardVaultTenantQuotaNearLimit",
-                        "exp_alerts": [
-                            {"exp_labels": ratio},
-                            {"exp_labels": {**ratio, "quota": "users"}},
-                        ],
-                    },
-                    {
-                        "eval_time": "20m",
-                        "alertname": "CardVaultTenantQuotaExhausted",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "full", "quota": "cards"}}],
-                    },
-                    {"eval_time": "5m", "alertname": "CardVaultTenantDown", "exp_alerts": []},
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultTenantDown",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "broken"}}],
-                    },
-                    {"eval_time": "3m", "alertname": "CardVaultUsageCollectionStale", "exp_alerts": []},
-                    {
-                        "eval_time": "10m",
-                        "alertname": "CardVaultUsageCollectionStale",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultJobFailing",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "reconcile"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultServerConnectionsHigh",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "server": "db1"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultPoolConnectionsNearBudget",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "a"}}],
-                    },
-                    {
-                        "eval_time": "15m",
-                        "alertname": "CardVaultPoolAcquireTimeouts",
-                        "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "a"}}],
-                    },
+                "eval_time": "20m",
+                "alertname": "CardVaultTenantQuotaNearLimit",
+                "exp_alerts": [
+                    {"exp_labels": ratio},
+                    {"exp_labels": {**ratio, "quota": "users"}},
                 ],
-            }
+            },
+            {
+                "eval_time": "20m",
+                "alertname": "CardVaultTenantQuotaExhausted",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "full", "quota": "cards"}}],
+            },
+            {"eval_time": "5m", "alertname": "CardVaultTenantDown", "exp_alerts": []},
+            {
+                "eval_time": "15m",
+                "alertname": "CardVaultTenantDown",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "broken"}}],
+            },
+            {"eval_time": "3m", "alertname": "CardVaultUsageCollectionStale", "exp_alerts": []},
+            {
+                "eval_time": "10m",
+                "alertname": "CardVaultUsageCollectionStale",
+                "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+            },
+            {
+                "eval_time": "15m",
+                "alertname": "CardVaultJobFailing",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "reconcile"}}],
+            },
+            {
+                "eval_time": "15m",
+                "alertname": "CardVaultServerConnectionsHigh",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "server": "db1"}}],
+            },
+            {
+                "eval_time": "15m",
+                "alertname": "CardVaultPoolConnectionsNearBudget",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "instance": "a"}}],
+            },
+            {
+                "eval_time": "15m",
+                "alertname": "CardVaultPoolAcquireTimeouts",
+                "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "a"}}],
+            },
         ],
-    }
-    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests))
-    done = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    )
 
 
 def _family_of(name: str) -> str:

@@ -5,11 +5,8 @@ fire after their ``for``; a quiet tenant's few failures and healthy tenants do n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from tests.prometheus_support import OPS, promtool
+from tests.prometheus_support import assert_alert_rules
 
 
 def _requests(tenant: str, cls: str, per_minute: int, instance: str = "a") -> dict[str, str]:
@@ -25,22 +22,6 @@ def _latency(tenant: str, per_le: dict[str, int]) -> list[dict[str, str]]:
     ]
     series.append({"series": f'{name}_count{{tenant="{tenant}",instance="a"}}', "values": f"0+{per_le['+Inf']}x60"})
     return series
-
-
-def _run(tmp_path: Path, series: list[dict[str, str]], checks: list[dict[str, Any]]) -> None:
-    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
-    tests = {
-        "rule_files": ["alerts.yml"],
-        "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": checks}],
-    }
-    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests))
-    done = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_tenant_5xx_alert_fires_for_the_failing_tenant_only(tmp_path: Path) -> None:
@@ -59,7 +40,7 @@ def test_the_tenant_5xx_alert_fires_for_the_failing_tenant_only(tmp_path: Path) 
         _requests("healthy", "5xx", 1),
     ]
     expected = [{"exp_labels": {"severity": "warning", "tenant": "noisy"}}]
-    _run(
+    assert_alert_rules(
         tmp_path,
         series,
         [
@@ -78,7 +59,7 @@ def test_the_tenant_latency_alert_fires_for_the_slow_tenant_only(tmp_path: Path)
         *_latency("idle", {"0.005": 0, "1.0": 0, "2.5": 1, "+Inf": 1}),
     ]
     expected = [{"exp_labels": {"severity": "warning", "tenant": "slow"}}]
-    _run(
+    assert_alert_rules(
         tmp_path,
         series,
         [
