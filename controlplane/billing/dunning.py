@@ -112,6 +112,8 @@ class PortalLinks:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             raw = b""
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+            raw = b""  # only the one canonical spelling of a token is accepted: no garbled variant of it
         payload, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
         if len(raw) != _TOKEN.size + _MAC_BYTES or not any(
             hmac.compare_digest(mac, self._mac(payload, key)) for key in self._keys

@@ -3,6 +3,7 @@ signed before a secret-key rotation keeps working while the old key is configure
 
 from __future__ import annotations
 
+import string
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -30,7 +31,13 @@ def test_forged_and_garbled_tokens_are_refused() -> None:
     links = PortalLinks(NEW, "http://cv.test")
     token = links.token(uuid.uuid4(), NOW + timedelta(days=1))
     forged = PortalLinks("somebody else's secret key, also 32+ chars", "http://x").token(uuid.uuid4(), NOW)
-    for bad in (forged, token[:-2], token + "A", "", "%%%", token[:-1] + ("A" if token[-1] != "A" else "B")):
+    # Another spelling of the same bytes: the last character's unused low bits set differently.
+    padding_bits = 6 - (len(token) * 6) % 8 if (len(token) * 6) % 8 else 0
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    same_bytes = token[:-1] + alphabet[alphabet.index(token[-1]) ^ ((1 << padding_bits) - 1)]
+    assert padding_bits and same_bytes != token
+    other_last = token[:-1] + ("A" if token[-1] != "A" else "B")
+    for bad in (forged, token[:-2], token + "A", "", "%%%", same_bytes, other_last):
         with pytest.raises(PortalLinkInvalid):
             links.tenant_of(bad, now=NOW)
 
