@@ -124,6 +124,9 @@ from controlplane.usage.performance_routes import ADMIN_PERFORMANCE_HANDLERS
 from controlplane.usage.request_stats import TenantRequests
 from controlplane.usage.routes import ADMIN_USAGE_HANDLERS
 from controlplane.usage.service import UsageService
+from controlplane.web.pages import WEB_KEYS_STATE_KEY, WebKeys
+from controlplane.web.routes import web_routers
+from controlplane.web.templating import template_config
 
 
 def _platform(state: State) -> Platform:
@@ -341,7 +344,9 @@ def create_app(settings: Settings) -> Litestar:
             probes.live,
             probes.ready,
             metrics_endpoint,
+            *web_routers(settings),  # the dashboard and the tenant app (after the APIs: /api, /auth stay theirs)
         ],
+        template_config=template_config(),
         dependencies={
             "platform": Provide(_platform, sync_to_thread=False),
             "tenants": Provide(_tenants, sync_to_thread=False),
@@ -352,6 +357,7 @@ def create_app(settings: Settings) -> Litestar:
         state=State(
             {
                 ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(admin_token) if admin_token else None,
+                WEB_KEYS_STATE_KEY: WebKeys(settings.security.secret_key),
                 METRICS_STATE_KEY: metrics,
                 METRICS_TOKEN_HASH_STATE_KEY: (
                     hash_secret(settings.security.metrics_token) if settings.security.metrics_token else None
