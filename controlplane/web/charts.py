@@ -17,7 +17,7 @@ from html import escape
 from markupsafe import Markup
 
 WIDTH, HEIGHT = 640, 220
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 16, 14, 28
+_LEFT, _RIGHT, _TOP, _BOTTOM = 72, 16, 14, 28
 
 
 @dataclasses.dataclass(frozen=True)
