@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup bench-pages clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-collect  usage collection and /metrics benchmark (ops/bench/collect.py)"
 	@echo "make bench-signup   database step via spares, clone and raw, and whole signups (ops/bench/signup.py)"
 	@echo "make bench-backup   backup and restore of 100,000 cards vs raw pg_dump/pg_restore, 1,000 nightly backups, legacy import (ops/bench/backup.py)"
+	@echo "make bench-pages    dashboard pages at 10,000 tenants vs the same SQL raw (ops/bench/pages.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
@@ -33,12 +34,14 @@ help:
 install .venv: $(VENV)/.installed
 
 # Debian packages the tests start or call: PostgreSQL, Redis (shared rate limits), Prometheus (promtool
-# and a real scrape). Installed with apt-get when missing and running as root; otherwise named.
+# and a real scrape), Chromium (the Playwright browser tests). Installed with apt-get when missing and
+# running as root; otherwise named.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || [ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \
@@ -108,6 +111,9 @@ bench-signup: install
 
 bench-backup: install
 	$(BIN)/python ops/bench/backup.py $(BENCH_ARGS)
+
+bench-pages: install
+	$(BIN)/python ops/bench/pages.py $(BENCH_ARGS)
 
 clean:
 	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi

@@ -204,6 +204,7 @@ def served(control_dsn: str, tenant_template_name: str, tmp_path: Path) -> Itera
 def serve(control_dsn: str, tenant_template_name: str, tmp_path: Path, **extra_env: str) -> Iterator[Served]:
     """Run ``cardvault serve`` until the block ends (``extra_env``: more ``CARDVAULT_*`` variables)."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARDVAULT_")}
     env |= {
         "CARDVAULT_DATABASE_URL": control_dsn,
@@ -217,6 +218,8 @@ def serve(control_dsn: str, tenant_template_name: str, tmp_path: Path, **extra_e
         "CARDVAULT_ARGON2_MEMORY_KIB": "64",
         "CARDVAULT_ARGON2_TIME_COST": "1",
         "CARDVAULT_SPARE_DATABASES": "0",
+        # Links it makes (mail, SSO redirect URI) point at itself.
+        "CARDVAULT_PUBLIC_URL": url,
         **extra_env,
     }
     log_path = tmp_path / f"serve-{port}.log"
@@ -225,7 +228,6 @@ def serve(control_dsn: str, tenant_template_name: str, tmp_path: Path, **extra_e
         proc = subprocess.Popen(
             [cardvault, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
         )
-        url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
             while True:

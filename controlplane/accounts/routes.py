@@ -23,6 +23,7 @@ from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
+from controlplane.accounts import directory
 from controlplane.accounts.models import (
     ApiKey,
     ApiKeyCreate,
@@ -44,7 +45,7 @@ from controlplane.auth.models import Permission
 from controlplane.auth.service import Authenticator
 from controlplane.context import TenantContext
 from controlplane.http.params import Cursor, Limit
-from controlplane.http.state import AUTH_STATE_KEY, PLATFORM_STATE_KEY
+from controlplane.http.state import AUTH_STATE_KEY, PLATFORM_STATE_KEY, TENANT_POOLS_STATE_KEY
 from controlplane.http.tenant_api import open_tenant_request, requires
 from controlplane.mail import outbox, templates
 from controlplane.mail.models import MailKind
@@ -70,19 +71,28 @@ async def provide_accounts(request: Request[Any, Any, Any]) -> AsyncIterator[Acc
         platform: Platform = request.app.state[PLATFORM_STATE_KEY]
         accounts = Accounts(tenant_request, auth, limits_for(platform.control, tenant_request.tenant.id))
         yield accounts
+    await after_commit(request, tenant_request.tenant, accounts)
+
+
+async def after_commit(request: Request[Any, Any, Any], tenant: TenantContext, accounts: Accounts) -> None:
+    """What follows a committed accounts change (the API's and the pages'): the tenant's cached principals
+    are dropped, its entries in the workspace directory rebuilt, and its invitation mails queued."""
     if accounts.changed:
-        await auth.principals_changed(tenant_request.tenant.id)
-    await _mail_invitations(request, tenant_request.tenant)
+        auth: Authenticator = request.app.state[AUTH_STATE_KEY]
+        await auth.principals_changed(tenant.id)
+        platform: Platform = request.app.state[PLATFORM_STATE_KEY]
+        await directory.refresh(platform, request.app.state[TENANT_POOLS_STATE_KEY], tenant.id)
+    await mail_invitations(request, tenant)
 
 
-def _to_mail(request: Request[Any, Any, Any], created: UserCreated) -> UserCreated:
+def queue_invitation_mail(request: Request[Any, Any, Any], created: UserCreated) -> UserCreated:
     """``created``, its invitation (if it is one) noted to be mailed after the commit."""
     if created.invite_token is not None:
         request.scope.setdefault("state", {}).setdefault(_INVITATIONS_KEY, []).append(created)
     return created
 
 
-async def _mail_invitations(request: Request[Any, Any, Any], tenant: TenantContext) -> None:
+async def mail_invitations(request: Request[Any, Any, Any], tenant: TenantContext) -> None:
     """Queue the invitation mails of the request's (committed) invitations. A failure is logged, not
     answered: the invitations exist and their tokens are in the response."""
     invitations: list[UserCreated] = request.scope.get("state", {}).get(_INVITATIONS_KEY, [])
@@ -156,7 +166,7 @@ class UsersController(Controller):
     async def create_user(
         self, request: Request[Any, Any, Any], accounts: Deps, data: JSONBody[UserCreate]
     ) -> UserCreated:
-        return _to_mail(request, await accounts.create_user(data))
+        return queue_invitation_mail(request, await accounts.create_user(data))
 
     @get("/{user_id:int}", opt=requires(Permission.USERS_READ), summary="One user")
     async def get_user(self, accounts: Deps, user_id: FromPath[int]) -> User:
@@ -179,7 +189,7 @@ class UsersController(Controller):
     async def reissue_invitation(
         self, request: Request[Any, Any, Any], accounts: Deps, user_id: FromPath[int]
     ) -> UserCreated:
-        return _to_mail(request, await accounts.reissue_invitation(user_id))
+        return queue_invitation_mail(request, await accounts.reissue_invitation(user_id))
 
 
 class ApiKeysController(Controller):

@@ -61,7 +61,8 @@ Billing = NamedDependency[BillingService]
 Ctx = NamedDependency[TenantRequest]
 
 
-async def _live_usage(conn: Any) -> dict[QuotaType, int]:
+async def live_usage(conn: Any) -> dict[QuotaType, int]:
+    """The tenant's counted usage (cards, users, stored bytes) from its own database, per quota."""
     counted = await cards.counters(conn)
     return {quota: counted.get(name, 0) for quota, name in _COUNTED.items()}
 
@@ -115,7 +116,7 @@ class TenantBillingController(Controller):
     async def change_plan(self, tenant_request: Ctx, billing: Billing, data: JSONBody[PlanRequest]) -> BillingOverview:
         billing.require_provider()
         tenant = await _tenant(billing, tenant_request)
-        usage = await _live_usage(tenant_request.conn)
+        usage = await live_usage(tenant_request.conn)
         overview = await billing.change_plan(tenant, data.tier, data.interval, usage=usage)
         details = {"tier": data.tier.value, "interval": data.interval, "from": tenant.subscription_tier.value}
         await audit.record_tenant(tenant_request.conn, tenant_request.audit, "billing.plan", details=details)
@@ -145,7 +146,7 @@ async def _usage_of(request: Request[Any, Any, Any], billing: BillingService, te
     if tenant.status is TenantStatus.ACTIVE:
         pools: TenantPools = request.app.state[TENANT_POOLS_STATE_KEY]
         async with pools.connection(tenant.id, autocommit=True) as conn:
-            return await _live_usage(conn)
+            return await live_usage(conn)
     return await billing.measured_usage(tenant.id)
 
 

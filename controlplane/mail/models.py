@@ -23,6 +23,8 @@ class MailKind(enum.StrEnum):
     PAYMENT_PAST_DUE = "payment_past_due"
     #: The grace period ended unpaid: the tenant is suspended; the Billing Portal link still works.
     PAYMENT_SUSPENDED = "payment_suspended"
+    #: The workspace finder's answer: the workspaces an address belongs to, with sign-in links.
+    WORKSPACE_LIST = "workspace_list"
 
 
 class OutgoingMail(msgspec.Struct, frozen=True, kw_only=True):

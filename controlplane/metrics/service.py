@@ -261,6 +261,21 @@ class CardVaultMetrics(Collector):
         if backups is not None:
             self._backups = backups
 
+    @property
+    def jobs(self) -> JobSource | None:
+        """The bound scheduler (its job stats), for the dashboard; None until bound."""
+        return self._jobs
+
+    @property
+    def health(self) -> HealthSource | None:
+        """The bound health monitor (its last round), for the dashboard; None until bound."""
+        return self._health
+
+    @property
+    def backups(self) -> BackupSource | None:
+        """The bound backup scheduler (the backups' standing), for the dashboard; None until bound."""
+        return self._backups
+
     def register(self, collector: Collector) -> None:
         """Expose another collector's live families too (e.g. the HTTP middleware's)."""
         self._others.append(collector)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from controlplane import db
+from controlplane.accounts import directory
 from controlplane.accounts import repository as accounts
 from controlplane.crypto import new_password, tenant_role_verifier
 from controlplane.db import AsyncConn
@@ -175,6 +176,8 @@ class TenantService(TenantUpdates):
             async def seed_admin() -> None:
                 async with self._p.fleet.connect_database(conn, server.id, database) as tenant_db:
                     await accounts.seed_tenant_admin(tenant_db, admin.email, admin.password_hash)
+                key = directory.directory_key(self._p.settings.security.secret_key)
+                await directory.add_entry(conn, key, tenant_id, admin.email)  # the finder knows it at once
 
             await steps.run("seed_admin", seed_admin)
 

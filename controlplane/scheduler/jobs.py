@@ -9,7 +9,7 @@ keeps the job's stats for ``/metrics``).
 | ``reload_signing_keys`` | every replica | 60 s |
 | ``flush_api_calls`` | every replica | 30 s |
 | ``maintenance_window`` | leader | 1 h (each tenant's window is one UTC hour a day) |
-| ``collect_usage`` (then quota alerts) | leader | ``CARDVAULT_USAGE_INTERVAL`` |
+| ``collect_usage`` (then quota alerts, then the workspace directory's sync) | leader | ``CARDVAULT_USAGE_INTERVAL`` |
 | ``refresh_quota_alerts`` | every replica | ``CARDVAULT_USAGE_INTERVAL`` |
 | ``quota_cleanup`` | leader | 1 day |
 | ``compact_usage_history`` | leader | ``CARDVAULT_USAGE_COMPACT_INTERVAL`` |
@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from controlplane.accounts import directory
 from controlplane.backups.restore import RestoreService
 from controlplane.backups.schedule import STATUS_INTERVAL as BACKUP_STATUS_INTERVAL
 from controlplane.backups.schedule import BackupScheduler
@@ -196,8 +197,10 @@ class Jobs:
         return f"vacuumed {len(results) - failed} tenant database(s), {failed} failed"
 
     async def collect_usage(self) -> str:
-        # Quotas are evaluated on what this collection just measured.
-        return f"{await self.usage.collect_job()}; {await self.alerts.job()}"
+        # Quotas are evaluated on what this collection just measured. The workspace finder's directory is
+        # rebuilt here too, a bounded batch of the least recently synced tenants per run.
+        usage, alerts = await self.usage.collect_job(), await self.alerts.job()
+        return f"{usage}; {alerts}; {await directory.sync_due(self.platform)}"
 
     async def quota_cleanup(self) -> str:
         async with self.platform.control.connection() as conn:

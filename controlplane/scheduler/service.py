@@ -31,6 +31,11 @@ class JobStats:
     last_success: float | None = None
     last_duration: float | None = None
     last_error: str | None = None
+    #: How often the job runs, whether only on the leader, and when its last run here started (Unix time):
+    #: the dashboard shows when it runs next.
+    every_seconds: float = 0.0
+    leader_only: bool = False
+    last_started: float | None = None
 
 
 class Scheduler:
@@ -51,7 +56,7 @@ class Scheduler:
     def _add(self, name: str, job: Callable[[], Awaitable[str]], every_seconds: float, *, leader_only: bool) -> None:
         if every_seconds <= 0:
             return
-        self.stats[name] = JobStats()
+        self.stats[name] = JobStats(every_seconds=every_seconds, leader_only=leader_only)
         self._scheduler.add_job(
             self._run,
             "interval",
@@ -104,6 +109,7 @@ class Scheduler:
         stats = self.stats[name]
         started = time.perf_counter()
         stats.runs += 1
+        stats.last_started = time.time()
         try:
             outcome = await job()
         except Exception as exc:

@@ -142,11 +142,16 @@ class Sso:
     def redirect_uri(self, tenant: TenantContext) -> str:
         return f"{self._platform.settings.http.base_url}/t/{tenant.slug}/auth/sso/callback"
 
-    async def start(self, tenant: TenantContext) -> Started:
+    async def start(self, tenant: TenantContext, redirect_uri: str | None = None) -> Started:
+        """Begin a sign-in that the provider answers at ``redirect_uri`` (default: the API's callback)."""
         provider = await self._provider(tenant)
         state, nonce, verifier, browser = (secrets.token_urlsafe(32) for _ in range(4))
         url = await self.discovery.authorization_url(
-            provider, redirect_uri=self.redirect_uri(tenant), state=state, nonce=nonce, code_verifier=verifier
+            provider,
+            redirect_uri=redirect_uri or self.redirect_uri(tenant),
+            state=state,
+            nonce=nonce,
+            code_verifier=verifier,
         )
         async with self._platform.control.connection() as conn:
             await repository.save_state(
@@ -169,7 +174,9 @@ class Sso:
         browser_token: str | None,
         ctx: AuditContext,
         user_agent: str | None,
+        redirect_uri: str | None = None,
     ) -> TokenPair:
+        """Finish the sign-in answered at ``redirect_uri`` (the one ``start`` was given)."""
         if not browser_token:
             raise SsoStateInvalid("this browser did not start a sign-in (no sign-in cookie)")
         async with self._platform.control.connection() as conn:
@@ -178,7 +185,10 @@ class Sso:
             raise SsoStateInvalid("unknown, used or expired sign-in state, or another browser's or tenant's")
         provider = await self._provider(tenant)
         id_token = await self.discovery.exchange(
-            provider, code=code, redirect_uri=self.redirect_uri(tenant), code_verifier=pending["code_verifier"]
+            provider,
+            code=code,
+            redirect_uri=redirect_uri or self.redirect_uri(tenant),
+            code_verifier=pending["code_verifier"],
         )
         claims = await self.discovery.verify(provider, id_token, nonce=pending["nonce"])
         email = claims.get("email")

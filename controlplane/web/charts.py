@@ -40,13 +40,15 @@ class Limit:
 
 
 def _nice_max(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    magnitude = 10 ** (len(str(int(value))) - 1)
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * magnitude:
-            return float(step * magnitude)
-    return float(10 * magnitude)
+    """The axis top: four equal steps of 1, 2, 2.5 or 5 times a power of ten, at least 1 each and whole
+    numbers (so a small or empty series gets ticks 0..4 rather than repeated rounded labels)."""
+    wanted = max(value, 0.0) / 4
+    magnitude = 1.0
+    while True:
+        for factor in (1.0, 2.0, 2.5, 5.0) if magnitude >= 10 else (1.0, 2.0, 5.0):
+            if factor * magnitude >= wanted:
+                return 4 * factor * magnitude
+        magnitude *= 10
 
 
 def _svg(label: str, body: list[str]) -> Markup:
@@ -87,7 +89,7 @@ def line_chart(
     start = min(p[0] for p in points).timestamp()
     end = max(p[0] for p in points).timestamp()
     span = max(end - start, 1.0)
-    top = _nice_max(max([p[1] for p in points] + [limit.value for limit in limits] + [0.0]) * 1.05)
+    top = _nice_max(max([p[1] for p in points] + [limit.value for limit in limits] + [0.0]))
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
 
     def xy(when: datetime, value: float) -> tuple[float, float]:
@@ -132,7 +134,7 @@ def bar_chart(
         return _svg(
             label, [f'<text class="tick" x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">{escape(empty)}</text>']
         )
-    top = _nice_max(max(value for _, value in bars) * 1.05)
+    top = _nice_max(max(value for _, value in bars))
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
     slot = plot_w / len(bars)
     body = _axes(top, fmt)

@@ -23,13 +23,13 @@ def test_schemathesis_finds_no_server_error(served: Served, control_dsn: str, tm
     output = run_schemathesis(
         served.url,
         tmp_path,
-        60,  # examples per operation: ~60 operations, several of which dump or restore a real database
+        30,  # examples per operation: ~60 operations, several of which dump or restore a real database
         "--include-path-regex=^/(admin|health|auth)/",
         "--exclude-path-regex=^/admin/servers/.+/(drain|activate)$",
     )
     # Every admin operation but drain and activate, the two probes and the four /auth operations.
     assert selected(output) == len(ADMIN_ROUTES) - 2 + 2 + 4, output
-    output = run_schemathesis(served.url, tmp_path, 50, "--include-path-regex=^/admin/servers")
+    output = run_schemathesis(served.url, tmp_path, 30, "--include-path-regex=^/admin/servers")
     assert selected(output) == 6, output
     with psycopg.connect(control_dsn) as conn:
         kinds = dict(conn.execute("SELECT kind, count(*) FROM tenant_operations GROUP BY kind").fetchall())

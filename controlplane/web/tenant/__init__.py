@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.web.tenant import auth, billing, cards, catalog, data, finder, usage, users
+from controlplane.web.tenant import auth, billing, cards, catalog, data, finder, sso, usage, users
 
 FINDER_HANDLERS: list[Any] = [*finder.HANDLERS]
-PUBLIC_HANDLERS: list[Any] = [*auth.PUBLIC_HANDLERS]
+PUBLIC_HANDLERS: list[Any] = [*auth.PUBLIC_HANDLERS, *sso.HANDLERS]
 PAGE_HANDLERS: list[Any] = [
     *auth.HANDLERS,
     *cards.HANDLERS,

@@ -1,7 +1,9 @@
 """Signing in and out of a workspace (the tenant app). The form opens the same login session as
 ``POST /t/{slug}/auth/token`` (same throttle, same ``auth.login`` audit row, same refusal when the
 workspace signs in through its identity provider only) and keeps its tokens in this workspace's cookies;
-signing in lands on the cards list and adds the workspace to the browser's switcher list."""
+signing in lands on the cards list and adds the workspace to the browser's switcher list (signing out
+takes it off). A workspace with single sign-on also offers "Sign in with single sign-on" (``sso``), and
+only that when its password sign-in is off."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from controlplane.http.state import AUTH_STATE_KEY, PLATFORM_STATE_KEY, TENANT_P
 from controlplane.platform import Platform
 from controlplane.pools.service import TenantPools
 from controlplane.sso import repository as sso
+from controlplane.sso.service import SSO_TIERS
 from controlplane.web.errors import safe_next
 from controlplane.web.pages import page, see_other, web_keys
 from controlplane.web.sessions import clear_session, remember_workspaces, set_session, tenant_base, workspaces
@@ -42,16 +45,31 @@ def _pools(request: Request[Any, Any, Any]) -> TenantPools:
     return pools
 
 
-async def password_login_allowed(request: Request[Any, Any, Any], tenant: NamedDependency[TenantContext]) -> bool:
+async def login_options(request: Request[Any, Any, Any], tenant: TenantContext) -> tuple[bool, bool]:
+    """``(password sign-in allowed, single sign-on offered)`` for this workspace."""
     platform: Platform = request.app.state[PLATFORM_STATE_KEY]
     async with platform.control.connection() as conn:
-        return await sso.password_login_allowed(conn, tenant.id)
+        config = await sso.get_config(conn, tenant.id)
+    if config is None:
+        return True, False
+    return bool(config["password_login"]), tenant.tier in SSO_TIERS
+
+
+async def password_login_allowed(request: Request[Any, Any, Any], tenant: TenantContext) -> bool:
+    return (await login_options(request, tenant))[0]
 
 
 async def sign_in_form(
-    request: Request[Any, Any, Any], tenant: TenantContext, *, error: str | None = None, email: str = ""
+    request: Request[Any, Any, Any],
+    tenant: TenantContext,
+    *,
+    error: str | None = None,
+    email: str = "",
+    status: int = 401,
 ) -> Template:
+    """The sign-in page; with ``error``, answered with ``status``."""
     base = tenant_base(request.scope)
+    password_login, single_sign_on = await login_options(request, tenant)
     return page(
         request,
         "tenant/sign_in.html",
@@ -59,17 +77,20 @@ async def sign_in_form(
         tenant=tenant,
         next=safe_next(request.query_params.get("next"), f"{base}/cards"),
         email=email or request.query_params.get("email", "")[:254],
-        password_login=await password_login_allowed(request, tenant),
+        password_login=password_login,
+        single_sign_on=single_sign_on,
         flash_error=error,
-        status_code=401 if error else 200,
+        status_code=status if error else 200,
     )
 
 
 @get("/", name="tenant_ui_home")
 async def home(request: Request[Any, Any, Any], tenant: NamedDependency[TenantContext]) -> Response[Any]:
-    """The cards list when signed in, else the sign-in form."""
+    """The cards list when signed in, else the sign-in form (where the switcher's links lead). A workspace
+    whose session is gone (ended elsewhere, expired) leaves the switcher list here."""
     if await _session_claims(request, tenant) is not None:
         return see_other(request, f"{tenant_base(request.scope)}/cards")
+    forget_workspace(request, tenant)
     return await sign_in_form(request, tenant)
 
 
@@ -122,6 +143,14 @@ def signed_in(request: Request[Any, Any, Any], tenant: TenantContext, pair: Any)
     remember_workspaces(request.scope, keys.workspaces, [tenant.slug, *workspaces(request.scope, keys.workspaces)])
 
 
+def forget_workspace(request: Request[Any, Any, Any], tenant: TenantContext) -> None:
+    """Take this workspace off the browser's switcher list (if it is on it)."""
+    keys = web_keys(request)
+    listed = workspaces(request.scope, keys.workspaces)
+    if tenant.slug in listed:
+        remember_workspaces(request.scope, keys.workspaces, [slug for slug in listed if slug != tenant.slug])
+
+
 @post("/sign-out", name="tenant_ui_sign_out", status_code=303)
 async def sign_out(request: Request[Any, Any, Any], tenant: NamedDependency[TenantContext]) -> Response[Any]:
     """End this workspace's login session (if any) and forget it in the switcher list."""
@@ -136,10 +165,7 @@ async def sign_out(request: Request[Any, Any, Any], tenant: NamedDependency[Tena
             await audit.record_tenant(conn, context, "auth.logout", details={"all_sessions": False})
         await auth.principals_changed(tenant.id)
     clear_session("tenant", request.scope)
-    keys = web_keys(request)
-    remember_workspaces(
-        request.scope, keys.workspaces, [s for s in workspaces(request.scope, keys.workspaces) if s != tenant.slug]
-    )
+    forget_workspace(request, tenant)
     return see_other(request, f"{tenant_base(request.scope)}/sign-in")
 
 

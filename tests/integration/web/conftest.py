@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from litestar import Litestar
 
 from controlplane.app import create_app
 from controlplane.settings import Settings
@@ -15,8 +16,8 @@ from tests.integration.conftest import REMOTE
 
 
 @pytest.fixture
-async def browser_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    """``(browser, api)``: two clients of one running app: ``browser`` keeps cookies and sends no
+async def browser_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, Litestar]]:
+    """``(browser, api, app)``: two clients of one running app: ``browser`` keeps cookies and sends no
     ``Authorization`` header; ``api`` carries the automation token (to set things up)."""
     app = create_app(settings)
     started, stop = asyncio.Event(), asyncio.Event()
@@ -39,17 +40,23 @@ async def browser_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClie
                 transport=transport, base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
             ) as api,
         ):
-            yield browser, api
+            yield browser, api, app
     finally:
         stop.set()
         await task
 
 
 @pytest.fixture
-def browser(browser_app: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> httpx.AsyncClient:
+def browser(browser_app: tuple[httpx.AsyncClient, httpx.AsyncClient, Litestar]) -> httpx.AsyncClient:
     return browser_app[0]
 
 
 @pytest.fixture
-def api(browser_app: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> httpx.AsyncClient:
+def api(browser_app: tuple[httpx.AsyncClient, httpx.AsyncClient, Litestar]) -> httpx.AsyncClient:
     return browser_app[1]
+
+
+@pytest.fixture
+def web_app(browser_app: tuple[httpx.AsyncClient, httpx.AsyncClient, Litestar]) -> Litestar:
+    """The running app itself (its route table, its state)."""
+    return browser_app[2]
