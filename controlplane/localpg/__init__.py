@@ -250,6 +250,10 @@ class LocalCluster(ClusterHome):
             "password_encryption": "'scram-sha-256'",
             "timezone": "'UTC'",
             "log_timezone": "'UTC'",
+            # Tenant moves copy a database by logical replication, and read replicas stream from here.
+            "wal_level": "logical",
+            "max_wal_senders": "20",
+            "max_replication_slots": "20",
         }
         if self.fast:
             # autovacuum off too: a worker's first visit to a database writes its relation cache init

@@ -1,0 +1,1 @@
+"""Online tenant moves between servers (issue 15)."""
