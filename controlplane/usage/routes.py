@@ -195,6 +195,14 @@ async def update_quotas(
     data: JSONBody[QuotaLimits],
     platform: NamedDependency[Platform],
 ) -> TenantQuotas:
+    return await set_quota_limits(request, platform, slug, data)
+
+
+async def set_quota_limits(
+    request: Request[Any, Any, Any], platform: Platform, slug: str, data: QuotaLimits
+) -> TenantQuotas:
+    """Override a tenant's quota limits as a super-admin (audited ``tenant.quotas.update``); the admin API's
+    and the dashboard's."""
     async with audited(request, "tenant.quotas.update", slug=slug) as audit:
         limits = quotas.parse_limits(data.limits)
         audit.details["limits"] = {q.value: v for q, v in limits.items()}
@@ -220,6 +228,14 @@ async def expand_storage(
     data: JSONBody[StorageExpansion],
     platform: NamedDependency[Platform],
 ) -> ExpansionResult:
+    return await add_storage_expansion(request, platform, slug, data)
+
+
+async def add_storage_expansion(
+    request: Request[Any, Any, Any], platform: Platform, slug: str, data: StorageExpansion
+) -> ExpansionResult:
+    """Emergency storage on top of a tenant's limit for some hours (audited ``tenant.storage.expand``); the
+    admin API's and the dashboard's."""
     reason = data.reason.strip()
     details = {"extra_bytes": data.extra_bytes, "hours": data.hours, "reason": reason}
     async with audited(request, "tenant.storage.expand", slug=slug, entity="quota_expansion", details=details) as audit:

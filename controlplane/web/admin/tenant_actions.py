@@ -3,8 +3,9 @@
 Each does what its admin API route does, with the same service call and the same ``platform_audit`` row
 (``audited``): suspend, resume, change tier, set quotas, emergency storage, run ANALYZE / VACUUM now,
 back up now, restore from a backup. Where the API route holds rules of its own (quota overrides and
-storage expansions lock the tenant row, then re-evaluate its alerts), the route's own function is
-called with the form's values, so the page cannot drift from the API.
+storage expansions lock the tenant row, then re-evaluate its alerts), the function behind the route
+(``set_quota_limits``, ``add_storage_expansion``) is called with the form's values, so the page cannot
+drift from the API.
 
 On success: 303 back to the page with ``?done=<code>`` (a fixed message, ``DONE_MESSAGES``). A refused
 action re-renders the page with the reason, the values posted and the error's status (400, 409...).
@@ -33,7 +34,7 @@ from controlplane.maintenance import service as maintenance
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.registry.models import QuotaType
-from controlplane.usage.routes import QuotaLimits, StorageExpansion, expand_storage, update_quotas
+from controlplane.usage.routes import QuotaLimits, StorageExpansion, add_storage_expansion, set_quota_limits
 from controlplane.web.admin.tenant_detail import find_tenant, render_detail, tenant_url
 from controlplane.web.pages import see_other
 
@@ -130,7 +131,7 @@ async def set_quotas(request: Request[Any, Any, Any], slug: FromPath[str], data:
         limits = {q.value: _whole(data, f"limit_{q.value}", f"The {q.value} limit") for q in QuotaType}
         body = _struct({"limits": limits}, QuotaLimits)
         platform: Platform = request.app.state[PLATFORM_STATE_KEY]
-        await update_quotas.fn(request=request, slug=slug, data=body, platform=platform)
+        await set_quota_limits(request, platform, slug, body)
 
     return await _act(request, slug, data, "quotas", run)
 
@@ -146,7 +147,7 @@ async def expand(request: Request[Any, Any, Any], slug: FromPath[str], data: For
             raise ValidationFailed("Give the extra storage in GiB and for how many hours.")
         body = _struct({"extra_bytes": gib * _GIB, "hours": hours, "reason": data.get("reason", "")}, StorageExpansion)
         platform: Platform = request.app.state[PLATFORM_STATE_KEY]
-        await expand_storage.fn(request=request, slug=slug, data=body, platform=platform)
+        await add_storage_expansion(request, platform, slug, body)
 
     return await _act(request, slug, data, "expanded", run)
 
