@@ -34,14 +34,15 @@ help:
 install .venv: $(VENV)/.installed
 
 # Debian packages the tests start or call: PostgreSQL, Redis (shared rate limits), Prometheus (promtool
-# and a real scrape), Chromium (the Playwright browser tests). Installed with apt-get when missing and
-# running as root; otherwise named.
+# and a real scrape), Chromium (the Playwright browser tests), PgBouncer (in front of a test server).
+# Installed with apt-get when missing and running as root; otherwise named.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || [ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
+	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \

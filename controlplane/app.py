@@ -46,10 +46,12 @@ from controlplane.billing.routes import (
 )
 from controlplane.billing.service import BillingService
 from controlplane.cards.routes import TENANT_API_HANDLERS, vault_dependency
+from controlplane.fleet.pgbouncer import PgBouncers
 from controlplane.http import probes
 from controlplane.http.admin import admin_guard
 from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
+from controlplane.http.replica_routing import REPLICA_READS, REPLICA_READS_STATE_KEY
 from controlplane.http.state import (
     ADMIN_TOKEN_HASH_STATE_KEY,
     API_CALLS_STATE_KEY,
@@ -99,24 +101,34 @@ from controlplane.metrics.requests import HttpMetrics, instrument
 from controlplane.metrics.routes import ADMIN_METRICS_HANDLERS, metrics_endpoint
 from controlplane.metrics.service import CardVaultMetrics
 from controlplane.migrations.routes import migration_status
+from controlplane.moves.routes import ADMIN_MOVE_HANDLERS
+from controlplane.moves.service import MoveService
 from controlplane.onboarding.routes import SIGNUP_HANDLERS, TENANT_ONBOARDING_HANDLERS
 from controlplane.onboarding.service import Signups
 from controlplane.platform import Platform
+from controlplane.pools.models import STATEMENT_TIMEOUT
 from controlplane.pools.service import TenantPools
 from controlplane.privacy.admin_routes import ADMIN_PRIVACY_HANDLERS
 from controlplane.privacy.routes import TENANT_PRIVACY_HANDLERS
 from controlplane.privacy.service import Privacy
+from controlplane.provisioning.pgbouncer_routes import ADMIN_PGBOUNCER_HANDLERS
 from controlplane.provisioning.reconciler import Reconciler
+from controlplane.provisioning.replica_routes import ADMIN_REPLICA_HANDLERS
 from controlplane.provisioning.routes import TenantsController, reconcile
 from controlplane.provisioning.server_routes import ServersController
 from controlplane.provisioning.service import TenantService
 from controlplane.routing.cache import TenantCache
+from controlplane.routing.replica_monitor import ReplicaMonitor
+from controlplane.routing.replica_reads import ReplicaReads
 from controlplane.scheduler.jobs import Jobs
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
 from controlplane.sso.oidc import Discovery
 from controlplane.sso.routes import ADMIN_SSO_HANDLERS, SSO_AUTH_ROUTER, TENANT_SSO_HANDLERS
 from controlplane.sso.service import Sso
+from controlplane.tasks.definitions import Services
+from controlplane.tasks.fanout import Fanout
+from controlplane.tasks.queue import TaskQueue
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
 from controlplane.usage.bytes_served import BytesServed
@@ -181,13 +193,25 @@ def create_app(settings: Settings) -> Litestar:
             await usage.load()  # the last persisted values: /metrics is not empty after a restart
             alerts = QuotaAlerts(platform.control)
             await alerts.refresh()
-            cache = TenantCache(platform)
-            pools = TenantPools(settings.pools, settings.database, cache.credentials)
+            # PgBouncers in front of servers: re-rendered and reloaded after every tenant change (any process's).
+            pgbouncers = PgBouncers(
+                platform.control, platform.box, settings.pools, settings.database, statement_timeout=STATEMENT_TIMEOUT
+            )
+            cache = TenantCache(platform, pgbouncers=pgbouncers)
+            # Tenant reads may go to a server's read replicas: their pools share the LRU and the budget.
+            replicas = ReplicaReads(ReplicaMonitor(platform, settings.replicas), cache.credentials)
+            pools = TenantPools(settings.pools, settings.database, replicas.conninfo_for)
+            replicas.bind(pools)
+            cache.on_invalidate(replicas.invalidate)
             # A registry change to a tenant (here or on another replica) closes its pool once, when the
             # change's notification arrives; a change made here is forgotten by the cache at once.
             cache.on_invalidate(pools.invalidate)
             tenants.on_change(cache.invalidate)
+            cache.on_invalidate(pgbouncers.on_invalidate)
             await cache.start()
+            await replicas.monitor.start()
+            metrics.register(replicas.monitor)
+            await pgbouncers.sync()
             # Accounts changes reach every instance's principal cache at once (it may then keep them longer).
             principal_events = PrincipalEvents(settings.database, auth)
             await principal_events.start()
@@ -204,6 +228,9 @@ def create_app(settings: Settings) -> Litestar:
             hygiene = StorageHygiene(platform)
             bytes_served = BytesServed()
             privacy = Privacy(platform)
+            # Per-tenant fan-out work (usage, backups) goes through the queue every process works from.
+            queue = TaskQueue(settings)
+            await queue.open()
             jobs = Jobs(
                 platform,
                 Reconciler(platform, tenants),
@@ -218,10 +245,12 @@ def create_app(settings: Settings) -> Litestar:
                 inbox=inbox,
                 backups=backup_jobs,
                 restores=restores,
+                moves=MoveService(platform, tenants),
                 privacy=privacy,
                 hygiene=hygiene,
                 bytes_served=bytes_served,
                 tenant_requests=tenant_requests,
+                fanout=Fanout(platform, queue, usage, backup_jobs),
             )
             jobs.schedule(scheduler)
             metrics.bind(backups=backup_jobs)
@@ -234,6 +263,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state[TENANTS_STATE_KEY] = tenants
             app.state[TENANT_CACHE_STATE_KEY] = cache
             app.state[TENANT_POOLS_STATE_KEY] = pools
+            app.state[REPLICA_READS_STATE_KEY] = replicas
             # Single-tenant mode: no subdomains (every /api request is the default tenant).
             app.state[BASE_DOMAIN_STATE_KEY] = None if single else (settings.http.base_domain or None)
             app.state[AUTH_STATE_KEY] = auth
@@ -253,16 +283,21 @@ def create_app(settings: Settings) -> Litestar:
             app.state[TENANT_REQUESTS_STATE_KEY] = tenant_requests
             if single:
                 await ensure_default_tenant(tenants, settings.default_tenant)
+            if settings.tasks.worker:
+                queue.start_worker(Services(platform, usage.collector, backups))
             scheduler.start()
             try:
                 yield
             finally:
                 await scheduler.stop()
+                await queue.close()  # running tasks get a grace period; cut short, they are retried elsewhere
                 await backups.stop()  # backups running here stay `running`: the next leader's job retries them
                 await privacy.stop()  # exports made here are given back (pending) for another replica
                 await tenants.spares.stop()  # a refill started after a claim finishes its spare first
                 await principal_events.stop()
                 await cache.stop()
+                await replicas.monitor.stop()
+                await pgbouncers.close()
                 await pools.close()
                 try:
                     await jobs.flush_api_calls()
@@ -278,6 +313,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             TenantsController,
             ServersController,
+            *ADMIN_PGBOUNCER_HANDLERS,
+            *ADMIN_REPLICA_HANDLERS,
             reconcile,
             migration_status,
             *ADMIN_METRICS_HANDLERS,
@@ -290,6 +327,7 @@ def create_app(settings: Settings) -> Litestar:
             *ADMIN_BILLING_HANDLERS,
             *ADMIN_BACKUP_HANDLERS,
             *ADMIN_RESTORE_HANDLERS,
+            *ADMIN_MOVE_HANDLERS,
             *ADMIN_PRIVACY_HANDLERS,
             *ADMIN_IMPORT_HANDLERS,
             *ADMIN_SSO_HANDLERS,
@@ -322,6 +360,7 @@ def create_app(settings: Settings) -> Litestar:
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
             middleware=[*pinned, tenant_auth_middleware],
             security=[{"bearer": []}],
+            opt=REPLICA_READS,  # its reads may be served by a read replica (http.replica_routing)
         )
         for path in (("/api",) if single else (f"/t/{{{TENANT_SLUG_PARAM}:str}}/api", "/api"))
     ]

@@ -121,11 +121,12 @@ def new_password() -> str:
     return secrets.token_urlsafe(32)
 
 
-def scram_sha256_verifier(password: str, iterations: int = DEFAULT_SCRAM_ITERATIONS) -> str:
-    """The ``SCRAM-SHA-256$...`` string PostgreSQL stores for ``password`` (RFC 5802/7677)."""
+def scram_sha256_verifier(password: str, iterations: int = DEFAULT_SCRAM_ITERATIONS, salt: bytes | None = None) -> str:
+    """The ``SCRAM-SHA-256$...`` string PostgreSQL stores for ``password`` (RFC 5802/7677); a random salt
+    unless one is given."""
     if iterations < 1:
         raise ValueError("the SCRAM iteration count must be >= 1")
-    salt = secrets.token_bytes(16)
+    salt = secrets.token_bytes(16) if salt is None else salt
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.digest(salted, b"Client Key", "sha256")
     stored_key = hashlib.sha256(client_key).digest()
@@ -138,5 +139,11 @@ def scram_sha256_verifier(password: str, iterations: int = DEFAULT_SCRAM_ITERATI
 
 
 def tenant_role_verifier(password: str) -> str:
-    """The verifier of a tenant login role's password (a ``new_password()``): cheap to log in with."""
-    return scram_sha256_verifier(password, TENANT_ROLE_SCRAM_ITERATIONS)
+    """The verifier of a tenant login role's password (a ``new_password()``): cheap to log in with.
+
+    The same for the same password (its salt is derived from it): PgBouncer logs in to the server with
+    the verifier of its auth file only when it is the server's own, salt included, and the control plane
+    recomputes it from the stored password. A salt exists against precomputed guesses of human-chosen
+    passwords; one derived from 256 random bits is as unique as a random one."""
+    salt = hashlib.sha256(b"cardvault tenant role salt\0" + password.encode()).digest()[:16]
+    return scram_sha256_verifier(password, TENANT_ROLE_SCRAM_ITERATIONS, salt)

@@ -14,6 +14,8 @@ from controlplane.cli.importer import import_sqlite
 from controlplane.cli.keys import keys
 from controlplane.cli.maintenance import maintenance, reconcile
 from controlplane.cli.migrate import migrate
+from controlplane.cli.moves import MOVE_COMMANDS
+from controlplane.cli.pgbouncer import servers_pgbouncer
 from controlplane.cli.privacy import privacy
 from controlplane.cli.restores import RESTORE_COMMANDS
 from controlplane.cli.serve import local, serve
@@ -22,6 +24,7 @@ from controlplane.cli.spares import spares
 from controlplane.cli.storage import storage
 from controlplane.cli.tenants import tenants
 from controlplane.cli.users import users
+from controlplane.cli.worker import worker
 
 for command in (serve, local, migrate, servers, tenants, users, reconcile, maintenance, admins, keys, billing, spares):
     cli.add_command(command)
@@ -29,8 +32,12 @@ cli.add_command(import_sqlite)
 cli.add_command(privacy)
 cli.add_command(storage)
 cli.add_command(backups)
+cli.add_command(worker)
+servers.add_command(servers_pgbouncer)
 for restore_command in RESTORE_COMMANDS:
     backups.add_command(restore_command)
+for move_command in MOVE_COMMANDS:
+    tenants.add_command(move_command)
 
 
 def main() -> None:

@@ -106,9 +106,24 @@ def servers_set_dsn(name: str, dsn: str | None, as_json: bool) -> None:
 @sslmode_option
 @root_cert_option
 @click.option("--no-root-cert", is_flag=True, help="Remove the server's root certificate.")
+@click.option(
+    "--replica",
+    "replicas",
+    multiple=True,
+    help="DSN of a streaming replica of NAME that may serve tenant reads (repeat for several; replaces the list).",
+)
+@click.option("--no-replicas", is_flag=True, help="Remove NAME's read replicas.")
 @json_option
-def servers_update(name: str, sslmode: str | None, root_cert: str | None, no_root_cert: bool, as_json: bool) -> None:
-    """Change NAME's TLS settings; checked by connecting with them first. Options left out are unchanged."""
+def servers_update(
+    name: str,
+    sslmode: str | None,
+    root_cert: str | None,
+    no_root_cert: bool,
+    replicas: tuple[str, ...],
+    no_replicas: bool,
+    as_json: bool,
+) -> None:
+    """Change NAME's TLS settings or read replicas; checked by connecting first. Options left out are unchanged."""
     from msgspec import UNSET
 
     from controlplane.audit.service import platform_action
@@ -117,6 +132,13 @@ def servers_update(name: str, sslmode: str | None, root_cert: str | None, no_roo
 
     if root_cert is not None and no_root_cert:
         raise click.UsageError("--root-cert and --no-root-cert exclude each other")
+    if replicas and no_replicas:
+        raise click.UsageError("--replica and --no-replicas exclude each other")
+    if replicas or no_replicas:
+        if sslmode is not None or root_cert is not None or no_root_cert:
+            raise click.UsageError("change the TLS settings and the replicas in two commands")
+        _set_replicas(name, list(replicas), as_json)
+        return
     pem = None if no_root_cert else (_read_cert(root_cert) if root_cert is not None else UNSET)
     mode = UNSET if sslmode is None else sslmode
     settings = load_settings()
@@ -133,6 +155,33 @@ def servers_update(name: str, sslmode: str | None, root_cert: str | None, no_roo
                 return server
 
     _servers([run(go)], as_json)
+
+
+def _set_replicas(name: str, dsns: list[str], as_json: bool) -> None:
+    from controlplane.audit.service import platform_action
+    from controlplane.context import AuditContext
+    from controlplane.fleet.replicas import Replicas
+    from controlplane.platform import Platform
+
+    settings = load_settings()
+
+    async def go() -> Any:
+        async with Platform.open(settings) as platform:
+            context = AuditContext(actor=cli_actor(), actor_label="command line")
+            async with platform_action(
+                platform.control, context, "server.set_replicas", entity="server", entity_id=name
+            ) as audit:
+                async with platform.control.connection() as conn:
+                    registry = Replicas(platform.fleet, platform.box, settings.database)
+                    stored = await registry.set(conn, name, dsns)
+                audit.details["replicas"] = [r.dsn_display for r in stored]
+                return stored
+
+    found = run(go)
+    if as_json:
+        emit_json(found)
+    else:
+        table([to_builtins(r) for r in found], ("server_name", "position", "dsn_display"))
 
 
 @servers.command("list")

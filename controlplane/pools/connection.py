@@ -23,8 +23,24 @@ from controlplane.settings import DatabaseSettings
 CLOSE_WAIT = 1.0
 
 
+#: ``application_name`` of a tenant DSN that goes through PgBouncer in transaction mode (``routing`` sets it;
+#: the server sees it too): such a connection may be given another server session at every transaction.
+PGBOUNCER_APPLICATION_NAME = f"{APPLICATION_NAME}-pgbouncer"
+
+
+def via_pgbouncer(dsn: str) -> bool:
+    """Whether ``dsn`` (a tenant DSN, or its conninfo) goes through PgBouncer in transaction mode."""
+    return pg_conninfo.conninfo_to_dict(dsn).get("application_name") == PGBOUNCER_APPLICATION_NAME
+
+
 def tenant_conninfo(dsn: str, db: DatabaseSettings) -> str:
-    """``dsn`` with our connect timeout, application name and statement timeout (kept options stay)."""
+    """``dsn`` with our connect timeout, application name and statement timeout (kept options stay).
+
+    Through PgBouncer it keeps its application name and gets no startup options (PgBouncer 1.18 refuses
+    them; it sets the statement timeout itself, on every server connection: ``fleet.pgbouncer_config``).
+    """
+    if via_pgbouncer(dsn):
+        return pg_conninfo.make_conninfo(dsn, connect_timeout=max(1, math.ceil(db.connect_timeout)))
     options = str(pg_conninfo.conninfo_to_dict(dsn).get("options") or "").strip()
     timeout = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
     return pg_conninfo.make_conninfo(

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from controlplane.errors import TenantUnavailable
-from controlplane.pools.connection import TenantConnection, tenant_conninfo
+from controlplane.pools.connection import TenantConnection, tenant_conninfo, via_pgbouncer
 from controlplane.settings import DatabaseSettings, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,9 @@ class PoolLifecycle:
                 "row_factory": dict_row,
                 "autocommit": False,
                 "on_connect_error": partial(self._connect_failed, entry),
+                # Server-side prepared statements live in a server session, which PgBouncer in transaction
+                # mode may swap between two transactions: never prepare through it.
+                **({"prepare_threshold": None} if via_pgbouncer(info) else {}),
             },
             # min_size=0: with thousands of tenants most pools are idle most of the time, and min_size
             # connections are never closed by max_idle; 0 lets an idle tenant's pool shrink to nothing

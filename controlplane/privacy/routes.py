@@ -30,6 +30,7 @@ from litestar.response import Stream
 from controlplane.auth.models import Permission
 from controlplane.auth.service import Authenticator
 from controlplane.http.params import Limit
+from controlplane.http.replica_routing import PRIMARY_ONLY
 from controlplane.http.state import AUTH_STATE_KEY, PRIVACY_STATE_KEY
 from controlplane.http.tenant_api import open_tenant_request, requires
 from controlplane.paging import TENANT_PAGES
@@ -96,7 +97,7 @@ async def get_export(privacy: Deps, export_id: FromPath[uuid.UUID]) -> Export:
 
 @get(
     "/exports/{export_id:uuid}/download",
-    opt=requires(Permission.SELF),
+    opt={**requires(Permission.SELF), **PRIMARY_ONLY},  # it writes an audit row: never on a read replica
     dependencies=_DEPENDENCIES,
     tags=["privacy"],
     summary="Download the export's zip archive once, with the link's token (410 when used or expired)",

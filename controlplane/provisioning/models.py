@@ -21,6 +21,8 @@ class OperationKind(enum.StrEnum):
     REPAIR = "repair"
     #: The tenant switched to a database restored from a backup (``controlplane.backups``).
     RESTORE = "restore"
+    #: The tenant's database moved to another server (``controlplane.moves``).
+    MOVE = "move"
 
 
 class OperationState(enum.StrEnum):

@@ -59,7 +59,10 @@ log = logging.getLogger(__name__)
 _TRANSITIONS = (OperationKind.SUSPEND, OperationKind.RESUME, OperationKind.DELETE)
 #: Interrupted operations another package settles (a ``restore``: ``controlplane.backups``' restore upkeep
 #: finishes or undoes it from its ledger params); the reconciler reports them and leaves them alone.
-_SETTLED_ELSEWHERE = {OperationKind.RESTORE: "left to the restore upkeep (cardvault backups upkeep)"}
+_SETTLED_ELSEWHERE = {
+    OperationKind.RESTORE: "left to the restore upkeep (cardvault backups upkeep)",
+    OperationKind.MOVE: "left to the move upkeep (cardvault tenants move-upkeep)",
+}
 
 
 class Reconciler:

@@ -44,8 +44,12 @@ from controlplane import db
 from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.errors import ServerUnavailable, TenantNotFound
+from controlplane.fleet import pgbouncer_repository
+from controlplane.fleet.pgbouncer import PgBouncers
+from controlplane.fleet.pgbouncer_models import PgBouncerAddress
 from controlplane.listener import Listener
 from controlplane.platform import Platform
+from controlplane.pools.connection import PGBOUNCER_APPLICATION_NAME
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant
 from controlplane.routing.entries import CacheEntries, Flight
@@ -80,9 +84,11 @@ class TenantCache(CacheEntries):
         ping_interval: float = 5.0,
         reconnect_min: float = 0.05,
         reconnect_max: float = 5.0,
+        pgbouncers: PgBouncers | None = None,
     ) -> None:
         super().__init__(max_entries=max_entries, negative_ttl=negative_ttl)
         self._p = platform
+        self._pgbouncers = pgbouncers
 
         database = platform.settings.database
         self._listener = Listener(
@@ -219,8 +225,9 @@ class TenantCache(CacheEntries):
     async def credentials(self, tenant_id: uuid.UUID) -> str:
         """A DSN for the tenant's own role on its own database (``TenantNotFound`` if there is none).
 
-        Host, port and TLS settings come from the server's registered DSN; user, password and database
-        are the tenant's. Whether the tenant may be served is the caller's business (``resolve``).
+        Host, port and TLS settings come from the server's registered DSN (host and port from its
+        PgBouncer's address when it has one); user, password and database are the tenant's. Whether the
+        tenant may be served is the caller's business (``resolve``).
         """
         cached = self._credentials.get(tenant_id)
         if cached is not None:
@@ -229,26 +236,35 @@ class TenantCache(CacheEntries):
             return cached[1]
         self.stats.credential_misses += 1
 
-        async def load(conn: AsyncConn) -> tuple[Tenant, str, str] | None:
+        async def load(conn: AsyncConn) -> tuple[Tenant, str, str, PgBouncerAddress | None] | None:
             tenant = await registry.get_by_id(conn, tenant_id)
             encrypted = await registry.role_password_encrypted(conn, tenant_id)
             if tenant is None or encrypted is None:
                 return None
-            return tenant, encrypted, await self._p.fleet.dsn(conn, tenant.server_id)
+            bouncer = await pgbouncer_repository.address(conn, tenant.server_id)
+            return tenant, encrypted, await self._p.fleet.dsn(conn, tenant.server_id), bouncer
 
         with self._flight() as flight:
             loaded = await self._read(load)
         if loaded is None:
             raise TenantNotFound(f"no tenant with id {tenant_id}", tenant_id=str(tenant_id))
-        tenant, encrypted, server_dsn = loaded
-        dsn = conninfo.make_conninfo(
-            server_dsn,
-            user=tenant.role_name,
-            password=self._p.box.decrypt(encrypted),
-            dbname=tenant.database_name,
-            application_name=f"{db.APPLICATION_NAME}-tenant",
-            connect_timeout=max(1, int(self._p.settings.database.connect_timeout)),
-        )
+        tenant, encrypted, server_dsn, bouncer = loaded
+        params = {**conninfo.conninfo_to_dict(server_dsn), "application_name": f"{db.APPLICATION_NAME}-tenant"}
+        if bouncer is not None:
+            # PgBouncer has no TLS of its own; it speaks TLS to the server as the server's settings say.
+            for key in ("hostaddr", "sslrootcert", "sslcert", "sslkey"):
+                params.pop(key, None)
+            params |= {"host": bouncer.host, "port": bouncer.port, "sslmode": "prefer"}
+            params["application_name"] = PGBOUNCER_APPLICATION_NAME
+            if self._pgbouncers is not None:  # a tenant just provisioned: its PgBouncer must know it first
+                await self._pgbouncers.ensure(tenant.server_id, tenant.database_name)
+        params |= {
+            "user": tenant.role_name,
+            "password": self._p.box.decrypt(encrypted),
+            "dbname": tenant.database_name,
+            "connect_timeout": max(1, int(self._p.settings.database.connect_timeout)),
+        }
+        dsn = conninfo.make_conninfo("", **params)
         if self._may_store(flight) and not flight.dropped.intersection((tenant.id, tenant.server_id)):
             self._credentials[tenant.id] = (tenant.server_id, dsn)
             while len(self._credentials) > self._max_entries:

@@ -9,7 +9,7 @@ keeps the job's stats for ``/metrics``).
 | ``reload_signing_keys`` | every replica | 60 s |
 | ``flush_api_calls`` | every replica | 30 s |
 | ``maintenance_window`` | leader | 1 h (each tenant's window is one UTC hour a day) |
-| ``collect_usage`` (then quota alerts, then the workspace directory's sync) | leader | ``CARDVAULT_USAGE_INTERVAL`` |
+| ``collect_usage`` (a task per tenant queued; quota alerts; directory sync) | leader | ``CARDVAULT_USAGE_INTERVAL`` |
 | ``refresh_quota_alerts`` | every replica | ``CARDVAULT_USAGE_INTERVAL`` |
 | ``quota_cleanup`` | leader | 1 day |
 | ``compact_usage_history`` | leader | ``CARDVAULT_USAGE_COMPACT_INTERVAL`` |
@@ -27,10 +27,12 @@ keeps the job's stats for ``/metrics``).
 | ``storage_hygiene`` (orphaned and missing files) | leader | ``CARDVAULT_HYGIENE_INTERVAL`` |
 | ``flush_bytes_served`` (image bytes served, to the registry and ``/metrics``) | every replica | 30 s |
 | ``flush_tenant_requests`` (per-tenant request classes and latency, hourly rows) | every replica | 30 s |
-| ``backups`` (expiry, due tenants, open backups nobody runs) | leader | ``CARDVAULT_BACKUP_INTERVAL`` or 5 min |
+| ``backups`` (expiry, due tenants, a task queued per open backup) | leader | ``CARDVAULT_BACKUP_INTERVAL`` or 5 min |
 | ``refresh_backup_status`` (the backups' standing for ``/metrics``) | every replica | 60 s |
 | ``verify_backups`` (recent backups test-restored in scratch DBs) | leader | ``CARDVAULT_BACKUP_VERIFY_INTERVAL`` |
 | ``restore_upkeep`` (interrupted restores settled, retired databases dropped) | leader | 60 s |
+| ``prune_tasks`` (failed task-queue jobs older than a day deleted) | leader, with the task queue | 1 h |
+| ``move_upkeep`` (tenant moves a dead process left half-done: finished or undone) | leader | 60 s |
 """
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ from controlplane.billing.service import BillingService
 from controlplane.hygiene.service import StorageHygiene
 from controlplane.mail.sender import MailSender
 from controlplane.maintenance.service import HealthMonitor, run_maintenance_window
+from controlplane.moves.service import MoveService
 from controlplane.platform import Platform
 from controlplane.privacy.service import Privacy
 from controlplane.provisioning.reconciler import Reconciler
 from controlplane.scheduler.service import Scheduler
+from controlplane.tasks.fanout import Fanout
 from controlplane.usage import quota_repository
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
@@ -82,6 +86,8 @@ PRIVACY_INTERVAL = 300.0
 AUDIT_RETENTION_INTERVAL = 6 * 3600.0
 #: Seconds between runs of the restore upkeep (interrupted restores settled, retired databases dropped).
 RESTORE_UPKEEP_INTERVAL = 60.0
+#: Seconds between prunings of the task queue's old failed jobs.
+TASK_PRUNE_INTERVAL = 3600.0
 #: Tenant databases vacuumed at once in a maintenance window.
 MAINTENANCE_CONCURRENCY = 2
 
@@ -116,6 +122,11 @@ class Jobs:
     bytes_served: BytesServed | None = None
     #: Per-tenant request statistics (status classes, latency), flushed to ``tenant_request_stats``.
     tenant_requests: TenantRequests | None = None
+    #: Tenant moves: the upkeep settling interrupted ones.
+    moves: MoveService | None = None
+    #: The task queue's rounds: with them, ``collect_usage`` and ``backups`` enqueue one task per tenant for
+    #: the workers of every process instead of doing the work on the leader.
+    fanout: Fanout | None = None
 
     def schedule(self, scheduler: Scheduler) -> None:
         """Add every job of the table to ``scheduler`` (jobs whose interval is 0 are off)."""
@@ -137,12 +148,14 @@ class Jobs:
         if self.metering is not None:
             scheduler.add_leader_job("report_overage", self.metering.job, settings.billing.usage_interval)
         if self.backups is not None:
-            scheduler.add_leader_job("backups", self.backups.job, self.backups.interval)
+            scheduler.add_leader_job("backups", self.backup_round, self.backups.interval)
             scheduler.add_instance_job("refresh_backup_status", self.backups.refresh_job, BACKUP_STATUS_INTERVAL)
         if self.restores is not None:
             verify_interval = settings.backups.verify_interval
             scheduler.add_leader_job("verify_backups", self.restores.verifier.job, verify_interval)
             scheduler.add_leader_job("restore_upkeep", self.restores.upkeep.run, RESTORE_UPKEEP_INTERVAL)
+        if self.moves is not None:
+            scheduler.add_leader_job("move_upkeep", self.moves.upkeep, RESTORE_UPKEEP_INTERVAL)
         if self.billing is not None and self.billing.provider is not None and self.inbox is not None:
             scheduler.add_leader_job("billing_inbox", self.inbox.process_pending, BILLING_INBOX_INTERVAL)
             scheduler.add_leader_job("billing_grace", self.billing.expire_grace, BILLING_GRACE_INTERVAL)
@@ -158,6 +171,8 @@ class Jobs:
             scheduler.add_instance_job("flush_bytes_served", self.flush_bytes_served, API_CALLS_FLUSH_INTERVAL)
         if self.tenant_requests is not None:
             scheduler.add_instance_job("flush_tenant_requests", self.flush_tenant_requests, API_CALLS_FLUSH_INTERVAL)
+        if self.fanout is not None:
+            scheduler.add_leader_job("prune_tasks", self.fanout.queue.prune, TASK_PRUNE_INTERVAL)
 
     async def reconcile(self) -> str:
         report = await self.reconciler.run(fix=True)
@@ -199,8 +214,18 @@ class Jobs:
     async def collect_usage(self) -> str:
         # Quotas are evaluated on what this collection just measured. The workspace finder's directory is
         # rebuilt here too, a bounded batch of the least recently synced tenants per run.
-        usage, alerts = await self.usage.collect_job(), await self.alerts.job()
+        if self.fanout is not None:  # quotas are then evaluated on what the workers measured so far
+            usage = await self.fanout.usage_round()
+        else:
+            usage = await self.usage.collect_job()
+        alerts = await self.alerts.job()
         return f"{usage}; {alerts}; {await directory.sync_due(self.platform)}"
+
+    async def backup_round(self) -> str:
+        assert self.backups is not None
+        if self.fanout is not None:
+            return await self.fanout.backup_round()
+        return await self.backups.job()
 
     async def quota_cleanup(self) -> str:
         async with self.platform.control.connection() as conn:

@@ -24,11 +24,14 @@ from controlplane.settings.groups import (
     DatabaseSettings,
     HttpSettings,
     MailSettings,
+    MoveSettings,
     PoolSettings,
     PrivacySettings,
     ProvisioningSettings,
+    ReplicaSettings,
     SecuritySettings,
     SignupSettings,
+    TaskQueueSettings,
     UsageSettings,
 )
 
@@ -40,12 +43,15 @@ __all__ = [
     "DatabaseSettings",
     "HttpSettings",
     "MailSettings",
+    "MoveSettings",
     "PoolSettings",
     "PrivacySettings",
     "ProvisioningSettings",
+    "ReplicaSettings",
     "SecuritySettings",
     "Settings",
     "SignupSettings",
+    "TaskQueueSettings",
     "UsageSettings",
     "parse_backup_schedules",
     "parse_duration",
@@ -131,6 +137,7 @@ class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     provisioning: ProvisioningSettings = dataclasses.field(default_factory=ProvisioningSettings)
     pools: PoolSettings = dataclasses.field(default_factory=PoolSettings)
+    replicas: ReplicaSettings = dataclasses.field(default_factory=ReplicaSettings)
     http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
@@ -140,6 +147,8 @@ class Settings:
     signup: SignupSettings = dataclasses.field(default_factory=SignupSettings)
     backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)
     privacy: PrivacySettings = dataclasses.field(default_factory=PrivacySettings)
+    moves: MoveSettings = dataclasses.field(default_factory=MoveSettings)
+    tasks: TaskQueueSettings = dataclasses.field(default_factory=TaskQueueSettings)
 
     @property
     def backup_dir(self) -> Path:
@@ -267,6 +276,10 @@ class Settings:
                 acquire_timeout=get_duration("POOL_TIMEOUT", PoolSettings.acquire_timeout),
                 check_after_idle=get_duration("POOL_CHECK_AFTER", PoolSettings.check_after_idle),
             ),
+            replicas=ReplicaSettings(
+                max_lag=get_duration("REPLICA_MAX_LAG", ReplicaSettings.max_lag),
+                check_interval=get_duration("REPLICA_CHECK_INTERVAL", ReplicaSettings.check_interval),
+            ),
             http=HttpSettings(
                 host=get("HOST", HttpSettings.host),
                 port=get_int("PORT", HttpSettings.port, 1),
@@ -313,11 +326,22 @@ class Settings:
                 verify_ttl=get_duration("VERIFY_TTL", SignupSettings.verify_ttl),
             ),
             backups=backups,
+            moves=MoveSettings(
+                sync_timeout=get_duration("MOVE_SYNC_TIMEOUT", MoveSettings.sync_timeout),
+                freeze_timeout=get_duration("MOVE_FREEZE_TIMEOUT", MoveSettings.freeze_timeout),
+                server_max_tenants=get_int("SERVER_MAX_TENANTS", MoveSettings.server_max_tenants, 0),
+            ),
             privacy=PrivacySettings(
                 export_ttl=get_duration("EXPORT_TTL", PrivacySettings.export_ttl),
                 audit_retention=get_duration("AUDIT_RETENTION", PrivacySettings.audit_retention),
                 hygiene_interval=get_duration("HYGIENE_INTERVAL", PrivacySettings.hygiene_interval),
                 quarantine_grace=get_duration("QUARANTINE_GRACE", PrivacySettings.quarantine_grace),
+            ),
+            tasks=TaskQueueSettings(
+                worker=get_bool("WORKER", TaskQueueSettings.worker),
+                concurrency=get_int("WORKER_CONCURRENCY", TaskQueueSettings.concurrency, 1),
+                heartbeat=get_duration("WORKER_HEARTBEAT", TaskQueueSettings.heartbeat),
+                stalled_after=get_duration("WORKER_STALLED_AFTER", TaskQueueSettings.stalled_after),
             ),
         )
 

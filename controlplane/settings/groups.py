@@ -77,6 +77,17 @@ class PoolSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicaSettings:
+    """Read replicas: when a tenant API read may be served by a replica of the tenant's server."""
+
+    #: A replica whose replay lag is above this many seconds serves no reads (``CARDVAULT_REPLICA_MAX_LAG``).
+    max_lag: float = 1.0
+    #: Seconds between two measurements of every replica's lag and reachability
+    #: (``CARDVAULT_REPLICA_CHECK_INTERVAL``).
+    check_interval: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class HttpSettings:
     """The HTTP service."""
 
@@ -310,6 +321,20 @@ class BackupSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MoveSettings:
+    """Online tenant moves between servers (``controlplane.moves``)."""
+
+    #: Seconds a move waits for the target's copy to finish its initial sync and catch up before it
+    #: freezes writes (``CARDVAULT_MOVE_SYNC_TIMEOUT``); longer: the move is undone, nothing changed.
+    sync_timeout: float = 1800.0
+    #: Seconds the write freeze may wait for the last changes to arrive (``CARDVAULT_MOVE_FREEZE_TIMEOUT``);
+    #: longer: the move is undone and writes resume on the source.
+    freeze_timeout: float = 10.0
+    #: Most tenants a server may hold for a move to go there (``CARDVAULT_SERVER_MAX_TENANTS``; 0: no limit).
+    server_max_tenants: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class PrivacySettings:
     """GDPR exports and erasure, audit retention, storage hygiene."""
 
@@ -324,3 +349,19 @@ class PrivacySettings:
     #: Seconds a quarantined file (on disk with no row) is kept before it is deleted
     #: (``CARDVAULT_QUARANTINE_GRACE``).
     quarantine_grace: float = 7 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskQueueSettings:
+    """The distributed task queue (per-tenant fan-out work) and the workers that run it."""
+
+    #: Whether ``cardvault serve`` runs a worker in its process (``CARDVAULT_WORKER``, 1/0); with 0 it only
+    #: enqueues, and ``cardvault worker`` processes do the work.
+    worker: bool = True
+    #: Tasks one worker runs at once (``CARDVAULT_WORKER_CONCURRENCY``).
+    concurrency: int = 4
+    #: Seconds between a worker's heartbeats (``CARDVAULT_WORKER_HEARTBEAT``).
+    heartbeat: float = 10.0
+    #: Seconds without a heartbeat after which a worker counts as dead and its running tasks are retried
+    #: by another (``CARDVAULT_WORKER_STALLED_AFTER``; keep it several heartbeats long).
+    stalled_after: float = 30.0

@@ -355,6 +355,10 @@ class UsageService:
             await repository.set_quota_usage(conn, quotas)
             await repository.set_api_call_usage(conn, hour)
 
+    def record_round(self, stats: CollectionStats) -> None:
+        """The stats of a collection the task queue's workers made (``controlplane.tasks.fanout``)."""
+        self._snapshot = msgspec.structs.replace(self._snapshot, last=stats)
+
     # -- history --------------------------------------------------------------------------------
 
     async def compact_history(self, now: datetime | None = None) -> int:
