@@ -65,6 +65,7 @@ from controlplane.http.state import (
     MAIL_STATE_KEY,
     METRICS_STATE_KEY,
     METRICS_TOKEN_HASH_STATE_KEY,
+    MOVE_QUEUE_STATE_KEY,
     PLATFORM_STATE_KEY,
     PRIVACY_STATE_KEY,
     QUOTA_ALERTS_STATE_KEY,
@@ -128,6 +129,7 @@ from controlplane.sso.routes import ADMIN_SSO_HANDLERS, SSO_AUTH_ROUTER, TENANT_
 from controlplane.sso.service import Sso
 from controlplane.tasks.definitions import Services
 from controlplane.tasks.fanout import Fanout
+from controlplane.tasks.moves import MoveTasks
 from controlplane.tasks.queue import TaskQueue
 from controlplane.usage.alerts import QuotaAlerts
 from controlplane.usage.api_calls import ApiCalls
@@ -158,7 +160,10 @@ def create_app(settings: Settings) -> Litestar:
     pinned = [pin_tenant(settings.default_tenant)] if single else []
     # /metrics: in-memory state only (snapshot, pools, cache, jobs) plus HTTP request counts.
     metrics = CardVaultMetrics(
-        per_table=settings.usage.metrics_per_table, collection_interval=settings.usage.interval or None
+        per_table=settings.usage.metrics_per_table,
+        collection_interval=settings.usage.interval or None,
+        server_capacity_bytes=settings.moves.server_capacity_bytes,
+        server_max_tenants=settings.moves.server_max_tenants,
     )
     # Per-tenant request classes and latency (persisted hourly; in /metrics unless per-table series are off).
     tenant_requests = TenantRequests(per_tenant=settings.usage.metrics_per_table)
@@ -228,9 +233,11 @@ def create_app(settings: Settings) -> Litestar:
             hygiene = StorageHygiene(platform)
             bytes_served = BytesServed()
             privacy = Privacy(platform)
-            # Per-tenant fan-out work (usage, backups) goes through the queue every process works from.
+            # Per-tenant fan-out work (usage, backups, overage reports, queued schema upgrades) goes through
+            # the queue every process works from.
             queue = TaskQueue(settings)
             await queue.open()
+            app.state[MOVE_QUEUE_STATE_KEY] = MoveTasks(queue.app)  # drains and rebalances queue moves
             jobs = Jobs(
                 platform,
                 Reconciler(platform, tenants),
@@ -284,7 +291,7 @@ def create_app(settings: Settings) -> Litestar:
             if single:
                 await ensure_default_tenant(tenants, settings.default_tenant)
             if settings.tasks.worker:
-                queue.start_worker(Services(platform, usage.collector, backups))
+                queue.start_worker(Services(platform, usage.collector, backups, billing=billing_provider))
             scheduler.start()
             try:
                 yield

@@ -38,6 +38,8 @@ DOCUMENTED: dict[str, frozenset[str]] = {
     "cardvault_server_database_bytes": frozenset({"server"}),
     "cardvault_server_connections": frozenset({"server"}),
     "cardvault_server_max_connections": frozenset({"server"}),
+    "cardvault_server_capacity_bytes": frozenset(),
+    "cardvault_server_max_tenants": frozenset(),
     "cardvault_usage_last_collection_timestamp_seconds": frozenset(),
     "cardvault_usage_collection_duration_seconds": frozenset(),
     "cardvault_usage_collection_interval_seconds": frozenset(),

@@ -21,6 +21,10 @@ row is ``failed`` (visible in ``GET /admin/billing/usage``; ``POST /admin/billin
 gives it one more attempt). The automatic retries of a row stay within a day of its first attempt:
 Stripe deduplicates identifiers for at least 24 hours, so an attempt that timed out after Stripe
 accepted it is still dropped there; a manual retry later than that relies on the ledger alone.
+
+**Where it runs.** With the task queue (``cardvault serve``) the leader's job only records and queues one
+report per tenant with rows due (``controlplane.tasks.fanout``, ``controlplane.tasks.billing``), and the
+workers call ``report_pending`` with ``tenant_id``; ``Metering`` runs both halves in one process.
 """
 
 from __future__ import annotations
@@ -182,12 +186,14 @@ async def report_pending(
     now: datetime,
     batch: int = BATCH,
     failpoints: Failpoints | None = None,
+    tenant_id: uuid.UUID | None = None,
 ) -> ReportStats:
-    """Send up to ``batch`` due ledger rows to the provider, each once (``conn`` in autocommit)."""
+    """Send up to ``batch`` due ledger rows (of every tenant, or only ``tenant_id``: the queued task) to the
+    provider, each once (``conn`` in autocommit)."""
     sent = failed = gave_up = 0
     for _ in range(batch):
         async with conn.transaction():
-            row = await repository.claim_next(conn, now)
+            row = await repository.claim_next(conn, now, tenant_id)
             if row is None:
                 break
             try:
@@ -216,7 +222,7 @@ async def report_pending(
                 failpoints.hit(AFTER_SEND)
             await repository.mark_reported(conn, row["id"], now)
             sent += 1
-    unsendable = await repository.unsendable_count(conn, now)
+    unsendable = await repository.unsendable_count(conn, now, tenant_id)
     return ReportStats(sent=sent, failed=failed, gave_up=gave_up, unsendable=unsendable)
 
 

@@ -138,9 +138,10 @@ async def insert_reports(conn: AsyncConn, rows: Sequence[Row], *, next_attempt_a
 # -- reporting --------------------------------------------------------------------------------------
 
 
-async def claim_next(conn: AsyncConn, now: datetime) -> Row | None:
-    """The oldest due row that can be sent (its tenant has a customer, its meter was synced), locked for
-    the caller's transaction; rows another transaction holds are skipped, never waited for."""
+async def claim_next(conn: AsyncConn, now: datetime, tenant_id: uuid.UUID | None = None) -> Row | None:
+    """The oldest due row that can be sent (its tenant has a customer, its meter was synced), of every
+    tenant or only ``tenant_id``, locked for the caller's transaction; rows another transaction holds are
+    skipped, never waited for."""
     cur = await conn.execute(
         """
         SELECT r.id, r.tenant_id, r.meter, r.period_start, r.period_end, r.identifier, r.quantity, r.attempts,
@@ -148,14 +149,31 @@ async def claim_next(conn: AsyncConn, now: datetime) -> Row | None:
           FROM billing_usage_reports r
           JOIN tenant_billing b ON b.tenant_id = r.tenant_id AND b.customer_id IS NOT NULL
           JOIN billing_meters m ON m.meter = r.meter
-         WHERE r.reported_at IS NULL AND r.failed_at IS NULL AND r.next_attempt_at <= %s
+         WHERE r.reported_at IS NULL AND r.failed_at IS NULL AND r.next_attempt_at <= %(now)s
+           AND (%(tenant)s::uuid IS NULL OR r.tenant_id = %(tenant)s)
          ORDER BY r.period_start, r.id
          LIMIT 1
            FOR UPDATE OF r SKIP LOCKED
         """,
-        (now,),
+        {"now": now, "tenant": tenant_id},
     )
     return await cur.fetchone()
+
+
+async def due_tenants(conn: AsyncConn, now: datetime) -> list[uuid.UUID]:
+    """The tenants with due rows that can be sent (what ``claim_next`` would find), by id."""
+    cur = await conn.execute(
+        """
+        SELECT DISTINCT r.tenant_id
+          FROM billing_usage_reports r
+          JOIN tenant_billing b ON b.tenant_id = r.tenant_id AND b.customer_id IS NOT NULL
+          JOIN billing_meters m ON m.meter = r.meter
+         WHERE r.reported_at IS NULL AND r.failed_at IS NULL AND r.next_attempt_at <= %s
+         ORDER BY r.tenant_id
+        """,
+        (now,),
+    )
+    return [r["tenant_id"] for r in await cur.fetchall()]
 
 
 async def mark_reported(conn: AsyncConn, report_id: int, now: datetime) -> None:
@@ -178,17 +196,19 @@ async def mark_attempt_failed(
     )
 
 
-async def unsendable_count(conn: AsyncConn, now: datetime) -> int:
-    """Due rows that cannot be sent yet: the tenant has no customer or the meter was never synced."""
+async def unsendable_count(conn: AsyncConn, now: datetime, tenant_id: uuid.UUID | None = None) -> int:
+    """Due rows (of every tenant or only ``tenant_id``) that cannot be sent yet: the tenant has no customer
+    or the meter was never synced."""
     cur = await conn.execute(
         """
         SELECT count(*) AS n FROM billing_usage_reports r
-         WHERE r.reported_at IS NULL AND r.failed_at IS NULL AND r.next_attempt_at <= %s
+         WHERE r.reported_at IS NULL AND r.failed_at IS NULL AND r.next_attempt_at <= %(now)s
+           AND (%(tenant)s::uuid IS NULL OR r.tenant_id = %(tenant)s)
            AND (NOT EXISTS (SELECT 1 FROM tenant_billing b
                              WHERE b.tenant_id = r.tenant_id AND b.customer_id IS NOT NULL)
                 OR NOT EXISTS (SELECT 1 FROM billing_meters m WHERE m.meter = r.meter))
         """,
-        (now,),
+        {"now": now, "tenant": tenant_id},
     )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0

@@ -36,24 +36,59 @@ def migrate_registry_cmd() -> None:
     default=0,
     help="Migrate this many tenants first; the rest only if all of them succeed.",
 )
+@click.option("--queue", "queued", is_flag=True, help="Hand each tenant's upgrade to the task queue's workers.")
+@click.option("--no-wait", is_flag=True, help="With --queue: return once queued (a canary is still waited for).")
 @json_option
-def migrate_tenants(concurrency: int | None, only_failed: bool, dry_run: bool, canary: int, as_json: bool) -> None:
-    """Upgrade the template(s), then every tenant database to head. Exit 1 if any tenant failed."""
-    from controlplane.migrations.fleet_runner import Progress
-    from controlplane.migrations.service import TenantMigrations
-    from controlplane.platform import Platform
+def migrate_tenants(
+    concurrency: int | None,
+    only_failed: bool,
+    dry_run: bool,
+    canary: int,
+    queued: bool,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Upgrade the template(s), then every tenant database to head. Exit 1 if any tenant failed.
 
+    With --queue the upgrades are done by the workers of every `cardvault serve` and `cardvault worker`
+    (which must run this release), one task per tenant; the command waits and reports as without it. A dry
+    run reads only, and runs here either way.
+    """
+    from controlplane.migrations.fleet_runner import Progress
+    from controlplane.migrations.service import MigrationReport, TenantMigrations
+    from controlplane.platform import Platform
+    from controlplane.tasks.migration_runs import QueuedMigrations
+    from controlplane.tasks.queue import TaskQueue
+
+    if no_wait and not queued:
+        raise click.UsageError("--no-wait needs --queue")
+    if queued and concurrency is not None:
+        raise click.UsageError(
+            "--concurrency is the in-process run's; queued upgrades run CARDVAULT_WORKER_CONCURRENCY"
+        )
     settings = load_settings()
 
-    async def go() -> Any:
+    async def go() -> MigrationReport:
         async with Platform.open(settings) as platform:
-            return await TenantMigrations(platform).run(
-                concurrency=concurrency,
-                only_failed=only_failed,
-                dry_run=dry_run,
-                canary=canary,
-                progress=Progress(sys.stderr),
-            )
+            if not queued or dry_run:
+                return await TenantMigrations(platform).run(
+                    concurrency=concurrency,
+                    only_failed=only_failed,
+                    dry_run=dry_run,
+                    canary=canary,
+                    progress=Progress(sys.stderr),
+                )
+            queue = TaskQueue(settings)
+            await queue.open()
+            try:
+                runs = QueuedMigrations(platform, queue)
+                if not await runs.workers():
+                    click.echo("no task-queue worker is running: the upgrades wait until one starts", err=True)
+                return await runs.run(
+                    only_failed=only_failed, canary=canary, wait=not no_wait, progress=Progress(sys.stderr)
+                )
+            finally:
+                await queue.close()
 
     report = run(go)
     if as_json:
@@ -65,9 +100,8 @@ def migrate_tenants(concurrency: int | None, only_failed: bool, dry_run: bool, c
             click.echo(f"FAILED {failure.target.slug}: {failure.error}", err=True)
         if report.skipped:
             click.echo(f"canary failed: {report.skipped} tenants not attempted", err=True)
-        click.echo(
-            f"head {report.head}: {len(report.outcomes) - len(report.failures)} ok, {len(report.failures)} failed"
-        )
+        line = f"head {report.head}: {len(report.outcomes) - len(report.failures)} ok, {len(report.failures)} failed"
+        click.echo(line + (f", {report.queued} queued" if report.queued else ""))
     if report.failures:
         sys.exit(1)
 

@@ -1,5 +1,6 @@
-"""``cardvault servers add | set-dsn | update | list | drain | activate``: the PostgreSQL servers of the
-fleet (imports inside the commands, as everywhere in the CLI).
+"""``cardvault servers add | set-dsn | update | list | drain | rebalance | activate``: the PostgreSQL servers
+of the fleet (imports inside the commands, as everywhere in the CLI; ``drain`` and ``rebalance`` are in
+``controlplane.cli.drain``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import click
 
 from controlplane.cli.common import cli_actor, emit_json, json_option, load_settings, run, table, to_builtins
+from controlplane.cli.drain import servers_drain, servers_rebalance
 from controlplane.fleet.models import ServerStatus
 
 #: libpq's sslmode values (``controlplane.fleet.tls.SSLMODES``, not imported: the CLI starts fast).
@@ -200,12 +202,8 @@ def servers_list(as_json: bool) -> None:
     _servers(run(go), as_json)
 
 
-@servers.command("drain")
-@click.argument("name")
-@json_option
-def servers_drain(name: str, as_json: bool) -> None:
-    """Place no new tenants on NAME (its tenants stay)."""
-    _set_server_status(name, ServerStatus.DRAINING, as_json)
+servers.add_command(servers_drain)
+servers.add_command(servers_rebalance)
 
 
 @servers.command("activate")

@@ -1,9 +1,10 @@
 """``cardvault worker``: a task-queue worker without the HTTP service.
 
-Runs the per-tenant work the leader's jobs enqueue (usage collection, backups) next to, or instead of, the
-workers inside ``cardvault serve`` processes (``CARDVAULT_WORKER=0`` turns those off). Any number may run,
-on any machine that reaches the control database; SIGTERM or Ctrl-C lets running tasks finish for a few
-seconds, then hands them back to the queue.
+Runs the per-tenant work the leader's jobs enqueue (usage collection, backups, overage reports) and the
+schema upgrades ``migrate tenants --queue`` enqueues, next to, or instead of, the workers inside ``cardvault
+serve`` processes (``CARDVAULT_WORKER=0`` turns those off). Any number may run, on any machine that reaches
+the control database; SIGTERM or Ctrl-C lets running tasks finish for a few seconds, then hands them back
+to the queue.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def worker(concurrency: int | None) -> None:
     import dataclasses
 
     from controlplane.backups.service import BackupService
+    from controlplane.billing.providers import provider_for
     from controlplane.tasks.definitions import Services
     from controlplane.tasks.queue import TaskQueue
     from controlplane.usage.collector import Collector
@@ -46,14 +48,17 @@ def worker(concurrency: int | None) -> None:
             storage_root=settings.data_dir / "storage",
         )
         backups = BackupService(platform)
+        billing = provider_for(settings.billing)
         queue = TaskQueue(settings)
         await queue.open()
         try:
-            queue.start_worker(Services(platform, collector, backups))
+            queue.start_worker(Services(platform, collector, backups, billing=billing))
             click.echo(f"worker started (concurrency {settings.tasks.concurrency})", err=True)
             await stop.wait()
         finally:
             await queue.close()
             await backups.stop()
+            if billing is not None:
+                await billing.aclose()
 
     with_platform(work)

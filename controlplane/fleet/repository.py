@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
 import psycopg
@@ -160,8 +160,10 @@ async def set_template_revision(conn: AsyncConn, server_id: uuid.UUID, revision:
     )
 
 
-async def least_loaded_active(conn: AsyncConn) -> Server | None:
-    """The active server with the fewest tenants (ties broken by name)."""
-    cur = await conn.execute(_SELECT + " WHERE s.status = 'active' ORDER BY tenants, s.name LIMIT 1")
+async def least_loaded_active(conn: AsyncConn, *, avoid: Collection[uuid.UUID] = ()) -> Server | None:
+    """The active server with the fewest tenants (ties broken by name), none of ``avoid``."""
+    cur = await conn.execute(
+        _SELECT + " WHERE s.status = 'active' AND s.id <> ALL(%s) ORDER BY tenants, s.name LIMIT 1", (list(avoid),)
+    )
     row = await cur.fetchone()
     return _server(row) if row else None

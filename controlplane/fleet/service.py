@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -269,13 +269,18 @@ class Fleet:
         self.forget(server.id)
         return await self.get(conn, name)
 
-    async def place(self, conn: AsyncConn) -> Server:
-        """Where a new tenant goes: the active server with the fewest tenants, if it answers.
+    async def place(self, conn: AsyncConn, *, avoid: Collection[uuid.UUID] = (), why: str = "") -> Server:
+        """Where a new tenant goes: the active server with the fewest tenants, if it answers; never one of
+        ``avoid`` (full servers: ``controlplane.provisioning.placement``, which says ``why`` they are).
 
         An unreachable server raises ``ServerUnavailable`` here, before anything of the tenant exists.
         """
-        server = await repository.least_loaded_active(conn)
+        server = await repository.least_loaded_active(conn, avoid=avoid)
         if server is None:
+            if avoid:
+                raise NoServerAvailable(
+                    f"every active database server is full ({why}); add one with `cardvault servers add`"
+                )
             raise NoServerAvailable("no active database server; add one with `cardvault servers add`")
         async with self.admin(conn, server.id) as admin:
             await catalog.ping(admin)
@@ -356,6 +361,11 @@ class Fleet:
                 timeout=self._settings.connect_timeout + 5,
                 kwargs={"autocommit": True, "row_factory": dict_row},
                 name=f"admin-{server_id}",
+                # Each connection is checked as it is handed out: after a restart of the server that no
+                # failure here noticed (no ``_suspect`` mark), one that died with the old server process
+                # is replaced instead of failing the next admin operation. Admin work is rare: the round
+                # trip costs nothing that matters.
+                check=AsyncConnectionPool.check_connection,
             )
             await pool.open()
             self._pools[server_id] = _AdminPool(dsn, pool)

@@ -44,6 +44,8 @@ PRIVACY_STATE_KEY = "privacy"
 RESTORES_STATE_KEY = "restores"
 #: The ``Sso`` service (enterprise single sign-on: settings, sign-in flow, the password-login switch).
 SSO_STATE_KEY = "sso"
+#: The task queue as drains and rebalances use it (``controlplane.moves.fleet_models.MoveQueue``).
+MOVE_QUEUE_STATE_KEY = "move_queue"
 #: SHA-256 of CARDVAULT_ADMIN_TOKEN and of CARDVAULT_METRICS_TOKEN (None: no such token).
 ADMIN_TOKEN_HASH_STATE_KEY = "admin_token_sha256"
 METRICS_TOKEN_HASH_STATE_KEY = "metrics_token_sha256"

@@ -195,10 +195,15 @@ class CardVaultMetrics(Collector):
         *,
         per_table: bool = True,
         collection_interval: float | None = None,
+        server_capacity_bytes: int = 0,
+        server_max_tenants: int = 0,
     ) -> None:
         #: ``cardvault_tenant_table_*`` series on (``CARDVAULT_METRICS_PER_TABLE``): two per tenant table.
         self.per_table = per_table
         self._interval = collection_interval
+        #: ``CARDVAULT_SERVER_CAPACITY_BYTES`` and ``CARDVAULT_SERVER_MAX_TENANTS`` (0: not set, not exported),
+        #: for the servers' fill alerts.
+        self._server_limits = (server_capacity_bytes, server_max_tenants)
         self._snapshot: Callable[[], UsageSnapshot | None] = lambda: None
         self._pools: PoolSource | None = None
         self._cache: CacheSource | None = None
@@ -322,6 +327,13 @@ class CardVaultMetrics(Collector):
                 "Configured seconds between usage collections (for staleness alerts)",
                 value=self._interval,
             )
+        capacity, most = self._server_limits
+        for name, help_text, limit in (
+            ("cardvault_server_capacity_bytes", "Configured bytes of tenant databases per server", capacity),
+            ("cardvault_server_max_tenants", "Configured most tenants per server", most),
+        ):
+            if limit and self._snapshot() is not None:  # with the servers' series, which they bound
+                yield GaugeMetricFamily(name, help_text, value=limit)
         if self._pools is not None:
             yield from metric_families.pool_families(self._pools.stats())
         if self._cache is not None:

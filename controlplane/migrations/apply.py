@@ -92,11 +92,15 @@ class Upgrader:
 
     async def upgrade(self, target: Target) -> str:
         """Upgrade the tenant database to ``goal``; the revision reached (``MigrationError`` on failure)."""
+        return (await self.upgrade_from(target))[1]
+
+    async def upgrade_from(self, target: Target) -> tuple[str | None, str]:
+        """``upgrade``, also saying where the database stood before (``goal`` too when it had nothing to do)."""
         dsn = target.dsn
         async with await self._connect(dsn) as conn:
             start = await self._current(conn, dsn)
             if start == self._goal:
-                return self._goal
+                return start, self._goal
             steps = self._plans.get(start)
             if steps is None:  # rendered once per step and run; cached here per starting revision
                 steps = self._plans[start] = await asyncio.to_thread(self._scripts.render_steps, start, self._goal)
@@ -108,7 +112,7 @@ class Upgrader:
                     continue
                 await self._apply(conn, dsn, start, reached, segment, grant=number == len(segments) - 1)
                 reached = segment[-1].revision
-        return self._goal
+        return start, self._goal
 
     async def _connect(self, dsn: str) -> psycopg.AsyncConnection[Any]:
         info = self._scripts.session_conninfo(dsn)

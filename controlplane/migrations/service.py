@@ -8,6 +8,10 @@ goes to the registry (``schema_revision``, ``migration_error``) and to the opera
 it is known (written in the background, several outcomes per transaction, so workers never wait for
 the control database), so an interrupted run can be resumed with ``--only-failed`` or simply run again
 (tenants at head cost one query). ``canary`` tenants go first, and the rest only if all of them succeeded.
+
+``migrate tenants --queue`` (``controlplane.tasks.migration_runs``) does the same with the tenants' upgrades
+run by the task queue's workers; it shares the steps here (``upgrade_templates``, ``tenants``, ``upgrader``,
+``target``, ``record``), so both record outcomes the same way.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from controlplane.schemas.alembic_runner import SchemaScripts
 
 #: Tenants whose databases are migrated; provisioning ones are cloned from an up-to-date template and
 #: broken ones have no database.
-_MIGRATABLE = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.DELETING)
+MIGRATABLE = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.DELETING)
 
 
 @dataclass
@@ -52,6 +56,8 @@ class MigrationReport:
     dry_run: bool = False
     #: Tenants not attempted because a canary failed.
     skipped: int = 0
+    #: Tenants handed to the task queue and not waited for (``migrate tenants --queue --no-wait``).
+    queued: int = 0
 
     @property
     def failures(self) -> list[Outcome]:
@@ -66,6 +72,7 @@ class MigrationReport:
             "succeeded": len(self.outcomes) - len(self.failures),
             "failed": [{"slug": o.target.slug, "error": o.error} for o in self.failures],
             "skipped": self.skipped,
+            "queued": self.queued,
         }
 
 
@@ -167,26 +174,15 @@ class TenantMigrations:
     ) -> MigrationReport:
         """Upgrade templates, then tenants (``canary`` of them first: the rest only if those succeed)."""
         report = MigrationReport(head=self._scripts.head(), dry_run=dry_run)
-        templates = Templates(self._p)
         async with self._p.control.connection() as conn:
-            servers = await fleet_repository.list_servers(conn)
             if not dry_run:
-                for server in servers:
-                    report.templates[server.name] = await templates.upgrade(conn, server.id)
-            tenants = [
-                t
-                for status in _MIGRATABLE
-                for t in await registry.list_tenants(conn, status=status)
-                if not only_failed or t.migration_error is not None
-            ]
-            targets = [await self._target(conn, t) for t in tenants]
+                report.templates = await self.upgrade_templates(conn)
+            targets = [await self.target(conn, t) for t in await self.tenants(conn, only_failed=only_failed)]
         workers = concurrency or self._p.settings.provisioning.migration_concurrency
         online = _OnlinePool(self._scripts, workers)
-        upgrader = Upgrader(
-            self._scripts, report.head, catalog.schema_privilege_statements(self._scripts.version_table), online.upgrade
-        )
+        upgrader = self.upgrader(report.head, online.upgrade)
         work = upgrader.pending if dry_run else upgrader.upgrade
-        ledger_writer = _LedgerWriter(self._record)
+        ledger_writer = _LedgerWriter(self.record)
         record = None if dry_run else ledger_writer.record
         batches = [targets]
         if canary > 0 and len(targets) > canary:
@@ -208,7 +204,28 @@ class TenantMigrations:
             await asyncio.to_thread(online.close)
         return report
 
-    async def _target(self, conn: db.AsyncConn, tenant: Tenant) -> Target:
+    async def upgrade_templates(self, conn: db.AsyncConn) -> dict[str, str]:
+        """Bring every server's template to head (alembic online, one per server): the revision of each."""
+        templates = Templates(self._p)
+        return {s.name: await templates.upgrade(conn, s.id) for s in await fleet_repository.list_servers(conn)}
+
+    async def tenants(self, conn: db.AsyncConn, *, only_failed: bool = False) -> list[Tenant]:
+        """The tenants a run migrates (``only_failed``: those whose last migration failed)."""
+        return [
+            t
+            for status in MIGRATABLE
+            for t in await registry.list_tenants(conn, status=status)
+            if not only_failed or t.migration_error is not None
+        ]
+
+    def upgrader(self, goal: str, online: Callable[[str, str], Awaitable[str]]) -> Upgrader:
+        """An ``Upgrader`` to ``goal`` granting the tenant group's privileges; ``online`` runs what cannot be
+        rendered."""
+        grants = catalog.schema_privilege_statements(self._scripts.version_table)
+        return Upgrader(self._scripts, goal, grants, online)
+
+    async def target(self, conn: db.AsyncConn, tenant: Tenant) -> Target:
+        """How the migration reaches the tenant's database (the ``migrate`` role, the migration timeout)."""
         settings = self._p.settings.database
         migration = dataclasses.replace(settings, statement_timeout=settings.migration_statement_timeout)
         dsn = db.management_conninfo(
@@ -216,7 +233,8 @@ class TenantMigrations:
         )
         return Target(tenant_id=str(tenant.id), slug=tenant.slug, dsn=dsn)
 
-    async def _record(self, outcomes: list[Outcome]) -> None:
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Write outcomes to the registry (revision, error) and the operations ledger, in one transaction."""
         rows = []
         async with self._p.control.connection() as conn, conn.transaction():
             # Each tenant database itself says where it stands: if a crash loses these records, the next

@@ -98,9 +98,22 @@ async def drop_slots(admin: AsyncConn, database: str) -> int:
 # -- target: subscription --------------------------------------------------------------------------------
 
 
+async def create_slot(source_db: AsyncConn, name: str) -> None:
+    """The subscription's logical replication slot ``name`` on the source database, made before the
+    subscription (which is created with ``create_slot = false``). Idempotent.
+
+    Made by ``CREATE SUBSCRIPTION`` itself, the slot would wait for every transaction running on the source
+    server while the subscription's own transaction on the target is open: two moves in opposite
+    directions between the same two servers then wait for each other until the statement timeout.
+    """
+    cur = await source_db.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,))
+    if await cur.fetchone() is None:
+        await source_db.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+
+
 async def create_subscription(target_db: AsyncConn, name: str, source_conninfo: str) -> None:
-    """Subscribe the target's copy to the source's publication ``name`` (slot of the same name): the
-    initial copy of every table starts at once, then changes stream. Idempotent."""
+    """Subscribe the target's copy to the source's publication ``name`` through the slot of the same name
+    (``create_slot``): the initial copy of every table starts at once, then changes stream. Idempotent."""
     cur = await target_db.execute(
         "SELECT 1 FROM pg_subscription WHERE subname = %s AND subdbid ="
         " (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -109,7 +122,7 @@ async def create_subscription(target_db: AsyncConn, name: str, source_conninfo: 
     if await cur.fetchone() is None:
         ident = sql.Identifier(name)
         await target_db.execute(
-            sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}").format(
+            sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false)").format(
                 ident, sql.Literal(source_conninfo), ident
             )
         )

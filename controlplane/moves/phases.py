@@ -5,8 +5,8 @@ Before the freeze (the tenant serves as usual, from the source):
 - ``create_database``: the target's copy ``plan.staging``, empty and closed to PUBLIC;
 - ``schema``: the source's schema restored into it (``schema_copy``), privileges granted as provisioning
   grants them;
-- ``subscribe``: a publication of every table on the source database, a subscription of the copy to it
-  (the initial copy of every table starts);
+- ``subscribe``: a publication of every table and its replication slot on the source database, a
+  subscription of the copy to it (the initial copy of every table starts);
 - ``sync``: wait for the initial copy and for the copy to catch up with the source's WAL.
 
 The write freeze (``freeze`` to ``switch``; its length is measured and recorded):
@@ -94,6 +94,7 @@ class Phases:
         fleet, plan = self._p.fleet, self.plan
         async with fleet.connect_database(self._conn, plan.source_server_id, plan.database) as source:
             await catalog.create_publication(source, plan.channel)
+            await catalog.create_slot(source, plan.channel)
         source_info = replication_conninfo(await fleet.dsn(self._conn, plan.source_server_id), plan.database)
         async with fleet.connect_database(self._conn, plan.target_server_id, plan.staging) as copy:
             await catalog.create_subscription(copy, plan.channel, source_info)

@@ -6,6 +6,8 @@
   active; 400 for a server that does not exist; 409 ``operation_in_progress`` while another operation on
   the tenant runs.
 - ``GET /admin/tenants/{slug}/moves``: the tenant's moves, newest first.
+
+Draining a server and rebalancing the fleet (moves queued on the task queue): ``fleet_routes``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from litestar.params import FromPath, JSONBody
 from controlplane.audit.routes import audited
 from controlplane.fleet.models import SERVER_NAME_PATTERN
 from controlplane.http.admin import admin_principal
+from controlplane.moves.fleet_routes import ADMIN_FLEET_MOVE_HANDLERS
 from controlplane.moves.models import Move
 from controlplane.moves.service import MoveService
 from controlplane.platform import Platform
@@ -53,4 +56,5 @@ async def tenant_moves(
     return await MoveService(platform, tenants).moves(slug)
 
 
-ADMIN_MOVE_HANDLERS = [move_tenant, tenant_moves]
+#: With the drain and rebalance handlers (``fleet_routes``).
+ADMIN_MOVE_HANDLERS = [move_tenant, tenant_moves, *ADMIN_FLEET_MOVE_HANDLERS]

@@ -6,6 +6,7 @@ be retried after a crash. Callers pass an autocommit management connection.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import psycopg
@@ -125,8 +126,12 @@ async def tenant_access_problems(conn: AsyncConn, role: str, database: str) -> l
 
 
 async def ensure_group_role(conn: AsyncConn) -> None:
+    """Create the tenants' group role if the server lacks it. Two callers at once (moves queued onto a new
+    server) may both find it missing: the second CREATE fails as a duplicate, in a savepoint, and is fine."""
     if not await role_exists(conn, TENANT_GROUP_ROLE):
-        await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(TENANT_GROUP_ROLE)))
+        with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            async with conn.transaction():
+                await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(TENANT_GROUP_ROLE)))
 
 
 async def create_database(conn: AsyncConn, name: str, *, template: str | None = None, strategy: str = "") -> bool:

@@ -1,4 +1,5 @@
-"""Admin API for the fleet's servers: ``/admin/servers`` (register, change the DSN or TLS, drain, activate).
+"""Admin API for the fleet's servers: ``/admin/servers`` (register, change the DSN or TLS, activate; the drain,
+which moves tenants, is ``controlplane.moves.routes``').
 
 Here rather than in ``controlplane.fleet``: the platform layer and the tenant API's wiring stand on the
 fleet, so the fleet itself has no HTTP face.
@@ -108,16 +109,6 @@ class ServersController(Controller):
                 server = await platform.fleet.update_dsn(conn, name, data.dsn)
             audit.details["dsn"] = server.dsn_display  # never the DSN as given: it holds the password
             return server
-
-    @post("/{name:str}/drain", status_code=200, summary="Stop placing new tenants on the server")
-    async def drain(
-        self, request: Request[Any, Any, Any], name: FromPath[str], platform: NamedDependency[Platform]
-    ) -> Server:
-        async with (
-            audited(request, "server.drain", entity="server", entity_id=name),
-            platform.control.connection() as conn,
-        ):
-            return await platform.fleet.set_status(conn, name, ServerStatus.DRAINING)
 
     @post("/{name:str}/activate", status_code=200, summary="Place new tenants on the server again")
     async def activate(

@@ -26,7 +26,7 @@ from controlplane.errors import (
 )
 from controlplane.fleet.models import Server
 from controlplane.platform import Platform
-from controlplane.provisioning import catalog
+from controlplane.provisioning import catalog, placement
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.inputs import FirstAdmin, validate_name
 from controlplane.provisioning.models import OperationKind, OperationState, SpareClaim
@@ -96,7 +96,7 @@ class TenantService(TenantUpdates):
             # Kept (encrypted) in the ledger so the reconciler can finish an interrupted provisioning.
             params["admin"] = {"email": admin.email, "password_hash": self._p.box.encrypt(admin.password_hash)}
         async with self.locked(tenant_id) as conn:
-            server = await self._p.fleet.place(conn)
+            server = await placement.place(self._p, conn)
             async with conn.transaction():
                 # A spare claimed here goes back to the pool if the registration fails (slug taken).
                 spare = await self.spares.claim(conn, server.id)

@@ -17,7 +17,7 @@ keeps the job's stats for ``/metrics``).
 | ``tenant_health`` | leader | ``CARDVAULT_HEALTH_INTERVAL`` |
 | ``refill_spares`` | leader (and on the claiming replica right after a claim, in the background) | 30 s |
 | ``deliver_mail`` | leader | ``CARDVAULT_MAIL_INTERVAL`` |
-| ``report_overage`` (overage ledger) | leader, with a billing provider | ``CARDVAULT_BILLING_USAGE_INTERVAL`` |
+| ``report_overage`` (ledger; report tasks queued) | leader, with a provider | ``CARDVAULT_BILLING_USAGE_INTERVAL`` |
 | ``billing_inbox`` (webhook events due: retries, and any a crash left) | leader, with a billing provider | 60 s |
 | ``billing_grace`` (suspend tenants unpaid past the grace deadline) | leader, with a billing provider | 15 min |
 | ``privacy_exports`` (pending or abandoned exports made, links expired, ended archives deleted) | leader | 60 s |
@@ -146,7 +146,7 @@ class Jobs:
         self.reconciler.spares.refill_after_claims()
         scheduler.add_leader_job("deliver_mail", self.mail.job, settings.mail.interval)
         if self.metering is not None:
-            scheduler.add_leader_job("report_overage", self.metering.job, settings.billing.usage_interval)
+            scheduler.add_leader_job("report_overage", self.report_overage, settings.billing.usage_interval)
         if self.backups is not None:
             scheduler.add_leader_job("backups", self.backup_round, self.backups.interval)
             scheduler.add_instance_job("refresh_backup_status", self.backups.refresh_job, BACKUP_STATUS_INTERVAL)
@@ -220,6 +220,12 @@ class Jobs:
             usage = await self.usage.collect_job()
         alerts = await self.alerts.job()
         return f"{usage}; {alerts}; {await directory.sync_due(self.platform)}"
+
+    async def report_overage(self) -> str:
+        assert self.metering is not None
+        if self.fanout is not None:  # the ledger is recorded here; each tenant's rows are sent by a worker
+            return await self.fanout.billing_round()
+        return await self.metering.job()
 
     async def backup_round(self) -> str:
         assert self.backups is not None

@@ -184,6 +184,12 @@ class Settings:
                 raise ConfigError(f"CARDVAULT_{name} must be a finite number, got {raw!r}")
             return value
 
+        def get_ratio(name: str, default: float) -> float:
+            value = get_float(name, default)
+            if not 0 < value <= 1:
+                raise ConfigError(f"CARDVAULT_{name} must be > 0 and <= 1, got {value}")
+            return value
+
         def get_duration(name: str, default: float) -> float:
             raw = source.get(f"CARDVAULT_{name}", "").strip()
             return parse_duration(raw) if raw else default
@@ -330,6 +336,9 @@ class Settings:
                 sync_timeout=get_duration("MOVE_SYNC_TIMEOUT", MoveSettings.sync_timeout),
                 freeze_timeout=get_duration("MOVE_FREEZE_TIMEOUT", MoveSettings.freeze_timeout),
                 server_max_tenants=get_int("SERVER_MAX_TENANTS", MoveSettings.server_max_tenants, 0),
+                server_capacity_bytes=get_int("SERVER_CAPACITY_BYTES", MoveSettings.server_capacity_bytes, 0),
+                server_full_ratio=get_ratio("SERVER_FULL_RATIO", MoveSettings.server_full_ratio),
+                server_fill_horizon_days=get_int("SERVER_FILL_HORIZON_DAYS", MoveSettings.server_fill_horizon_days, 1),
             ),
             privacy=PrivacySettings(
                 export_ttl=get_duration("EXPORT_TTL", PrivacySettings.export_ttl),

@@ -330,8 +330,19 @@ class MoveSettings:
     #: Seconds the write freeze may wait for the last changes to arrive (``CARDVAULT_MOVE_FREEZE_TIMEOUT``);
     #: longer: the move is undone and writes resume on the source.
     freeze_timeout: float = 10.0
-    #: Most tenants a server may hold for a move to go there (``CARDVAULT_SERVER_MAX_TENANTS``; 0: no limit).
+    #: Most tenants a server may hold: no move goes to it and no new tenant is placed on it once it holds
+    #: this many (``CARDVAULT_SERVER_MAX_TENANTS``; 0: no limit).
     server_max_tenants: int = 0
+    #: Bytes of tenant databases one server is meant to hold (``CARDVAULT_SERVER_CAPACITY_BYTES``; 0:
+    #: unknown, so no server counts as full by bytes and none is projected to fill). PostgreSQL does not
+    #: know its volume: set it to the data volume less room for WAL and retired databases.
+    server_capacity_bytes: int = 0
+    #: A server counts as full (placement and moves skip it, rebalancing moves tenants off it) when its
+    #: projected bytes reach this share of ``server_capacity_bytes`` or its connections this share of its
+    #: ``max_connections`` (``CARDVAULT_SERVER_FULL_RATIO``, 0 < r <= 1).
+    server_full_ratio: float = 0.9
+    #: Days ahead a server's fill is projected at its growth trend (``CARDVAULT_SERVER_FILL_HORIZON_DAYS``).
+    server_fill_horizon_days: int = 14
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The leader's side of the queue: rounds of per-tenant work enqueued instead of done in the leader.
 
-APScheduler on the leader still decides *when* (the ``collect_usage`` and ``backups`` jobs); ``Fanout``
-decides *what*, cheaply (a few control-database queries), and puts one task per tenant in the queue. Each
-round returns the job's outcome line.
+APScheduler on the leader still decides *when* (the ``collect_usage``, ``backups`` and ``report_overage``
+jobs); ``Fanout`` decides *what*, cheaply (a few control-database queries), and puts one task per tenant in
+the queue. Each round returns the job's outcome line.
 
 A usage round cannot know how it went when it returns (the workers have just begun), so each round first
 reports on the one before: which tenants it measured by now, which it scanned, how long its last scan came
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from controlplane.backups.models import BackupInProgress, BackupTrigger
 from controlplane.backups.repository import tenant_states
 from controlplane.backups.schedule import BackupScheduler, plan
+from controlplane.billing import metering, metering_repository
 from controlplane.errors import InvalidState, TenantNotFound
 from controlplane.platform import Platform
 from controlplane.registry import repository as registry
@@ -92,6 +93,25 @@ class Fanout:
             queued += await self.queue.enqueue_backup(tenant_id, backup_id)
         await self._backups.refresh()
         return f"{requested} scheduled, {queued} queued, {expired} expired"
+
+    async def billing_round(self, now: datetime | None = None) -> str:
+        """``Metering.job`` with the reports queued: record the newly closed days of every tenant in the
+        overage ledger, then queue a ``billing.report_tenant`` for each tenant with rows due that can be sent
+        (one still waiting is not queued again: it sends what is due when it runs)."""
+        now = now if now is not None else datetime.now(UTC)
+        async with self._p.control.connection() as conn:
+            recorded = await metering.record_overage(conn, now=now)
+            due = await metering_repository.due_tenants(conn, now)
+            unsendable = await metering_repository.unsendable_count(conn, now)
+        queued = 0
+        for tenant_id in due:
+            queued += await self.queue.enqueue_billing(tenant_id, now)
+        line = f"{recorded} overage period(s) recorded, reports of {queued} tenant(s) queued"
+        if queued < len(due):
+            line += f", {len(due) - queued} still queued from before"
+        if unsendable:
+            line += f", {unsendable} waiting for a customer or a synced meter"
+        return line
 
 
 def _stats(previous: _Round, measured: set[uuid.UUID], scans: list[datetime]) -> CollectionStats:

@@ -47,8 +47,16 @@ RESTART_PAUSE = 5.0
 SHUTDOWN_GRACE = 10.0
 #: Connections of the pool besides one per concurrent task.
 EXTRA_CONNECTIONS = 4
+#: Seconds between a worker's looks for jobs it was not notified of: a job whose ``lock`` was held (the next
+#: move off a server) or whose retry time came (procrastinate's default is 5).
+FETCH_POLL = 1.0
 #: Hours a failed or aborted job is kept for inspection (succeeded ones are deleted as they end).
 KEEP_FINISHED_HOURS = 24
+
+
+def migration_key(tenant_id: uuid.UUID) -> str:
+    """The ``lock`` and ``queueing_lock`` of a tenant's schema upgrade (``migrate tenants --queue`` waits on it)."""
+    return f"migrate:{tenant_id}"
 
 
 def queue_conninfo(settings: Settings) -> str:
@@ -103,6 +111,18 @@ class TaskQueue:
         """Queue the run of the tenant's open backup ``backup_id``; False if a backup run of it waits."""
         return await self._enqueue(definitions.BACKUP_TASK, f"backup:{tenant_id}", backup_id=str(backup_id))
 
+    async def enqueue_migration(self, tenant_id: uuid.UUID, revision: str) -> bool:
+        """Queue the tenant's schema upgrade to ``revision``; False if one of it waits."""
+        return await self._enqueue(
+            definitions.MIGRATION_TASK, migration_key(tenant_id), tenant_id=str(tenant_id), revision=revision
+        )
+
+    async def enqueue_billing(self, tenant_id: uuid.UUID, now: datetime) -> bool:
+        """Queue the report of the tenant's overage rows due at ``now``; False if its report waits."""
+        return await self._enqueue(
+            definitions.BILLING_TASK, f"billing:{tenant_id}", tenant_id=str(tenant_id), now=now.isoformat()
+        )
+
     # -- the worker ---------------------------------------------------------------------------------
 
     async def retry_stalled(self) -> int:
@@ -154,6 +174,7 @@ class TaskQueue:
                         install_signal_handlers=False,
                         update_heartbeat_interval=self._settings.heartbeat,
                         stalled_worker_timeout=self._settings.stalled_after,
+                        fetch_job_polling_interval=FETCH_POLL,
                         shutdown_graceful_timeout=SHUTDOWN_GRACE,
                         delete_jobs=jobs.DeleteJobCondition.SUCCESSFUL,
                         additional_context={definitions.SERVICES: services},

@@ -1,14 +1,15 @@
 """The task queue's own SQL on the control database: what a tenant's usage task reads and its guard.
 
-procrastinate's tables live in the ``procrastinate`` schema (migration 0023) and only procrastinate touches
-them. Callers own the transaction.
+procrastinate's tables live in the ``procrastinate`` schema (migration 0023) and only procrastinate writes
+them (``busy_locks`` and ``worker_count`` read them for ``migrate tenants --queue``). Callers own the
+transaction.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from controlplane import db
 from controlplane.db import AsyncConn
@@ -85,3 +86,29 @@ async def round_results(conn: AsyncConn, cycle: datetime) -> tuple[set[uuid.UUID
     measured = {r["tenant_id"] for r in await cur.fetchall()}
     cur = await conn.execute("SELECT scanned_at FROM tenant_usage_scans WHERE scanned_at >= %s", (cycle,))
     return measured, [r["scanned_at"] for r in await cur.fetchall()]
+
+
+async def busy_locks(conn: AsyncConn, locks: list[str]) -> set[str]:
+    """Which of ``locks`` have a job waiting or running (a queued run waits until none has)."""
+    cur = await conn.execute(
+        "SELECT DISTINCT lock FROM procrastinate.procrastinate_jobs"
+        " WHERE lock = ANY(%s) AND status IN ('todo', 'doing')",
+        (locks,),
+    )
+    return {r["lock"] for r in await cur.fetchall()}
+
+
+async def worker_count(conn: AsyncConn) -> int:
+    """Workers registered now (each heartbeats; a dead one is removed by the others' stalled checks)."""
+    cur = await conn.execute("SELECT count(*) AS n FROM procrastinate.procrastinate_workers")
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def migration_results(conn: AsyncConn, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """The registry's last migration outcome of each tenant: ``schema_revision``, ``migration_error``,
+    ``status``; a tenant gone is missing."""
+    cur = await conn.execute(
+        "SELECT id, schema_revision, migration_error, status FROM tenants WHERE id = ANY(%s)", (tenant_ids,)
+    )
+    return {r["id"]: r for r in await cur.fetchall()}

@@ -15,7 +15,9 @@ The usage view's history (``history``) is the same table averaged per bucket, fo
 
 Projections and recommendations are ``trends``'. Servers: tenants, database bytes and connections (from the collectors'
 snapshot when there is one, else from the latest history), growth = sum of their tenants'
-``database_bytes`` slopes, and a fill date when a capacity is given.
+``database_bytes`` slopes, and a fill date when a capacity is given (the route defaults it to
+``CARDVAULT_SERVER_CAPACITY_BYTES``); a server projected to fill within the horizon gets a recommendation
+(rebalance, drain, add a server: ``fill.advice``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import msgspec
 from controlplane.db import AsyncConn
 from controlplane.registry.models import QuotaType, Tier
 from controlplane.usage import capacity_repository as repository
+from controlplane.usage.fill import advice
 from controlplane.usage.trends import (
     METRICS,
     TREND_WINDOW_DAYS,
@@ -132,6 +135,9 @@ class ServerCapacity(msgspec.Struct, kw_only=True):
     capacity_bytes: int | None
     days_until_full: float | None
     projected_full_at: datetime | None
+    #: When the server is projected to fill within the horizon: rebalance, drain, or add a server
+    #: (``fill.advice``).
+    recommendation: str | None = None
 
 
 class CapacityReport(msgspec.Struct, kw_only=True):
@@ -211,6 +217,10 @@ async def capacity_report(
         _server(row, snapshot or {}, server_growth.get(row["id"], 0.0), capacity_bytes, now)
         for row in await repository.server_rows(conn)
     ]
+    for server in servers:
+        if server.days_until_full is not None and server.days_until_full <= horizon_days:
+            others = [s.name for s in servers if s.name != server.name and s.status == "active"]
+            server.recommendation = advice(server.name, f"projected full in {server.days_until_full:.1f} days", others)
     return CapacityReport(
         generated_at=now,
         window_days=TREND_WINDOW_DAYS,

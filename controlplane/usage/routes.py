@@ -330,7 +330,8 @@ async def capacity_overview(
     platform: NamedDependency[Platform],
     days: Annotated[int, QueryParameter(ge=1, le=365, description="projection horizon")] = 30,
     capacity_bytes: Annotated[
-        int | None, QueryParameter(ge=1, le=MAX_LIMIT, description="bytes one server can hold")
+        int | None,
+        QueryParameter(ge=1, le=MAX_LIMIT, description="bytes one server can hold (CARDVAULT_SERVER_CAPACITY_BYTES)"),
     ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="rows per list")] = 100,
 ) -> capacity.CapacityReport:
@@ -339,7 +340,7 @@ async def capacity_overview(
             conn,
             horizon_days=days,
             limit=limit,
-            capacity_bytes=capacity_bytes,
+            capacity_bytes=capacity_bytes or platform.settings.moves.server_capacity_bytes or None,
             snapshot=_snapshot_servers(request.app.state),
         )
 

@@ -195,7 +195,9 @@ class FakeServed:
 
 
 def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> tuple[CardVaultMetrics, HttpMetrics]:
-    metrics = CardVaultMetrics(per_table=per_table, collection_interval=300.0)
+    metrics = CardVaultMetrics(
+        per_table=per_table, collection_interval=300.0, server_capacity_bytes=500 * 1024**3, server_max_tenants=1000
+    )
     tenant_requests = TenantRequests(per_tenant=per_table)
     http = HttpMetrics(tenants=tenant_requests)
     metrics.register(http)
