@@ -265,6 +265,9 @@ class Reconciler:
             return
         try:
             async with self._service.locked(tenant.id) as conn:
+                if await self._settled_meanwhile(conn, server, tenant):
+                    finding.action = "skipped: the tenant moved or its database appeared meanwhile"
+                    return
                 if await self._spares.rename_lost(conn, server, tenant):
                     finding.action = "renamed again from the spare it claimed (a crash lost the rename)"
                     return
@@ -277,6 +280,15 @@ class Reconciler:
                 finding.action = "marked broken (restore from backup, or purge)"
         except OperationInProgress:
             finding.action = "skipped: operation in progress"
+
+    async def _settled_meanwhile(self, conn: AsyncConn, server: Server, tenant: Tenant) -> bool:
+        """Whether, seen under the tenant's lock, the finding no longer holds: a move (or restore) that
+        switched the tenant between this run's listing of the server and the lock."""
+        now = await registry.get_by_id(conn, tenant.id)
+        if now is None or now.server_id != server.id or now.database_name != tenant.database_name:
+            return True
+        async with self._p.fleet.admin(conn, server.id) as admin:
+            return await catalog.database_exists(admin, tenant.database_name)
 
     async def _missing_role(self, report: ReconcileReport, server: Server, tenant: Tenant, fix: bool) -> None:
         finding = Finding(
