@@ -46,7 +46,6 @@ from controlplane.billing.routes import (
 )
 from controlplane.billing.service import BillingService
 from controlplane.cards.routes import TENANT_API_HANDLERS, vault_dependency
-from controlplane.fleet.pgbouncer import PgBouncers
 from controlplane.http import probes
 from controlplane.http.admin import admin_guard
 from controlplane.http.context import before_send
@@ -107,8 +106,6 @@ from controlplane.moves.service import MoveService
 from controlplane.onboarding.routes import SIGNUP_HANDLERS, TENANT_ONBOARDING_HANDLERS
 from controlplane.onboarding.service import Signups
 from controlplane.platform import Platform
-from controlplane.pools.models import STATEMENT_TIMEOUT
-from controlplane.pools.service import TenantPools
 from controlplane.privacy.admin_routes import ADMIN_PRIVACY_HANDLERS
 from controlplane.privacy.routes import TENANT_PRIVACY_HANDLERS
 from controlplane.privacy.service import Privacy
@@ -118,9 +115,7 @@ from controlplane.provisioning.replica_routes import ADMIN_REPLICA_HANDLERS
 from controlplane.provisioning.routes import TenantsController, reconcile
 from controlplane.provisioning.server_routes import ServersController
 from controlplane.provisioning.service import TenantService
-from controlplane.routing.cache import TenantCache
-from controlplane.routing.replica_monitor import ReplicaMonitor
-from controlplane.routing.replica_reads import ReplicaReads
+from controlplane.routing.stack import TenantRouting
 from controlplane.scheduler.jobs import Jobs
 from controlplane.scheduler.service import Scheduler
 from controlplane.settings import Settings
@@ -198,25 +193,12 @@ def create_app(settings: Settings) -> Litestar:
             await usage.load()  # the last persisted values: /metrics is not empty after a restart
             alerts = QuotaAlerts(platform.control)
             await alerts.refresh()
-            # PgBouncers in front of servers: re-rendered and reloaded after every tenant change (any process's).
-            pgbouncers = PgBouncers(
-                platform.control, platform.box, settings.pools, settings.database, statement_timeout=STATEMENT_TIMEOUT
-            )
-            cache = TenantCache(platform, pgbouncers=pgbouncers)
-            # Tenant reads may go to a server's read replicas: their pools share the LRU and the budget.
-            replicas = ReplicaReads(ReplicaMonitor(platform, settings.replicas), cache.credentials)
-            pools = TenantPools(settings.pools, settings.database, replicas.conninfo_for)
-            replicas.bind(pools)
-            cache.on_invalidate(replicas.invalidate)
-            # A registry change to a tenant (here or on another replica) closes its pool once, when the
-            # change's notification arrives; a change made here is forgotten by the cache at once.
-            cache.on_invalidate(pools.invalidate)
+            # Registry cache, PgBouncer configuration, read replicas and the tenant pools.
+            routing = await TenantRouting.start(platform)
+            cache, pools, replicas = routing.cache, routing.pools, routing.replicas
+            # A change made here is forgotten by the cache at once (other processes' by notification).
             tenants.on_change(cache.invalidate)
-            cache.on_invalidate(pgbouncers.on_invalidate)
-            await cache.start()
-            await replicas.monitor.start()
             metrics.register(replicas.monitor)
-            await pgbouncers.sync()
             # Accounts changes reach every instance's principal cache at once (it may then keep them longer).
             principal_events = PrincipalEvents(settings.database, auth)
             await principal_events.start()
@@ -302,10 +284,7 @@ def create_app(settings: Settings) -> Litestar:
                 await privacy.stop()  # exports made here are given back (pending) for another replica
                 await tenants.spares.stop()  # a refill started after a claim finishes its spare first
                 await principal_events.stop()
-                await cache.stop()
-                await replicas.monitor.stop()
-                await pgbouncers.close()
-                await pools.close()
+                await routing.stop()
                 try:
                     await jobs.flush_api_calls()
                     await jobs.flush_bytes_served()
