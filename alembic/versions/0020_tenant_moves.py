@@ -47,8 +47,7 @@ def upgrade() -> None:
     op.execute("CREATE UNIQUE INDEX tenant_moves_one_running ON tenant_moves (tenant_id) WHERE state = 'running'")
     op.execute("ALTER TABLE tenant_operations DROP CONSTRAINT tenant_operations_kind_check")
     op.execute(
-        "ALTER TABLE tenant_operations ADD CONSTRAINT tenant_operations_kind_check "
-        f"CHECK (kind IN ({_KINDS}, 'move'))"
+        f"ALTER TABLE tenant_operations ADD CONSTRAINT tenant_operations_kind_check CHECK (kind IN ({_KINDS}, 'move'))"
     )
 
 
