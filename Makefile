@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup bench-pages clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup bench-pages bench-fleet bench-scale clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
@@ -27,6 +27,8 @@ help:
 	@echo "make bench-signup   database step via spares, clone and raw, and whole signups (ops/bench/signup.py)"
 	@echo "make bench-backup   backup and restore of 100,000 cards vs raw pg_dump/pg_restore, 1,000 nightly backups, legacy import (ops/bench/backup.py)"
 	@echo "make bench-pages    dashboard pages at 10,000 tenants vs the same SQL raw (ops/bench/pages.py)"
+	@echo "make bench-fleet    2 servers x 1,000 tenants, 3 processes: load, server restart, kill -9, moves, a 100 MB move (ops/bench/fleet.py)"
+	@echo "make bench-scale    the path to 100,000 tenants: control-plane memory and /metrics per tenant, per-server limits, the model (ops/bench/scale.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
@@ -115,6 +117,12 @@ bench-backup: install
 
 bench-pages: install
 	$(BIN)/python ops/bench/pages.py $(BENCH_ARGS)
+
+bench-fleet: install
+	$(BIN)/python ops/bench/fleet.py $(BENCH_ARGS)
+
+bench-scale: install
+	$(BIN)/python ops/bench/scale.py $(BENCH_ARGS)
 
 clean:
 	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi

@@ -98,7 +98,7 @@ from controlplane.mail.sender import MailSender
 from controlplane.maintenance.routes import MAINTENANCE_HANDLERS
 from controlplane.maintenance.service import HealthMonitor
 from controlplane.metrics.requests import HttpMetrics, instrument
-from controlplane.metrics.routes import ADMIN_METRICS_HANDLERS, metrics_endpoint
+from controlplane.metrics.routes import ADMIN_METRICS_HANDLERS, METRICS_HANDLERS
 from controlplane.metrics.service import CardVaultMetrics
 from controlplane.migrations.routes import migration_status
 from controlplane.moves.routes import ADMIN_MOVE_HANDLERS
@@ -156,6 +156,7 @@ def create_app(settings: Settings) -> Litestar:
     # /metrics: in-memory state only (snapshot, pools, cache, jobs) plus HTTP request counts.
     metrics = CardVaultMetrics(
         per_table=settings.usage.metrics_per_table,
+        tenant_series=settings.usage.metrics_tenant_series,
         collection_interval=settings.usage.interval or None,
         server_capacity_bytes=settings.moves.server_capacity_bytes,
         server_max_tenants=settings.moves.server_max_tenants,
@@ -368,7 +369,7 @@ def create_app(settings: Settings) -> Litestar:
             Router("/", route_handlers=PUBLIC_DELIVERY_HANDLERS, dependencies=delivery_dependencies(settings)),
             probes.live,
             probes.ready,
-            metrics_endpoint,
+            *METRICS_HANDLERS,  # /metrics and /metrics/tenants
             *web_routers(settings),  # the dashboard and the tenant app (after the APIs: /api, /auth stay theirs)
         ],
         template_config=template_config(),

@@ -1,7 +1,10 @@
 """The metric families of ``/metrics``, built from plain values (no I/O): ``CardVaultMetrics`` calls these.
 
-*Live* families (pools, registry cache, jobs) are built at each scrape; *per-tenant* families (the usage
-snapshot, quota ratios, servers, the last collection, tenant health) once per change of their sources.
+*Live* families (pools, registry cache, jobs) are built at each scrape; the others (the usage snapshot,
+quota ratios, servers, the last collection, tenant health, backups, bytes served) once per change of their
+sources. Those come in two kinds, built by separate functions so that they can be served apart
+(``CARDVAULT_METRICS_TENANT_SERIES``): ``*_aggregates``/``*_total``, fleet-wide, whose size does not grow
+with the tenant count, and ``*_tenant_families``, labelled by ``tenant`` (one series set per tenant).
 """
 
 from __future__ import annotations
@@ -111,9 +114,27 @@ def job_families(jobs: Mapping[str, JobStats]) -> Iterator[Metric]:
 # -- snapshot families ------------------------------------------------------------------------------
 
 
-def snapshot_families(snapshot: UsageSnapshot, per_table: bool, all_limits: Limits | None) -> Iterator[Metric]:
-    tenant = ("tenant",)
+def snapshot_aggregates(snapshot: UsageSnapshot) -> Iterator[Metric]:
+    """Fleet-wide families of the snapshot: tenants by status and tier, the servers, the last collection
+    (their size grows with the servers, never with the tenants)."""
     counts: dict[tuple[str, str], int] = {(s.value, t.value): 0 for s in TenantStatus for t in Tier}
+    for usage in snapshot.tenants.values():
+        counts[(usage.status, usage.tier)] = counts.get((usage.status, usage.tier), 0) + 1
+    tenants = GaugeMetricFamily(
+        "cardvault_tenants", "Tenants by status and tier (at the last collection)", labels=("status", "tier")
+    )
+    for (status, tier), count in sorted(counts.items()):
+        tenants.add_metric((status, tier), count)
+    yield tenants
+    yield from _server_families(snapshot)
+    if snapshot.last is not None:
+        yield from _collection_families(snapshot.last)
+
+
+def snapshot_tenant_families(snapshot: UsageSnapshot, per_table: bool, all_limits: Limits | None) -> Iterator[Metric]:
+    """The snapshot's families labelled by ``tenant``: info, sizes, tables (with ``per_table``), storage,
+    quota usage ratios."""
+    tenant = ("tenant",)
     info = GaugeMetricFamily(
         "cardvault_tenant_info",
         "1 per tenant, with its tier, status and server",
@@ -141,7 +162,6 @@ def snapshot_families(snapshot: UsageSnapshot, per_table: bool, all_limits: Limi
     )
     for usage in snapshot.tenants.values():
         slug = usage.slug
-        counts[(usage.status, usage.tier)] = counts.get((usage.status, usage.tier), 0) + 1
         info.add_metric((slug, usage.tier, usage.status, usage.server), 1.0)
         database.add_metric((slug,), usage.database_bytes)
         if per_table:
@@ -157,19 +177,10 @@ def snapshot_families(snapshot: UsageSnapshot, per_table: bool, all_limits: Limi
             limit = limits.get(quota)
             if limit:  # None: unlimited; 0 would make every use infinitely over
                 quota_ratio.add_metric((slug, quota), used / limit)
-    tenants = GaugeMetricFamily(
-        "cardvault_tenants", "Tenants by status and tier (at the last collection)", labels=("status", "tier")
-    )
-    for (status, tier), count in sorted(counts.items()):
-        tenants.add_metric((status, tier), count)
-    yield tenants
     yield from (info, database)
     if per_table:
         yield from (table_bytes, table_rows)
     yield from (storage_bytes, storage_files, quota_ratio)
-    yield from _server_families(snapshot)
-    if snapshot.last is not None:
-        yield from _collection_families(snapshot.last)
 
 
 def _collection_families(last: CollectionStats) -> Iterator[Metric]:
@@ -200,7 +211,22 @@ def _server_families(snapshot: UsageSnapshot) -> Iterator[Metric]:
     yield from (info, tenants, size, connections, maximum)
 
 
-def health_families(health: FleetHealth) -> Iterator[Metric]:
+def health_aggregates(health: FleetHealth) -> Iterator[Metric]:
+    """When the last round of tenant health checks ended and how long it took."""
+    yield gauge(
+        "cardvault_tenant_health_last_check_timestamp_seconds",
+        "Unix time the last round of tenant health checks ended",
+        health.finished_at.timestamp(),
+    )
+    yield gauge(
+        "cardvault_tenant_health_check_duration_seconds",
+        "Seconds the last round of tenant health checks took",
+        health.duration_seconds,
+    )
+
+
+def health_tenant_families(health: FleetHealth) -> Iterator[Metric]:
+    """Each checked tenant's health: up, and the connect and query latencies."""
     tenant = ("tenant",)
     up = GaugeMetricFamily("cardvault_tenant_up", "1 if the tenant's last health check succeeded", labels=tenant)
     connect = GaugeMetricFamily(
@@ -214,16 +240,6 @@ def health_families(health: FleetHealth) -> Iterator[Metric]:
         if result.query_ms is not None:
             query.add_metric((result.tenant,), result.query_ms / 1000)
     yield from (up, connect, query)
-    yield gauge(
-        "cardvault_tenant_health_last_check_timestamp_seconds",
-        "Unix time the last round of tenant health checks ended",
-        health.finished_at.timestamp(),
-    )
-    yield gauge(
-        "cardvault_tenant_health_check_duration_seconds",
-        "Seconds the last round of tenant health checks took",
-        health.duration_seconds,
-    )
 
 
 # -- storage hygiene and bytes served ---------------------------------------------------------------
@@ -269,12 +285,16 @@ def hygiene_families(counters: HygieneCounters, latest: HygieneReport | None) ->
     )
 
 
-def served_families(published: Mapping[str, int], per_tenant: bool) -> Iterator[Metric]:
-    """Image bytes this replica served since it started (sum across replicas); per tenant unless off."""
+def served_total(published: Mapping[str, int]) -> Iterator[Metric]:
+    """Image bytes this replica served since it started (sum across replicas)."""
     yield counter(
         "cardvault_image_bytes_served_total", "Bytes of stored images served (no 304s)", float(sum(published.values()))
     )
-    if per_tenant and published:
+
+
+def served_tenant_families(published: Mapping[str, int]) -> Iterator[Metric]:
+    """The same per tenant (none without a tenant: no family without a series)."""
+    if published:
         family = CounterMetricFamily(
             "cardvault_tenant_image_bytes_served", "Bytes of the tenant's stored images served", labels=("tenant",)
         )
@@ -286,9 +306,20 @@ def served_families(published: Mapping[str, int], per_tenant: bool) -> Iterator[
 # -- backups ----------------------------------------------------------------------------------------
 
 
-def backup_families(overview: BackupOverview) -> Iterator[Metric]:
+def backup_aggregates(overview: BackupOverview) -> Iterator[Metric]:
+    """The fleet's stale tenants (a count) and its retained backups."""
+    yield gauge(
+        "cardvault_backups_stale_tenants",
+        "Tenants without a recent enough successful backup",
+        sum(overview.stale.values()),
+    )
+    yield gauge("cardvault_backups_retained", "Backups kept (succeeded, not expired), of any tenant", overview.retained)
+    yield gauge("cardvault_backups_retained_bytes", "Bytes of the backups kept, of any tenant", overview.retained_bytes)
+
+
+def backup_tenant_families(overview: BackupOverview) -> Iterator[Metric]:
     """Each active or suspended tenant's last successful backup and whether it is stale (no success within
-    ``CARDVAULT_BACKUP_STALE_FACTOR`` intervals of its tier), and the retained backups of the fleet."""
+    ``CARDVAULT_BACKUP_STALE_FACTOR`` intervals of its tier)."""
     tenant = ("tenant",)
     last = GaugeMetricFamily(
         "cardvault_tenant_last_backup_timestamp_seconds",
@@ -304,10 +335,3 @@ def backup_families(overview: BackupOverview) -> Iterator[Metric]:
     for slug, is_stale in sorted(overview.stale.items()):
         stale.add_metric((slug,), 1.0 if is_stale else 0.0)
     yield from (last, stale)
-    yield gauge(
-        "cardvault_backups_stale_tenants",
-        "Tenants without a recent enough successful backup",
-        sum(overview.stale.values()),
-    )
-    yield gauge("cardvault_backups_retained", "Backups kept (succeeded, not expired), of any tenant", overview.retained)
-    yield gauge("cardvault_backups_retained_bytes", "Bytes of the backups kept, of any tenant", overview.retained_bytes)

@@ -1,9 +1,13 @@
-"""The operator's views of in-memory state: ``GET /metrics`` (Prometheus) and ``GET /admin/pools`` (JSON).
+"""The operator's views of in-memory state: ``GET /metrics`` and ``GET /metrics/tenants`` (Prometheus) and
+``GET /admin/pools`` (JSON).
 
 ``GET /metrics`` exposes tenant slugs and sizes, so it is not public: ``Authorization: Bearer`` with
 the scrape token ``CARDVAULT_METRICS_TOKEN`` (compared in constant time, only its SHA-256 is kept) or
-anything ``admin_guard`` accepts (``CARDVAULT_ADMIN_TOKEN``, a super-admin JWT). ``GET /admin/pools``
-(behind ``admin_guard`` with the rest of ``/admin``) shows the tenant pools and the registry cache.
+anything ``admin_guard`` accepts (``CARDVAULT_ADMIN_TOKEN``, a super-admin JWT). ``GET /metrics/tenants``
+takes the same credentials; it serves the per-tenant families with ``CARDVAULT_METRICS_TENANT_SERIES=separate``
+(a second scrape job, less often) and an empty exposition otherwise (they are in ``/metrics``, or nowhere).
+``GET /admin/pools`` (behind ``admin_guard`` with the rest of ``/admin``) shows the tenant pools and the
+registry cache.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from controlplane.http.state import (
     TENANT_CACHE_STATE_KEY,
     TENANT_POOLS_STATE_KEY,
 )
-from controlplane.metrics.service import CacheSource, CardVaultMetrics, PoolSource
+from controlplane.metrics.service import CardVaultMetrics, Endpoint
+from controlplane.metrics.sources import CacheSource, PoolSource
 from controlplane.pools.models import PoolStats
 
 #: The text exposition format (Litestar adds ``charset=utf-8``); every name we use is a classic one.
@@ -52,10 +57,27 @@ async def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], handler:
 async def metrics_endpoint(state: State) -> Response[bytes]:
     metrics: CardVaultMetrics = state[METRICS_STATE_KEY]
     live = metrics.render_live()  # here, on the event loop: its sources change there
-    text = metrics.cached_tenants_text()
+    return Response(live + await _cached_text(metrics, "metrics"), media_type=CONTENT_TYPE)
+
+
+@get(
+    "/metrics/tenants",
+    guards=[metrics_guard],
+    tags=["metrics"],
+    summary="Per-tenant Prometheus metrics with CARDVAULT_METRICS_TENANT_SERIES=separate (else empty)",
+    security=[{"bearer": []}],
+    media_type=CONTENT_TYPE,
+)
+async def tenant_metrics_endpoint(state: State) -> Response[bytes]:
+    metrics: CardVaultMetrics = state[METRICS_STATE_KEY]
+    return Response(await _cached_text(metrics, "tenants"), media_type=CONTENT_TYPE)
+
+
+async def _cached_text(metrics: CardVaultMetrics, endpoint: Endpoint) -> bytes:
+    text = metrics.cached_text(endpoint)
     if text is None:  # new sources: render the (per-tenant, possibly large) text once, off the event loop
-        text = await anyio.to_thread.run_sync(metrics.render_tenants)
-    return Response(live + text, media_type=CONTENT_TYPE)
+        text = await anyio.to_thread.run_sync(metrics.render_cached, endpoint)
+    return text
 
 
 @get("/admin/pools", tags=["metrics"], summary="Tenant pool and registry cache statistics")
@@ -70,6 +92,9 @@ async def pool_stats(state: State) -> dict[str, Any]:
         "registry_cache": cache.snapshot(),
     }
 
+
+#: The scrape endpoints (behind ``metrics_guard``).
+METRICS_HANDLERS = [metrics_endpoint, tenant_metrics_endpoint]
 
 #: Handlers of ``/admin`` (behind ``admin_guard``).
 ADMIN_METRICS_HANDLERS = [pool_stats]

@@ -9,10 +9,16 @@ Two parts, rendered differently:
 
 - *live* families (pools, registry cache, jobs, provisioning, HTTP): small, bounded by the code (jobs,
   routes), read on the event loop at each scrape because their sources are mutated there;
-- *per-tenant* families (tenants, servers, last collection, quota ratios, tenant health, backups): one
-  series set per tenant, built from sources that are replaced whole (the usage snapshot, the quota limits,
-  the last health round, the backups' standing). Their text is rendered once per change (in a worker
-  thread, off the event loop) and reused by every scrape until one of them changes.
+- *cached* families (tenants, servers, last collection, quota ratios, tenant health, backups, bytes served,
+  tenant requests), built from sources that are replaced whole and rendered once per change
+  (``controlplane.metrics.cached``). Each is either *aggregate* (fleet-wide: tenants by status and tier,
+  servers, the last collection, health round, backups retained, bytes served in total) or *per-tenant*
+  (labelled by ``tenant``: one series set per tenant).
+
+Where the per-tenant families go is ``tenant_series`` (``CARDVAULT_METRICS_TENANT_SERIES``): ``inline`` in
+``/metrics`` with the rest; ``separate`` in ``/metrics/tenants`` only (``render_tenants``), so that
+Prometheus can scrape them less often and ``/metrics`` stays the same size whatever the tenant count;
+``off`` nowhere (not even built).
 
 Quota usage ratios are the snapshot's counters (``users``, ``cards``, ``storage_bytes``, exact
 trigger-kept counts of the tenant database) over the tenant's *effective* limits as ``QuotaAlerts``
@@ -28,32 +34,39 @@ job, ``server`` a registered server, ``status``/``tier`` the registry enums.
 Tenant API requests by status class and their latency (``TenantRequests``) are published and cached the
 same way (``controlplane.metrics.tenant_requests``; nothing published when ``per_table`` is off).
 Image bytes served (``BytesServed``) are counted per tenant on the request path and published whole at
-each flush (30 s); their text is cached per publication like the per-tenant text. ``per_table=False``
-(for very large fleets) drops their per-tenant series too, keeping the total. Storage hygiene's counters
-and its last run's gauges are live (a handful of series).
+each flush (30 s). ``per_table=False`` drops their per-tenant series too, keeping the total. Storage
+hygiene's counters and its last run's gauges are live (a handful of series).
 """
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Literal
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from controlplane.backups.models import BackupOverview
-from controlplane.hygiene.models import HygieneCounters, HygieneReport
 from controlplane.maintenance.models import FleetHealth
 from controlplane.metrics import families as metric_families
+from controlplane.metrics.cached import CachedPart, Rendered, render
 from controlplane.metrics.families import Limits
+from controlplane.metrics.sources import (
+    BackupSource,
+    CacheSource,
+    HealthSource,
+    HygieneSource,
+    JobSource,
+    PoolSource,
+    QuotaSource,
+    RequestSource,
+    ServedSource,
+)
 from controlplane.metrics.tenant_requests import request_families
-from controlplane.pools.models import PoolStats
-from controlplane.scheduler.service import JobStats
+from controlplane.settings.groups import TENANT_SERIES, TenantSeries
 from controlplane.usage.models import UsageSnapshot
 from controlplane.usage.request_stats import RequestStats
 
@@ -61,24 +74,8 @@ from controlplane.usage.request_stats import RequestStats
 #: provisioning that waits on a busy server several.
 PROVISIONING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-
-class PoolSource(Protocol):
-    """``TenantPools``, as far as metrics are concerned."""
-
-    def stats(self) -> PoolStats: ...
-
-
-class CacheSource(Protocol):
-    """``TenantCache``: ``snapshot()`` gives its counters, ``listening``, and entry counts."""
-
-    def snapshot(self) -> dict[str, Any]: ...
-
-
-class JobSource(Protocol):
-    """``Scheduler``: the live stats of every job, by job name."""
-
-    @property
-    def stats(self) -> Mapping[str, JobStats]: ...
+#: The two scrape endpoints: ``/metrics`` and ``/metrics/tenants``.
+Endpoint = Literal["metrics", "tenants"]
 
 
 class DurationHistogram:
@@ -105,81 +102,16 @@ class DurationHistogram:
         family.add_metric(labels, buckets, self.sum)
 
 
-class QuotaSource(Protocol):
-    """``QuotaAlerts``: open alerts per (quota, threshold %) and effective limits, both replaced whole."""
-
-    @property
-    def open_counts(self) -> Mapping[tuple[str, int], int]: ...
-
-    @property
-    def limits(self) -> Limits: ...
-
-
-class HealthSource(Protocol):
-    """``HealthMonitor``: its last round of tenant health checks, replaced whole."""
-
-    @property
-    def latest(self) -> FleetHealth | None: ...
-
-
-class BackupSource(Protocol):
-    """``BackupScheduler``: the backups' standing per tenant, replaced whole at each refresh."""
-
-    @property
-    def overview(self) -> BackupOverview | None: ...
-
-
-class HygieneSource(Protocol):
-    """``StorageHygiene``: counters of its fixing runs, and its last full run (replaced whole)."""
-
-    @property
-    def counters(self) -> HygieneCounters: ...
-
-    @property
-    def latest(self) -> HygieneReport | None: ...
-
-
-class ServedSource(Protocol):
-    """``BytesServed``: image bytes this replica served, per tenant slug (replaced whole at each flush)."""
-
-    @property
-    def published(self) -> Mapping[str, int]: ...
-
-
-class RequestSource(Protocol):
-    """``TenantRequests``: per-tenant request classes and latency, per slug (replaced whole at each flush)."""
-
-    @property
-    def published(self) -> Mapping[str, RequestStats]: ...
-
-
 #: What an unbound ``served`` source publishes.
 _NOTHING_SERVED: Mapping[str, int] = MappingProxyType({})
 
 #: What an unbound ``requests`` source publishes.
 _NO_REQUESTS: Mapping[str, RequestStats] = MappingProxyType({})
 
-#: What the cached per-tenant text is built from; each part is replaced whole, never changed in place.
-_Sources = tuple[UsageSnapshot | None, Limits | None, FleetHealth | None, BackupOverview | None]
-
-
-def _same(a: _Sources, b: _Sources) -> bool:
-    return all(x is y for x, y in zip(a, b, strict=True))
-
-
-class _Families(Collector):
-    """A fixed list of families, so ``generate_latest`` can render any list of them."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Sequence[Metric]:
-        return self._families
-
-
-def render(families: Sequence[Metric]) -> bytes:
-    """The text exposition format of ``families``."""
-    return generate_latest(_Families(families))
+#: What the snapshot part is built from; each is replaced whole, never changed in place.
+_SnapshotKey = tuple[UsageSnapshot | None, Limits | None, FleetHealth | None, BackupOverview | None]
+#: The families of a cached part: (aggregate ones, per-tenant ones).
+_Built = tuple[list[Metric], list[Metric]]
 
 
 class CardVaultMetrics(Collector):
@@ -194,12 +126,17 @@ class CardVaultMetrics(Collector):
         self,
         *,
         per_table: bool = True,
+        tenant_series: TenantSeries = "inline",
         collection_interval: float | None = None,
         server_capacity_bytes: int = 0,
         server_max_tenants: int = 0,
     ) -> None:
+        if tenant_series not in TENANT_SERIES:
+            raise ValueError(f"tenant_series must be one of {', '.join(TENANT_SERIES)}, got {tenant_series!r}")
         #: ``cardvault_tenant_table_*`` series on (``CARDVAULT_METRICS_PER_TABLE``): two per tenant table.
         self.per_table = per_table
+        #: Where the per-tenant families go (``CARDVAULT_METRICS_TENANT_SERIES``).
+        self.tenant_series: TenantSeries = tenant_series
         self._interval = collection_interval
         #: ``CARDVAULT_SERVER_CAPACITY_BYTES`` and ``CARDVAULT_SERVER_MAX_TENANTS`` (0: not set, not exported),
         #: for the servers' fill alerts.
@@ -213,16 +150,15 @@ class CardVaultMetrics(Collector):
         self._backups: BackupSource | None = None
         self._hygiene: HygieneSource | None = None
         self._served: ServedSource | None = None
-        #: (published mapping, its families, their text): rebuilt only when the meter publishes anew.
-        self._served_built: tuple[Mapping[str, int], list[Metric], bytes] | None = None
         self._requests: RequestSource | None = None
-        #: (published mapping, its text): per-tenant request series, rebuilt once per publication.
-        self._requests_built: tuple[Mapping[str, RequestStats], list[Metric], bytes] | None = None
         self._others: list[Collector] = []
-        # (sources, their families, the text): rebuilt only when the collectors publish a new snapshot,
-        # the quota limits are refreshed or a health round ends.
-        self._built: tuple[_Sources, list[Metric], bytes] | None = None
-        self._build_lock = threading.Lock()
+        # Rebuilt when the collectors publish a new snapshot, the quota limits are refreshed, a health round
+        # ends or the backups' standing is refreshed; when the meter publishes; when the recorder publishes.
+        self._parts: tuple[CachedPart[Any], ...] = (
+            CachedPart(self._snapshot_key, self._snapshot_families),
+            CachedPart(lambda: (self._published(),), self._served_families),
+            CachedPart(lambda: (self._requests_published(),), self._request_families),
+        )
         self._provisioning = {outcome: DurationHistogram(PROVISIONING_BUCKETS) for outcome in ("succeeded", "failed")}
         #: Everything ``/metrics`` exposes; ``generate_latest(registry)`` works too (all on the caller).
         self.registry = CollectorRegistry(auto_describe=False)
@@ -292,33 +228,44 @@ class CardVaultMetrics(Collector):
     # -- collection -----------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        """Every family: live ones, then the per-tenant ones (built once per change of their sources)."""
+        """What ``/metrics`` exposes: the live families, then the cached ones (per-tenant ones if inline)."""
         yield from self.collect_live()
-        yield from self._build()[1]
-        yield from self._build_served()[1]
-        yield from self._build_requests()[1]
+        for rendered in (part.get() for part in self._parts):
+            yield from rendered.aggregates
+            if self.tenant_series == "inline":
+                yield from rendered.tenants
 
     def render(self) -> bytes:
-        """The exposition text (on the caller's thread; see ``render_live`` + ``render_tenants``)."""
-        return self.render_live() + self.render_tenants()
+        """The text of ``/metrics`` (on the caller's thread; see ``render_live`` + ``render_cached``)."""
+        return self.render_live() + self.render_cached("metrics")
+
+    def render_tenants(self) -> bytes:
+        """The text of ``/metrics/tenants``: the per-tenant families with ``separate``, else nothing."""
+        return self.render_cached("tenants")
 
     def render_live(self) -> bytes:
         """Text of the live families; call it where their sources are mutated (the event loop)."""
         return render(list(self.collect_live()))
 
-    def cached_tenants_text(self) -> bytes | None:
-        """The per-tenant text if its sources have not changed since it was rendered, else None."""
-        built, served, requests = self._built, self._served_built, self._requests_built
-        if built is None or served is None or served[0] is not self._published():
-            return None
-        if requests is None or requests[0] is not self._requests_published():
-            return None
-        return built[2] + served[2] + requests[2] if _same(built[0], self._sources()) else None
+    def cached_text(self, endpoint: Endpoint = "metrics") -> bytes | None:
+        """The endpoint's cached text if no source changed since it was rendered, else None."""
+        if endpoint == "tenants" and self.tenant_series != "separate":
+            return b""
+        rendered = [part.fresh() for part in self._parts]
+        fresh = [r for r in rendered if r is not None]
+        return self._text(fresh, endpoint) if len(fresh) == len(rendered) else None
 
-    def render_tenants(self) -> bytes:
-        """Text of the per-tenant families (snapshot, quota ratios, health), rendered once per change of
-        their sources; safe in a worker thread."""
-        return self._build()[2] + self._build_served()[2] + self._build_requests()[2]
+    def render_cached(self, endpoint: Endpoint = "metrics") -> bytes:
+        """The endpoint's cached text, rendering what changed (possibly large: safe in a worker thread)."""
+        if endpoint == "tenants" and self.tenant_series != "separate":
+            return b""
+        return self._text([part.get() for part in self._parts], endpoint)
+
+    def _text(self, rendered: Sequence[Rendered], endpoint: Endpoint) -> bytes:
+        if endpoint == "tenants":
+            return b"".join(r.tenants_text for r in rendered)
+        inline = self.tenant_series == "inline"
+        return b"".join(r.aggregates_text + r.tenants_text if inline else r.aggregates_text for r in rendered)
 
     def collect_live(self) -> Iterator[Metric]:
         if self._interval is not None:
@@ -362,7 +309,7 @@ class CardVaultMetrics(Collector):
         for other in self._others:
             yield from other.collect()
 
-    def _sources(self) -> _Sources:
+    def _snapshot_key(self) -> _SnapshotKey:
         return (
             self._snapshot(),
             self._quotas.limits if self._quotas is not None else None,
@@ -370,48 +317,42 @@ class CardVaultMetrics(Collector):
             self._backups.overview if self._backups is not None else None,
         )
 
+    def _snapshot_families(self, key: _SnapshotKey) -> _Built:
+        """The snapshot's, the health round's and the backups' families (per-tenant ones unless off)."""
+        snapshot, limits, health, backups = key
+        tenants = self.tenant_series != "off"
+        aggregates: list[Metric] = []
+        per_tenant: list[Metric] = []
+        if snapshot is not None:
+            aggregates.extend(metric_families.snapshot_aggregates(snapshot))
+            if tenants:
+                per_tenant.extend(metric_families.snapshot_tenant_families(snapshot, self.per_table, limits))
+        if health is not None:
+            aggregates.extend(metric_families.health_aggregates(health))
+            if tenants:
+                per_tenant.extend(metric_families.health_tenant_families(health))
+        if backups is not None:
+            aggregates.extend(metric_families.backup_aggregates(backups))
+            if tenants:
+                per_tenant.extend(metric_families.backup_tenant_families(backups))
+        return aggregates, per_tenant
+
     def _published(self) -> Mapping[str, int]:
         return self._served.published if self._served is not None else _NOTHING_SERVED
 
-    def _build_served(self) -> tuple[Mapping[str, int], list[Metric], bytes]:
-        """Bytes-served families (per tenant unless ``per_table`` is off), rendered once per publication."""
-        published = self._published()
-        built = self._served_built
-        if built is not None and built[0] is published:
-            return built
-        families = [] if self._served is None else list(metric_families.served_families(published, self.per_table))
-        built = (published, families, render(families) if families else b"")
-        self._served_built = built
-        return built
+    def _served_families(self, key: tuple[Mapping[str, int]]) -> _Built:
+        """Bytes served: the total, and per tenant unless ``per_table`` or ``tenant_series`` is off."""
+        if self._served is None:
+            return [], []
+        (published,) = key
+        per_tenant = self.per_table and self.tenant_series != "off"
+        tenants = list(metric_families.served_tenant_families(published)) if per_tenant else []
+        return list(metric_families.served_total(published)), tenants
 
     def _requests_published(self) -> Mapping[str, RequestStats]:
         return self._requests.published if self._requests is not None else _NO_REQUESTS
 
-    def _build_requests(self) -> tuple[Mapping[str, RequestStats], list[Metric], bytes]:
-        """Per-tenant request families, rendered once per publication of the recorder."""
-        published = self._requests_published()
-        built = self._requests_built
-        if built is not None and built[0] is published:
-            return built
-        families = list(request_families(published))
-        built = (published, families, render(families) if families else b"")
-        self._requests_built = built
-        return built
-
-    def _build(self) -> tuple[_Sources, list[Metric], bytes]:
-        sources = self._sources()
-        built = self._built
-        if built is not None and _same(built[0], sources):
-            return built
-        with self._build_lock:  # two scrapes racing on new sources build them once
-            built = self._built
-            if built is None or not _same(built[0], sources):
-                snapshot, limits, health, backups = sources
-                families = list(metric_families.snapshot_families(snapshot, self.per_table, limits)) if snapshot else []
-                if health is not None:
-                    families.extend(metric_families.health_families(health))
-                if backups is not None:
-                    families.extend(metric_families.backup_families(backups))
-                built = (sources, families, render(families))
-                self._built = built
-        return built
+    def _request_families(self, key: tuple[Mapping[str, RequestStats]]) -> _Built:
+        """Per-tenant request families (all per tenant), once per publication of the recorder."""
+        (published,) = key
+        return [], list(request_families(published)) if self.tenant_series != "off" else []

@@ -17,6 +17,7 @@ from pathlib import Path
 from controlplane.errors import ConfigError
 from controlplane.settings.groups import (
     DEFAULT_BACKUP_SCHEDULES,
+    TENANT_SERIES,
     AuthSettings,
     BackupSchedule,
     BackupSettings,
@@ -194,6 +195,10 @@ class Settings:
             raw = source.get(f"CARDVAULT_{name}", "").strip()
             return parse_duration(raw) if raw else default
 
+        raw_series = get("METRICS_TENANT_SERIES", UsageSettings.metrics_tenant_series).strip().lower()
+        tenant_series = next((series for series in TENANT_SERIES if series == raw_series), None)
+        if tenant_series is None:
+            raise ConfigError(f"CARDVAULT_METRICS_TENANT_SERIES must be inline, separate or off, got {raw_series!r}")
         usage = UsageSettings(
             interval=get_duration("USAGE_INTERVAL", UsageSettings.interval),
             concurrency=get_int("USAGE_CONCURRENCY", UsageSettings.concurrency, 1),
@@ -203,6 +208,7 @@ class Settings:
             daily_retention=get_duration("USAGE_DAILY_RETENTION", UsageSettings.daily_retention),
             compact_interval=get_duration("USAGE_COMPACT_INTERVAL", UsageSettings.compact_interval),
             metrics_per_table=get("METRICS_PER_TABLE", "1").lower() not in ("0", "false", "no", "off"),
+            metrics_tenant_series=tenant_series,
             health_interval=get_duration("HEALTH_INTERVAL", UsageSettings.health_interval),
         )
         if not usage.raw_retention <= usage.hourly_retention <= usage.daily_retention:

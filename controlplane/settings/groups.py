@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal, get_args
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -167,6 +168,11 @@ class AuthSettings:
     redis_url: str = ""
 
 
+#: Where per-tenant metric series are served (``CARDVAULT_METRICS_TENANT_SERIES``).
+TenantSeries = Literal["inline", "separate", "off"]
+TENANT_SERIES: tuple[TenantSeries, ...] = get_args(TenantSeries)
+
+
 @dataclasses.dataclass(frozen=True)
 class UsageSettings:
     """The usage collectors (database, table and storage sizes per tenant) and their history."""
@@ -191,6 +197,10 @@ class UsageSettings:
     compact_interval: float = 86400.0
     #: Per-table series in /metrics (``CARDVAULT_METRICS_PER_TABLE``, 1/0): off for very large fleets.
     metrics_per_table: bool = True
+    #: Where the per-tenant series (labelled by ``tenant``) are served (``CARDVAULT_METRICS_TENANT_SERIES``):
+    #: ``inline`` in /metrics, ``separate`` in /metrics/tenants (scraped less often; /metrics keeps the
+    #: aggregates, whatever the tenant count) or ``off``.
+    metrics_tenant_series: TenantSeries = "inline"
     #: Seconds between health checks of every active tenant on the leader (connect as its role,
     #: ``SELECT 1``; ``CARDVAULT_HEALTH_INTERVAL``; 0 disables). ``concurrency`` bounds them too.
     health_interval: float = 300.0

@@ -161,3 +161,40 @@ def run(prefix: str, dsn: str | None, bench: Callable[[str, Path], Coroutine[Any
             shutil.rmtree(home, ignore_errors=True)
             print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     sys.exit(status)
+
+
+def run_clusters(prefix: str, count: int, bench: Callable[[list[Any], Path], Coroutine[Any, Any, int]]) -> NoReturn:
+    """Like ``run`` with ``count`` private durable clusters (``LocalCluster`` objects, started, in order), for
+    benchmarks that stop and start a server themselves: all are destroyed afterwards (also on Ctrl-C,
+    SIGTERM or SIGHUP)."""
+    with terminate_as_interrupt():
+        started = time.perf_counter()
+        home = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+        home.chmod(0o711)
+        clusters: list[Any] = []
+        status = 1
+        try:
+            from controlplane.localpg import LocalCluster
+
+            try:
+                for i in range(count):
+                    clusters.append(LocalCluster(home / f"pg{i}"))
+                    clusters[-1].ensure_running()
+                status = asyncio.run(bench(clusters, home))
+            finally:
+                cleanup_started = time.perf_counter()
+                for cluster in clusters:
+                    stop_immediately(cluster.home)
+                    cluster.destroy()
+                if clusters:
+                    print(
+                        f"{len(clusters)} private clusters destroyed in {time.perf_counter() - cleanup_started:.1f} s",
+                        file=sys.stderr,
+                    )
+        except KeyboardInterrupt:
+            print("interrupted: cleaned up", file=sys.stderr)
+            status = 130
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+            print(f"whole run: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sys.exit(status)

@@ -10,7 +10,8 @@ creates is touched, and dropped):
     provisioned with an admin and a card: RSS when ready and warm (``/metrics`` scraped, the admin tenants
     list read to its end), after resolving ``--sample`` registered tenants (cache entries) and after one
     authenticated read by each real tenant (a pool each); ``/metrics`` bytes, series and scrape time with
-    per-table series on and off (``CARDVAULT_METRICS_PER_TABLE``); see ``scale_process``;
+    per-table series on and off (``CARDVAULT_METRICS_PER_TABLE``), all with ``--tenant-series``
+    (``CARDVAULT_METRICS_TENANT_SERIES``; with ``separate`` also ``/metrics/tenants``); see ``scale_process``;
 (2) one database server: raw clone and tenant connect times, shared catalogs, files and idle CPU before and
     after creating ``--server-tenants`` tenants through the service (timed per batch), and the disk of an
     empty tenant database; see ``scale_server``;
@@ -157,7 +158,13 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
                 print(f"  registered {n:,} tenants ({took:.1f} s)")
             count = min(args.sample, n)
             sample = [registered.slug(1 + i * n // count) for i in range(count)] if count else []
-            common = {"env": env, "home": home, "registered": n + len(active), "scrapes": args.scrapes}
+            common = {
+                "env": env,
+                "home": home,
+                "registered": n + len(active),
+                "scrapes": args.scrapes,
+                "tenant_series": args.tenant_series,
+            }
             on.append(await measure(**common, per_table=True, sample_slugs=sample, active=active))
             print(on[-1].line(), flush=True)
             off.append(await measure(**common, per_table=False, sample_slugs=[], active=[]))
@@ -231,6 +238,13 @@ def main() -> None:
     add("--sample", type=int, default=2000, help="registered tenants resolved per reading (default 2000)")
     add("--active", type=int, default=100, help="real tenants, each with an open pool (default 100, <= capacity)")
     add("--scrapes", type=int, default=20, help="timed /metrics scrapes per reading (default 20)")
+    add(
+        "--tenant-series",
+        choices=("inline", "separate", "off"),
+        default="inline",
+        help="CARDVAULT_METRICS_TENANT_SERIES of the measured processes (default inline; separate: /metrics keeps "
+        "the aggregates and /metrics/tenants is measured too)",
+    )
     add("--server-tenants", type=int, default=1000, help="tenant databases created on the server (default 1000)")
     add("--server-batch", type=int, default=100, help="tenants per timed batch (default 100)")
     add("--server-concurrency", type=int, default=1, help="tenants created at once (default 1)")

@@ -14,6 +14,8 @@ A fresh process per reading (what a restarted replica holds), in this order:
    kept open: ``route_load.verify_all``); RSS (*active*), and the open pools from ``GET /admin/pools``.
 
 Steps 3 and 4 are skipped for the readings with per-table series off, which measure 1 and 2 only.
+With ``tenant_series`` (``CARDVAULT_METRICS_TENANT_SERIES``) ``separate``, step 2 also scrapes
+``GET /metrics/tenants`` once (bytes, series, time): ``/metrics`` then holds the aggregates only.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ class ProcessReading:
     rss_active_kib: int = 0
     open_pools: int = 0
     peak_kib: int = 0
+    tenant_series: str = "inline"
+    #: ``GET /metrics/tenants`` with ``tenant_series`` ``separate``: bytes, series, ms of the first scrape.
+    tenants_bytes: int = 0
+    tenants_series: int = 0
+    tenants_ms: float = 0.0
 
     @property
     def metrics_p50(self) -> float:
@@ -83,6 +90,13 @@ class ProcessReading:
             f"{self.metrics_series:,} series, first {self.metrics_first_ms:.0f} ms, p50 {self.metrics_p50:.1f} ms "
             f"p95 {pct(self.metrics_ms, 0.95):.1f} ms"
         )
+        if self.tenant_series != "inline":
+            text += f" (tenant series {self.tenant_series})"
+        if self.tenants_bytes:
+            text += (
+                f"; /metrics/tenants {self.tenants_bytes / 1024:.0f} KiB, {self.tenants_series:,} series, "
+                f"{self.tenants_ms:.0f} ms"
+            )
         if self.list_pages:
             text += f"; admin list {self.list_pages} pages in {self.list_seconds:.2f} s"
         if self.sampled:
@@ -100,13 +114,13 @@ class ProcessReading:
         return text
 
 
-async def _scrape(client: httpx.AsyncClient) -> tuple[float, bytes]:
+async def _scrape(client: httpx.AsyncClient, path: str = "/metrics") -> tuple[float, bytes]:
     t0 = time.perf_counter()
-    response = await client.get("/metrics")
+    response = await client.get(path)
     body = response.content
     elapsed = (time.perf_counter() - t0) * 1000
     if response.status_code != 200:
-        raise RuntimeError(f"GET /metrics -> {response.status_code}: {response.text[:300]}")
+        raise RuntimeError(f"GET {path} -> {response.status_code}: {response.text[:300]}")
     return elapsed, body
 
 
@@ -149,10 +163,14 @@ async def measure(
     scrapes: int,
     sample_slugs: Sequence[str],
     active: Sequence[Tenant],
+    tenant_series: str = "inline",
 ) -> ProcessReading:
     """One reading of a fresh ``cardvault serve`` (see the module's docstring)."""
     port = free_port()
-    extra = {"CARDVAULT_METRICS_PER_TABLE": "1" if per_table else "0"}
+    extra = {
+        "CARDVAULT_METRICS_PER_TABLE": "1" if per_table else "0",
+        "CARDVAULT_METRICS_TENANT_SERIES": tenant_series,
+    }
     argv = [str(Path(sys.executable).parent / "cardvault"), "serve", "--port", str(port)]
     name = f"serve-{registered}-{'on' if per_table else 'off'}"
     started = time.perf_counter()
@@ -177,7 +195,12 @@ async def measure(
                 metrics_bytes=len(body),
                 metrics_series=sum(_families(body).values()),
                 families=_families(body),
+                tenant_series=tenant_series,
             )
+            if tenant_series == "separate":
+                reading.tenants_ms, tenants_body = await _scrape(client, "/metrics/tenants")
+                reading.tenants_bytes = len(tenants_body)
+                reading.tenants_series = sum(_families(tenants_body).values())
             reading.list_seconds, reading.list_pages = await _list_all(client)
             reading.rss_warm_kib = rss_kib(pid)["VmRSS"]
             if not per_table:

@@ -92,11 +92,11 @@ def test_the_meter_publishes_per_tenant_totals_for_metrics_only_when_they_change
     metrics = CardVaultMetrics()
     metrics.bind(served=meter)
     assert 'cardvault_tenant_image_bytes_served_total{tenant="acme"} 150.0' in metrics.render().decode()
-    cached = metrics.cached_tenants_text()
+    cached = metrics.cached_text()
     assert cached is not None and b'tenant="acme"} 150.0' in cached
     meter.count(A, "acme", 1)
     meter.publish()
-    assert metrics.cached_tenants_text() is None  # a new publication is rendered anew
+    assert metrics.cached_text() is None  # a new publication is rendered anew
     assert 'tenant="acme"} 151.0' in metrics.render().decode()
 
 

@@ -14,6 +14,7 @@ provisioned and a usage collection is triggered (``POST /admin/usage/collect``),
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 import uuid
@@ -28,11 +29,13 @@ import yaml
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.app import create_app
 from controlplane.auth.service import hash_secret
 from controlplane.http.state import METRICS_STATE_KEY, METRICS_TOKEN_HASH_STATE_KEY
 from controlplane.metrics.service import CardVaultMetrics
+from controlplane.settings import Settings
 from controlplane.usage.models import CollectionStats, TableUsage, TenantUsage, UsageSnapshot
-from tests.conftest import ADMIN_TOKEN, Served
+from tests.conftest import ADMIN_TOKEN, Served, serve
 from tests.integration.tenant_support import create_tenant_as_admin, create_tenant_as_admin_sync
 from tests.processes import free_port
 from tests.prometheus_support import OPS, assert_promtool_clean, dashboard_expressions, prometheus_tool
@@ -125,6 +128,80 @@ async def test_a_published_usage_snapshot_is_scraped_per_tenant(client: Client) 
     assert_promtool_clean(response.content)
 
 
+def tenant_labelled(text: str) -> set[str]:
+    return {s.name for f in text_string_to_metric_families(text) for s in f.samples if "tenant" in s.labels}
+
+
+def with_tenant_series(settings: Settings, mode: str) -> Settings:
+    usage = dataclasses.replace(settings.usage, metrics_tenant_series=mode)
+    return dataclasses.replace(settings, usage=usage)
+
+
+async def test_separate_tenant_series_are_scraped_from_their_own_endpoint_with_the_same_credentials(
+    settings: Settings,
+) -> None:
+    app = create_app(with_tenant_series(settings, "separate"))
+    async with AsyncTestClient(app=app) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        await create_tenant_as_admin(client, "acme", tier="starter")
+        metrics: CardVaultMetrics = client.app.state[METRICS_STATE_KEY]
+        metrics.bind(snapshot=lambda: _snapshot_of_acme(datetime.now(UTC)))
+        for path in ("/metrics", "/metrics/tenants"):  # refused like /metrics: no credential, a wrong one
+            assert (await client.get(path, headers={"Authorization": ""})).status_code == 401
+            response = await client.get(path, headers={"Authorization": "Bearer not-the-token"})
+            assert response.status_code == 401 and response.json()["error"], response.text
+        client.app.state[METRICS_TOKEN_HASH_STATE_KEY] = hash_secret(SCRAPE_TOKEN)
+        scrape = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
+        main = await client.get("/metrics", headers=scrape)
+        assert main.status_code == 200, main.text
+        assert_promtool_clean(main.content)
+        assert tenant_labelled(main.text) == set()
+        assert series(main.text, "cardvault_tenants")[(("status", "active"), ("tier", "starter"))] == 1
+        assert series(main.text, "cardvault_pool_open")[()] >= 1
+        for _ in range(2):  # the first renders in a worker thread, the second reuses the text
+            tenants = await client.get("/metrics/tenants", headers=scrape)
+            assert tenants.status_code == 200, tenants.text
+            assert tenants.headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert series(tenants.text, "cardvault_tenant_database_bytes") == {(("tenant", "acme"),): 7_654_321}
+        assert_promtool_clean(tenants.content)
+        assert tenant_labelled(tenants.text) >= {"cardvault_tenant_info", "cardvault_tenant_quota_usage_ratio"}
+        assert "cardvault_pool_open" not in tenants.text  # live series stay in /metrics
+
+
+@pytest.mark.parametrize("mode", ["off", "inline"])
+async def test_tenant_endpoint_is_empty_unless_separate(settings: Settings, mode: str) -> None:
+    app = create_app(with_tenant_series(settings, mode))
+    async with AsyncTestClient(app=app) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        await create_tenant_as_admin(client, "acme", tier="starter")
+        metrics: CardVaultMetrics = client.app.state[METRICS_STATE_KEY]
+        metrics.bind(snapshot=lambda: _snapshot_of_acme(datetime.now(UTC)))
+        tenants = await client.get("/metrics/tenants")
+        assert tenants.status_code == 200 and tenants.content == b"", tenants.text
+        text = (await client.get("/metrics")).text
+        assert series(text, "cardvault_tenants")[(("status", "active"), ("tier", "starter"))] == 1
+        if mode == "off":
+            assert tenant_labelled(text) == set()
+        else:
+            assert series(text, "cardvault_tenant_database_bytes") == {(("tenant", "acme"),): 7_654_321}
+
+
+def _snapshot_of_acme(now: datetime) -> UsageSnapshot:
+    acme = TenantUsage(
+        tenant_id=uuid.uuid4(),
+        slug="acme",
+        tier="starter",
+        status="active",
+        server="default",
+        database_bytes=7_654_321,
+        tables=(TableUsage(table="cards", total_bytes=32_768, row_estimate=800),),
+        counters={"cards": 900, "users": 1},
+        measured_at=now,
+    )
+    last = CollectionStats(started_at=now, duration_seconds=0.25, tenants=1, scanned=1, failed=0)
+    return UsageSnapshot(tenants={acme.tenant_id: acme}, last=last)
+
+
 # -- a real Prometheus ------------------------------------------------------------------------------
 
 
@@ -134,8 +211,8 @@ class PrometheusServer:
     def __init__(self, binary: str, target: str, token: str, directory: Path) -> None:
         config = yaml.safe_load((OPS / "prometheus.yml").read_text())
         config["global"] |= {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
-        [job] = config["scrape_configs"]
-        job["static_configs"] = [{"targets": [target]}]
+        for job in config["scrape_configs"]:  # /metrics and /metrics/tenants
+            job |= {"scrape_interval": "1s", "scrape_timeout": "1s", "static_configs": [{"targets": [target]}]}
         (directory / "cardvault_metrics_token").write_text(token + "\n")
         (directory / "alerts.yml").write_text((OPS / "alerts.yml").read_text())
         (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -223,3 +300,32 @@ def test_prometheus_scrapes_tenant_database_size(served: Served, prometheus: Pro
     # Every dashboard query is valid PromQL that this Prometheus evaluates.
     for expr in dashboard_expressions():
         prometheus.get("/api/v1/query", query=expr)
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_separate_tenant_series_with_the_shipped_second_job(
+    control_dsn: str, tenant_template_name: str, tmp_path: Path
+) -> None:
+    """``CARDVAULT_METRICS_TENANT_SERIES=separate``: the shipped config's ``cardvault_tenants`` job brings the
+    per-tenant series, ``cardvault`` (``/metrics``) none, and the rules on them still evaluate."""
+    with serve(control_dsn, tenant_template_name, tmp_path, CARDVAULT_METRICS_TENANT_SERIES="separate") as served:
+        directory = tmp_path / "prometheus"
+        directory.mkdir()
+        target = served.url.removeprefix("http://")
+        prometheus = PrometheusServer(prometheus_tool("prometheus"), target, ADMIN_TOKEN, directory)
+        try:
+            with httpx.Client(base_url=served.url, timeout=60) as http:
+                create_tenant_as_admin_sync(http, "acme")
+                prometheus.wait_for('up{job="cardvault_tenants"} == 1', "the second job scrapes /metrics/tenants")
+                collect = http.post("/admin/usage/collect", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                assert collect.status_code in (200, 201, 202), collect.text
+            prometheus.wait_for(
+                'cardvault_tenant_database_bytes{tenant="acme",job="cardvault_tenants"} > 0',
+                "Prometheus sees acme's database size from the cardvault_tenants job",
+            )
+            assert prometheus.wait_for('cardvault_tenants{job="cardvault",status="active"} > 0', "aggregates")
+            assert not prometheus.query('count({job="cardvault",tenant!=""})')  # nothing per tenant in /metrics
+            groups = prometheus.get("/api/v1/rules")["groups"]
+            assert not [rule for g in groups for rule in g["rules"] if rule["health"] == "err"], groups
+        finally:
+            prometheus.stop()

@@ -17,6 +17,7 @@ from controlplane.metrics.requests import UNMATCHED, HttpMetrics
 from controlplane.metrics.service import CardVaultMetrics
 from controlplane.pools.models import PoolStats
 from controlplane.scheduler.service import JobStats
+from controlplane.settings.groups import TenantSeries
 from controlplane.usage.models import (
     CollectionStats,
     ServerUsage,
@@ -194,9 +195,15 @@ class FakeServed:
     published: Mapping[str, int]
 
 
-def full_metrics(snapshot: UsageSnapshot | None, *, per_table: bool = True) -> tuple[CardVaultMetrics, HttpMetrics]:
+def full_metrics(
+    snapshot: UsageSnapshot | None, *, per_table: bool = True, tenant_series: TenantSeries = "inline"
+) -> tuple[CardVaultMetrics, HttpMetrics]:
     metrics = CardVaultMetrics(
-        per_table=per_table, collection_interval=300.0, server_capacity_bytes=500 * 1024**3, server_max_tenants=1000
+        per_table=per_table,
+        tenant_series=tenant_series,
+        collection_interval=300.0,
+        server_capacity_bytes=500 * 1024**3,
+        server_max_tenants=1000,
     )
     tenant_requests = TenantRequests(per_tenant=per_table)
     http = HttpMetrics(tenants=tenant_requests)

@@ -18,6 +18,7 @@ import pytest
 from litestar import Litestar, get
 from litestar.params import FromPath
 from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.metrics.requests import UNMATCHED, HttpMetrics, instrument
 from controlplane.metrics.service import CardVaultMetrics
@@ -91,10 +92,10 @@ def test_quota_ratios_use_the_effective_limits_and_follow_their_refresh() -> Non
     assert samples(text, "cardvault_quota_alerts_open")[(("quota", "cards"), ("threshold", "80"))] == 1
     # QuotaAlerts refreshed: an override (or expansion) to 3,000 cards, users unlimited. Same snapshot.
     quotas.limits = {acme.tenant_id: {"cards": 3000, "users": None, "storage_bytes": 1024}}
-    assert metrics.cached_tenants_text() is None
+    assert metrics.cached_text() is None
     ratios = samples(metrics.render(), "cardvault_tenant_quota_usage_ratio")
     assert ratios == {ratio: 0.3}  # users unlimited: no ratio; no storage counter: no ratio
-    assert metrics.cached_tenants_text() is not None
+    assert metrics.cached_text() is not None
 
 
 def test_unanalysed_tables_have_no_row_series() -> None:
@@ -141,6 +142,99 @@ def test_jobs() -> None:
     assert samples(text, "cardvault_job_last_success_timestamp_seconds") == {(("job", "reconcile"),): 1.7e9}
 
 
+# -- where the per-tenant series go (CARDVAULT_METRICS_TENANT_SERIES) ----------------------------------
+
+
+def tenant_labelled(text: bytes) -> set[str]:
+    """Names of the series in ``text`` that carry a ``tenant`` label."""
+    return {s.name for f in text_string_to_metric_families(text.decode()) for s in f.samples if "tenant" in s.labels}
+
+
+def series_keys(text: bytes) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return {
+        (s.name, tuple(sorted(s.labels.items())))
+        for f in text_string_to_metric_families(text.decode())
+        for s in f.samples
+    }
+
+
+def test_separate_keeps_metrics_free_of_tenant_series_whatever_the_tenant_count() -> None:
+    small, _ = full_metrics(many_tenants(10), tenant_series="separate")
+    large, _ = full_metrics(many_tenants(1000), tenant_series="separate")
+    small_text, large_text = small.render(), large.render()
+    assert_promtool_clean(large_text)
+    assert tenant_labelled(small_text) == tenant_labelled(large_text) == set()
+    # The same series (only values differ: tenants by status and tier, the fleet's totals), so the same size
+    # but for the digits of those counts.
+    assert series_keys(small_text) == series_keys(large_text)
+    assert len(large_text) - len(small_text) < 200, (len(small_text), len(large_text))
+    tenants = samples(large_text, "cardvault_tenants")
+    assert sum(tenants.values()) == 1000 and len(tenants) == 15
+    assert samples(large_text, "cardvault_image_bytes_served_total")[()] == 1000 * 2048
+    assert samples(large_text, "cardvault_backups_stale_tenants")[()] == 1
+    assert "cardvault_server_tenants" in families(large_text)
+    assert "cardvault_usage_collection_tenants" in families(large_text)
+
+
+def test_separate_serves_the_per_tenant_series_at_their_own_endpoint() -> None:
+    snapshot = many_tenants(20)
+    inline, _ = full_metrics(snapshot)
+    separate, _ = full_metrics(snapshot, tenant_series="separate")
+    assert inline.render_tenants() == b""  # inline: everything is in /metrics
+    tenants_text = separate.render_tenants()
+    assert_promtool_clean(tenants_text)
+    assert len(samples(tenants_text, "cardvault_tenant_database_bytes")) == 20
+    assert len(samples(tenants_text, "cardvault_tenant_up")) == 20
+    assert len(samples(tenants_text, "cardvault_tenant_table_bytes")) == 20 * len(TABLES)
+    assert len(samples(tenants_text, "cardvault_tenant_requests_total")) == 20 * 4
+    assert len(samples(tenants_text, "cardvault_tenant_image_bytes_served_total")) == 20
+    assert len(samples(tenants_text, "cardvault_tenant_backup_stale")) == 20
+    # Every series of /metrics/tenants is labelled by tenant, and the two endpoints together have exactly
+    # the series /metrics has inline, each once.
+    assert all("tenant" in dict(labels) for _, labels in series_keys(tenants_text))
+    main = series_keys(separate.render())
+    assert not main & series_keys(tenants_text)
+    assert main | series_keys(tenants_text) == series_keys(inline.render())
+
+
+def test_separate_keeps_per_table_working_in_the_tenant_endpoint() -> None:
+    metrics, _ = full_metrics(many_tenants(5), per_table=False, tenant_series="separate")
+    text = metrics.render_tenants()
+    assert not {"cardvault_tenant_table_bytes", "cardvault_tenant_table_rows"} & set(families(text))
+    assert not samples(text, "cardvault_tenant_requests_total")  # the recorder publishes none then
+    assert not samples(text, "cardvault_tenant_image_bytes_served_total")
+    assert len(samples(text, "cardvault_tenant_database_bytes")) == 5
+
+
+def test_off_exposes_no_per_tenant_series_anywhere() -> None:
+    metrics, _ = full_metrics(many_tenants(50), tenant_series="off")
+    text = metrics.render()
+    assert_promtool_clean(text)
+    assert tenant_labelled(text) == set()
+    assert metrics.render_tenants() == b""
+    assert not [s for f in metrics.collect() for s in f.samples if "tenant" in s.labels]  # the registry too
+    assert sum(samples(text, "cardvault_tenants").values()) == 50
+    assert samples(text, "cardvault_tenant_health_last_check_timestamp_seconds")  # an aggregate: kept
+
+
+def test_the_tenant_endpoint_text_is_cached_per_change_of_its_sources() -> None:
+    current = [many_tenants(3)]
+    metrics = CardVaultMetrics(tenant_series="separate")
+    metrics.bind(snapshot=lambda: current[0])
+    assert metrics.cached_text("tenants") is None
+    first = metrics.render_tenants()
+    assert metrics.cached_text("tenants") == first
+    assert metrics.cached_text("metrics") is not None  # rendered together: one build per change
+    current[0] = many_tenants(5)
+    assert metrics.cached_text("tenants") is None and metrics.cached_text("metrics") is None
+    assert len(samples(metrics.render_tenants(), "cardvault_tenant_database_bytes")) == 5
+
+
+def test_an_unknown_tenant_series_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="tenant_series"):
+        CardVaultMetrics(tenant_series="sometimes")  # type: ignore[arg-type]
+
+
 # -- scrape cost ------------------------------------------------------------------------------------
 
 
@@ -161,9 +255,9 @@ def no_database(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_scrape_of_1000_tenants_makes_no_database_call_and_renders_the_snapshot_once() -> None:
     snapshot = many_tenants(1000)
     metrics, _ = full_metrics(snapshot)
-    assert metrics.cached_tenants_text() is None
+    assert metrics.cached_text() is None
     first = metrics.render()
-    cached = metrics.cached_tenants_text()
+    cached = metrics.cached_text()
     assert cached is not None and cached in first  # a repeat scrape reuses this text
     second = metrics.render()
     assert first == second

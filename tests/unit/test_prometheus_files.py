@@ -26,9 +26,73 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     done = promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
     config = yaml.safe_load((OPS / "prometheus.yml").read_text())
-    [job] = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
-    assert job["authorization"]["credentials_file"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"cardvault", "cardvault_tenants"}
+    assert jobs["cardvault"]["metrics_path"] == "/metrics"
+    # Per-tenant series (CARDVAULT_METRICS_TENANT_SERIES=separate): less often, but within the 5 min
+    # lookback of a query, so the alerts' `for:` clauses hold between scrapes.
+    tenants = jobs["cardvault_tenants"]
+    assert tenants["metrics_path"] == "/metrics/tenants"
+    assert 60 <= _seconds(tenants["scrape_interval"]) <= 150
+    for job in jobs.values():
+        assert job["authorization"]["credentials_file"] == "cardvault_metrics_token"
+        assert job["static_configs"] == jobs["cardvault"]["static_configs"]
+
+
+def _seconds(duration: str) -> int:
+    value, unit = int(duration[:-1]), duration[-1]
+    return value * {"s": 1, "m": 60}[unit]
+
+
+def test_per_tenant_alerts_fire_on_series_scraped_every_2_minutes_by_their_own_job(tmp_path: Path) -> None:
+    """With CARDVAULT_METRICS_TENANT_SERIES=separate the per-tenant series come from the ``cardvault_tenants``
+    job, one sample every 2 minutes (``_`` is a minute without a sample): the rules find them by name and
+    their ``for:`` clauses still complete."""
+    every_2m = {"job": "cardvault_tenants", "instance": "a"}
+
+    def labels(**extra: str) -> str:
+        return "{" + ",".join(f'{k}="{v}"' for k, v in (every_2m | extra).items()) + "}"
+
+    series = [
+        {"series": f"cardvault_tenant_up{labels(tenant='broken')}", "values": "0 _ " * 20},
+        {"series": f"cardvault_tenant_up{labels(tenant='acme')}", "values": "1 _ " * 20},
+        {"series": f"cardvault_tenant_quota_usage_ratio{labels(tenant='full', quota='cards')}", "values": "1 _ " * 20},
+        {"series": f"cardvault_tenant_backup_stale{labels(tenant='old')}", "values": "1 _ " * 25},
+        {
+            "series": f"cardvault_tenant_requests_total{labels(tenant='acme', **{'class': '5xx'})}",
+            "values": " ".join(f"{100 * i} _" for i in range(20)),  # a third of the requests: 5xx
+        },
+        {
+            "series": f"cardvault_tenant_requests_total{labels(tenant='acme', **{'class': '2xx'})}",
+            "values": " ".join(f"{200 * i} _" for i in range(20)),
+        },
+    ]
+    assert_alert_rules(
+        tmp_path,
+        series,
+        [
+            {
+                "eval_time": "15m",
+                "alertname": "CardVaultTenantDown",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "broken"}}],
+            },
+            {
+                "eval_time": "10m",
+                "alertname": "CardVaultTenantQuotaExhausted",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "full", "quota": "cards"}}],
+            },
+            {
+                "eval_time": "45m",
+                "alertname": "CardVaultTenantBackupStale",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "old"}}],
+            },
+            {
+                "eval_time": "30m",
+                "alertname": "CardVaultTenantServerErrors",
+                "exp_alerts": [{"exp_labels": {"severity": "warning", "tenant": "acme"}}],
+            },
+        ],
+    )
 
 
 def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:

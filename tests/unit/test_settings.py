@@ -129,7 +129,7 @@ def test_usage_defaults() -> None:
     assert (usage.interval, usage.concurrency, usage.rescan_after) == (300.0, 4, 3600.0)
     assert (usage.raw_retention, usage.hourly_retention, usage.daily_retention) == (7 * 86400, 90 * 86400, 400 * 86400)
     assert usage.compact_interval == 86400
-    assert (usage.health_interval, usage.metrics_per_table) == (300.0, True)
+    assert (usage.health_interval, usage.metrics_per_table, usage.metrics_tenant_series) == (300.0, True, "inline")
 
 
 def test_every_usage_variable_is_read() -> None:
@@ -143,6 +143,7 @@ def test_every_usage_variable_is_read() -> None:
         "CARDVAULT_USAGE_COMPACT_INTERVAL": "6h",
         "CARDVAULT_HEALTH_INTERVAL": "2m",
         "CARDVAULT_METRICS_PER_TABLE": "off",
+        "CARDVAULT_METRICS_TENANT_SERIES": " Separate ",
     }
     assert Settings.from_env(env).usage == UsageSettings(
         interval=60.0,
@@ -154,6 +155,7 @@ def test_every_usage_variable_is_read() -> None:
         compact_interval=6 * 3600.0,
         health_interval=120.0,
         metrics_per_table=False,
+        metrics_tenant_series="separate",
     )
 
 
@@ -164,6 +166,7 @@ def test_every_usage_variable_is_read() -> None:
         ({"CARDVAULT_USAGE_INTERVAL": "often"}, "not a duration"),
         ({"CARDVAULT_USAGE_RAW_RETENTION": "100d"}, "must grow"),
         ({"CARDVAULT_USAGE_HOURLY_RETENTION": "500d"}, "must grow"),
+        ({"CARDVAULT_METRICS_TENANT_SERIES": "elsewhere"}, "must be inline, separate or off"),
     ],
 )
 def test_bad_usage_values_are_a_config_error(env: dict[str, str], message: str) -> None:

@@ -98,11 +98,11 @@ def test_exposition_per_tenant_and_class() -> None:
     assert b"cardvault_tenant_request" not in metrics.render()  # nothing published yet
     recorder.publish()  # as every flush does
     text = metrics.render()
-    assert metrics.cached_tenants_text() is not None  # rendered once per publication
+    assert metrics.cached_text() is not None  # rendered once per publication
     recorder.observe(GLOBEX, "globex", 500, 0.02)
     assert metrics.render() == text  # not before the next publication
     recorder.publish()
-    assert metrics.cached_tenants_text() is None
+    assert metrics.cached_text() is None
     assert samples(metrics.render(), "cardvault_tenant_requests_total")[(("class", "5xx"), ("tenant", "globex"))] == 1
     assert_promtool_clean(text)
     requests = samples(text, "cardvault_tenant_requests_total")
