@@ -79,7 +79,10 @@ MAX_CONNECTIONS = 300
 _LOG_FILE = "postgres.log"
 _CONF_FILE = "cardvault.conf"
 _INCLUDE_LINE = f"include_if_exists = '{_CONF_FILE}'"
-_START_TIMEOUT = 60
+#: Seconds ``pg_ctl start -w`` waits for the server to accept connections. After a crash (or ``stop
+#: immediate``) the server first fsyncs the whole data directory and replays the WAL: with ~1,000 databases
+#: that takes minutes, well past pg_ctl's default 60 s.
+_START_TIMEOUT = 600
 
 
 class LocalCluster(ClusterHome):

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from controlplane.errors import Conflict
+from controlplane.errors import Conflict, OperationFailed
 
 
 class MoveState(enum.StrEnum):
@@ -26,6 +26,30 @@ class MoveRefused(Conflict):
     or the tenant is not active. Nothing was changed."""
 
     code = "move_refused"
+
+
+class MoveBusy(Conflict):
+    """Every move slot of the target server stayed taken by other moves for as long as the move could wait
+    (``CARDVAULT_MOVE_SYNC_TIMEOUT``): the move was undone, nothing changed; retry after ``retry_after``."""
+
+    code = "move_busy"
+
+    def __init__(self, detail: str, *, retry_after: int = 60, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
+
+
+class MoveFailed(OperationFailed):
+    """A step of the move failed (a timeout, a lost server, a statement canceled under contention) and the
+    move was undone: the tenant stays served from its server, nothing changed. 503 with Retry-After (the
+    ``detail`` and ``step`` say where and why); other ``OperationFailed`` keep their 500."""
+
+    status = 503
+    code = "move_failed"
+
+    def __init__(self, detail: str, *, retry_after: int = 60, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
 
 
 class MovePlan(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,10 @@ lock, with a ``move`` operation in the ledger whose params are the ``MovePlan`` 
    ``CARDVAULT_SERVER_MAX_TENANTS`` tenants already; the source's ``wal_level`` is not ``logical``; the
    target runs an older PostgreSQL. An unknown target: 400.
 2. **Copy** while the tenant serves (``phases``): schema, then PostgreSQL logical replication (publication
-   on the source database, subscription on the target's copy), until the copy has caught up.
+   on the source database, subscription on the target's copy), until the copy has caught up. Before it
+   subscribes, the move takes one of the target's move slots (``slots``), waiting for one if need be, and
+   keeps it until its subscription is gone; no slot within ``CARDVAULT_MOVE_SYNC_TIMEOUT``: undone, 409
+   ``move_busy``.
 3. **Write freeze**: the tenant role is locked out of the source, the copy catches up to the source's WAL
    end, rows are counted equal, sequences are carried over, the copy takes the tenant's name on the target
    and the role is created there; then the **switch**: one control transaction names the target in the
@@ -18,7 +21,8 @@ lock, with a ``move`` operation in the ledger whose params are the ``MovePlan`` 
    the restore upkeep like a database a restore replaced).
 
 A failure before the switch undoes the move (the copy and everything the move made go, writes resume on
-the source); after it, the move is finished. ``settle`` decides from the registry alone (the tenant's
+the source) and raises ``MoveFailed`` (503 ``move_failed``, Retry-After; a ``CardVaultError`` such as
+``MoveBusy`` as it is); after it, the move is finished. ``settle`` decides from the registry alone (the tenant's
 server), so the same code settles a crashed move later: the move upkeep (``upkeep``, a leader job and
 ``cardvault tenants move-upkeep``) finds its operation ``running`` with no lock held.
 """
@@ -43,8 +47,18 @@ from controlplane.errors import (
 from controlplane.fleet.models import Server, ServerStatus
 from controlplane.moves import catalog
 from controlplane.moves import repository as repo
-from controlplane.moves.models import Move, MovePlan, MoveRefused, MoveState, channel_name, retired_name, staging_name
+from controlplane.moves.models import (
+    Move,
+    MoveFailed,
+    MovePlan,
+    MoveRefused,
+    MoveState,
+    channel_name,
+    retired_name,
+    staging_name,
+)
 from controlplane.moves.phases import Phases
+from controlplane.moves.slots import TargetSlot
 from controlplane.platform import Platform
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import OperationKind, OperationState
@@ -154,8 +168,17 @@ class MoveService:
 
     async def _run(self, conn: AsyncConn, tenant: Tenant, op_id: int, plan: MovePlan) -> None:
         steps = Steps(self._p)
+        slot = TargetSlot(self._p, conn, plan.target_server_id, label=f"move #{plan.move_id} of {tenant.slug}")
         try:
-            await self._steps(conn, tenant, op_id, plan, steps)
+            await self._attempt(conn, tenant, op_id, plan, steps, slot)
+        finally:
+            await slot.release()  # the subscription is gone: moved, or undone
+
+    async def _attempt(
+        self, conn: AsyncConn, tenant: Tenant, op_id: int, plan: MovePlan, steps: Steps, slot: TargetSlot
+    ) -> None:
+        try:
+            await self._steps(conn, tenant, op_id, plan, steps, slot)
         except Exception as exc:
             failed_step = steps.current
             try:
@@ -170,16 +193,19 @@ class MoveService:
             if not finished:
                 if isinstance(exc, CardVaultError):
                     raise
-                raise OperationFailed(
+                raise MoveFailed(
                     f"move failed at step {failed_step}: {exc}; it was undone, the tenant stays on "
                     f"{tenant.server_name!r}",
                     step=failed_step,
                 ) from exc
 
-    async def _steps(self, conn: AsyncConn, tenant: Tenant, op_id: int, plan: MovePlan, steps: Steps) -> None:
+    async def _steps(
+        self, conn: AsyncConn, tenant: Tenant, op_id: int, plan: MovePlan, steps: Steps, slot: TargetSlot
+    ) -> None:
         phases, timeouts = Phases(self._p, conn, plan), self._p.settings.moves
         await steps.run("create_database", phases.create_database)
         await steps.run("schema", phases.schema)
+        await steps.run("slot", lambda: slot.take(timeouts.sync_timeout))
         await steps.run("subscribe", phases.subscribe)
         await steps.run("sync", lambda: phases.caught_up(timeouts.sync_timeout, initial=True))
         frozen_at = time.perf_counter()  # the first write refused: the freeze starts here

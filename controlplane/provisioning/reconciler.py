@@ -10,10 +10,14 @@ One cycle (``cardvault reconcile [--fix]``, and periodically inside the service)
 4. every server is diffed against the registry: a registry row whose database is gone is marked
    ``broken`` (or purged if it was being deleted); a lost login role is re-created; a ``t_*`` database or
    role with no registry row is dropped **only if the ledger shows this control plane made it** — anything
-   else is reported as foreign and never touched;
+   else is reported as foreign and never touched; one of a tenant with a ``running`` move in the ledger
+   (its copy on the target before the switch, its source database before it is retired) is reported as
+   ``move_in_progress`` and left to the move (the move's ``_m``/``_p`` names never look like tenant names);
 5. on every server, a database PUBLIC may connect to (``public_connect``: every tenant role could log
-   in to it) has that privilege revoked, the server's own user keeping CONNECT; tenant databases still
-   being provisioned are skipped (their provisioning revokes it). A server registered before server
+   in to it) has that privilege revoked, the server's own user keeping CONNECT, one database at a time (one
+   that fails, e.g. "tuple concurrently updated" by a GRANT provisioning commits meanwhile, gets
+   ``failed: ...`` and is retried next cycle); tenant databases still being provisioned are skipped (their
+   provisioning revokes it). A server registered before server
    identities were recorded gets its identity (``server_identity``) recorded, unless another
    registered server already has it (the same server twice: reported, never changed);
 6. every server's spare databases are checked against their rows (``spare_reconciler``): leftovers of
@@ -32,12 +36,12 @@ from datetime import UTC, datetime
 
 from controlplane.crypto import tenant_role_verifier
 from controlplane.db import AsyncConn
-from controlplane.errors import CardVaultError, OperationInProgress, ServerExists
+from controlplane.errors import CardVaultError, OperationInProgress
 from controlplane.fleet import catalog as fleet_catalog
 from controlplane.fleet import repository as fleet_repository
-from controlplane.fleet.models import Server, ServerIdentity
+from controlplane.fleet.models import Server
 from controlplane.platform import Platform
-from controlplane.provisioning import catalog
+from controlplane.provisioning import catalog, server_checks
 from controlplane.provisioning import repository as ledger
 from controlplane.provisioning.models import (
     Finding,
@@ -84,7 +88,13 @@ class Reconciler:
         async with self._p.control.connection() as conn:
             servers = await fleet_repository.list_servers(conn)
         for server in servers:
-            await self._diff_server(report, server, fix)
+            try:
+                await self._diff_server(report, server, fix)
+            except Exception as exc:  # one server's unexpected failure does not end the cycle
+                log.warning("reconciling server %s failed: %s", server.name, exc, exc_info=exc)
+                finding = Finding(kind="reconcile_failed", server=server.name, subject=server.name, detail=str(exc))
+                finding.action = f"failed: {exc} (retried next cycle)"
+                report.findings.append(finding)
         log.info(
             "reconcile cycle: %d finding(s)%s",
             len(report.findings),
@@ -230,12 +240,13 @@ class Reconciler:
             )
             return
         if reached is not None:
-            await self._unidentified(report, server, reached, fix)
+            await server_checks.unidentified(self._p, report, server, reached, fix)
         # Tenant databases being provisioned, and this control plane's spares (one being made is open
         # until its role is granted; the spare check drops any left that way), revoke PUBLIC themselves.
         being_provisioned = {t.database_name for t in tenants if t.status is TenantStatus.PROVISIONING}
         open_databases = [d for d in open_databases if not _own_spare(d.name, tag)]
-        await self._public_connect(report, server, [d for d in open_databases if d.name not in being_provisioned], fix)
+        closing = [d for d in open_databases if d.name not in being_provisioned]
+        await server_checks.public_connect(self._p, report, server, closing, fix)
         registered = {t.database_name for t in tenants}
         for tenant in tenants:
             if tenant.status is TenantStatus.PROVISIONING or tenant.status is TenantStatus.BROKEN:
@@ -313,8 +324,21 @@ class Reconciler:
         ids = {name: uuid.UUID(hex=name[2:]) for name in orphans}
         async with self._p.control.connection() as conn:
             ours = await ledger.known_tenant_ids(conn, ids.values())
+            moving = {op.tenant_id for op in await ledger.running(conn) if op.kind is OperationKind.MOVE}
         for name, (has_database, has_role) in sorted(orphans.items()):
             what = " and ".join(w for w, present in (("database", has_database), ("role", has_role)) if present)
+            if ids[name] in moving:
+                # The tenant's copy on the target before the switch, or its source database before it is
+                # retired: the move (or the move upkeep, for an interrupted one) settles it.
+                report.findings.append(
+                    Finding(
+                        kind="move_in_progress",
+                        server=server.name,
+                        subject=name,
+                        detail=f"{what} of a tenant whose move is running: left to the move (or the move upkeep)",
+                    )
+                )
+                continue
             mine = ids[name] in ours
             finding = Finding(
                 kind="orphan",
@@ -339,54 +363,6 @@ class Reconciler:
                     finding.action = "dropped"
             except OperationInProgress:
                 finding.action = "skipped: operation in progress"
-
-    # -- 5. server privileges and identity ---------------------------------------------------------
-
-    async def _public_connect(
-        self, report: ReconcileReport, server: Server, databases: list[fleet_catalog.OpenDatabase], fix: bool
-    ) -> None:
-        findings = {
-            d.name: Finding(
-                kind="public_connect",
-                server=server.name,
-                subject=d.name,
-                detail=f"every role may connect (PUBLIC has CONNECT; owner {d.owner}), tenant roles included",
-            )
-            for d in databases
-        }
-        report.findings.extend(findings.values())
-        if not fix or not databases:
-            return
-        for d in databases:
-            if not d.manageable:
-                findings[d.name].action = "failed: " + fleet_catalog.unmanageable_detail([d])
-        manageable = [d.name for d in databases if d.manageable]
-        try:
-            async with self._p.control.connection() as conn, self._p.fleet.admin(conn, server.id) as admin:
-                still_open = set(await fleet_catalog.lock_down(admin, manageable))
-        except CardVaultError as exc:
-            for name in manageable:
-                findings[name].action = f"failed: {exc.detail}"
-            return
-        for name in manageable:
-            findings[name].action = "failed: still open" if name in still_open else "revoked"
-
-    async def _unidentified(self, report: ReconcileReport, server: Server, reached: ServerIdentity, fix: bool) -> None:
-        finding = Finding(
-            kind="server_identity",
-            server=server.name,
-            subject=server.name,
-            detail=f"registered before server identities were recorded; its DSN reaches {reached.describe()}",
-        )
-        report.findings.append(finding)
-        if not fix:
-            return
-        try:
-            async with self._p.control.connection() as conn:
-                await fleet_repository.set_identity(conn, server, reached)
-            finding.action = "recorded"
-        except ServerExists as exc:
-            finding.action = f"failed: {exc.detail} (the same server under two names)"
 
     @staticmethod
     async def _attempt(work: Awaitable[None], done: str) -> str:

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 MOVE = "/admin/tenants/stay-put/move"
 
 #: The ledger steps of a move that went through.
-STEPS = ("create_database", "schema", "subscribe", "sync", "freeze", "catch_up", "verify", "detach", "rename",
+STEPS = ("create_database", "schema", "slot", "subscribe", "sync", "freeze", "catch_up", "verify", "detach", "rename",
          "switch", "unpublish", "retire")  # fmt: skip
 
 
