@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Data directory of `make run` (private PostgreSQL cluster in $(DATA_DIR)/postgres, generated secrets).
 DATA_DIR = $${CARDVAULT_DATA_DIR:-.cardvault}
-# pytest's arguments in `make test`: two xdist workers (the suite's CI budget is two cores).
-PYTEST_ARGS ?= -n 2
+# pytest's arguments in `make test`: two xdist workers (the suite's CI budget is two cores); loadgroup keeps
+# tests marked xdist_group("...") on one worker (the fleet tests share one costly fleet); the 25 slowest listed.
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=25
 # Stops/destroys the local cluster; controlplane.localpg needs only the standard library.
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 

@@ -59,6 +59,7 @@ def described(samples: list[Sample]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # one shared fleet (three processes, two clusters) per run, not per worker
 async def test_a_server_restart_under_load_fails_only_its_tenants_fast_and_loses_no_write(fleet: Fleet) -> None:
     down, up = fleet.on("second"), fleet.on("default")
     down_slugs = {t.slug for t in down}

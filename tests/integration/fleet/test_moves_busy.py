@@ -36,6 +36,7 @@ AFTER_MOVE = 3
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # one shared fleet (three processes, two clusters) per run, not per worker
 async def test_busy_tenants_move_between_servers_and_no_acknowledged_write_is_lost(fleet: Fleet) -> None:
     outbound, inbound = fleet.on("default")[:BUSY_PER_SERVER], fleet.on("second")[:BUSY_PER_SERVER]
     busy = outbound + inbound

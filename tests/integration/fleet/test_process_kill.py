@@ -94,6 +94,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, within: float) 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # one shared fleet (three processes, two clusters) per run, not per worker
 async def test_a_process_killed_mid_burst_leaves_a_fleet_that_converges(fleet: Fleet) -> None:
     async def has_leader() -> bool:
         return await asyncio.to_thread(leader, fleet) is not None
