@@ -80,13 +80,6 @@ async def running(conn: AsyncConn) -> list[tuple[int, uuid.UUID]]:
     return [(int(r["id"]), r["tenant_id"]) for r in await cur.fetchall()]
 
 
-async def tenants_on(conn: AsyncConn, server_id: uuid.UUID) -> int:
-    """Tenants registered on the server (whatever their status: each holds a database there)."""
-    cur = await conn.execute("SELECT count(*) AS n FROM tenants WHERE server_id = %s", (server_id,))
-    row = await cur.fetchone()
-    return int(row["n"]) if row else 0
-
-
 async def switch_server(conn: AsyncConn, tenant_id: uuid.UUID, server_id: uuid.UUID) -> None:
     """The registry's cutover: the tenant's database is on ``server_id`` now. The row's trigger notifies
     every replica (``cardvault_tenants``), which drops its cached entry and closes the tenant's pool."""

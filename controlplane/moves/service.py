@@ -66,6 +66,7 @@ from controlplane.provisioning.service import TenantService
 from controlplane.provisioning.steps import Steps
 from controlplane.registry import repository as registry
 from controlplane.registry.models import Tenant, TenantStatus
+from controlplane.usage.fill import FillPolicy, fleet_fill, tenant_loads
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +142,8 @@ class MoveService:
             raise MoveRefused(
                 f"server {target.name!r} is {target.status.value}: it takes no tenants", server=target.name
             )
-        limit = self._p.settings.moves.server_max_tenants
-        if limit and await repo.tenants_on(conn, target.id) >= limit:
-            raise MoveRefused(
-                f"server {target.name!r} is full: it holds {limit} tenants (CARDVAULT_SERVER_MAX_TENANTS)",
-                server=target.name,
-            )
+        if why := await _no_room(conn, FillPolicy.of(self._p.settings.moves), tenant, target):
+            raise MoveRefused(f"server {target.name!r} is full for {tenant.slug!r}: {why}", server=target.name)
         async with self._p.fleet.admin(conn, tenant.server_id) as source:
             level = await catalog.wal_level(source)
             source_version = await restore_catalog.server_version(source)
@@ -292,3 +289,24 @@ class MoveService:
                 log.warning("move operation #%d not settled: %s", op_id, exc)
                 outcomes.append(f"move operation #{op_id}: not settled ({exc})")
         return "; ".join(outcomes) or "no interrupted move"
+
+
+async def _no_room(conn: AsyncConn, policy: FillPolicy, tenant: Tenant, target: Server) -> str | None:
+    """Why ``target`` cannot take ``tenant``, or None: the target is full (``usage.fill``'s definition), or
+    would be with the tenant's projected bytes added. Nothing is computed when no limit is set."""
+    if not policy.max_tenants and not policy.limits_bytes:
+        return None
+    fill = next((f for f in await fleet_fill(conn, policy) if f.id == target.id), None)
+    if fill is None:
+        return None
+    if fill.full:
+        return ", ".join(fill.full_reasons)
+    if policy.limits_bytes:
+        mine = next((t for t in await tenant_loads(conn) if t.tenant_id == tenant.id), None)
+        projected = fill.projected_bytes + (mine.projected(policy.horizon_days) if mine is not None else 0)
+        if projected >= policy.full_ratio * policy.capacity_bytes:
+            return (
+                f"with the tenant it is projected to hold {round(projected)} bytes within {policy.horizon_days} "
+                f"days, {projected / policy.capacity_bytes:.0%} of CARDVAULT_SERVER_CAPACITY_BYTES"
+            )
+    return None

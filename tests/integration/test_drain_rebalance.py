@@ -274,6 +274,13 @@ async def test_a_server_projected_to_fill_takes_no_new_tenant_and_is_flagged(
         assert fills["default"]["growth_bytes_per_day"] > 0.9 * GIB
         # Moving grower would make second full in turn: no proposal leaves a server over its capacity.
         assert plan["proposals"] == []
+        # Nor does a move: grower's projected 18 GiB would fill second, and default is full already.
+        grower_out = await client.post("/admin/tenants/grower/move", json={"to": "second"})
+        detail = assert_error(grower_out, 409, "move_refused")["detail"]
+        assert "with the tenant" in detail and "CARDVAULT_SERVER_CAPACITY_BYTES" in detail, detail
+        steady_in = await client.post("/admin/tenants/steady/move", json={"to": "default"})
+        assert "full" in assert_error(steady_in, 409, "move_refused")["detail"]
+        assert (await client.get("/admin/tenants/grower/moves")).json() == []
 
 
 async def test_refused_drain_and_rebalance_input_is_json(client: Client) -> None:
