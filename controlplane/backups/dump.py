@@ -28,7 +28,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -122,8 +122,20 @@ def find_client_bindir(major: int, tool: str = "pg_dump", extra: Sequence[Path] 
     )
 
 
-def _passfile_field(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
+@contextlib.contextmanager
+def passfile(password: str | None) -> Iterator[Path | None]:
+    """A passfile holding ``password`` for a client tool (mode 0600, in a private directory removed
+    afterwards); None without a password."""
+    if password is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="cardvault-pgpass-") as private:  # mode 0700
+        path = Path(private) / "pgpass"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+            out.write(f"*:*:*:*:{escaped}\n")
+        yield path
 
 
 def client_conninfo(dsn: str, database: str, *, connect_timeout: float) -> tuple[str, str | None]:
@@ -208,13 +220,7 @@ class Dumper:
     @asynccontextmanager
     async def _pg_dump(self, pg_dump: Path, dsn: str, database: str, snapshot: str) -> AsyncIterator[_Run]:
         target, password = client_conninfo(dsn, database, connect_timeout=self._db.connect_timeout)
-        with tempfile.TemporaryDirectory(prefix="cardvault-dump-") as private:  # mode 0700
-            passfile = None
-            if password is not None:
-                passfile = Path(private) / "pgpass"
-                fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(f"*:*:*:*:{_passfile_field(password)}\n")
+        with passfile(password) as secrets:
             proc = await asyncio.create_subprocess_exec(
                 str(pg_dump),
                 "--format=custom",
@@ -225,7 +231,7 @@ class Dumper:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=client_env(passfile),
+                env=client_env(secrets),
             )
             run = _Run(proc)
             try:

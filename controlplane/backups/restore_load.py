@@ -21,10 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -122,7 +119,7 @@ class Loader:
             )
         tool = await self.bindir(major) / "pg_restore"
         target, password = dump.client_conninfo(dsn, database, connect_timeout=self._db.connect_timeout)
-        with _passfile(password) as passfile:
+        with dump.passfile(password) as passfile:
             proc = await asyncio.create_subprocess_exec(
                 str(tool),
                 "--no-owner",
@@ -188,21 +185,6 @@ class Loader:
 
 def _rows(count: int | None) -> str:
     return "no table" if count is None else f"{count} row(s)"
-
-
-@contextmanager
-def _passfile(password: str | None) -> Iterator[Path | None]:
-    """A passfile holding ``password`` (mode 0600, in a private directory removed afterwards)."""
-    if password is None:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="cardvault-restore-") as private:  # mode 0700
-        path = Path(private) / "pgpass"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-            out.write(f"*:*:*:*:{escaped}\n")
-        yield path
 
 
 async def _tail(stream: asyncio.StreamReader) -> bytes:

@@ -10,10 +10,6 @@ command line: the password is in a private passfile named by ``PGPASSFILE``. A s
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from controlplane.backups import dump
@@ -27,24 +23,9 @@ class SchemaCopyFailed(RuntimeError):
     """``pg_dump`` or ``pg_restore`` of the schema exited with an error; the message says which and why."""
 
 
-@contextmanager
-def _passfile(password: str | None) -> Iterator[Path | None]:
-    """A passfile holding ``password`` (mode 0600, in a private directory removed afterwards)."""
-    if password is None:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="cardvault-move-") as private:  # mode 0700
-        path = Path(private) / "pgpass"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-            out.write(f"*:*:*:*:{escaped}\n")
-        yield path
-
-
 async def _run(tool: Path, args: list[str], dsn: str, database: str, settings: DatabaseSettings, feed: bytes) -> bytes:
     target, password = dump.client_conninfo(dsn, database, connect_timeout=settings.connect_timeout)
-    with _passfile(password) as passfile:
+    with dump.passfile(password) as passfile:
         proc = await asyncio.create_subprocess_exec(
             str(tool),
             *args,
