@@ -8,8 +8,6 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 from controlplane.accounts.login_routes import (
     ADMIN_LOGIN_HANDLERS,
@@ -50,6 +48,7 @@ from controlplane.http import probes
 from controlplane.http.admin import admin_guard
 from controlplane.http.context import before_send
 from controlplane.http.errors import EXCEPTION_HANDLERS
+from controlplane.http.openapi import openapi_config
 from controlplane.http.replica_routing import REPLICA_READS, REPLICA_READS_STATE_KEY
 from controlplane.http.state import (
     ADMIN_TOKEN_HASH_STATE_KEY,
@@ -390,22 +389,7 @@ def create_app(settings: Settings) -> Litestar:
                 ),
             }
         ),
-        openapi_config=OpenAPIConfig(
-            title="CardVault control plane",
-            version="0.1.0",
-            path="/schema",
-            components=Components(
-                security_schemes={
-                    "bearer": SecurityScheme(
-                        type="http",
-                        scheme="bearer",
-                        bearer_format="JWT",
-                        description="An access JWT from POST /auth/token (platform) or /t/{slug}/auth/token "
-                        "(tenant), a tenant API key (cvk_...), or CARDVAULT_ADMIN_TOKEN for /admin/*",
-                    )
-                }
-            ),
-        ),
+        openapi_config=openapi_config(),
     )
     instrument(app, http_metrics)
     return app
