@@ -3,7 +3,8 @@ settings (``CARDVAULT_BACKUP_S3_*``) choosing the store, through the service and
 
 The object lands under the configured prefix, holds ciphertext only, matches the row's sha256 and size,
 opens into a ``pg_dump`` archive, and expiry deletes it from the bucket. A failed dump leaves neither an
-object nor an unfinished multipart upload.
+object nor an unfinished multipart upload. A backup read back from the bucket verifies and restores; one
+cut short in the bucket is refused before anything changes.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import pytest
 
 from controlplane.backups.dump import Dumper
 from controlplane.backups.models import BackupStatus
+from controlplane.backups.restore_models import BackupCorrupted
 from controlplane.backups.service import BackupService
 from controlplane.objectstore.s3 import S3ObjectStore
 from controlplane.platform import Platform
+from controlplane.provisioning.models import OperationState
 from controlplane.provisioning.service import TenantService
 from controlplane.settings import Settings
-from tests.integration.backup_support import add_cards, plaintext
+from tests.integration.backup_support import add_cards, plaintext, table_counts, tenant_dsn
 from tests.integration.cli_support import cli_env, ok, run_cli
+from tests.integration.restore_support import restores_of, verifications
+from tests.integration.tenant_support import execute
 from tests.s3_harness import PREFIX, S3Server
 
 NOTE = "a card note that must never reach the bucket in clear 91b2"
@@ -86,3 +91,32 @@ async def test_the_command_line_backs_up_into_s3_when_configured(
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert keys == [f"{PREFIX}/backups/{tenant.id}/{created['id']}.dump.cvs"]
     assert not (tmp_path / "data" / "backups").exists()  # nothing in the local directory
+
+
+async def test_a_backup_in_the_bucket_verifies_and_restores_and_once_truncated_is_refused(
+    s3_platform: Platform, s3_server: S3Server, s3_bucket: str, pg_admin_dsn: str, control_dsn: str
+) -> None:
+    tenants = TenantService(s3_platform)
+    tenant = await tenants.create(name="Acme", slug="acme", tier="starter")
+    await add_cards(pg_admin_dsn, tenant, ["one", "two"])
+    async with restores_of(s3_platform, tenants) as r:
+        backup = await r.backup("acme")
+        await execute(tenant_dsn(pg_admin_dsn, tenant), "INSERT INTO cards (cardnumber) VALUES ('after the backup')")
+        verified = await r.verifier.verify(backup.id)
+        assert verified.ok, verified.detail
+        op = await r.restores.restore("acme", backup_id=backup.id, pre_backup=False)
+        assert op.state is OperationState.SUCCEEDED
+        restored = await table_counts(pg_admin_dsn, tenant)
+        assert (restored["public.cards"], restored["public.players"]) == (2, 1)
+
+        # The object cut short in the bucket: refused before anything changes, and recorded as such.
+        damaged = await r.backup("acme")
+        raw, key = s3_server.client(), f"{PREFIX}/{damaged.object_key}"
+        stored = raw.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        raw.put_object(Bucket=s3_bucket, Key=key, Body=stored[: len(stored) // 2])
+        with pytest.raises(BackupCorrupted) as refused:
+            await r.restores.restore("acme", backup_id=damaged.id, pre_backup=False)
+        assert refused.value.status == 422 and "bytes" in refused.value.detail
+        assert await table_counts(pg_admin_dsn, tenant) == restored
+        (found,) = await verifications(control_dsn, damaged.id)
+        assert found["ok"] is False and "refused at restore" in found["detail"]
