@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=25
 LOCALPG = py=$(BIN)/python; [ -x "$$py" ] || py=$(PYTHON); "$$py" -m controlplane.localpg
 
 .DEFAULT_GOAL := help
-.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup bench-pages bench-fleet bench-scale clean distclean
+.PHONY: help install .venv system-deps constraints run test lint format bench bench-migrate bench-search bench-collect bench-signup bench-backup bench-pages bench-fleet bench-scale bench-route bench-deps clean distclean
 
 help:
 	@echo "make run        start the service (private PostgreSQL in $(DATA_DIR)/postgres unless CARDVAULT_DATABASE_URL)"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-pages    dashboard pages at 10,000 tenants vs the same SQL raw (ops/bench/pages.py)"
 	@echo "make bench-fleet    2 servers x 1,000 tenants, 3 processes: load, server restart, kill -9, moves, a 100 MB move (ops/bench/fleet.py)"
 	@echo "make bench-scale    the path to 100,000 tenants: control-plane memory and /metrics per tenant, per-server limits, the model (ops/bench/scale.py)"
+	@echo "make bench-route    routed tenant API vs a bare handler, 200 tenants round-robin, also through PgBouncer (ops/bench/route.py)"
 	@echo "make constraints  re-pin constraints.txt from .venv after changing dependencies"
 	@echo "make clean      stop the local cluster, remove .venv and caches (keeps .cardvault)"
 	@echo "make distclean  clean + destroy the local cluster and remove .cardvault"
@@ -124,6 +125,19 @@ bench-fleet: install
 
 bench-scale: install
 	$(BIN)/python ops/bench/scale.py $(BENCH_ARGS)
+
+# The load generator of the routing benchmark (it falls back to an asyncio client, which competes with the
+# servers for the same cores) and PgBouncer; installed when missing and running as root.
+bench-deps:
+	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "warning: missing:$$missing (apt-get install$$missing)" >&2; fi
+
+bench-route: install bench-deps
+	$(BIN)/python ops/bench/route.py $(or $(BENCH_ARGS),--tenants 200 --duration 5 --rounds 2 --pgbouncer)
 
 clean:
 	@if [ -e "$(DATA_DIR)/postgres" ]; then $(LOCALPG) stop --data-dir "$(DATA_DIR)" || true; fi

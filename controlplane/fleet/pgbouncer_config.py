@@ -68,9 +68,9 @@ def render_ini(
     host, port = str(params.get("host") or "localhost"), str(params.get("port") or "5432")
     timeout = f"SET statement_timeout = {int(statement_timeout * 1000)}"
     lines = [HEADER, "[databases]"]
-    for name in sorted(databases):
-        if not _PLAIN_NAME.fullmatch(name):
-            continue  # never the case for a tenant database; an odd name must not break the file
+    names = [name for name in sorted(databases) if _PLAIN_NAME.fullmatch(name)]  # an odd name is left out
+    size = server_pool_size(pools, len(names))
+    for name in names:
         lines.append(f"{name} = host={_value(host)} port={_value(port)} dbname={name} connect_query={_value(timeout)}")
     settings = {
         "listen_addr": address.host,
@@ -81,12 +81,11 @@ def render_ini(
         "admin_users": ADMIN_USER,
         "pool_mode": "transaction",
         "server_reset_query": "",
-        # A tenant pool of the control plane opens per_tenant_max connections at most, per process.
-        "default_pool_size": str(pools.per_tenant_max),
+        "default_pool_size": str(size),
         "min_pool_size": "0",
         "reserve_pool_size": "0",
         "max_client_conn": str(max(100, 4 * pools.connection_budget)),
-        "max_db_connections": str(max(pools.per_tenant_max, 1)),
+        "max_db_connections": str(size),
         "server_idle_timeout": str(max(1, int(pools.idle_timeout))),
         "server_tls_sslmode": tls.sslmode or str(params.get("sslmode") or "prefer"),
         "logfile": str(config_dir / "pgbouncer.log"),
@@ -96,6 +95,16 @@ def render_ini(
         settings["server_tls_ca_file"] = str(config_dir / ROOT_CERT_FILE)
     lines += ["", "[pgbouncer]", *(f"{key} = {value}" for key, value in settings.items()), ""]
     return "\n".join(lines)
+
+
+def server_pool_size(pools: PoolSettings, databases: int) -> int:
+    """Server connections PgBouncer may open per tenant database: ``per_tenant_max``, lowered so that all
+    of the server's tenant databases together stay within ``connection_budget`` while that is possible
+    (at least one each). PgBouncer has no limit across databases (pgbouncer issue 103), so this is what
+    keeps the server within the budget when every tenant is active at once; in transaction mode one
+    server connection serves a cold tenant's requests one transaction after another."""
+    fair_share = pools.connection_budget // databases if databases else pools.per_tenant_max
+    return max(1, min(pools.per_tenant_max, fair_share))
 
 
 def render_userlist(admin_password: str, roles: Iterable[tuple[str, str]]) -> str:

@@ -1,6 +1,7 @@
 """Routing benchmark: the tenant API through the control plane against a bare handler, in one run.
 
-    .venv/bin/python ops/bench/route.py [--tenants 1000] [--duration 10] [--connections 64] [--dsn DSN]
+    .venv/bin/python ops/bench/route.py [--tenants 1000] [--duration 10] [--connections 64] [--pgbouncer]
+        [--dsn DSN]
 
 Provisions N tenants through the service (one card and a first tenant_admin each), starts the real
 service (``cardvault serve``, pool capacity 100, connection budget 200, 2 connections per tenant) and a
@@ -21,7 +22,10 @@ lookup on the tenant's connection (cached, see the README).
 (b) GET one card per tenant, round-robin over all N tenants: throughput, p50/p99, errors, tenant pool
     hit ratio, peak tenant connections on the server (``pg_stat_activity`` polled every 50 ms) against
     the budget (floors: no errors, never above the budget, p99 under ``SPREAD_P99_FLOOR_MS``), after a 2 s
-    warm-up like (a)'s;
+    warm-up like (a)'s. With ``--pgbouncer``, once more through a real PgBouncer registered in front of
+    the server with ``cardvault servers pgbouncer`` (``route_pgbouncer``): every miss then connects to
+    PgBouncer instead of starting a PostgreSQL backend (floors ``PGBOUNCER_RPS_FLOOR`` and
+    ``PGBOUNCER_P99_FLOOR_MS``; the server's tenant connections, PgBouncer's now, within the budget);
 (c) RSS of the service process with N tenants registered and the pools (b) left open.
 
 The service is ``.venv/bin/cardvault serve`` itself; pool hits and misses come from its
@@ -48,7 +52,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 SELF = Path(__file__).resolve()
 ROOT = SELF.parents[2]
@@ -56,7 +59,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import HOST, drop_leftovers, free_port, run, server_env  # noqa: E402
-from route_load import POLL_INTERVAL, ConnectionPeak, LoadResult, login_all, run_load, verify_all  # noqa: E402
+from route_load import ConnectionPeak, LoadResult, login_all, run_load, verify_all  # noqa: E402
+from route_pgbouncer import PgBouncerInFront  # noqa: E402
 from route_servers import (  # noqa: E402
     ADMIN_PASSWORD,
     RoutedStats,
@@ -67,10 +71,18 @@ from route_servers import (  # noqa: E402
     stop_server,
     wait_ready,
 )
+from route_spread import (  # noqa: E402
+    PGBOUNCER_P99_FLOOR_MS,
+    PGBOUNCER_RPS_FLOOR,
+    SPREAD_P99_FLOOR_MS,
+    Spread,
+    spread_failures,
+    spread_row,
+    spread_run,
+)
 
 #: Floors: (a) routed/baseline throughput at least this; (b) p99 of the spread run under this many ms.
 RATIO_FLOOR = 0.70
-SPREAD_P99_FLOOR_MS = 750.0
 #: Connections the bench needs besides the tenant budget: control pool, listener, baseline, poller, admin.
 OVERHEAD_CONNECTIONS = 30
 #: argon2id cost of the run (service and provisioning): only the logins before the measurements hash.
@@ -239,44 +251,21 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         )
         rss_after_a = rss_kib(routed.proc.pid)
 
-        # -- (b) every tenant round-robin through capacity-bounded pools
+        # -- (b) every tenant round-robin through capacity-bounded pools (then through PgBouncer)
         requests = [t.request for t in tenants]
-        print(
-            f"(b) GET one card per tenant, {args.pattern} over {len(tenants)} tenants, pool capacity "
-            f"{args.capacity}, budget {args.budget} connections, {args.pool_max} per tenant, after a 2 s warm-up:"
-        )
-        # Like (a), the steady state: not the first burst of 64 cold requests at once.
-        await run_load(args, home, routed, requests, 2, args.pattern)
-        before = stats.read()
-        peak_b = ConnectionPeak(server_dsn)
-        async with peak_b.sampling():
-            spread = await run_load(args, home, routed, requests, args.duration, args.pattern)
-        after = stats.read()
-        print(spread.line("routed, all tenants"))
-        hit_ratio: float | None = None
-        pools_after: dict[str, Any] | None = after["pools"] if after else None
-        if before and after:
-            hits = after["pools"]["hits"] - before["pools"]["hits"]
-            misses = after["pools"]["misses"] - before["pools"]["misses"]
-            evictions = after["pools"]["evictions"] - before["pools"]["evictions"]
-            hit_ratio = hits / (hits + misses) if hits + misses else 0.0
-            print(
-                f"  pool hits {hits}, misses {misses} (hit ratio {hit_ratio:.1%}), evictions {evictions}; "
-                f"open pools after: {after['pools']['open_pools']}, connections open "
-                f"{after['pools']['connections_open']}"
-            )
-            if args.pattern == "round-robin" and len(tenants) > args.capacity:
-                print(
-                    "  (a cycle over more tenants than the capacity makes an LRU miss on every request once warm: "
-                    "the hits are pools still open from before the run)"
+        spread = await spread_run(args, home, routed, stats, requests, server_dsn, max_connections, "")
+        bouncer: Spread | None = None
+        if args.pgbouncer:
+            pgbouncer = PgBouncerInFront(home, cardvault, routed_env)
+            pgbouncer.start()
+            try:
+                await verify_all(routed, tenants)  # the service heard of it (NOTIFY): every tenant through it
+                bouncer = await spread_run(
+                    args, home, routed, stats, requests, server_dsn, max_connections, " through PgBouncer"
                 )
-        else:
-            print("  pool hit ratio: not measured (the service has no GET /admin/pools)")
-        print(
-            f"  peak tenant connections on the server: {peak_b.peak_tenant} (budget {args.budget}; "
-            f"{peak_b.samples} samples every {POLL_INTERVAL * 1000:.0f} ms); peak client backends "
-            f"{peak_b.peak_total} of max_connections {max_connections}"
-        )
+            finally:
+                pgbouncer.stop()
+        pools_after = spread.pools_after
 
         # -- (c) memory
         rss_end = rss_kib(routed.proc.pid)
@@ -296,14 +285,13 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             failures.append(f"(a) routed/baseline throughput {ratio:.2f}x < {RATIO_FLOOR}x")
         if base_m["errors"] or routed_m["errors"]:
             failures.append(f"(a) errors: baseline {base_m['errors']}, routed {routed_m['errors']}")
-        if spread.p99_ms >= SPREAD_P99_FLOOR_MS:
-            failures.append(f"(b) p99 {spread.p99_ms:.0f} ms >= {SPREAD_P99_FLOOR_MS:.0f} ms")
-        if spread.error_count:
-            failures.append(f"(b) {spread.error_count} errors: {spread.errors}")
-        if peak_b.peak_tenant > args.budget or peak_a.peak_tenant > args.budget:
-            failures.append(f"(b) {max(peak_a.peak_tenant, peak_b.peak_tenant)} connections > budget {args.budget}")
-
-        hit_text = f"{hit_ratio:.1%}" if hit_ratio is not None else "n/a"
+        if peak_a.peak_tenant > args.budget:
+            failures.append(f"(a) {peak_a.peak_tenant} connections > budget {args.budget}")
+        failures += spread_failures(spread, args.budget, "(b)", SPREAD_P99_FLOOR_MS)
+        if bouncer is not None:
+            failures += spread_failures(
+                bouncer, args.budget, "(b) through PgBouncer", PGBOUNCER_P99_FLOOR_MS, PGBOUNCER_RPS_FLOOR
+            )
         print()
         print(
             f"Results ({len(tenants)} tenants, {args.connections} connections, {args.duration:.0f} s runs, "
@@ -320,11 +308,9 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             f"| (a) routed, hot tenant | {routed_m['rps']:.0f} | {routed_m['p50_ms']:.2f} | "
             f"{routed_m['p99_ms']:.2f} | **{ratio:.2f}x** baseline (floor {RATIO_FLOOR}x) |"
         )
-        print(
-            f"| (b) routed, {len(tenants)} tenants {args.pattern} | {spread.rps:.0f} | {spread.p50_ms:.2f} | "
-            f"{spread.p99_ms:.2f} | errors {spread.error_count}, pool hit ratio {hit_text}, peak connections "
-            f"{peak_b.peak_tenant} / budget {args.budget} |"
-        )
+        print(spread_row(spread, f"(b) routed, {len(tenants)} tenants {args.pattern}", args.budget))
+        if bouncer is not None:
+            print(spread_row(bouncer, f"(b) routed through PgBouncer, {len(tenants)} tenants", args.budget))
         print(
             f"| (c) service RSS | | | | {rss_end['VmRSS'] / 1024:.0f} MiB with {len(tenants)} tenants, "
             f"{open_pools} pools open (idle after start "
@@ -335,7 +321,8 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
             print("FLOOR VIOLATED: " + "; ".join(failures))
             return 1
         print(
-            f"floors met: (a) >= {RATIO_FLOOR}x, (b) no errors, p99 < {SPREAD_P99_FLOOR_MS:.0f} ms and connections "
+            f"floors met: (a) >= {RATIO_FLOOR}x, (b) no errors, p99 < {SPREAD_P99_FLOOR_MS:.0f} ms (through PgBouncer "
+            f">= {PGBOUNCER_RPS_FLOOR:.0f} req/s, p99 < {PGBOUNCER_P99_FLOOR_MS:.0f} ms) and connections "
             "within the budget"
         )
         return 0
@@ -368,6 +355,9 @@ def main() -> None:
     parser.add_argument("--pattern", choices=("round-robin", "random"), default="round-robin", help="(b) order")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--provision-concurrency", type=int, default=4, help="tenants created at once (default 4)")
+    parser.add_argument(
+        "--pgbouncer", action="store_true", help="(b) once more with a PgBouncer in front of the server"
+    )
     parser.add_argument("--python-client", action="store_true", help="use the asyncio client even if wrk exists")
     parser.add_argument("--dsn", help="superuser DSN of an existing server (default: a private durable cluster)")
     args = parser.parse_args()

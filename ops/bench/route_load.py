@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from harness import HOST, machine_busy
-from route_servers import Server, Tenant, cpu_seconds
+from route_servers import BASELINE_APP_NAME, Server, Tenant, cpu_seconds
 
 SELF = Path(__file__).resolve()
 
@@ -116,7 +116,8 @@ class LoadResult:
 
 
 class ConnectionPeak:
-    """Samples ``pg_stat_activity`` every 50 ms: tenant connections of the service and all client backends."""
+    """Samples ``pg_stat_activity`` every 50 ms: tenant connections (of the service or of a PgBouncer) and all
+    client backends."""
 
     def __init__(self, admin_dsn: str) -> None:
         self.admin_dsn = admin_dsn
@@ -128,14 +129,20 @@ class ConnectionPeak:
     async def sampling(self) -> AsyncIterator[ConnectionPeak]:
         import psycopg
 
+        from controlplane.provisioning.catalog import TENANT_GROUP_ROLE
+
         conn = await psycopg.AsyncConnection.connect(self.admin_dsn, autocommit=True)
         stop = asyncio.Event()
 
         async def loop() -> None:
             while not stop.is_set():
+                # Tenant connections are those of tenant roles (members of the tenants' group role), whether
+                # the service opened them or a PgBouncer in front of the server did (not the baseline's).
                 cur = await conn.execute(
-                    "SELECT count(*) FILTER (WHERE application_name = 'cardvault-tenant'), count(*)"
-                    " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    "SELECT count(*) FILTER (WHERE usesysid IN (SELECT m.member FROM pg_auth_members m"
+                    " JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s) AND application_name <> %s), count(*)"
+                    " FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                    (TENANT_GROUP_ROLE, BASELINE_APP_NAME),
                 )
                 row = await cur.fetchone()
                 assert row is not None

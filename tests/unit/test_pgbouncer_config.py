@@ -64,6 +64,35 @@ def test_the_ini_has_one_transaction_mode_entry_per_tenant_database_on_the_serve
     assert "secret" not in text and "admin" not in ini["databases"]["t_a"]
 
 
+@pytest.mark.parametrize(
+    ("databases", "expected"),
+    [(0, 3), (2, 3), (16, 3), (17, 2), (25, 2), (26, 1), (50, 1), (10_000, 1)],
+)
+def test_pgbouncer_keeps_all_tenant_databases_within_the_budget_while_it_can(databases: int, expected: int) -> None:
+    pools = PoolSettings(per_tenant_max=3, connection_budget=50)
+    size = files.server_pool_size(pools, databases)
+    assert size == expected
+    assert databases * size <= pools.connection_budget or size == 1  # past the budget: one connection each
+
+
+def test_the_rendered_pool_size_follows_the_number_of_tenant_databases(tmp_path: Path) -> None:
+    def pool_size(count: int) -> tuple[str, str]:
+        text = files.render_ini(
+            address=PgBouncerAddress("127.0.0.1", 6432),
+            config_dir=tmp_path,
+            server_dsn="host=db.internal port=5433 dbname=postgres",
+            tls=ServerTls(),
+            databases=[f"t_{i}" for i in range(count)],
+            pools=PoolSettings(per_tenant_max=2, connection_budget=10, idle_timeout=60.0),
+            statement_timeout=30.0,
+        )
+        settings = parsed(text)["pgbouncer"]
+        return settings["default_pool_size"], settings["max_db_connections"]
+
+    assert pool_size(4) == ("2", "2")
+    assert pool_size(6) == ("1", "1")
+
+
 def test_the_userlist_has_the_servers_own_verifiers_and_no_password() -> None:
     admin, first, second = new_password(), new_password(), new_password()
     text = files.render_userlist(admin, [("t_b", second), ("t_a", first)])
