@@ -17,7 +17,7 @@ from route_servers import RoutedStats, Server
 #: requests per second (3x the 90 of issue 11's first measurement) and p99 under this many ms.
 SPREAD_P99_FLOOR_MS = 750.0
 PGBOUNCER_RPS_FLOOR = 270.0
-PGBOUNCER_P99_FLOOR_MS = 500.0
+PGBOUNCER_P99_FLOOR_MS = 400.0
 
 
 @dataclasses.dataclass
