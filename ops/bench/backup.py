@@ -11,7 +11,8 @@
    - restore: the raw ``CREATE DATABASE`` + ``pg_restore --no-owner -d`` of that file against
      ``RestoreService.restore`` (checksum of the stored object, unseal, streamed ``pg_restore`` into a new
      database, grants, row counts and revision checked against the manifest, the switch through the ledger).
-   Medians and the service/raw ratio of each are printed (the issue's floor: <= 1.3x, encryption included).
+   Medians and the service/raw ratio of each are printed (the issue's floor: <= 1.3x, encryption included;
+   the run exits 1 above it).
 2. ``--small-tenants`` tenants with 20 cards each, all backed up as the leader's job backs up the tenants
    that are due (scheduled backups requested, then started at ``CARDVAULT_BACKUP_CONCURRENCY``
    (``--concurrency``) per server); wall time until the last one finished, and bytes stored. (The schedule
@@ -61,6 +62,8 @@ from controlplane.settings import (  # noqa: E402
 )
 
 MIB = 1024 * 1024
+#: Floor of the service's backup and restore time against raw pg_dump / pg_restore (issue 13).
+RATIO_FLOOR = 1.3
 
 
 def median_line(label: str, service: list[float], raw: list[float]) -> str:
@@ -93,7 +96,8 @@ def raw_restore(pg_restore: Path, server_dsn: str, source: Path, database: str) 
     return elapsed
 
 
-async def bench_big_tenant(args: argparse.Namespace, platform: Any, server_dsn: str, home: Path) -> None:
+async def bench_big_tenant(args: argparse.Namespace, platform: Any, server_dsn: str, home: Path) -> list[str]:
+    """Backup and restore of one big tenant, service against raw; the floors it misses."""
     from controlplane.backups.dump import find_client_bindir
     from controlplane.backups.models import BackupStatus
     from controlplane.backups.restore import RestoreService
@@ -150,6 +154,11 @@ async def bench_big_tenant(args: argparse.Namespace, platform: Any, server_dsn: 
         await backups.stop()
     print(median_line("backup ", dump_service, dump_raw))
     print(median_line("restore", restore_service, restore_raw))
+    return [
+        f"{label} {statistics.median(service) / statistics.median(raw):.2f}x > {RATIO_FLOOR}x"
+        for label, service, raw in (("backup", dump_service, dump_raw), ("restore", restore_service, restore_raw))
+        if statistics.median(service) > RATIO_FLOOR * statistics.median(raw)
+    ]
 
 
 async def bench_fleet(args: argparse.Namespace, platform: Any, server_dsn: str, home: Path) -> None:
@@ -303,7 +312,7 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
     try:
         await migrate_registry(settings)
         async with Platform.open(settings, migrate=False) as platform:
-            await bench_big_tenant(args, platform, server_dsn, home)
+            failures = await bench_big_tenant(args, platform, server_dsn, home)
             if not args.skip_import:
                 await bench_import(platform, home)
             if not args.skip_fleet:
@@ -311,6 +320,10 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
             drop_leftovers(admin, server_dsn, control_db, template)
+    if failures:
+        print("FLOOR VIOLATED: " + "; ".join(failures))
+        return 1
+    print(f"floors met: backup and restore <= {RATIO_FLOOR}x raw")
     return 0
 
 
