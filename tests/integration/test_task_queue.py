@@ -30,30 +30,20 @@ from controlplane.backups.schedule import BackupScheduler
 from controlplane.backups.service import BackupService
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
-from controlplane.settings import Settings, TaskQueueSettings
-from controlplane.tasks.definitions import USAGE_TASK, Services
+from controlplane.settings import Settings
+from controlplane.tasks.definitions import USAGE_TASK
 from controlplane.tasks.fanout import Fanout
 from controlplane.tasks.queue import TaskQueue
 from controlplane.tasks.usage import AFTER_COMMIT
-from controlplane.usage.collector import Collector
 from controlplane.usage.service import UsageService
 from tests.conftest import eventually
 from tests.integration.cli_support import CARDVAULT, cli_env
+from tests.integration.task_queue_support import FAST, services
 from tests.processes import die_with_parent, stop, track
-
-#: Short enough that a dead worker is noticed within a couple of seconds.
-FAST = TaskQueueSettings(concurrency=2, heartbeat=0.2, stalled_after=1.0)
 
 
 def fast(settings: Settings) -> Settings:
     return settings.replace(tasks=FAST)
-
-
-def services(platform: Platform, backups: BackupService) -> Services:
-    collector = Collector(
-        platform.fleet, platform.settings.database, concurrency=2, storage_root=platform.settings.data_dir / "storage"
-    )
-    return Services(platform, collector, backups)
 
 
 async def queued_jobs(platform: Platform, task: str) -> list[dict[str, Any]]:
@@ -104,7 +94,7 @@ async def test_rounds_queue_each_tenant_once_and_a_worker_does_the_work(
         assert ", 1 queued, " in outcome, outcome
         assert await rounds.backup_round() == outcome.replace("1 queued", "0 queued")  # it still waits
 
-        await queue.run_worker(services(platform, backups), wait=False)
+        await queue.run_worker(services(platform, backups=backups), wait=False)
         assert await queued_jobs(platform, USAGE_TASK) == []  # succeeded: deleted as they ended
         for tenant in (acme, beta):
             assert await scanned(platform, tenant.id)
@@ -113,7 +103,7 @@ async def test_rounds_queue_each_tenant_once_and_a_worker_does_the_work(
 
         # The same cycle's task once more (a retry after its worker's commit): nothing is written twice.
         assert await queue.enqueue_usage(acme.id, cycle)
-        await queue.run_worker(services(platform, backups), wait=False)
+        await queue.run_worker(services(platform, backups=backups), wait=False)
         assert await queued_jobs(platform, USAGE_TASK) == []
         assert await points_at(platform, acme.id, cycle) == 1
 
@@ -168,7 +158,7 @@ async def test_a_worker_killed_mid_task_is_retried_elsewhere_and_writes_once(
         assert job["status"] == "doing"  # the queue never heard the task ended
         assert await points_at(platform, acme.id, cycle) == 1
 
-        worker = asyncio.create_task(queue.run_worker(services(platform, backups)))
+        worker = asyncio.create_task(queue.run_worker(services(platform, backups=backups)))
         try:
 
             async def succeeded() -> bool:

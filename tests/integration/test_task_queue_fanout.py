@@ -1,4 +1,4 @@
-"""The rest of the fan-out through the task queue: tenant schema upgrades and overage reports.
+"""Tenant schema upgrades fanned out through the task queue (overage reports: ``test_task_queue_billing``).
 
 - ``migrate tenants --queue`` (``QueuedMigrations``): two workers upgrade every tenant once; the canary is
   waited for first, and when it fails the rest are never queued; ``--only-failed`` queues only the failed
@@ -6,48 +6,29 @@
   in a subprocess against in-test workers and reports as the in-process run does.
 - A ``cardvault worker`` killed with SIGKILL right after a tenant's upgrade committed (before the outcome
   was recorded): another worker retries the task, finds the database at head and records it once.
-- The leader's billing round records the ledger and queues one ``billing.report_tenant`` per tenant with rows
-  due; the task sends only its tenant's rows; run twice, a row is reported once; a worker killed after
-  Stripe accepted a row and before marking it re-sends the same identifier from another worker, which Stripe
-  drops, so the event counts once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from controlplane import db
-from controlplane.backups.schedule import BackupScheduler
-from controlplane.backups.service import BackupService
-from controlplane.billing import catalog_repository, metering
-from controlplane.billing.metering import day_start
-from controlplane.billing.provider import BillingProvider
-from controlplane.billing.providers import provider_for
 from controlplane.platform import Platform
-from controlplane.provisioning.service import TenantService
 from controlplane.registry.models import Tenant
 from controlplane.schemas.alembic_runner import TENANT_VERSION_TABLE
-from controlplane.settings import Settings, TaskQueueSettings
-from controlplane.tasks.definitions import BILLING_TASK, MIGRATION_TASK, Services
-from controlplane.tasks.fanout import Fanout
+from controlplane.settings import Settings
+from controlplane.tasks.definitions import MIGRATION_TASK
 from controlplane.tasks.migration_runs import QueuedMigrations
 from controlplane.tasks.migrations import AFTER_UPGRADE
 from controlplane.tasks.queue import TaskQueue
-from controlplane.usage.collector import Collector
-from controlplane.usage.service import UsageService
 from tests.conftest import eventually
-from tests.integration.billing_usage_support import add_points, ledger, set_customer
-from tests.integration.cli_support import CARDVAULT, cli_env, run_cli
+from tests.integration.cli_support import cli_env, run_cli
 from tests.integration.migrations.conftest import (  # noqa: F401 (fixtures)
     private_template,
     schema_v2,
@@ -64,29 +45,7 @@ from tests.integration.migrations.migration_support import (
     registry_rows,
     revision_of,
 )
-from tests.processes import die_with_parent, stop, track
-from tests.stripe_harness import StripeStandin, stripe_env
-
-#: Short enough that a dead worker is noticed within a couple of seconds.
-FAST = TaskQueueSettings(concurrency=2, heartbeat=0.2, stalled_after=1.0)
-H = timedelta(hours=1)
-
-
-def services(platform: Platform, billing: BillingProvider | None = None) -> Services:
-    collector = Collector(
-        platform.fleet, platform.settings.database, concurrency=2, storage_root=platform.settings.data_dir / "storage"
-    )
-    return Services(platform, collector, BackupService(platform), billing=billing)
-
-
-async def jobs(platform: Platform, task: str) -> list[dict[str, Any]]:
-    async with platform.control.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id, status::text AS status, lock FROM procrastinate.procrastinate_jobs WHERE task_name = %s"
-            " ORDER BY id",
-            (task,),
-        )
-        return list(await cur.fetchall())
+from tests.integration.task_queue_support import FAST, jobs, services, spawn_worker, wait_killed
 
 
 def migrate_ops(control_dsn: str) -> list[tuple[str, str]]:
@@ -100,23 +59,6 @@ def version_rows(admin_dsn: str, database: str) -> int:
         row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TENANT_VERSION_TABLE))).fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
-        started = asyncio.to_thread(
-            subprocess.Popen, [CARDVAULT, "worker"], env=env, stdout=out, stderr=out, preexec_fn=die_with_parent
-        )
-        return track(await started)
-
-
-async def wait_killed(proc: subprocess.Popen[bytes], log: Path) -> None:
-    try:
-        code = await asyncio.to_thread(proc.wait, 60)
-    finally:
-        stop(proc)
-    if code != -9:  # it should have killed itself at the failpoint
-        raise AssertionError(f"exit {code}:\n{await asyncio.to_thread(log.read_text)}")
 
 
 # -- schema upgrades ----------------------------------------------------------------------------------------
@@ -285,133 +227,3 @@ async def test_a_worker_killed_mid_upgrade_is_retried_elsewhere_and_recorded_onc
     assert version_rows(pg_admin_dsn, alpha.database_name) == 1
     assert has_table(pg_admin_dsn, alpha.database_name, "card_gradings")
     assert {revision_of(pg_admin_dsn, tenants_v1[s].database_name) for s in ("bravo", "charlie")} == {BASE}
-
-
-# -- overage reports ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def provider(stripe_settings: Settings, platform: Platform, stripe_standin: StripeStandin) -> BillingProvider:
-    """The Stripe provider on the stand-in, its meters synced and recorded in ``billing_meters``."""
-    found = provider_for(stripe_settings.billing)
-    assert found is not None
-    async with platform.control.connection() as conn:
-        for meter in (await found.sync_catalog()).meters:
-            await catalog_repository.record_meter(conn, found.name, meter)
-    await stripe_standin.clear_failures()
-    return found
-
-
-@pytest.fixture
-def yesterday() -> datetime:
-    return day_start(datetime.now(UTC)) - timedelta(days=1)
-
-
-async def customer_tenant(
-    service: TenantService, control: Any, provider: BillingProvider, slug: str
-) -> tuple[uuid.UUID, str]:
-    tenant = await service.create(name=slug.title(), slug=slug, tier="starter")
-    customer = await provider.ensure_customer(tenant_id=str(tenant.id), slug=slug, name=slug.title(), email=None)
-    await set_customer(control, tenant.id, customer)
-    return tenant.id, customer
-
-
-async def test_billing_reports_are_queued_per_tenant_and_sent_once(
-    platform: Platform,
-    service: TenantService,
-    control: Any,
-    provider: BillingProvider,
-    stripe_standin: StripeStandin,
-    yesterday: datetime,
-) -> None:
-    run_at = yesterday + timedelta(days=1, hours=1)
-    acme, acme_customer = await customer_tenant(service, control, provider, "acme")
-    beta, beta_customer = await customer_tenant(service, control, provider, "beta")
-    await add_points(control, acme, "cards", (yesterday + H, 1200))
-    await add_points(control, beta, "cards", (yesterday + H, 1050))
-    duplicates = await stripe_standin.duplicate_meter_events()
-    queue = TaskQueue(platform.settings.replace(tasks=FAST))
-    backups = BackupService(platform)
-    rounds = Fanout(platform, queue, UsageService(platform), BackupScheduler(backups))
-    await queue.open()
-    try:
-        # Only acme's task runs first: it sends acme's row and leaves beta's alone.
-        async with platform.control.connection() as conn:
-            assert await metering.record_overage(conn, now=run_at) == 2
-        assert await queue.enqueue_billing(acme, run_at)
-        await queue.run_worker(services(platform, provider), wait=False)
-        reported = {r["tenant_id"]: r["reported_at"] for r in await ledger(control)}
-        assert reported == {acme: run_at, beta: None}
-        assert [e["payload"]["value"] for e in await stripe_standin.meter_events(customer=acme_customer)] == ["200"]
-        assert await stripe_standin.meter_events(customer=beta_customer) == []
-
-        # The leader's round queues beta only (acme has nothing due); acme's task again sends nothing.
-        line = await rounds.billing_round(run_at)
-        assert line == "0 overage period(s) recorded, reports of 1 tenant(s) queued"
-        assert [j["lock"] for j in await jobs(platform, BILLING_TASK)] == [f"billing:{beta}"]
-        assert await queue.enqueue_billing(acme, run_at)
-        await queue.run_worker(services(platform, provider), wait=False)
-        assert await jobs(platform, BILLING_TASK) == []
-        assert all(r["reported_at"] == run_at and r["attempts"] == 1 for r in await ledger(control))
-        assert len(await stripe_standin.meter_events(customer=acme_customer)) == 1
-        assert [e["payload"]["value"] for e in await stripe_standin.meter_events(customer=beta_customer)] == ["50"]
-        assert await stripe_standin.duplicate_meter_events() == duplicates  # nothing was even sent twice
-        assert await rounds.billing_round(run_at) == "0 overage period(s) recorded, reports of 0 tenant(s) queued"
-    finally:
-        await queue.close()
-        await backups.stop()
-        await provider.aclose()
-
-
-@pytest.mark.slow
-async def test_a_worker_killed_after_stripe_accepted_is_retried_and_counted_once(
-    platform: Platform,
-    service: TenantService,
-    control: Any,
-    provider: BillingProvider,
-    stripe_standin: StripeStandin,
-    control_dsn: str,
-    tenant_template_name: str,
-    yesterday: datetime,
-    tmp_path: Path,
-) -> None:
-    run_at = yesterday + timedelta(days=1, hours=1)
-    acme, customer = await customer_tenant(service, control, provider, "acme")
-    await add_points(control, acme, "cards", (yesterday + H, 1001))
-    async with platform.control.connection() as conn:
-        assert await metering.record_overage(conn, now=run_at) == 1
-    duplicates = await stripe_standin.duplicate_meter_events()
-    queue = TaskQueue(platform.settings.replace(tasks=FAST))
-    await queue.open()
-    try:
-        assert await queue.enqueue_billing(acme, run_at)
-        env = cli_env(
-            control_dsn,
-            tenant_template_name,
-            platform.settings.data_dir,
-            CARDVAULT_WORKER_HEARTBEAT="0.2",
-            CARDVAULT_WORKER_STALLED_AFTER="1",
-            CARDVAULT_FAILPOINTS=f"{metering.AFTER_SEND}=kill",
-            **stripe_env(stripe_standin),
-        )
-        log = tmp_path / "worker.log"
-        await wait_killed(await spawn_worker(env, log), log)
-        [job] = await jobs(platform, BILLING_TASK)
-        assert job["status"] == "doing"
-        [row] = await ledger(control, acme)
-        assert row["reported_at"] is None and row["attempts"] == 0  # the mark died with the worker ...
-        assert len(await stripe_standin.meter_events(customer=customer)) == 1  # ... after Stripe took it
-
-        queue.start_worker(services(platform, provider))
-
-        async def reported() -> bool:
-            return (await ledger(control, acme))[0]["reported_at"] is not None
-
-        await eventually(reported, "another worker retried the stalled report", within=30)
-    finally:
-        await queue.close()
-        await provider.aclose()
-    assert (await ledger(control, acme))[0]["attempts"] == 1
-    assert await stripe_standin.duplicate_meter_events() == duplicates + 1  # sent again, dropped by Stripe
-    [event] = await stripe_standin.meter_events(customer=customer)
-    assert (event["identifier"], event["payload"]["value"]) == (row["identifier"], "1")
