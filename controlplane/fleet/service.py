@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-import psycopg
 from msgspec import UNSET, UnsetType
 from psycopg import conninfo
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from controlplane import db
 from controlplane.crypto import SecretBox
@@ -29,6 +25,7 @@ from controlplane.errors import (
     ValidationFailed,
 )
 from controlplane.fleet import catalog, dsns, repository, tls
+from controlplane.fleet.admin_pools import AdminPools
 from controlplane.fleet.models import (
     DEFAULT_SERVER_NAME,
     SERVER_NAME_PATTERN,
@@ -40,20 +37,11 @@ from controlplane.fleet.models import (
 from controlplane.fleet.tls import RootCertFiles, ServerTls
 from controlplane.settings import DatabaseSettings
 
-#: Management connections kept open per server (CREATE DATABASE, DROP DATABASE, roles).
-_ADMIN_POOL_SIZE = 4
-
 
 class _CachedDsn(NamedTuple):
     dsn: str
     #: ``clock()`` value after which the DSN is read from the registry again.
     expires: float
-
-
-class _AdminPool(NamedTuple):
-    #: The DSN the pool connects with: a different current DSN (rotated password) replaces the pool.
-    dsn: str
-    pool: AsyncConnectionPool[AsyncConn]
 
 
 class Fleet:
@@ -87,19 +75,11 @@ class Fleet:
         self._dsns: dict[uuid.UUID, _CachedDsn] = {}
         #: Bumped by ``forget``: a registry read that started before it is not cached.
         self._generation = 0
-        self._pools: dict[uuid.UUID, _AdminPool] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
-        #: Servers whose last management connection failed: probed before their pool is used again.
-        self._suspect: set[uuid.UUID] = set()
-        self._lock = asyncio.Lock()
+        self._admin = AdminPools(settings, self.dsn)
 
     async def close(self) -> None:
-        pools, self._pools = self._pools, {}
         self._dsns.clear()
-        for entry in pools.values():
-            await entry.pool.close()
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self._admin.close()
         self._certs.close()
 
     # -- registration ---------------------------------------------------------------------------
@@ -210,7 +190,7 @@ class Fleet:
                 tls=tls_,
             )
         self.forget(server.id)
-        self._suspect.discard(server.id)
+        self._admin.trust(server.id)
         return await self.get(conn, server.name)
 
     async def _insert(
@@ -319,81 +299,10 @@ class Fleet:
         else:
             self._dsns.pop(server_id, None)
 
-    async def _probe(self, control: AsyncConn, server_id: uuid.UUID, dsn: str) -> None:
-        """One direct connection: fails at once when the server is down, where a pool waits its timeout.
-
-        It also checks the DSN still reaches the server that was registered.
-        """
-        try:
-            async with db.connect(dsn, self._settings, role="probe") as conn:
-                reached = await catalog.identity(conn)
-        except psycopg.OperationalError as exc:
-            raise ServerUnavailable(f"database server unreachable: {str(exc).strip()}") from exc
-        server = await repository.get_by_id(control, server_id)
-        registered = server.identity if server is not None else None
-        if registered is not None and registered != reached:
-            name = server.name if server is not None else str(server_id)
-            raise ServerUnavailable(
-                f"the DSN of server {name!r} now reaches another PostgreSQL server ({reached.describe()}, "
-                f"registered: {registered.describe()}); give it the right one with `cardvault servers set-dsn`"
-            )
-
-    async def _pool(self, control: AsyncConn, server_id: uuid.UUID) -> AsyncConnectionPool[AsyncConn]:
-        dsn = await self.dsn(control, server_id)
-        entry = self._pools.get(server_id)
-        current = entry is not None and entry.dsn == dsn
-        if not current or server_id in self._suspect:
-            await self._probe(control, server_id, dsn)
-            if entry is not None and current and server_id in self._suspect:
-                await entry.pool.check()  # back up: drop connections that died with the old server process
-            self._suspect.discard(server_id)
-        if entry is not None and current:
-            return entry.pool
-        async with self._lock:
-            entry = self._pools.get(server_id)
-            if entry is not None and entry.dsn == dsn:
-                return entry.pool
-            pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
-                db.management_conninfo(dsn, self._settings, role="admin"),
-                min_size=0,
-                max_size=_ADMIN_POOL_SIZE,
-                open=False,
-                timeout=self._settings.connect_timeout + 5,
-                kwargs={"autocommit": True, "row_factory": dict_row},
-                name=f"admin-{server_id}",
-                # Each connection is checked as it is handed out: after a restart of the server that no
-                # failure here noticed (no ``_suspect`` mark), one that died with the old server process
-                # is replaced instead of failing the next admin operation. Admin work is rare: the round
-                # trip costs nothing that matters.
-                check=AsyncConnectionPool.check_connection,
-            )
-            await pool.open()
-            self._pools[server_id] = _AdminPool(dsn, pool)
-            if entry is not None:
-                self._retire(entry.pool)
-            return pool
-
-    def _retire(self, pool: AsyncConnectionPool[AsyncConn]) -> None:
-        """Close a replaced pool in the background (connections in use close when they come back)."""
-        task = asyncio.get_running_loop().create_task(pool.close(), name="fleet-retire-pool")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
-    @asynccontextmanager
-    async def admin(self, control: AsyncConn, server_id: uuid.UUID) -> AsyncIterator[AsyncConn]:
-        """A pooled autocommit management connection to the server's maintenance database.
-
-        A server is probed with a direct connection before its pool is first made, after a failure and
-        after its DSN changed, so an unreachable server fails fast (``ServerUnavailable``) instead of
-        after the pool timeout.
-        """
-        pool = await self._pool(control, server_id)
-        try:
-            async with pool.connection() as conn:
-                yield conn
-        except psycopg.OperationalError as exc:
-            self._suspect.add(server_id)
-            raise ServerUnavailable(f"database server unreachable: {str(exc).strip()}") from exc
+    def admin(self, control: AsyncConn, server_id: uuid.UUID) -> AbstractAsyncContextManager[AsyncConn]:
+        """A pooled autocommit management connection to the server's maintenance database (see
+        ``fleet.admin_pools``: probed first, so an unreachable server fails fast)."""
+        return self._admin.connection(control, server_id)
 
     @asynccontextmanager
     async def connect_database(self, control: AsyncConn, server_id: uuid.UUID, dbname: str) -> AsyncIterator[AsyncConn]:
