@@ -11,7 +11,7 @@ from typing import Any
 from controlplane.backups.service import BackupService
 from controlplane.billing.provider import BillingProvider
 from controlplane.platform import Platform
-from controlplane.settings import TaskQueueSettings
+from controlplane.settings import Settings, TaskQueueSettings
 from controlplane.tasks.definitions import Services
 from controlplane.usage.collector import Collector
 from tests.integration.cli_support import CARDVAULT
@@ -21,8 +21,12 @@ from tests.processes import die_with_parent, stop, track
 FAST = TaskQueueSettings(concurrency=2, heartbeat=0.2, stalled_after=1.0)
 
 
+def fast(settings: Settings) -> Settings:
+    return settings.replace(tasks=FAST)
+
+
 def services(
-    platform: Platform, billing: BillingProvider | None = None, *, backups: BackupService | None = None
+    platform: Platform, *, billing: BillingProvider | None = None, backups: BackupService | None = None
 ) -> Services:
     """What a worker runs tasks with: a collector, ``backups`` (a new BackupService unless given), ``billing``."""
     collector = Collector(
@@ -34,8 +38,8 @@ def services(
 async def jobs(platform: Platform, task: str) -> list[dict[str, Any]]:
     async with platform.control.connection() as conn:
         cur = await conn.execute(
-            "SELECT id, status::text AS status, lock FROM procrastinate.procrastinate_jobs WHERE task_name = %s"
-            " ORDER BY id",
+            "SELECT id, status::text AS status, lock, queueing_lock, args, attempts"
+            " FROM procrastinate.procrastinate_jobs WHERE task_name = %s ORDER BY id",
             (task,),
         )
         return list(await cur.fetchall())

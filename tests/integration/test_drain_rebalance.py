@@ -34,7 +34,6 @@ from litestar.testing import AsyncTestClient
 from psycopg import sql
 
 from controlplane.app import create_app
-from controlplane.backups.service import BackupService
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.settings import Settings
@@ -52,8 +51,8 @@ from tests.integration.move_support import (
     replication_leftovers,
     rows,
 )
+from tests.integration.task_queue_support import fast, services
 from tests.integration.tenant_support import tenant_dsn
-from tests.integration.test_task_queue import fast, services
 
 GIB = 1024**3
 
@@ -166,13 +165,13 @@ async def test_a_move_task_run_twice_moves_the_tenant_once(
         assert await moves.enqueue_move(tenant.id, source=source.id, to="second", requested_by="test")
         assert not await moves.enqueue_move(tenant.id, source=source.id, to="second", requested_by="test")
         assert await moves.pending_moves([tenant.id]) == {tenant.id}
-        await queue.run_worker(services(platform, BackupService(platform)), wait=False)
+        await queue.run_worker(services(platform), wait=False)
         assert await moves.pending_moves([tenant.id]) == set()
         assert server_of(control_dsn)["twice"] == "second" and move_count(control_dsn, str(tenant.id)) == 1
 
         # The same task once more (a retry, a drain asked again): the tenant is off the source, no move.
         assert await moves.enqueue_move(tenant.id, source=source.id, to="second", requested_by="test")
-        await queue.run_worker(services(platform, BackupService(platform)), wait=False)
+        await queue.run_worker(services(platform), wait=False)
         assert await moves.pending_moves([tenant.id]) == set()
         assert server_of(control_dsn)["twice"] == "second" and move_count(control_dsn, str(tenant.id)) == 1
     finally:

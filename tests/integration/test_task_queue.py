@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import subprocess
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -30,30 +28,14 @@ from controlplane.backups.schedule import BackupScheduler
 from controlplane.backups.service import BackupService
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
-from controlplane.settings import Settings
 from controlplane.tasks.definitions import USAGE_TASK
 from controlplane.tasks.fanout import Fanout
 from controlplane.tasks.queue import TaskQueue
 from controlplane.tasks.usage import AFTER_COMMIT
 from controlplane.usage.service import UsageService
 from tests.conftest import eventually
-from tests.integration.cli_support import CARDVAULT, cli_env
-from tests.integration.task_queue_support import FAST, services
-from tests.processes import die_with_parent, stop, track
-
-
-def fast(settings: Settings) -> Settings:
-    return settings.replace(tasks=FAST)
-
-
-async def queued_jobs(platform: Platform, task: str) -> list[dict[str, Any]]:
-    async with platform.control.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id, status::text AS status, args, queueing_lock, attempts"
-            " FROM procrastinate.procrastinate_jobs WHERE task_name = %s ORDER BY id",
-            (task,),
-        )
-        return list(await cur.fetchall())
+from tests.integration.cli_support import cli_env
+from tests.integration.task_queue_support import FAST, fast, jobs, services, spawn_worker, wait_killed
 
 
 async def points_at(platform: Platform, tenant_id: uuid.UUID, cycle: datetime) -> int:
@@ -85,7 +67,7 @@ async def test_rounds_queue_each_tenant_once_and_a_worker_does_the_work(
     await queue.open()
     try:
         assert await rounds.usage_round() == "usage of 2 tenant(s) queued, 0 still queued from before"
-        waiting = await queued_jobs(platform, USAGE_TASK)
+        waiting = await jobs(platform, USAGE_TASK)
         assert sorted(j["queueing_lock"] for j in waiting) == sorted(f"usage:{t.id}" for t in (acme, beta))
         cycle = datetime.fromisoformat(waiting[0]["args"]["cycle"])
 
@@ -95,7 +77,7 @@ async def test_rounds_queue_each_tenant_once_and_a_worker_does_the_work(
         assert await rounds.backup_round() == outcome.replace("1 queued", "0 queued")  # it still waits
 
         await queue.run_worker(services(platform, backups=backups), wait=False)
-        assert await queued_jobs(platform, USAGE_TASK) == []  # succeeded: deleted as they ended
+        assert await jobs(platform, USAGE_TASK) == []  # succeeded: deleted as they ended
         for tenant in (acme, beta):
             assert await scanned(platform, tenant.id)
             assert await points_at(platform, tenant.id, cycle) == 1
@@ -104,7 +86,7 @@ async def test_rounds_queue_each_tenant_once_and_a_worker_does_the_work(
         # The same cycle's task once more (a retry after its worker's commit): nothing is written twice.
         assert await queue.enqueue_usage(acme.id, cycle)
         await queue.run_worker(services(platform, backups=backups), wait=False)
-        assert await queued_jobs(platform, USAGE_TASK) == []
+        assert await jobs(platform, USAGE_TASK) == []
         assert await points_at(platform, acme.id, cycle) == 1
 
         # The next round reports on the previous one (the stats /metrics shows); a tenant whose task still
@@ -118,7 +100,7 @@ async def test_rounds_queue_each_tenant_once_and_a_worker_does_the_work(
             "usage of 0 tenant(s) queued, 2 still queued from before; previous round: 2 tenant(s) on 0 server(s): "
             "0 scanned, 0 unchanged, 2 failed, 1 server(s) unreachable (acme, beta)"
         )
-        assert len(await queued_jobs(platform, USAGE_TASK)) == 2
+        assert len(await jobs(platform, USAGE_TASK)) == 2
     finally:
         await queue.close()
         await backups.stop()
@@ -144,17 +126,8 @@ async def test_a_worker_killed_mid_task_is_retried_elsewhere_and_writes_once(
             CARDVAULT_FAILPOINTS=f"{AFTER_COMMIT}=kill",
         )
         log = tmp_path / "worker.log"
-        with log.open("w") as out:
-            started = asyncio.to_thread(
-                subprocess.Popen, [CARDVAULT, "worker"], env=env, stdout=out, stderr=out, preexec_fn=die_with_parent
-            )
-            proc = track(await started)
-        try:
-            code = await asyncio.to_thread(proc.wait, 60)
-        finally:
-            stop(proc)
-        assert code == -9, log.read_text()  # it killed itself right after committing the usage
-        [job] = await queued_jobs(platform, USAGE_TASK)
+        await wait_killed(await spawn_worker(env, log), log)  # it killed itself right after committing the usage
+        [job] = await jobs(platform, USAGE_TASK)
         assert job["status"] == "doing"  # the queue never heard the task ended
         assert await points_at(platform, acme.id, cycle) == 1
 
@@ -162,7 +135,7 @@ async def test_a_worker_killed_mid_task_is_retried_elsewhere_and_writes_once(
         try:
 
             async def succeeded() -> bool:
-                return await queued_jobs(platform, USAGE_TASK) == []
+                return await jobs(platform, USAGE_TASK) == []
 
             await eventually(succeeded, "the stalled task was retried by the other worker", within=30)
         finally:
@@ -193,12 +166,12 @@ async def test_serve_runs_a_worker_unless_turned_off(platform: Platform, service
         finally:
             await queue.close()
         assert await registered_workers(platform) == 0
-        assert [j["status"] for j in await queued_jobs(platform, USAGE_TASK)] == ["todo"]
+        assert [j["status"] for j in await jobs(platform, USAGE_TASK)] == ["todo"]
 
     async with AsyncTestClient(app=create_app(fast(platform.settings))):
 
         async def done() -> bool:
-            return await queued_jobs(platform, USAGE_TASK) == []
+            return await jobs(platform, USAGE_TASK) == []
 
         await eventually(done, "the service's own worker ran the queued task")
         assert await registered_workers(platform) == 1
@@ -217,14 +190,14 @@ async def test_prune_deletes_only_failed_jobs_older_than_a_day(platform: Platfor
                 await conn.execute(
                     "UPDATE procrastinate.procrastinate_jobs SET status = 'failed' WHERE status = 'todo'"
                 )
-        old, recent = await queued_jobs(platform, USAGE_TASK)
+        old, recent = await jobs(platform, USAGE_TASK)
         async with platform.control.connection() as conn:
             await conn.execute(
                 "UPDATE procrastinate.procrastinate_events SET at = now() - interval '25 hours' WHERE job_id = %s",
                 (old["id"],),
             )
         await queue.prune()
-        assert [j["id"] for j in await queued_jobs(platform, USAGE_TASK)] == [recent["id"]]
+        assert [j["id"] for j in await jobs(platform, USAGE_TASK)] == [recent["id"]]
     finally:
         await queue.close()
 
@@ -247,12 +220,12 @@ async def test_a_stalled_job_is_queued_again_unless_its_tenant_has_one_waiting(
         assert await queue.enqueue_usage(acme.id, datetime.now(UTC))
         await stall_waiting()
         assert await queue.retry_stalled() == 1
-        [job] = await queued_jobs(platform, USAGE_TASK)
+        [job] = await jobs(platform, USAGE_TASK)
         assert job["status"] == "todo"
 
         await stall_waiting()
         assert await queue.enqueue_usage(acme.id, datetime.now(UTC))  # the next round's, for the same tenant
         assert await queue.retry_stalled() == 0
-        assert [j["status"] for j in await queued_jobs(platform, USAGE_TASK)] == ["failed", "todo"]
+        assert [j["status"] for j in await jobs(platform, USAGE_TASK)] == ["failed", "todo"]
     finally:
         await queue.close()

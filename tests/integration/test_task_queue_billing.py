@@ -86,7 +86,7 @@ async def test_billing_reports_are_queued_per_tenant_and_sent_once(
         async with platform.control.connection() as conn:
             assert await metering.record_overage(conn, now=run_at) == 2
         assert await queue.enqueue_billing(acme, run_at)
-        await queue.run_worker(services(platform, provider), wait=False)
+        await queue.run_worker(services(platform, billing=provider), wait=False)
         reported = {r["tenant_id"]: r["reported_at"] for r in await ledger(control)}
         assert reported == {acme: run_at, beta: None}
         assert [e["payload"]["value"] for e in await stripe_standin.meter_events(customer=acme_customer)] == ["200"]
@@ -97,7 +97,7 @@ async def test_billing_reports_are_queued_per_tenant_and_sent_once(
         assert line == "0 overage period(s) recorded, reports of 1 tenant(s) queued"
         assert [j["lock"] for j in await jobs(platform, BILLING_TASK)] == [f"billing:{beta}"]
         assert await queue.enqueue_billing(acme, run_at)
-        await queue.run_worker(services(platform, provider), wait=False)
+        await queue.run_worker(services(platform, billing=provider), wait=False)
         assert await jobs(platform, BILLING_TASK) == []
         assert all(r["reported_at"] == run_at and r["attempts"] == 1 for r in await ledger(control))
         assert len(await stripe_standin.meter_events(customer=acme_customer)) == 1
@@ -149,7 +149,7 @@ async def test_a_worker_killed_after_stripe_accepted_is_retried_and_counted_once
         assert row["reported_at"] is None and row["attempts"] == 0  # the mark died with the worker ...
         assert len(await stripe_standin.meter_events(customer=customer)) == 1  # ... after Stripe took it
 
-        queue.start_worker(services(platform, provider))
+        queue.start_worker(services(platform, billing=provider))
 
         async def reported() -> bool:
             return (await ledger(control, acme))[0]["reported_at"] is not None
