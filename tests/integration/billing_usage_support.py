@@ -7,10 +7,18 @@ Times are fixed (``NOW``, a Monday morning): the domain functions take ``now=``;
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+
+from controlplane.billing import catalog_repository
+from controlplane.billing.provider import BillingProvider, CatalogMeter
+from controlplane.billing.providers import provider_for
+from controlplane.platform import Platform
+from controlplane.settings import Settings
+from tests.stripe_harness import StripeStandin
 
 Control = psycopg.AsyncConnection[Any]
 GIB = 1024**3
@@ -68,3 +76,17 @@ async def ledger(control: Control, tenant_id: uuid.UUID | None = None) -> list[d
 def brief(rows: list[dict[str, Any]]) -> list[tuple[str, datetime, int, int, int]]:
     """(meter, period start, quantity, usage, limit) of ledger rows."""
     return [(r["meter"], r["period_start"], r["quantity"], r["usage"], r["quota_limit"]) for r in rows]
+
+
+async def metered_provider(
+    settings: Settings, platform: Platform, standin: StripeStandin, meters: Iterable[CatalogMeter]
+) -> BillingProvider:
+    """The Stripe provider of ``settings`` on the stand-in, ``meters`` recorded in ``billing_meters`` as
+    ``billing sync`` does, the stand-in's injected failures cleared."""
+    found = provider_for(settings.billing)
+    assert found is not None
+    async with platform.control.connection() as conn:
+        for meter in meters:
+            await catalog_repository.record_meter(conn, found.name, meter)
+    await standin.clear_failures()
+    return found

@@ -25,7 +25,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.app import create_app
-from controlplane.billing import catalog_repository, metering
+from controlplane.billing import metering
 from controlplane.billing.metering import BACKOFF_BASE, MAX_ATTEMPTS, Metering, day_start
 from controlplane.billing.provider import BillingProvider, CatalogMeter
 from controlplane.billing.providers import provider_for
@@ -34,7 +34,7 @@ from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, quiet_settings
 from tests.integration.admin_support import create
-from tests.integration.billing_usage_support import add_calls, add_points, ledger, set_customer
+from tests.integration.billing_usage_support import add_calls, add_points, ledger, metered_provider, set_customer
 from tests.stripe_harness import StripeStandin, stripe_billing
 
 Client = AsyncTestClient[Any]
@@ -61,13 +61,7 @@ async def provider(
     stripe_settings: Settings, platform: Platform, stripe_standin: StripeStandin, synced_meters: list[CatalogMeter]
 ) -> BillingProvider:
     """The Stripe provider on the stand-in, its meters recorded in ``billing_meters`` as sync does."""
-    found = provider_for(stripe_settings.billing)
-    assert found is not None
-    async with platform.control.connection() as conn:
-        for meter in synced_meters:
-            await catalog_repository.record_meter(conn, found.name, meter)
-    await stripe_standin.clear_failures()
-    return found
+    return await metered_provider(stripe_settings, platform, stripe_standin, synced_meters)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from controlplane.backups.schedule import BackupScheduler
 from controlplane.backups.service import BackupService
-from controlplane.billing import catalog_repository, metering
+from controlplane.billing import metering
 from controlplane.billing.metering import day_start
 from controlplane.billing.provider import BillingProvider
 from controlplane.billing.providers import provider_for
@@ -29,7 +29,7 @@ from controlplane.tasks.fanout import Fanout
 from controlplane.tasks.queue import TaskQueue
 from controlplane.usage.service import UsageService
 from tests.conftest import eventually
-from tests.integration.billing_usage_support import add_points, ledger, set_customer
+from tests.integration.billing_usage_support import add_points, ledger, metered_provider, set_customer
 from tests.integration.cli_support import cli_env
 from tests.integration.task_queue_support import FAST, jobs, services, spawn_worker, wait_killed
 from tests.stripe_harness import StripeStandin, stripe_env
@@ -40,13 +40,13 @@ H = timedelta(hours=1)
 @pytest.fixture
 async def provider(stripe_settings: Settings, platform: Platform, stripe_standin: StripeStandin) -> BillingProvider:
     """The Stripe provider on the stand-in, its meters synced and recorded in ``billing_meters``."""
-    found = provider_for(stripe_settings.billing)
-    assert found is not None
-    async with platform.control.connection() as conn:
-        for meter in (await found.sync_catalog()).meters:
-            await catalog_repository.record_meter(conn, found.name, meter)
-    await stripe_standin.clear_failures()
-    return found
+    syncing = provider_for(stripe_settings.billing)
+    assert syncing is not None
+    try:
+        meters = (await syncing.sync_catalog()).meters
+    finally:
+        await syncing.aclose()
+    return await metered_provider(stripe_settings, platform, stripe_standin, meters)
 
 
 @pytest.fixture
