@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from controlplane.errors import TenantUnavailable
 from controlplane.pools.connection import TenantConnection, tenant_conninfo, via_pgbouncer
+from controlplane.pools.gate import Gate
 from controlplane.settings import DatabaseSettings, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,19 @@ Pool = AsyncConnectionPool[TenantConnection]
 class Entry:
     """One tenant's pool, its reservation of the budget and the requests using it."""
 
-    __slots__ = ("closed", "closing", "held", "in_flight", "pool", "retired", "served", "size", "tenant_id", "waiters")
+    __slots__ = (
+        "closed",
+        "closing",
+        "gate",
+        "held",
+        "in_flight",
+        "pool",
+        "retired",
+        "served",
+        "size",
+        "tenant_id",
+        "waiters",
+    )
 
     def __init__(self, tenant_id: uuid.UUID, size: int, make_pool: Callable[[Entry], Pool]) -> None:
         self.tenant_id = tenant_id
@@ -53,7 +66,8 @@ class Entry:
         self.retired = False  # out of the LRU: closes once in_flight drops to 0
         self.closing = False  # pool.close() started
         self.closed = False  # pool.close() done; the reservation goes once in_flight is 0 too
-        self.waiters: set[asyncio.Timeout] = set()  # requests inside pool.getconn(), to wake on failure
+        self.gate = Gate(size)  # one turn per connection: who may be inside pool.getconn()
+        self.waiters: set[asyncio.Timeout] = set()  # requests at the gate or inside getconn, to wake on failure
 
 
 def _sizes(entries: Iterable[Entry]) -> int:
@@ -103,6 +117,7 @@ class PoolLifecycle:
         entry.size += 1
         self._slots += 1
         await entry.pool.resize(0, entry.size)
+        entry.gate.widen()
 
     async def _create(self, tenant_id: uuid.UUID, creation: Creation) -> Entry:
         try:

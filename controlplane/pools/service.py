@@ -123,6 +123,7 @@ class TenantPools(PoolLifecycle):
             await entry.pool.putconn(conn)
         finally:
             entry.held -= 1
+            entry.gate.give()
             self._checkin(entry)
 
     def _lost(self, entry: Entry, exc: psycopg.OperationalError) -> TenantUnavailable:
@@ -162,7 +163,7 @@ class TenantPools(PoolLifecycle):
             measures = entry.pool.get_stats()
             opened += max(measures.get("pool_size", 0), entry.held)
             idle += measures.get("pool_available", 0)
-            waiting += measures.get("requests_waiting", 0)
+            waiting += measures.get("requests_waiting", 0) + len(entry.gate)
         return PoolStats(
             hits=self._hits,
             misses=self._misses,
@@ -254,25 +255,39 @@ class TenantPools(PoolLifecycle):
                 self._start_close(entry)
 
     async def _getconn(self, entry: Entry) -> TenantConnection:
-        # The scope is a safety net beyond the pool's own timeout (its connection check has none: a
-        # half-open connection to a vanished server would hang it), and lets _fail() end the wait at
+        # A request whose turn must wait (all connections busy: ``pools.gate``) waits at most acquire_timeout.
+        # Then the scope is a safety net beyond the pool's own timeout (its connection check has none: a
+        # half-open connection to a vanished server would hang it). Either way _fail() can end the wait at
         # once (psycopg_pool's check loop may sleep between attempts, out of the queue close() fails).
-        limit = asyncio.get_running_loop().time() + self._settings.acquire_timeout + self._db.connect_timeout
+        gate = entry.gate
+        turn = gate.take()
+        deadline = asyncio.get_running_loop().time() + self._settings.acquire_timeout
+        limit = deadline + self._db.connect_timeout
         try:
-            async with asyncio.timeout_at(limit) as scope:
+            async with asyncio.timeout_at(limit if turn else deadline) as scope:
                 entry.waiters.add(scope)
                 try:
-                    return await entry.pool.getconn()
+                    if not turn:
+                        await gate.wait()
+                        turn = True
+                        scope.reschedule(limit)
+                    try:
+                        return await entry.pool.getconn()
+                    except BaseException:
+                        gate.give()
+                        raise
                 finally:
                     entry.waiters.discard(scope)
-        except PoolTimeout:
-            if entry.held:
+        except (PoolTimeout, TimeoutError) as exc:
+            busy = isinstance(exc, PoolTimeout) or not (turn or entry.closing)
+            if busy and entry.held:
                 raise TenantUnavailable(
                     "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
                 ) from None
-            # Nothing checked out, yet nothing handed out in acquire_timeout: the pool cannot connect.
-        except (TimeoutError, PoolClosed):
-            pass  # failed (dropped as unable to connect) or shutting down
+            # Else nothing checked out, yet nothing handed out in time: the pool cannot connect (or it was
+            # dropped as unable to: _fail), or it is shutting down.
+        except PoolClosed:
+            pass  # shutting down
         if entry.held == 0:
             self._fail(entry)
         raise TenantUnavailable("tenant database unreachable", retry_after=self._retry_after_unreachable())

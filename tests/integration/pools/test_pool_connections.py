@@ -79,6 +79,31 @@ async def test_a_burst_of_first_requests_creates_one_pool(
     assert await count_connections(pg_admin_dsn, tenants) <= 3
 
 
+async def test_requests_for_a_busy_tenant_take_its_connections_in_arrival_order(
+    make_pools: MakePools, tenants: list[TenantDb]
+) -> None:
+    tenant = tenants[1]
+    pools = make_pools(Directory(tenants), per_tenant_max=1)
+    served: list[int] = []
+
+    async def request(i: int) -> None:
+        async with pools.connection(tenant.id, autocommit=True) as conn:
+            served.append(i)
+            await conn.execute("SELECT 1")
+
+    async with pools.connection(tenant.id) as held:
+        queued = []
+        for i in range(5):
+            queued.append(asyncio.create_task(request(i)))
+            await eventually(lambda n=i + 1: pools.stats().requests_waiting == n, f"request {i} queues")
+        await held.execute("SELECT 1")
+        assert served == []
+    await asyncio.gather(*queued)
+    assert served == [0, 1, 2, 3, 4]
+    stats = pools.stats()
+    assert (stats.connections_open, stats.connections_in_use, stats.requests_waiting) == (1, 0, 0)
+
+
 async def test_a_connection_killed_by_the_server_is_not_handed_out(
     make_pools: MakePools, tenants: list[TenantDb], pg_admin_dsn: str
 ) -> None:
