@@ -46,7 +46,8 @@ from controlplane.auth.service import Authenticator
 from controlplane.context import TenantContext
 from controlplane.http.params import Cursor, Limit
 from controlplane.http.state import AUTH_STATE_KEY, PLATFORM_STATE_KEY, TENANT_POOLS_STATE_KEY
-from controlplane.http.tenant_api import open_tenant_request, requires
+from controlplane.http.tenant_api import requires
+from controlplane.http.tenant_request import open_tenant_request
 from controlplane.mail import outbox, templates
 from controlplane.mail.models import MailKind
 from controlplane.paging import TENANT_PAGES

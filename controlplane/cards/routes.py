@@ -3,7 +3,7 @@
 Paths are relative to where the app mounts ``TENANT_API_HANDLERS`` (``/t/{slug}/api`` and ``/api``).
 Handlers take one dependency, ``vault``: a ``CardVault`` on a connection to the tenant's own database,
 committed after the handler returns and rolled back if it raises (handlers never commit). The service
-provides it in one step (``vault_dependency``, on ``http.tenant_api.open_tenant_request``);
+provides it in one step (``vault_dependency``, on ``http.tenant_request.open_tenant_request``);
 ``card_dependencies`` composes it from ``tenant``, ``tenant_db``, ``quota_limits`` (looks one of the
 tenant's limits up when called; None = unlimited), ``storage`` and ``max_image_bytes``, for tests that
 mount these handlers without the tenant API's authentication.
@@ -56,7 +56,8 @@ from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.http.params import Cursor, Limit
 from controlplane.http.state import BYTES_SERVED_STATE_KEY, PLATFORM_STATE_KEY
-from controlplane.http.tenant_api import open_tenant_request, requires
+from controlplane.http.tenant_api import requires
+from controlplane.http.tenant_request import open_tenant_request
 from controlplane.paging import MAX_ID, TENANT_PAGES
 from controlplane.platform import Platform
 from controlplane.registry.models import LimitLookup

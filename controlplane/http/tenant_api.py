@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import psycopg
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -31,29 +29,24 @@ from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Middleware, Receive, Scope, Send
 
-from controlplane.auth.models import Permission, Principal
+from controlplane.auth.models import Permission
 from controlplane.auth.ratelimit import Decision
 from controlplane.auth.service import Authenticator
-from controlplane.context import AuditContext, TenantContext, TenantRequest
-from controlplane.errors import Forbidden, PermissionDenied, ServerUnavailable, TenantUnavailable
-from controlplane.http.context import add_response_headers, request_id, source_address
-from controlplane.http.replica_routing import LSN_HEADER, committed_lsn, min_lsn, peer_closed, replica_reads
+from controlplane.context import TenantContext, TenantRequest
+from controlplane.errors import Forbidden
+from controlplane.http.context import add_response_headers
 from controlplane.http.state import (
     API_CALLS_STATE_KEY,
     AUTH_STATE_KEY,
     BASE_DOMAIN_STATE_KEY,
     TENANT_CACHE_STATE_KEY,
     TENANT_HEADER,
-    TENANT_POOLS_STATE_KEY,
     TENANT_SLUG_PARAM,
 )
-from controlplane.pools.service import TenantPools
+from controlplane.http.tenant_request import GUARDED_KEY, PERMISSION_OPT, open_tenant_request
 from controlplane.routing.cache import TenantCache
-from controlplane.routing.resolver import admit, resolve, resolve_slug
+from controlplane.routing.resolver import resolve, resolve_slug
 
-#: ``opt`` key naming the permission a tenant route needs.
-PERMISSION_OPT = "permission"
-_GUARDED_KEY = "cardvault.tenant_credential"
 #: ``scope["state"]`` key of the ``TenantContext`` a tenant API request resolved to (set before the
 #: credential is checked), for per-tenant request metrics (``controlplane.metrics.requests``).
 RESOLVED_TENANT_KEY = "cardvault.resolved_tenant"
@@ -150,7 +143,7 @@ async def _authenticate(scope: Scope) -> None:
     decision = await calls.admit(tenant.id)
     if decision is not None:
         add_response_headers(scope, decision.headers())
-    scope.setdefault("state", {})[_GUARDED_KEY] = (tenant, credential)
+    scope.setdefault("state", {})[GUARDED_KEY] = (tenant, credential)
 
 
 _AUTH_HEADERS = frozenset({b"host", b"x-tenant", b"authorization"})
@@ -158,114 +151,6 @@ _AUTH_HEADERS = frozenset({b"host", b"x-tenant", b"authorization"})
 
 def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("latin-1")
-
-
-def _audit_context(principal: Principal, scope: Scope) -> AuditContext:
-    return AuditContext(
-        actor=principal.subject,
-        actor_label=principal.label,
-        impersonator=f"admin:{principal.impersonator}" if principal.impersonator else None,
-        source_address=source_address(scope),
-        request_id=request_id(scope),
-    )
-
-
-@asynccontextmanager
-async def open_tenant_request(request: Request[Any, Any, Any]) -> AsyncIterator[TenantRequest]:
-    """The ``TenantRequest`` of a tenant API request that passed ``tenant_auth_middleware``.
-
-    Its connection is a pooled one to the tenant's own database. The principal is loaded on it and must
-    hold the route's permission. Requests that change something run in one transaction (committed when
-    the block exits, rolled back when it raises). Reads (``READ_METHODS``) run in autocommit: no BEGIN
-    and COMMIT round trips, two of a one-query read's three. They lose nothing by it: under READ
-    COMMITTED every statement takes its own snapshot inside a transaction too, and a read holds no
-    locks to keep. So a ``GET`` handler must not write anything that must be atomic with something else.
-
-    Reads of routers that opt in may be served by a read replica (``http.replica_routing``); a handler
-    of such a router must not write at all on a ``GET``. Loading the principal may: an API key's
-    ``last_used_at``, which fails on a replica. Such a request, like any whose principal cannot be
-    loaded on the replica (a login or key not replayed there yet) or whose replica fails before the
-    handler runs, is served by the primary instead.
-    """
-    tenant = request.scope["state"][_GUARDED_KEY][0]
-    method = request.scope["method"]
-    reads = replica_reads(request)
-    if reads is not None and method in READ_METHODS and reads.has_replicas(tenant):
-        route = reads.route(tenant, min_lsn(request))
-        if route is not None:
-            started = False
-            try:
-                async with _serve(request, route.key, autocommit=True, replica=True) as ctx:
-                    started = True
-                    reads.served(route)
-                    yield ctx
-                return
-            except Exception as exc:
-                if isinstance(exc, (TenantUnavailable, psycopg.OperationalError)):
-                    reads.failed(route, str(exc).strip() or type(exc).__name__)
-                if started:
-                    raise  # the handler ran on the replica (or failed there): nothing can be retried
-                # Else the principal could not be loaded there: an API key's last_used_at (a write), or a
-                # login, key or permission change not replayed yet. The primary has the last word.
-    stamp = reads is not None and method not in READ_METHODS and reads.has_replicas(tenant)
-    try:
-        async with _serve(request, tenant.id, autocommit=method in READ_METHODS) as ctx:
-            yield ctx
-            if stamp:
-                add_response_headers(request.scope, {LSN_HEADER: await committed_lsn(ctx.conn)})
-    except TenantUnavailable:  # no connection, or it was lost under the request
-        await _recheck(request.app.state[TENANT_CACHE_STATE_KEY], tenant)
-        raise
-
-
-@asynccontextmanager
-async def _serve(
-    request: Request[Any, Any, Any], pool_key: uuid.UUID, *, autocommit: bool, replica: bool = False
-) -> AsyncIterator[TenantRequest]:
-    """A connection from the pool ``pool_key`` (the tenant's, or one of its replica pools), the principal
-    loaded on it and its permission checked.
-
-    A replica connection the server has closed (the replica stopped or restarted) is found out here,
-    before the handler runs (``peer_closed``: no round trip), so that the read can still go to the
-    primary rather than fail on its first statement.
-    """
-    tenant, credential = request.scope["state"][_GUARDED_KEY]
-    permission: Permission = request.route_handler.opt[PERMISSION_OPT]
-    state = request.app.state
-    auth: Authenticator = state[AUTH_STATE_KEY]
-    pools: TenantPools = state[TENANT_POOLS_STATE_KEY]
-    async with pools.connection(pool_key, autocommit=autocommit) as conn:
-        if replica and peer_closed(conn):
-            await conn.close()
-            raise psycopg.OperationalError("the replica closed the connection")
-        principal = await auth.tenant_principal(conn, tenant, credential)
-        if not principal.can(permission):
-            raise PermissionDenied(
-                f"this needs the {permission.value} permission, which this {principal.kind.value} lacks",
-                permission=permission.value,
-            )
-        scope = request.scope
-        yield TenantRequest(
-            conn=conn, tenant=tenant, principal=principal, audit=lambda: _audit_context(principal, scope)
-        )
-
-
-#: Methods whose tenant requests run in autocommit (see ``open_tenant_request``).
-READ_METHODS = frozenset({"GET", "HEAD"})
-
-
-async def _recheck(cache: TenantCache, tenant: TenantContext) -> None:
-    """Raise what the registry says now if the tenant may no longer be served as ``tenant`` says.
-
-    Another replica's suspend, delete or rename locks the tenant's role out (or moves its slug) before
-    this replica's cache has heard of it: a request in that window gets 423, 410 or 404, not 503.
-    Only failed requests pay for it (one registry read).
-    """
-    try:
-        current = await cache.current(tenant.id)
-    except ServerUnavailable:
-        return  # the registry cannot be asked either: the 503 stands
-    admit(current, tenant.slug)
 
 
 def tenant_dependencies() -> dict[str, Provide]:

@@ -32,7 +32,8 @@ from controlplane.auth.service import Authenticator
 from controlplane.http.params import Limit
 from controlplane.http.replica_routing import PRIMARY_ONLY
 from controlplane.http.state import AUTH_STATE_KEY, PRIVACY_STATE_KEY
-from controlplane.http.tenant_api import open_tenant_request, requires
+from controlplane.http.tenant_api import requires
+from controlplane.http.tenant_request import open_tenant_request
 from controlplane.paging import TENANT_PAGES
 from controlplane.privacy.models import EraseRequest, ErasureResult, Export, ExportCreated
 from controlplane.privacy.service import Privacy, TenantPrivacy

@@ -24,7 +24,7 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from controlplane.auth.models import ROLE_PERMISSIONS, Permission, Role
-from controlplane.http.tenant_api import PERMISSION_OPT
+from controlplane.http.tenant_request import PERMISSION_OPT
 from controlplane.platform import Platform
 from tests.integration.auth_support import add_user, bearer, create_tenant, login_as, make_admin, platform_login
 
