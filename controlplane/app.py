@@ -46,7 +46,7 @@ from controlplane.billing.service import BillingService
 from controlplane.cards.routes import TENANT_API_HANDLERS, vault_dependency
 from controlplane.http import probes
 from controlplane.http.admin import admin_guard
-from controlplane.http.context import before_send
+from controlplane.http.context import stamp_headers
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.http.openapi import openapi_config
 from controlplane.http.replica_routing import REPLICA_READS, REPLICA_READS_STATE_KEY
@@ -377,7 +377,6 @@ def create_app(settings: Settings) -> Litestar:
             "tenants": Provide(_tenants, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        before_send=[before_send],
         lifespan=[lifespan],
         state=State(
             {
@@ -391,5 +390,5 @@ def create_app(settings: Settings) -> Litestar:
         ),
         openapi_config=openapi_config(),
     )
-    instrument(app, http_metrics)
+    instrument(app, http_metrics, on_start=stamp_headers)  # metrics and our response headers
     return app

@@ -3,7 +3,7 @@
 The request id is the client's ``X-Request-ID`` when it is a sane token (so a gateway's id follows the
 request into audit rows and logs), else a new one (process prefix + counter); it is echoed on every
 response. Handlers and dependencies add response headers (``RateLimit-*``) with
-``add_response_headers``; the ``before_send`` hook writes them, on errors too.
+``add_response_headers``; ``stamp_headers`` writes them, on errors too.
 
 Every response also says ``X-Content-Type-Options: nosniff`` and, unless its handler chose a caching
 policy of its own (a card image: ``private, max-age=60`` with an ETag; a signed file link's object:
@@ -56,16 +56,16 @@ def add_response_headers(scope: Scope, headers: dict[str, str]) -> None:
     _state(scope).setdefault(_HEADERS_KEY, {}).update(headers)
 
 
-async def before_send(message: Message, scope: Scope) -> None:
+def stamp_headers(message: Message, scope: Scope) -> None:
+    """Our headers onto a response's start message (``metrics.requests.instrument`` runs it on every one)."""
     if message["type"] != "http.response.start":
         return
     # On the raw header list (what MutableScopeHeaders wraps): every response passes here.
-    ours = {
-        b"x-request-id": request_id(scope).encode("latin-1"),
-        b"x-content-type-options": b"nosniff",
-    }
-    for name, value in _state(scope).get(_HEADERS_KEY, {}).items():
-        ours[name.lower().encode("latin-1")] = value.encode("latin-1")
+    ours = {b"x-request-id": request_id(scope).encode("latin-1"), b"x-content-type-options": b"nosniff"}
+    added = scope["state"].get(_HEADERS_KEY)  # request_id() made sure of scope["state"]
+    if added:
+        for name, value in added.items():
+            ours[name.lower().encode("latin-1")] = value.encode("latin-1")
     raw: list[tuple[bytes, bytes]] = list(message.get("headers") or ())
     present = {name.lower() for name, _ in raw}
     if b"cache-control" not in present:

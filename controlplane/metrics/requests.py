@@ -17,7 +17,7 @@ tenant, with the status actually sent (exception handlers included).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from litestar import Litestar
 from litestar.enums import ScopeType
@@ -87,28 +87,40 @@ class HttpMetrics:
         yield requests
         yield durations
 
-    def middleware(self, app: ASGIApp) -> ASGIApp:
-        """``app`` wrapped so that every HTTP request through it is counted and timed."""
-        return _Middleware(app, self)
+    def middleware(self, app: ASGIApp, on_start: OnStart | None = None) -> ASGIApp:
+        """``app`` wrapped so that every HTTP request through it is counted and timed (and ``on_start``
+        sees each response's start message before it is sent)."""
+        return _Middleware(app, self, on_start or _leave)
+
+
+#: What ``instrument`` may run on every ``http.response.start`` message (and its scope) before it is sent.
+OnStart = Callable[[Message, Scope], None]
+
+
+def _leave(message: Message, scope: Scope) -> None:
+    pass
 
 
 class _Middleware:
-    __slots__ = ("app", "metrics")
+    __slots__ = ("app", "metrics", "on_start")
 
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, on_start: OnStart) -> None:
         self.app = app
         self.metrics = metrics
+        self.on_start = on_start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         status = 500  # the app raised or the client left before a response started
+        on_start = self.on_start
 
         async def send_and_note_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                on_start(message, scope)
             await send(message)
 
         started = time.perf_counter()
@@ -126,11 +138,13 @@ class _Middleware:
                     tenants.observe(tenant.id, tenant.slug, status, seconds)
 
 
-def instrument(app: Litestar, metrics: HttpMetrics) -> None:
-    """Count and time every HTTP request of ``app``, including those no route matches.
+def instrument(app: Litestar, metrics: HttpMetrics, on_start: OnStart | None = None) -> None:
+    """Count and time every HTTP request of ``app``, including those no route matches, and run ``on_start``
+    on every response's start message (the service's own response headers: ``http.context.stamp_headers``).
 
     Litestar's ``middleware=`` runs after routing, so it never sees a 404 or 405; this wraps the
     handler the application calls for every request instead (routing happens inside it and leaves
-    ``path_template`` in the scope).
+    ``path_template`` in the scope). The headers ride on the same wrapper of ``send`` rather than a
+    Litestar ``before_send`` hook, which wraps ``send`` once more for every request.
     """
-    app.asgi_handler = metrics.middleware(app.asgi_handler)
+    app.asgi_handler = metrics.middleware(app.asgi_handler, on_start)

@@ -32,9 +32,10 @@ from controlplane.errors import (
     TenantNotFound,
 )
 from controlplane.http.admin import admin_guard
-from controlplane.http.context import before_send
+from controlplane.http.context import stamp_headers
 from controlplane.http.errors import EXCEPTION_HANDLERS
 from controlplane.http.state import ADMIN_TOKEN_HASH_STATE_KEY
+from controlplane.metrics.requests import HttpMetrics, instrument
 from controlplane.settings import AuthSettings
 
 TOKEN = "unit-test-token"
@@ -93,7 +94,6 @@ def client() -> Any:
     app = Litestar(
         route_handlers=[domain, litestar_not_found, litestar_forbidden, slow, bug, body, cacheable, admin],
         exception_handlers=EXCEPTION_HANDLERS,
-        before_send=[before_send],
         state=State(
             {
                 ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(TOKEN),
@@ -106,6 +106,7 @@ def client() -> Any:
             }
         ),
     )
+    instrument(app, HttpMetrics(), on_start=stamp_headers)  # as create_app does
     with TestClient(app=app) as test_client:
         yield test_client
 
