@@ -261,7 +261,8 @@ class TenantPools(PoolLifecycle):
         # once (psycopg_pool's check loop may sleep between attempts, out of the queue close() fails).
         gate = entry.gate
         turn = gate.take()
-        deadline = asyncio.get_running_loop().time() + self._settings.acquire_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.acquire_timeout
         limit = deadline + self._db.connect_timeout
         try:
             async with asyncio.timeout_at(limit if turn else deadline) as scope:
@@ -270,7 +271,8 @@ class TenantPools(PoolLifecycle):
                     if not turn:
                         await gate.wait()
                         turn = True
-                        scope.reschedule(limit)
+                        if deadline - loop.time() < self._db.connect_timeout:
+                            scope.reschedule(limit)  # a connect may still be needed: give it its time
                     try:
                         return await entry.pool.getconn()
                     except BaseException:
