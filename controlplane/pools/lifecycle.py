@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -46,6 +47,7 @@ class Entry:
         "closed",
         "closing",
         "gate",
+        "getting",
         "held",
         "in_flight",
         "pool",
@@ -53,10 +55,10 @@ class Entry:
         "served",
         "size",
         "tenant_id",
-        "waiters",
+        "woken",
     )
 
-    def __init__(self, tenant_id: uuid.UUID, size: int, make_pool: Callable[[Entry], Pool]) -> None:
+    def __init__(self, tenant_id: uuid.UUID, size: int, make_pool: Callable[[Entry], Pool], patience: float) -> None:
         self.tenant_id = tenant_id
         self.size = size  # budget reserved: the pool's max_size (grows up to per_tenant_max)
         self.pool = make_pool(self)  # its callbacks are bound to this entry
@@ -66,8 +68,9 @@ class Entry:
         self.retired = False  # out of the LRU: closes once in_flight drops to 0
         self.closing = False  # pool.close() started
         self.closed = False  # pool.close() done; the reservation goes once in_flight is 0 too
-        self.gate = Gate(size)  # one turn per connection: who may be inside pool.getconn()
-        self.waiters: set[asyncio.Timeout] = set()  # requests at the gate or inside getconn, to wake on failure
+        self.gate = Gate(size, patience)  # one turn per connection: who may be inside pool.getconn()
+        self.getting: set[asyncio.Task[Any]] = set()  # requests inside pool.getconn(), to wake on failure
+        self.woken: set[asyncio.Task[Any]] = set()  # those of them _fail() has cancelled
 
 
 def _sizes(entries: Iterable[Entry]) -> int:
@@ -124,7 +127,7 @@ class PoolLifecycle:
             info = self._conninfo(await self._conninfo_for(tenant_id))
             await self._reserve()
             try:
-                entry = Entry(tenant_id, 1, partial(self._new_pool, info))
+                entry = Entry(tenant_id, 1, partial(self._new_pool, info), self._settings.acquire_timeout)
             finally:
                 self._opening -= 1
             self._slots += entry.size
@@ -190,7 +193,10 @@ class PoolLifecycle:
 
     async def _check_if_idle(self, conn: TenantConnection) -> None:
         if time.monotonic() - conn.returned_at >= self._settings.check_after_idle:
-            await AsyncConnectionPool.check_connection(conn)
+            # Bounded like a connect: a half-open connection to a vanished server would hang the check
+            # (and its request). A check that fails or times out makes the pool drop the connection.
+            async with asyncio.timeout(self._db.connect_timeout):
+                await AsyncConnectionPool.check_connection(conn)
 
     async def _reserve(self) -> None:
         """Take budget and capacity for one more pool, evicting and then waiting (bounded) if needed."""
@@ -263,10 +269,19 @@ class PoolLifecycle:
             entry.retired = True
             self._retired.add(entry)
         self._start_close(entry)
-        now = asyncio.get_running_loop().time()
-        for scope in entry.waiters:
-            if not scope.expired():
-                scope.reschedule(now)
+        # Its waiters fail now: those at the gate at once, those inside getconn by a cancellation that
+        # _getconn turns into this error (psycopg_pool's check loop may sleep between attempts, out of
+        # the queue that close() fails).
+        entry.gate.fail(self._unreachable)
+        for task in entry.getting - entry.woken:
+            entry.woken.add(task)
+            task.cancel()
+
+    def _unreachable(self) -> TenantUnavailable:
+        return TenantUnavailable("tenant database unreachable", retry_after=self._retry_after_unreachable())
+
+    def _retry_after_unreachable(self) -> int:
+        return max(1, math.ceil(self._db.connect_timeout))
 
     def _connect_failed(self, entry: Entry) -> None:
         """A connection attempt failed: if the pool has nothing to give, its waiters fail now."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -41,6 +40,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from controlplane.db import AsyncConn
 from controlplane.errors import ConfigError, TenantUnavailable
 from controlplane.pools.connection import TenantConnection
+from controlplane.pools.gate import GateExpired
 from controlplane.pools.lifecycle import BUSY_RETRY_AFTER, Creation, Entry, PoolLifecycle
 from controlplane.pools.models import PoolStats
 from controlplane.settings import DatabaseSettings, PoolSettings
@@ -255,47 +255,47 @@ class TenantPools(PoolLifecycle):
                 self._start_close(entry)
 
     async def _getconn(self, entry: Entry) -> TenantConnection:
-        # A request whose turn must wait (all connections busy: ``pools.gate``) waits at most acquire_timeout.
-        # Then the scope is a safety net beyond the pool's own timeout (its connection check has none: a
-        # half-open connection to a vanished server would hang it). Either way _fail() can end the wait at
-        # once (psycopg_pool's check loop may sleep between attempts, out of the queue close() fails).
+        # A request whose turn must wait (all connections busy: ``pools.gate``) waits at most acquire_timeout;
+        # inside the pool, its own timeout and the connection check's (``_check_if_idle``) bound the wait.
+        # No timer per request: the gate has one, psycopg_pool starts one only when a request must wait in
+        # its queue. _fail() ends every wait at once, at the gate or inside (a cancellation, turned here into
+        # TenantUnavailable).
         gate = entry.gate
-        turn = gate.take()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.acquire_timeout
-        limit = deadline + self._db.connect_timeout
+        if not gate.take():
+            try:
+                await gate.wait()
+            except GateExpired:
+                if entry.held:
+                    raise TenantUnavailable(
+                        "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
+                    ) from None
+                # Nobody holds a connection, yet no turn came: those inside getconn cannot connect.
+                self._fail(entry)
+                raise self._unreachable() from None
+        task = asyncio.current_task()
+        assert task is not None
+        entry.getting.add(task)
         try:
-            async with asyncio.timeout_at(limit if turn else deadline) as scope:
-                entry.waiters.add(scope)
-                try:
-                    if not turn:
-                        await gate.wait()
-                        turn = True
-                        if deadline - loop.time() < self._db.connect_timeout:
-                            scope.reschedule(limit)  # a connect may still be needed: give it its time
-                    try:
-                        return await entry.pool.getconn()
-                    except BaseException:
-                        gate.give()
-                        raise
-                finally:
-                    entry.waiters.discard(scope)
-        except (PoolTimeout, TimeoutError) as exc:
-            busy = isinstance(exc, PoolTimeout) or not (turn or entry.closing)
-            if busy and entry.held:
-                raise TenantUnavailable(
-                    "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
-                ) from None
-            # Else nothing checked out, yet nothing handed out in time: the pool cannot connect (or it was
-            # dropped as unable to: _fail), or it is shutting down.
-        except PoolClosed:
-            pass  # shutting down
+            return await entry.pool.getconn()
+        except BaseException as exc:
+            gate.give()  # (a request that got its connection gives its turn back in _release)
+            if isinstance(exc, asyncio.CancelledError):
+                if task not in entry.woken or task.uncancel():
+                    raise  # cancelled by someone else (too)
+            elif isinstance(exc, PoolTimeout):
+                if entry.held:
+                    raise TenantUnavailable(
+                        "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
+                    ) from None
+                # Nothing checked out, yet nothing handed out in acquire_timeout: the pool cannot connect.
+            elif not isinstance(exc, PoolClosed):  # PoolClosed: failed (dropped as unable to connect) or closing
+                raise
+        finally:
+            entry.getting.discard(task)
+            entry.woken.discard(task)
         if entry.held == 0:
             self._fail(entry)
-        raise TenantUnavailable("tenant database unreachable", retry_after=self._retry_after_unreachable())
-
-    def _retry_after_unreachable(self) -> int:
-        return max(1, math.ceil(self._db.connect_timeout))
+        raise self._unreachable()
 
 
 class _Lease:

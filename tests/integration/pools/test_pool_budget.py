@@ -6,6 +6,7 @@ Tenants, ``Directory`` and the ``pg_stat_activity`` helpers are in this package'
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -260,6 +261,33 @@ async def test_server_down_is_tenant_unavailable_and_recovers_when_it_is_back(
         server.start()
         await backend_pid(pools, tenant)
         assert pools.is_open(tenant.id)
+    finally:
+        if not server.is_running():
+            server.start()
+        drop_tenant_db(server.dsn, tenant)
+
+
+@pytest.mark.slow
+async def test_a_request_checking_dead_connections_fails_when_the_pool_is_dropped_not_after_a_backoff(
+    make_pools: MakePools, extra_cluster: Callable[[], LocalClusterHandle]
+) -> None:
+    """Both idle connections of a pool are dead (their server is gone): psycopg_pool's check fails on the
+    first, at once on the second, and then it backs off (~1 s) before trying again, out of the queue its
+    close() fails. When the pool is dropped as unable to connect (its replacement connection is refused,
+    a few ms later), that request fails at once."""
+    server = extra_cluster()
+    tenant = create_tenant_db(server.dsn)
+    pools = make_pools(Directory([tenant]), connect_timeout=1.0, acquire_timeout=30.0, check_after_idle=0.0)
+    try:
+        async with pools.connection(tenant.id), pools.connection(tenant.id):  # the pool grows to 2
+            pass
+        assert pools.stats().connections_idle == 2
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(TenantUnavailable, match="unreachable"):
+            await backend_pid(pools, tenant)
+        assert time.monotonic() - started < 0.6  # not after the backoff (0.9 s at least), nor acquire_timeout
+        assert not pools.is_open(tenant.id)
     finally:
         if not server.is_running():
             server.start()
