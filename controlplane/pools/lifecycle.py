@@ -44,10 +44,10 @@ class Entry:
     """One tenant's pool, its reservation of the budget and the requests using it."""
 
     __slots__ = (
+        "checking",
         "closed",
         "closing",
         "gate",
-        "getting",
         "held",
         "in_flight",
         "pool",
@@ -69,7 +69,7 @@ class Entry:
         self.closing = False  # pool.close() started
         self.closed = False  # pool.close() done; the reservation goes once in_flight is 0 too
         self.gate = Gate(size, patience)  # one turn per connection: who may be inside pool.getconn()
-        self.getting: set[asyncio.Task[Any]] = set()  # requests inside pool.getconn(), to wake on failure
+        self.checking: set[asyncio.Task[Any]] = set()  # requests whose getconn checked a connection
         self.woken: set[asyncio.Task[Any]] = set()  # those of them _fail() has cancelled
 
 
@@ -188,11 +188,16 @@ class PoolLifecycle:
             # A connection killed by the server (pg_terminate_backend, restart) is replaced, not handed
             # out - but only connections idle for a while are checked: a round trip per request would
             # cost a hot tenant a tenth of its throughput, and a just-used connection is alive.
-            check=self._check_if_idle,
+            check=partial(self._check_if_idle, entry),
         )
 
-    async def _check_if_idle(self, conn: TenantConnection) -> None:
+    async def _check_if_idle(self, entry: Entry, conn: TenantConnection) -> None:
         if time.monotonic() - conn.returned_at >= self._settings.check_after_idle:
+            # The request checking it may sleep in psycopg_pool's check loop if the check fails, out of
+            # the queue that close() fails: _fail() wakes it (see TenantPools._getconn).
+            task = asyncio.current_task()
+            if task is not None:
+                entry.checking.add(task)
             # Bounded like a connect: a half-open connection to a vanished server would hang the check
             # (and its request). A check that fails or times out makes the pool drop the connection.
             async with asyncio.timeout(self._db.connect_timeout):
@@ -269,11 +274,11 @@ class PoolLifecycle:
             entry.retired = True
             self._retired.add(entry)
         self._start_close(entry)
-        # Its waiters fail now: those at the gate at once, those inside getconn by a cancellation that
-        # _getconn turns into this error (psycopg_pool's check loop may sleep between attempts, out of
-        # the queue that close() fails).
+        # Its waiters fail now: those at the gate at once, those in psycopg_pool's queue by close(), and
+        # those that checked a connection (psycopg_pool's check loop may sleep between attempts, out of
+        # that queue) by a cancellation that _getconn turns into this error.
         entry.gate.fail(self._unreachable)
-        for task in entry.getting - entry.woken:
+        for task in entry.checking - entry.woken:
             entry.woken.add(task)
             task.cancel()
 

@@ -258,8 +258,8 @@ class TenantPools(PoolLifecycle):
         # A request whose turn must wait (all connections busy: ``pools.gate``) waits at most acquire_timeout;
         # inside the pool, its own timeout and the connection check's (``_check_if_idle``) bound the wait.
         # No timer per request: the gate has one, psycopg_pool starts one only when a request must wait in
-        # its queue. _fail() ends every wait at once, at the gate or inside (a cancellation, turned here into
-        # TenantUnavailable).
+        # its queue. _fail() ends every wait at once, at the gate or inside (after a connection check: a
+        # cancellation, turned here into TenantUnavailable).
         gate = entry.gate
         if not gate.take():
             try:
@@ -272,15 +272,13 @@ class TenantPools(PoolLifecycle):
                 # Nobody holds a connection, yet no turn came: those inside getconn cannot connect.
                 self._fail(entry)
                 raise self._unreachable() from None
-        task = asyncio.current_task()
-        assert task is not None
-        entry.getting.add(task)
         try:
             return await entry.pool.getconn()
         except BaseException as exc:
             gate.give()  # (a request that got its connection gives its turn back in _release)
             if isinstance(exc, asyncio.CancelledError):
-                if task not in entry.woken or task.uncancel():
+                task = asyncio.current_task()
+                if task is None or task not in entry.woken or task.uncancel():
                     raise  # cancelled by someone else (too)
             elif isinstance(exc, PoolTimeout):
                 if entry.held:
@@ -291,8 +289,10 @@ class TenantPools(PoolLifecycle):
             elif not isinstance(exc, PoolClosed):  # PoolClosed: failed (dropped as unable to connect) or closing
                 raise
         finally:
-            entry.getting.discard(task)
-            entry.woken.discard(task)
+            if entry.checking:  # (rare: a connection idle for check_after_idle was checked)
+                task = asyncio.current_task()
+                entry.checking.discard(task)
+                entry.woken.discard(task)
         if entry.held == 0:
             self._fail(entry)
         raise self._unreachable()
