@@ -14,7 +14,7 @@ from controlplane.platform import Platform
 from controlplane.settings import Settings, TaskQueueSettings
 from controlplane.tasks.definitions import Services
 from controlplane.usage.collector import Collector
-from tests.integration.cli_support import CARDVAULT
+from tests.integration.cli_support import CARDVAULT, cli_env
 from tests.processes import die_with_parent, stop, track
 
 #: Short enough that a dead worker is noticed within a couple of seconds.
@@ -60,3 +60,19 @@ async def wait_killed(proc: subprocess.Popen[bytes], log: Path) -> None:
         stop(proc)
     if code != -9:  # it should have killed itself at the failpoint
         raise AssertionError(f"exit {code}:\n{await asyncio.to_thread(log.read_text)}")
+
+
+async def worker_killed_at(
+    failpoint: str, control_dsn: str, template: str, data_dir: Path, log: Path, **extra_env: str
+) -> None:
+    """Run ``cardvault worker`` (heartbeats as ``FAST``) until it kills itself at ``failpoint``."""
+    env = cli_env(
+        control_dsn,
+        template,
+        data_dir,
+        CARDVAULT_WORKER_HEARTBEAT=str(FAST.heartbeat),
+        CARDVAULT_WORKER_STALLED_AFTER=str(FAST.stalled_after),
+        CARDVAULT_FAILPOINTS=f"{failpoint}=kill",
+        **extra_env,
+    )
+    await wait_killed(await spawn_worker(env, log), log)

@@ -34,8 +34,7 @@ from controlplane.tasks.queue import TaskQueue
 from controlplane.tasks.usage import AFTER_COMMIT
 from controlplane.usage.service import UsageService
 from tests.conftest import eventually
-from tests.integration.cli_support import cli_env
-from tests.integration.task_queue_support import FAST, fast, jobs, services, spawn_worker, wait_killed
+from tests.integration.task_queue_support import FAST, fast, jobs, services, worker_killed_at
 
 
 async def points_at(platform: Platform, tenant_id: uuid.UUID, cycle: datetime) -> int:
@@ -117,16 +116,10 @@ async def test_a_worker_killed_mid_task_is_retried_elsewhere_and_writes_once(
     try:
         cycle = datetime.now(UTC)
         assert await queue.enqueue_usage(acme.id, cycle)
-        env = cli_env(
-            control_dsn,
-            tenant_template_name,
-            platform.settings.data_dir,
-            CARDVAULT_WORKER_HEARTBEAT="0.2",
-            CARDVAULT_WORKER_STALLED_AFTER="1",
-            CARDVAULT_FAILPOINTS=f"{AFTER_COMMIT}=kill",
+        # It kills itself right after committing the usage.
+        await worker_killed_at(
+            AFTER_COMMIT, control_dsn, tenant_template_name, platform.settings.data_dir, tmp_path / "worker.log"
         )
-        log = tmp_path / "worker.log"
-        await wait_killed(await spawn_worker(env, log), log)  # it killed itself right after committing the usage
         [job] = await jobs(platform, USAGE_TASK)
         assert job["status"] == "doing"  # the queue never heard the task ended
         assert await points_at(platform, acme.id, cycle) == 1

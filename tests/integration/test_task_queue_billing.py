@@ -30,8 +30,7 @@ from controlplane.tasks.queue import TaskQueue
 from controlplane.usage.service import UsageService
 from tests.conftest import eventually
 from tests.integration.billing_usage_support import add_points, ledger, metered_provider, set_customer
-from tests.integration.cli_support import cli_env
-from tests.integration.task_queue_support import FAST, jobs, services, spawn_worker, wait_killed
+from tests.integration.task_queue_support import FAST, jobs, services, worker_killed_at
 from tests.stripe_harness import StripeStandin, stripe_env
 
 H = timedelta(hours=1)
@@ -132,17 +131,14 @@ async def test_a_worker_killed_after_stripe_accepted_is_retried_and_counted_once
     await queue.open()
     try:
         assert await queue.enqueue_billing(acme, run_at)
-        env = cli_env(
+        await worker_killed_at(
+            metering.AFTER_SEND,
             control_dsn,
             tenant_template_name,
             platform.settings.data_dir,
-            CARDVAULT_WORKER_HEARTBEAT="0.2",
-            CARDVAULT_WORKER_STALLED_AFTER="1",
-            CARDVAULT_FAILPOINTS=f"{metering.AFTER_SEND}=kill",
+            tmp_path / "worker.log",
             **stripe_env(stripe_standin),
         )
-        log = tmp_path / "worker.log"
-        await wait_killed(await spawn_worker(env, log), log)
         [job] = await jobs(platform, BILLING_TASK)
         assert job["status"] == "doing"
         [row] = await ledger(control, acme)

@@ -45,7 +45,7 @@ from tests.integration.migrations.migration_support import (
     registry_rows,
     revision_of,
 )
-from tests.integration.task_queue_support import FAST, jobs, services, spawn_worker, wait_killed
+from tests.integration.task_queue_support import FAST, jobs, services, worker_killed_at
 
 
 def migrate_ops(control_dsn: str) -> list[tuple[str, str]]:
@@ -199,17 +199,14 @@ async def test_a_worker_killed_mid_upgrade_is_retried_elsewhere_and_recorded_onc
         await queue.open()
         try:
             assert await queue.enqueue_migration(alpha.id, NEXT)
-            env = cli_env(
+            await worker_killed_at(
+                AFTER_UPGRADE,
                 control_dsn,
                 private_template,
                 tmp_path / "data",
+                tmp_path / "worker.log",
                 CARDVAULT_TENANT_SCHEMA_DIR=str(schema_v2),
-                CARDVAULT_WORKER_HEARTBEAT="0.2",
-                CARDVAULT_WORKER_STALLED_AFTER="1",
-                CARDVAULT_FAILPOINTS=f"{AFTER_UPGRADE}=kill",
             )
-            log = tmp_path / "worker.log"
-            await wait_killed(await spawn_worker(env, log), log)
             [job] = await jobs(platform, MIGRATION_TASK)
             assert job["status"] == "doing"  # the queue never heard the task ended
             assert revision_of(pg_admin_dsn, alpha.database_name) == NEXT  # the upgrade committed ...
