@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from litestar import Request
+from litestar.types import Scope
 
 from controlplane.auth.models import Permission, Principal
 from controlplane.auth.service import Authenticator
@@ -191,7 +192,7 @@ class _Serve:
         await self._lease.__aexit__(exc_type, exc, tb)
 
 
-def _audit_context(principal: Principal, scope: Any) -> AuditContext:
+def _audit_context(principal: Principal, scope: Scope) -> AuditContext:
     return AuditContext(
         actor=principal.subject,
         actor_label=principal.label,

@@ -266,9 +266,7 @@ class TenantPools(PoolLifecycle):
                 await gate.wait()
             except GateExpired:
                 if entry.held:
-                    raise TenantUnavailable(
-                        "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
-                    ) from None
+                    raise _busy() from None
                 # Nobody holds a connection, yet no turn came: those inside getconn cannot connect.
                 self._fail(entry)
                 raise self._unreachable() from None
@@ -282,9 +280,7 @@ class TenantPools(PoolLifecycle):
                     raise  # cancelled by someone else (too)
             elif isinstance(exc, PoolTimeout):
                 if entry.held:
-                    raise TenantUnavailable(
-                        "all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER
-                    ) from None
+                    raise _busy() from None
                 # Nothing checked out, yet nothing handed out in acquire_timeout: the pool cannot connect.
             elif not isinstance(exc, PoolClosed):  # PoolClosed: failed (dropped as unable to connect) or closing
                 raise
@@ -296,6 +292,10 @@ class TenantPools(PoolLifecycle):
         if entry.held == 0:
             self._fail(entry)
         raise self._unreachable()
+
+
+def _busy() -> TenantUnavailable:
+    return TenantUnavailable("all of the tenant's connections are busy", retry_after=BUSY_RETRY_AFTER)
 
 
 class _Lease:
