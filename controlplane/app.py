@@ -43,7 +43,7 @@ from controlplane.billing.routes import (
     stripe_webhook,
 )
 from controlplane.billing.service import BillingService
-from controlplane.cards.routes import TENANT_API_HANDLERS, vault_dependency
+from controlplane.cards.routes import TENANT_API_HANDLERS, request_vaults
 from controlplane.http import probes
 from controlplane.http.admin import admin_guard
 from controlplane.http.context import stamp_headers
@@ -76,6 +76,7 @@ from controlplane.http.state import (
     TENANT_SLUG_PARAM,
     TENANTS_STATE_KEY,
     USAGE_STATE_KEY,
+    VAULTS_STATE_KEY,
 )
 from controlplane.http.tenant_api import (
     pin_tenant,
@@ -339,7 +340,6 @@ def create_app(settings: Settings) -> Litestar:
             ],
             dependencies={
                 **tenant_request_dependencies(),
-                **vault_dependency(settings),
                 **tenant_dependencies(),  # ``tenant``: whose image bytes are counted
                 **delivery_dependencies(settings),
             },
@@ -383,6 +383,7 @@ def create_app(settings: Settings) -> Litestar:
                 ADMIN_TOKEN_HASH_STATE_KEY: hash_secret(admin_token) if admin_token else None,
                 WEB_KEYS_STATE_KEY: WebKeys(settings.security.secret_key),
                 METRICS_STATE_KEY: metrics,
+                VAULTS_STATE_KEY: request_vaults(settings),  # how the /cards routes open their CardVault
                 METRICS_TOKEN_HASH_STATE_KEY: (
                     hash_secret(settings.security.metrics_token) if settings.security.metrics_token else None
                 ),

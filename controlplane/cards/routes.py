@@ -1,12 +1,13 @@
 """HTTP face of the CardVault tenant API: ``/cards``, ``/players``, ``/teams``, ``/manufacturers``.
 
 Paths are relative to where the app mounts ``TENANT_API_HANDLERS`` (``/t/{slug}/api`` and ``/api``).
-Handlers take one dependency, ``vault``: a ``CardVault`` on a connection to the tenant's own database,
-committed after the handler returns and rolled back if it raises (handlers never commit). The service
-provides it in one step (``vault_dependency``, on ``http.tenant_request.open_tenant_request``);
-``card_dependencies`` composes it from ``tenant``, ``tenant_db``, ``quota_limits`` (looks one of the
-tenant's limits up when called; None = unlimited), ``storage`` and ``max_image_bytes``, for tests that
-mount these handlers without the tenant API's authentication.
+Each handler opens its ``CardVault`` itself (``async with open_vault(request) as vault``): a connection to
+the tenant's own database, committed when the block exits and rolled back if it raises (handlers never
+commit). How it is opened is the app's choice, an ``app.state`` entry (``VAULTS_STATE_KEY``): the service
+uses ``request_vaults``, on ``http.tenant_request.open_tenant_request`` (the principal loaded and the
+route's permission checked); tests that mount these handlers without the tenant API's authentication
+put their own there. Not a Litestar dependency: resolving one costs a hot read ~10 us of its ~300
+(README "Routing").
 
 Objects a request makes obsolete (replaced or deleted images) are removed by a background task, i.e.
 after the response is complete and the transaction has committed. The image download also takes
@@ -16,13 +17,14 @@ bytes served; it answers ``If-None-Match`` with 304 (``storage.delivery``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Annotated, Any
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any, Protocol
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import ResponseHeader
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter, RawBody
 
 from controlplane.auth.models import Permission
@@ -53,14 +55,12 @@ from controlplane.cards.models import (
 )
 from controlplane.cards.service import CARDS, MANUFACTURERS, PLAYERS, TEAMS, CardVault
 from controlplane.context import TenantContext
-from controlplane.db import AsyncConn
 from controlplane.http.params import Cursor, Limit
-from controlplane.http.state import BYTES_SERVED_STATE_KEY, PLATFORM_STATE_KEY
+from controlplane.http.state import BYTES_SERVED_STATE_KEY, PLATFORM_STATE_KEY, VAULTS_STATE_KEY
 from controlplane.http.tenant_api import requires
 from controlplane.http.tenant_request import open_tenant_request
 from controlplane.paging import MAX_ID, TENANT_PAGES
 from controlplane.platform import Platform
-from controlplane.registry.models import LimitLookup
 from controlplane.settings import Settings
 from controlplane.storage import Storage, delivery
 from controlplane.storage.local import LocalStorage
@@ -78,63 +78,62 @@ ContentType = Annotated[
     str | None, HeaderParameter(name="content-type", description="image/jpeg, image/png or image/webp")
 ]
 IfNoneMatch = Annotated[str | None, HeaderParameter(name="if-none-match", max_length=8192)]
-Vault = NamedDependency[CardVault]
+#: The request of a tenant API handler.
+Req = Request[Any, Any, Any]
 
 
-def provide_vault(
-    tenant: NamedDependency[TenantContext],
-    tenant_db: NamedDependency[AsyncConn],
-    storage: NamedDependency[Storage],
-    quota_limits: NamedDependency[LimitLookup],
-    max_image_bytes: NamedDependency[int],
-) -> CardVault:
-    return CardVault(tenant_db, tenant.id, storage=storage, quota_limits=quota_limits, max_image_bytes=max_image_bytes)
+class Vaults(Protocol):
+    """How the app opens a request's ``CardVault`` (``app.state[VAULTS_STATE_KEY]``)."""
+
+    def __call__(self, request: Req) -> AbstractAsyncContextManager[CardVault]: ...
 
 
-def vault_dependency(settings: Settings) -> dict[str, Provide]:
-    """``vault`` in one step, as the service provides it: the ``TenantRequest`` of the tenant API
-    (connection, principal, permission checked) and a ``CardVault`` on it.
+def open_vault(request: Req) -> AbstractAsyncContextManager[CardVault]:
+    """The request's ``CardVault``, opened as the app says: ``async with open_vault(request) as vault``."""
+    vaults: Vaults = request.app.state[VAULTS_STATE_KEY]
+    return vaults(request)
 
-    One dependency rather than a chain: on the hot path every dependency Litestar resolves costs time.
-    """
+
+def request_vaults(settings: Settings) -> Vaults:
+    """The service's ``Vaults``: the tenant API request's ``TenantRequest`` (connection, principal,
+    permission checked: ``open_tenant_request``) and a ``CardVault`` on it."""
     storage = LocalStorage(settings.data_dir / "storage")
     max_image_bytes = settings.http.max_image_bytes
     ceiling = settings.billing.quota_ceiling  # cards and storage are soft for tenants paying for overage
 
-    async def provide_request_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
-        async with open_tenant_request(request) as ctx:
-            platform: Platform = request.app.state[PLATFORM_STATE_KEY]
-            yield CardVault(
-                ctx.conn,
-                ctx.tenant.id,
-                storage=storage,
-                quota_limits=limits_for(platform.control, ctx.tenant.id, ceiling=ceiling),
-                max_image_bytes=max_image_bytes,
-                principal=ctx.principal,
-                audit=lambda: ctx.audit,
-            )
+    def vaults(request: Req) -> _RequestVault:
+        return _RequestVault(request, storage, max_image_bytes, ceiling)
 
-    return {"vault": Provide(provide_request_vault)}
+    return vaults
 
 
-def card_dependencies(settings: Settings, storage: Storage | None = None) -> dict[str, Provide]:
-    """``vault`` composed from the five dependencies above (``storage``, a ``LocalStorage`` under
-    ``<data_dir>/storage`` unless given, and ``max_image_bytes`` included), for tests that mount the
-    handlers without the tenant API's authentication (the service uses ``vault_dependency``)."""
-    store: Storage = storage if storage is not None else LocalStorage(settings.data_dir / "storage")
-    limit = settings.http.max_image_bytes
+class _RequestVault:
+    """``request_vaults``' context manager: a class, as it runs in every card request."""
 
-    def provide_storage() -> Storage:
-        return store
+    __slots__ = ("_ceiling", "_max_image_bytes", "_request", "_scope", "_storage")
 
-    def provide_max_image_bytes() -> int:
-        return limit
+    def __init__(self, request: Req, storage: Storage, max_image_bytes: int, ceiling: float) -> None:
+        self._request = request
+        self._scope = open_tenant_request(request)
+        self._storage = storage
+        self._max_image_bytes = max_image_bytes
+        self._ceiling = ceiling
 
-    return {
-        "storage": Provide(provide_storage, use_cache=True, sync_to_thread=False),
-        "max_image_bytes": Provide(provide_max_image_bytes, use_cache=True, sync_to_thread=False),
-        "vault": Provide(provide_vault, sync_to_thread=False),
-    }
+    async def __aenter__(self) -> CardVault:
+        ctx = await self._scope.__aenter__()
+        platform: Platform = self._request.app.state[PLATFORM_STATE_KEY]
+        return CardVault(
+            ctx.conn,
+            ctx.tenant.id,
+            storage=self._storage,
+            quota_limits=limits_for(platform.control, ctx.tenant.id, ceiling=self._ceiling),
+            max_image_bytes=self._max_image_bytes,
+            principal=ctx.principal,
+            audit=lambda: ctx.audit,
+        )
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        await self._scope.__aexit__(exc_type, exc, tb)
 
 
 def _after_commit(vault: CardVault, keys: Iterable[str]) -> BackgroundTask | None:
@@ -149,36 +148,42 @@ class ManufacturersController(Controller):
     @get("/", opt=requires(Permission.CATALOG_READ), summary="List manufacturers (search by name; keyset pages)")
     async def list_manufacturers(
         self,
-        vault: Vault,
+        request: Req,
         sort: FromQuery[NamedSort] = "name",
         cursor: Cursor = None,
         limit: Limit = TENANT_PAGES.default,
         q: Search = None,
     ) -> ManufacturerPage:
-        items, next_cursor = await vault.page(MANUFACTURERS, ListQuery(sort=sort, cursor=cursor, limit=limit, q=q))
+        query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q)
+        async with open_vault(request) as vault:
+            items, next_cursor = await vault.page(MANUFACTURERS, query)
         return ManufacturerPage(items=items, next_cursor=next_cursor)
 
     @post("/", opt=requires(Permission.CATALOG_WRITE), summary="Create a manufacturer (names are unique)")
-    async def create_manufacturer(self, vault: Vault, data: JSONBody[ManufacturerCreate]) -> Manufacturer:
-        return await vault.create(MANUFACTURERS, data)
+    async def create_manufacturer(self, request: Req, data: JSONBody[ManufacturerCreate]) -> Manufacturer:
+        async with open_vault(request) as vault:
+            return await vault.create(MANUFACTURERS, data)
 
     @get("/{manufacturer_id:int}", opt=requires(Permission.CATALOG_READ), summary="One manufacturer")
-    async def get_manufacturer(self, vault: Vault, manufacturer_id: FromPath[int]) -> Manufacturer:
-        return await vault.get(MANUFACTURERS, manufacturer_id)
+    async def get_manufacturer(self, request: Req, manufacturer_id: FromPath[int]) -> Manufacturer:
+        async with open_vault(request) as vault:
+            return await vault.get(MANUFACTURERS, manufacturer_id)
 
     @patch("/{manufacturer_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Change a manufacturer")
     async def update_manufacturer(
-        self, vault: Vault, manufacturer_id: FromPath[int], data: JSONBody[ManufacturerUpdate]
+        self, request: Req, manufacturer_id: FromPath[int], data: JSONBody[ManufacturerUpdate]
     ) -> Manufacturer:
-        return await vault.update(MANUFACTURERS, manufacturer_id, data)
+        async with open_vault(request) as vault:
+            return await vault.update(MANUFACTURERS, manufacturer_id, data)
 
     @delete(
         "/{manufacturer_id:int}",
         opt=requires(Permission.CATALOG_WRITE),
         summary="Delete a manufacturer no card refers to",
     )
-    async def delete_manufacturer(self, vault: Vault, manufacturer_id: FromPath[int]) -> None:
-        await vault.delete(MANUFACTURERS, manufacturer_id)
+    async def delete_manufacturer(self, request: Req, manufacturer_id: FromPath[int]) -> None:
+        async with open_vault(request) as vault:
+            await vault.delete(MANUFACTURERS, manufacturer_id)
 
 
 class TeamsController(Controller):
@@ -192,7 +197,7 @@ class TeamsController(Controller):
     )
     async def list_teams(
         self,
-        vault: Vault,
+        request: Req,
         sort: FromQuery[NamedSort] = "name",
         cursor: Cursor = None,
         limit: Limit = TENANT_PAGES.default,
@@ -200,28 +205,33 @@ class TeamsController(Controller):
         league: TextFilter = None,
     ) -> TeamPage:
         query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q, equals={"league": league})
-        items, next_cursor = await vault.page(TEAMS, query)
+        async with open_vault(request) as vault:
+            items, next_cursor = await vault.page(TEAMS, query)
         return TeamPage(items=items, next_cursor=next_cursor)
 
     @post("/", opt=requires(Permission.CATALOG_WRITE), summary="Create a team (name and league are unique together)")
-    async def create_team(self, vault: Vault, data: JSONBody[TeamCreate]) -> Team:
-        return await vault.create(TEAMS, data)
+    async def create_team(self, request: Req, data: JSONBody[TeamCreate]) -> Team:
+        async with open_vault(request) as vault:
+            return await vault.create(TEAMS, data)
 
     @get("/{team_id:int}", opt=requires(Permission.CATALOG_READ), summary="One team")
-    async def get_team(self, vault: Vault, team_id: FromPath[int]) -> Team:
-        return await vault.get(TEAMS, team_id)
+    async def get_team(self, request: Req, team_id: FromPath[int]) -> Team:
+        async with open_vault(request) as vault:
+            return await vault.get(TEAMS, team_id)
 
     @patch("/{team_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Change a team")
-    async def update_team(self, vault: Vault, team_id: FromPath[int], data: JSONBody[TeamUpdate]) -> Team:
-        return await vault.update(TEAMS, team_id, data)
+    async def update_team(self, request: Req, team_id: FromPath[int], data: JSONBody[TeamUpdate]) -> Team:
+        async with open_vault(request) as vault:
+            return await vault.update(TEAMS, team_id, data)
 
     @delete(
         "/{team_id:int}",
         opt=requires(Permission.CATALOG_WRITE),
         summary="Delete a team no card refers to (its players lose their team)",
     )
-    async def delete_team(self, vault: Vault, team_id: FromPath[int]) -> None:
-        await vault.delete(TEAMS, team_id)
+    async def delete_team(self, request: Req, team_id: FromPath[int]) -> None:
+        async with open_vault(request) as vault:
+            await vault.delete(TEAMS, team_id)
 
 
 class PlayersController(Controller):
@@ -233,7 +243,7 @@ class PlayersController(Controller):
     )
     async def list_players(
         self,
-        vault: Vault,
+        request: Req,
         sort: FromQuery[PlayerSort] = "last_name",
         cursor: Cursor = None,
         limit: Limit = TENANT_PAGES.default,
@@ -241,24 +251,29 @@ class PlayersController(Controller):
         team_id: RefFilter = None,
     ) -> PlayerPage:
         query = ListQuery(sort=sort, cursor=cursor, limit=limit, q=q, equals={"team_id": team_id})
-        items, next_cursor = await vault.page(PLAYERS, query)
+        async with open_vault(request) as vault:
+            items, next_cursor = await vault.page(PLAYERS, query)
         return PlayerPage(items=items, next_cursor=next_cursor)
 
     @post("/", opt=requires(Permission.CATALOG_WRITE), summary="Create a player")
-    async def create_player(self, vault: Vault, data: JSONBody[PlayerCreate]) -> Player:
-        return await vault.create(PLAYERS, data)
+    async def create_player(self, request: Req, data: JSONBody[PlayerCreate]) -> Player:
+        async with open_vault(request) as vault:
+            return await vault.create(PLAYERS, data)
 
     @get("/{player_id:int}", opt=requires(Permission.CATALOG_READ), summary="One player")
-    async def get_player(self, vault: Vault, player_id: FromPath[int]) -> Player:
-        return await vault.get(PLAYERS, player_id)
+    async def get_player(self, request: Req, player_id: FromPath[int]) -> Player:
+        async with open_vault(request) as vault:
+            return await vault.get(PLAYERS, player_id)
 
     @patch("/{player_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Change a player")
-    async def update_player(self, vault: Vault, player_id: FromPath[int], data: JSONBody[PlayerUpdate]) -> Player:
-        return await vault.update(PLAYERS, player_id, data)
+    async def update_player(self, request: Req, player_id: FromPath[int], data: JSONBody[PlayerUpdate]) -> Player:
+        async with open_vault(request) as vault:
+            return await vault.update(PLAYERS, player_id, data)
 
     @delete("/{player_id:int}", opt=requires(Permission.CATALOG_WRITE), summary="Delete a player no card refers to")
-    async def delete_player(self, vault: Vault, player_id: FromPath[int]) -> None:
-        await vault.delete(PLAYERS, player_id)
+    async def delete_player(self, request: Req, player_id: FromPath[int]) -> None:
+        async with open_vault(request) as vault:
+            await vault.delete(PLAYERS, player_id)
 
 
 class CardsController(Controller):
@@ -272,7 +287,7 @@ class CardsController(Controller):
     )
     async def list_cards(
         self,
-        vault: Vault,
+        request: Req,
         sort: FromQuery[CardSort] = "created_at",
         cursor: Cursor = None,
         limit: Limit = TENANT_PAGES.default,
@@ -298,26 +313,31 @@ class CardsController(Controller):
             at_least={"year": year_min},
             at_most={"year": year_max},
         )
-        items, next_cursor = await vault.page(CARDS, query)
+        async with open_vault(request) as vault:
+            items, next_cursor = await vault.page(CARDS, query)
         return CardPage(items=items, next_cursor=next_cursor)
 
     @post("/", opt=requires(Permission.CARDS_WRITE_OWN), summary="Create a card (counts against the cards quota)")
-    async def create_card(self, vault: Vault, data: JSONBody[CardCreate]) -> Card:
-        return await vault.create(CARDS, data)
+    async def create_card(self, request: Req, data: JSONBody[CardCreate]) -> Card:
+        async with open_vault(request) as vault:
+            return await vault.create(CARDS, data)
 
     @get("/{card_id:int}", opt=requires(Permission.CARDS_READ), summary="One card")
-    async def get_card(self, vault: Vault, card_id: FromPath[int]) -> Card:
-        return await vault.get(CARDS, card_id)
+    async def get_card(self, request: Req, card_id: FromPath[int]) -> Card:
+        async with open_vault(request) as vault:
+            return await vault.get(CARDS, card_id)
 
     @patch(
         "/{card_id:int}", opt=requires(Permission.CARDS_WRITE_OWN), summary="Change a card (send null to clear a field)"
     )
-    async def update_card(self, vault: Vault, card_id: FromPath[int], data: JSONBody[CardUpdate]) -> Card:
-        return await vault.update(CARDS, card_id, data)
+    async def update_card(self, request: Req, card_id: FromPath[int], data: JSONBody[CardUpdate]) -> Card:
+        async with open_vault(request) as vault:
+            return await vault.update(CARDS, card_id, data)
 
     @delete("/{card_id:int}", opt=requires(Permission.CARDS_WRITE_OWN), summary="Delete a card and its stored image")
-    async def delete_card(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:
-        obsolete = await vault.delete_card(card_id)
+    async def delete_card(self, request: Req, card_id: FromPath[int]) -> Response[None]:
+        async with open_vault(request) as vault:
+            obsolete = await vault.delete_card(card_id)
         return Response(None, status_code=204, background=_after_commit(vault, obsolete))
 
     @put(
@@ -327,11 +347,12 @@ class CardsController(Controller):
         summary="Upload the card's image: raw JPEG, PNG or WebP body with its Content-Type",
     )
     async def put_image(
-        self, vault: Vault, card_id: FromPath[int], body: RawBody, content_type: ContentType = None
+        self, request: Req, card_id: FromPath[int], body: RawBody, content_type: ContentType = None
     ) -> Response[ImageInfo]:
-        # The body is read (up to the app's request_max_body_size) before any dependency runs, so a
-        # slow upload never holds a tenant connection.
-        info, obsolete = await vault.put_image(card_id, content_type, body)
+        # The body is read (up to the app's request_max_body_size) before the handler runs, so a slow
+        # upload never holds a tenant connection.
+        async with open_vault(request) as vault:
+            info, obsolete = await vault.put_image(card_id, content_type, body)
         return Response(info, background=_after_commit(vault, obsolete))
 
     @get(
@@ -343,13 +364,13 @@ class CardsController(Controller):
     )
     async def get_image(
         self,
-        request: Request[Any, Any, Any],
-        vault: Vault,
+        request: Req,
         tenant: NamedDependency[TenantContext],
         card_id: FromPath[int],
         if_none_match: IfNoneMatch = None,
     ) -> Response[bytes]:
-        info, data = await vault.get_image(card_id)
+        async with open_vault(request) as vault:
+            info, data = await vault.get_image(card_id)
         headers = {
             "ETag": delivery.etag(info.sha256),
             "Cache-Control": delivery.PRIVATE_CACHE_CONTROL,
@@ -363,8 +384,9 @@ class CardsController(Controller):
         return Response(data, media_type=info.content_type, headers=headers)
 
     @delete("/{card_id:int}/image", opt=requires(Permission.CARDS_WRITE_OWN), summary="Remove the card's image")
-    async def delete_image(self, vault: Vault, card_id: FromPath[int]) -> Response[None]:
-        obsolete = await vault.delete_image(card_id)
+    async def delete_image(self, request: Req, card_id: FromPath[int]) -> Response[None]:
+        async with open_vault(request) as vault:
+            obsolete = await vault.delete_image(card_id)
         return Response(None, status_code=204, background=_after_commit(vault, obsolete))
 
 

@@ -41,6 +41,7 @@ def serve(host: str | None, port: int | None) -> None:
         # else 127.0.0.1), which would let any local process choose the address the throttle sees.
         proxy_headers=bool(proxies),
         forwarded_allow_ips=list(proxies),
+        server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
     )
 
 

@@ -41,10 +41,17 @@ def request_id(scope: Scope) -> str:
     state = _state(scope)
     rid: str | None = state.get(_ID_KEY)
     if rid is None:
-        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin-1")
-        rid = given if _REQUEST_ID.fullmatch(given) else f"{_PROCESS}-{next(_SEQUENCE):x}"
-        state[_ID_KEY] = rid
+        rid = state[_ID_KEY] = _given_id(scope) or f"{_PROCESS}-{next(_SEQUENCE):x}"
     return rid
+
+
+def _given_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-ID`` (the first), if it is a sane token."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            given: str = value.decode("latin-1")
+            return given if _REQUEST_ID.fullmatch(given) else None
+    return None
 
 
 def source_address(scope: Scope) -> str | None:
@@ -53,24 +60,29 @@ def source_address(scope: Scope) -> str | None:
 
 
 def add_response_headers(scope: Scope, headers: dict[str, str]) -> None:
-    _state(scope).setdefault(_HEADERS_KEY, {}).update(headers)
+    add_raw_response_headers(scope, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()])
+
+
+def add_raw_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+    """``add_response_headers`` for headers already encoded (lower-case names), as the hot path has them."""
+    _state(scope).setdefault(_HEADERS_KEY, []).extend(headers)
 
 
 def stamp_headers(message: Message, scope: Scope) -> None:
-    """Our headers onto a response's start message (``metrics.requests.instrument`` runs it on every one)."""
+    """Our headers onto a response's start message (``metrics.requests.instrument`` runs it on every one).
+
+    On the raw header list (what Litestar's ``MutableScopeHeaders`` wraps): every response passes here.
+    Ours replace the handler's of the same name; a handler's own ``Cache-Control`` stays.
+    """
     if message["type"] != "http.response.start":
         return
-    # On the raw header list (what MutableScopeHeaders wraps): every response passes here.
-    ours = {b"x-request-id": request_id(scope).encode("latin-1"), b"x-content-type-options": b"nosniff"}
+    ours = [(b"x-request-id", request_id(scope).encode("latin-1")), (b"x-content-type-options", b"nosniff")]
     added = scope["state"].get(_HEADERS_KEY)  # request_id() made sure of scope["state"]
     if added:
-        for name, value in added.items():
-            ours[name.lower().encode("latin-1")] = value.encode("latin-1")
-    raw: list[tuple[bytes, bytes]] = list(message.get("headers") or ())
-    present = {name.lower() for name, _ in raw}
-    if b"cache-control" not in present:
-        ours[b"cache-control"] = b"no-store"
-    if not present.isdisjoint(ours):  # ours replace the handler's
-        raw = [(name, value) for name, value in raw if name.lower() not in ours]
-    raw.extend(ours.items())
+        ours += added
+    names = {name for name, _ in ours}
+    raw = [(name, value) for name, value in message.get("headers") or () if name.lower() not in names]
+    if not any(name.lower() == b"cache-control" for name, _ in raw):
+        ours.append((b"cache-control", b"no-store"))
+    raw += ours
     message["headers"] = raw

@@ -14,6 +14,8 @@ TENANTS_STATE_KEY = "tenants"
 #: The ``TenantCache`` (registry cache) and the ``TenantPools``.
 TENANT_CACHE_STATE_KEY = "tenant_cache"
 TENANT_POOLS_STATE_KEY = "tenant_pools"
+#: How a tenant API request opens its ``CardVault`` (``cards.routes.Vaults``).
+VAULTS_STATE_KEY = "vaults"
 #: The base domain of ``{slug}.{base_domain}`` hosts (None: no subdomain routing).
 BASE_DOMAIN_STATE_KEY = "base_domain"
 #: The ``Authenticator``.

@@ -34,7 +34,7 @@ from controlplane.auth.ratelimit import Decision
 from controlplane.auth.service import Authenticator
 from controlplane.context import TenantContext, TenantRequest
 from controlplane.errors import Forbidden
-from controlplane.http.context import add_response_headers
+from controlplane.http.context import add_raw_response_headers
 from controlplane.http.state import (
     API_CALLS_STATE_KEY,
     AUTH_STATE_KEY,
@@ -126,31 +126,31 @@ async def _authenticate(scope: Scope) -> None:
     if scope["route_handler"].opt.get(PERMISSION_OPT) is None:  # a programming error; a test walks every route
         raise RuntimeError(f"route {scope['route_handler']} declares no permission")
     state = scope["litestar_app"].state
-    headers = {k: v for k, v in scope["headers"] if k in _AUTH_HEADERS}
+    host: str | None = None
+    tenant_header: str | None = None
+    authorization: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"host":
+            host = value.decode("latin-1")
+        elif name == b"x-tenant":
+            tenant_header = value.decode("latin-1")
     path_slug = scope["path_params"].get(TENANT_SLUG_PARAM)
     slug = resolve_slug(
-        path_slug if isinstance(path_slug, str) else None,
-        _text(headers.get(b"host")),
-        _text(headers.get(b"x-tenant")),
-        state.get(BASE_DOMAIN_STATE_KEY),
+        path_slug if isinstance(path_slug, str) else None, host, tenant_header, state.get(BASE_DOMAIN_STATE_KEY)
     )
     tenant = await resolve(state[TENANT_CACHE_STATE_KEY], slug)
-    scope.setdefault("state", {})[RESOLVED_TENANT_KEY] = tenant
+    request_state = scope.setdefault("state", {})
+    request_state[RESOLVED_TENANT_KEY] = tenant
     auth: Authenticator = state[AUTH_STATE_KEY]
-    credential = await auth.credential(_text(headers.get(b"authorization")))
+    credential = await auth.credential(authorization)
     auth.check_tenant(tenant, credential)
     calls: CallMeter = state[API_CALLS_STATE_KEY]
     decision = await calls.admit(tenant.id)
     if decision is not None:
-        add_response_headers(scope, decision.headers())
-    scope.setdefault("state", {})[GUARDED_KEY] = (tenant, credential)
-
-
-_AUTH_HEADERS = frozenset({b"host", b"x-tenant", b"authorization"})
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("latin-1")
+        add_raw_response_headers(scope, decision.raw_headers())
+    request_state[GUARDED_KEY] = (tenant, credential)
 
 
 def tenant_dependencies() -> dict[str, Provide]:

@@ -91,18 +91,21 @@ def resolve_slug(path_slug: str | None, host: str | None, header: str | None, ba
 
     Raises ``TenantConflict`` when they name different tenants and ``TenantRequired`` when none does.
     """
-    signals = {
-        "path": (path_slug or "").strip(),
-        "subdomain": host_slug(host, base_domain) or "",
-        "header": (header or "").strip(),
-    }
+    path = (path_slug or "").strip()
+    subdomain = host_slug(host, base_domain) or ""
+    named = (header or "").strip()
+    if not (subdomain or named):  # the path alone, as most requests name their tenant
+        if not path:
+            raise TenantRequired(
+                "name the tenant: /t/{slug}/api/..., the {slug}.<base domain> host, or an X-Tenant header"
+            )
+        return path
+    signals = {"path": path, "subdomain": subdomain, "header": named}
     present = {source: value for source, value in signals.items() if value}
-    if not present:
-        raise TenantRequired("name the tenant: /t/{slug}/api/..., the {slug}.<base domain> host, or an X-Tenant header")
     slugs = set(present.values())
     if len(slugs) > 1:
-        named = ", ".join(f"{source} {value!r}" for source, value in present.items())
-        raise TenantConflict(f"the request names more than one tenant: {named}", signals=present)
+        listed = ", ".join(f"{source} {value!r}" for source, value in present.items())
+        raise TenantConflict(f"the request names more than one tenant: {listed}", signals=present)
     return slugs.pop()
 
 

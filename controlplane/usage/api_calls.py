@@ -56,11 +56,7 @@ class ApiCalls:
         self._keys: dict[uuid.UUID, str] = {}  # the limiter's key of each tenant (formatting a UUID costs)
         self._counts: Counter[tuple[uuid.UUID, int]] = Counter()
 
-    async def limit(self, tenant_id: uuid.UUID) -> int | None:
-        now = self._clock()
-        cached = self._limits.get(tenant_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+    async def _load_limit(self, tenant_id: uuid.UUID, now: float) -> int | None:
         async with self._control.connection() as conn:
             value = await quota_repository.enforced_limit(
                 conn, tenant_id, QuotaType.API_CALLS_PER_HOUR, ceiling=self._ceiling
@@ -76,8 +72,14 @@ class ApiCalls:
         """Drop the cached limit (the tenant's quotas changed here)."""
         self._limits.pop(tenant_id, None)
 
-    def _count(self, tenant_id: uuid.UUID) -> None:
-        self._counts[(tenant_id, int(self._clock() // HOUR) * HOUR)] += 1
+    def _key(self, tenant_id: uuid.UUID) -> str:
+        """The limiter's key of the tenant (cached: formatting a UUID costs)."""
+        key = self._keys.get(tenant_id)
+        if key is None:
+            if len(self._keys) >= MAX_CACHED:
+                self._keys.clear()
+            key = self._keys[tenant_id] = f"api:{tenant_id}"
+        return key
 
     async def admit(self, tenant_id: uuid.UUID) -> Decision | None:
         """Admit and count one call; 429 ``TooManyRequests`` (not counted) when the tenant is over its
@@ -85,22 +87,20 @@ class ApiCalls:
 
         Returns the decision (for the ``RateLimit-*`` headers), or None for an unlimited tenant.
         """
-        limit = await self.limit(tenant_id)
+        now = self._clock()
+        cached = self._limits.get(tenant_id)
+        limit = cached[0] if cached is not None and cached[1] > now else await self._load_limit(tenant_id, now)
+        hour = int(now // HOUR) * HOUR
         if limit is None:
-            self._count(tenant_id)
+            self._counts[(tenant_id, hour)] += 1
             return None
         try:
-            key = self._keys.get(tenant_id)
-            if key is None:
-                if len(self._keys) >= MAX_CACHED:
-                    self._keys.clear()
-                key = self._keys[tenant_id] = f"api:{tenant_id}"
-            decision = await self._limiter.hit(key, limit, HOUR)
+            decision = await self._limiter.hit(self._key(tenant_id), limit, HOUR)
         except LimiterUnavailable as exc:
             # Fail open: a dead Redis must not take every tenant's API down; the login throttle,
             # which guards against brute force, fails closed instead.
             log.warning("rate limiter unavailable, admitting the call: %s", exc.detail)
-            self._count(tenant_id)
+            self._counts[(tenant_id, hour)] += 1
             return None
         if not decision.allowed:
             raise TooManyRequests(
@@ -109,7 +109,7 @@ class ApiCalls:
                 limit=limit,
                 retry_after=decision.reset_after,
             )
-        self._count(tenant_id)
+        self._counts[(tenant_id, hour)] += 1
         return decision
 
     def pending(self) -> dict[tuple[uuid.UUID, int], int]:

@@ -23,23 +23,25 @@ from typing import Any
 
 import httpx
 import psycopg
-from litestar import Litestar, Router
-from litestar.di import NamedDependency, Provide
+from litestar import Litestar, Request, Router
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import FromPath
 from psycopg import conninfo, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from controlplane import db
-from controlplane.cards.routes import TENANT_API_HANDLERS, card_dependencies
+from controlplane.cards.routes import TENANT_API_HANDLERS
+from controlplane.cards.service import CardVault
 from controlplane.context import TenantContext
 from controlplane.db import AsyncConn
 from controlplane.http.errors import EXCEPTION_HANDLERS
+from controlplane.http.state import VAULTS_STATE_KEY
 from controlplane.platform import Platform
 from controlplane.provisioning.service import TenantService
 from controlplane.registry import repository as registry
-from controlplane.registry.models import LimitLookup, QuotaType, Tenant, fixed_limits
-from controlplane.settings import HttpSettings
+from controlplane.registry.models import QuotaType, Tenant, fixed_limits
 from controlplane.storage.local import LocalStorage
 from tests.conftest import drop_everything_made_by, make_settings
 
@@ -82,29 +84,30 @@ class CardApi:
 
     def _build_app(self) -> Litestar:
         tenants = self.tenants
+        storage = self.storage
 
         def provide_tenant(tenant_slug: FromPath[str]) -> TenantContext:
             return tenants[tenant_slug].context
 
-        async def provide_tenant_db(tenant: NamedDependency[TenantContext]) -> AsyncIterator[AsyncConn]:
-            # The pool's block commits when the handler returns and rolls back when it raises.
-            async with tenants[tenant.slug].pool.connection() as conn:
-                yield conn
+        @asynccontextmanager
+        async def open_vault(request: Request[Any, Any, Any]) -> AsyncIterator[CardVault]:
+            tenant = tenants[request.path_params["tenant_slug"]]
+            # The pool's block commits when the handler's block exits and rolls back when it raises.
+            async with tenant.pool.connection() as conn:
+                yield CardVault(
+                    conn,
+                    tenant.record.id,
+                    storage=storage,
+                    quota_limits=fixed_limits(tenant.limits),
+                    max_image_bytes=MAX_IMAGE_BYTES,
+                )
 
-        def provide_quota_limits(tenant: NamedDependency[TenantContext]) -> LimitLookup:
-            return fixed_limits(tenants[tenant.slug].limits)
-
-        settings = self.platform.settings.replace(http=HttpSettings(max_image_bytes=MAX_IMAGE_BYTES))
         router = Router(path="/t/{tenant_slug:str}/api", route_handlers=TENANT_API_HANDLERS)
         return Litestar(
             route_handlers=[router],
-            dependencies={
-                "tenant": Provide(provide_tenant, sync_to_thread=False),
-                "tenant_db": Provide(provide_tenant_db),
-                "quota_limits": Provide(provide_quota_limits, sync_to_thread=False),
-                **card_dependencies(settings, self.storage),
-            },
+            dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
             exception_handlers=EXCEPTION_HANDLERS,
+            state=State({VAULTS_STATE_KEY: open_vault}),
         )
 
     async def add_tenant(self, slug: str, tier: str = "starter") -> ApiTenant:

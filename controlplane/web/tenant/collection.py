@@ -76,7 +76,7 @@ def max_image_bytes(request: Request[Any, Any, Any]) -> int:
 
 
 def vault(request: Request[Any, Any, Any], ctx: TenantRequest) -> CardVault:
-    """The ``CardVault`` of a page request, as ``cards.routes.vault_dependency`` makes it for the API."""
+    """The ``CardVault`` of a page request, as ``cards.routes.request_vaults`` makes it for the API."""
     platform = _platform(request)
     settings = platform.settings
     return CardVault(
