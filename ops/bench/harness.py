@@ -65,8 +65,8 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 def drop_leftovers(
     admin: Any, server_dsn: str, control_db: str, template: str, *, drop_group_role: bool = False
 ) -> None:
-    """Drop every tenant database and role this run made (known from its ledger), the template, the registry,
-    and the tenants' group role if this run created it (``drop_group_role``)."""
+    """Drop every tenant database and role this run made (known from its ledger), its spare databases, the
+    template, the registry, and the tenants' group role if this run created it (``drop_group_role``)."""
     import psycopg
     from psycopg import sql
 
@@ -88,6 +88,9 @@ def drop_leftovers(
                     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(name))
+            for spare, role in control.execute("SELECT database_name, role_name FROM spare_databases"):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(spare)))
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
         admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
