@@ -262,7 +262,7 @@ class Authenticator(Logins):
             return
         if credential.aud != TENANT_AUDIENCE:
             raise WrongTenant("a platform token cannot act inside a tenant; use impersonation")
-        if credential.tid != str(tenant.id):
+        if credential.tid != tenant.id:
             raise WrongTenant("this token belongs to another tenant")
 
     async def tenant_principal(self, conn: AsyncConn, tenant: TenantRef, credential: Credential) -> Principal:

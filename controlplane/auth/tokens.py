@@ -57,8 +57,8 @@ class AccessClaims(msgspec.Struct, frozen=True, kw_only=True):
     iat: int
     exp: int
     jti: str
-    #: Tenant id (tenant tokens).
-    tid: str | None = None
+    #: Tenant id (tenant tokens); parsed once, as the verified token is cached: checked on every request.
+    tid: uuid.UUID | None = None
     #: Login session id: a revoked session invalidates its access tokens at once.
     sid: str | None = None
     #: Impersonating super-admin's id (impersonation tokens).

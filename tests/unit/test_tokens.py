@@ -79,7 +79,7 @@ async def test_round_trip_with_every_claim() -> None:
     got = await s.verify(token)
     assert isinstance(got, AccessClaims)
     assert (got.iss, got.aud, got.sub, got.role) == ("cardvault", "tenant", "user:7", "tenant_admin")
-    assert (got.tid, got.sid, got.imp) == (str(tenant), str(session), str(admin))
+    assert (got.tid, got.sid, got.imp) == (tenant, str(session), str(admin))
     assert got.exp - got.iat == 900 and abs(got.iat - time.time()) < 5
     assert got.jti and got.jti != (await s.verify(s.issue(audience="tenant", subject="u", role="user", ttl=60))).jti
 
@@ -153,6 +153,7 @@ async def test_missing_claims(claim: str) -> None:
         ({"exp": "soon"}, "malformed token"),
         ({"iat": lambda now: now + 86400}, "issued in the future"),
         ({"tid": 42}, "invalid token claims"),
+        ({"tid": "acme"}, "invalid token claims"),
         ({"sid": ["x"]}, "invalid token claims"),
     ],
 )
