@@ -118,3 +118,11 @@ async def test_counter_from_url_without_url_is_in_memory() -> None:
     counter = counter_from_url(None)
     assert isinstance(counter, MemoryCounter)
     await counter.close()
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_raw_headers_are_the_headers_as_sent(allowed: bool) -> None:
+    decision = Decision(allowed, 1000, 0 if not allowed else 12, 3599)
+    as_sent = [(name.lower().encode(), value.encode()) for name, value in decision.headers().items()]
+    assert decision.raw_headers() == as_sent
+    assert ((b"retry-after", b"3599") in as_sent) is not allowed
