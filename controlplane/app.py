@@ -20,6 +20,7 @@ from controlplane.accounts.login_routes import (
 )
 from controlplane.accounts.routes import ACCOUNT_HANDLERS
 from controlplane.audit.routes import ADMIN_AUDIT_HANDLERS, TENANT_AUDIT_HANDLERS
+from controlplane.auth.batched_limit import BatchedLimiter
 from controlplane.auth.passwords import Passwords
 from controlplane.auth.principal_events import PrincipalEvents
 from controlplane.auth.ratelimit import RateLimiter, counter_from_url
@@ -189,7 +190,10 @@ def create_app(settings: Settings) -> Litestar:
                 refresh_key=refresh_key(settings.security.secret_key),
                 control=platform.control,
             )
-            api_calls = ApiCalls(limiter, platform.control, ceiling=settings.billing.quota_ceiling)
+            # With Redis, API calls reach the shared count in batches (no round trip per call); the login
+            # throttle keeps counting every failure there.
+            call_limiter = BatchedLimiter(counter) if settings.auth.redis_url else limiter
+            api_calls = ApiCalls(call_limiter, platform.control, ceiling=settings.billing.quota_ceiling)
             usage = UsageService(platform)
             await usage.load()  # the last persisted values: /metrics is not empty after a restart
             alerts = QuotaAlerts(platform.control)

@@ -81,8 +81,8 @@ class Counter(Protocol):
     Each method returning a tuple gives ``(count, seconds until the current window ends, >= 1)``.
     """
 
-    async def incr(self, key: str, window: int) -> tuple[int, int]:
-        """Atomically add one to the current window's count and return it."""
+    async def incr(self, key: str, window: int, amount: int = 1) -> tuple[int, int]:
+        """Atomically add ``amount`` to the current window's count and return it."""
         ...
 
     async def peek(self, key: str, window: int) -> tuple[int, int]:
@@ -98,7 +98,7 @@ class Counter(Protocol):
         ...
 
 
-def _window_position(now: float, window: int) -> tuple[int, int]:
+def window_position(now: float, window: int) -> tuple[int, int]:
     """(index of the window containing ``now``, whole seconds until it ends, at least 1)."""
     if window < 1:
         raise ValueError(f"window must be at least 1 second, got {window}")
@@ -125,16 +125,16 @@ class MemoryCounter:
         return sum(len(counts) for _, counts in self._buckets.values())
 
     def _current(self, window: int) -> tuple[dict[str, int], int]:
-        index, reset_after = _window_position(self._clock(), window)
+        index, reset_after = window_position(self._clock(), window)
         bucket = self._buckets.get(window)
         if bucket is None or bucket[0] != index:
             bucket = (index, {})  # the previous window is over: drop all its counts at once
             self._buckets[window] = bucket
         return bucket[1], reset_after
 
-    async def incr(self, key: str, window: int) -> tuple[int, int]:
+    async def incr(self, key: str, window: int, amount: int = 1) -> tuple[int, int]:
         counts, reset_after = self._current(window)
-        counts[key] = count = counts.get(key, 0) + 1
+        counts[key] = count = counts.get(key, 0) + amount
         return count, reset_after
 
     async def peek(self, key: str, window: int) -> tuple[int, int]:
@@ -173,14 +173,14 @@ class RedisCounter:
         self._redis = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
     def _key(self, key: str, window: int) -> tuple[str, int]:
-        index, reset_after = _window_position(self._clock(), window)
+        index, reset_after = window_position(self._clock(), window)
         return f"{self.PREFIX}:{key}:{window}:{index}", reset_after
 
-    async def incr(self, key: str, window: int) -> tuple[int, int]:
+    async def incr(self, key: str, window: int, amount: int = 1) -> tuple[int, int]:
         name, reset_after = self._key(key, window)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:  # MULTI ... EXEC
-                pipe.incr(name)
+                pipe.incrby(name, amount)
                 pipe.expire(name, reset_after + 1)
                 count, _ = await pipe.execute()
         except (RedisError, OSError) as exc:

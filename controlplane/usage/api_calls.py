@@ -9,9 +9,10 @@ not counted: it is neither usage nor billable overage.
 The limit is the enforced one (``quota_repository.enforced_limit``): for a tenant paying for a plan with
 billing on, up to ``ceiling`` times its hourly limit, the calls over the plan's limit being billed as
 overage by metering. If the shared counter (Redis) is unreachable, calls are admitted (logged): rate
-limiting is not worth an outage. The limit itself is read from the registry at most once a minute per
-tenant (a bounded cache): a quota or subscription change takes effect within a minute on every instance
-without a registry query per request.
+limiting is not worth an outage. With Redis, calls reach the shared count in batches while a tenant is
+far from its limit (``auth.batched_limit``): no round trip per call. The limit itself is read from the
+registry at most once a minute per tenant (a bounded cache): a quota or subscription change takes
+effect within a minute on every instance without a registry query per request.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 from psycopg_pool import AsyncConnectionPool
 
+from controlplane.auth.batched_limit import BatchedLimiter
 from controlplane.auth.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from controlplane.db import AsyncConn
 from controlplane.errors import TooManyRequests
@@ -42,7 +44,7 @@ MAX_CACHED = 100_000
 class ApiCalls:
     def __init__(
         self,
-        limiter: RateLimiter,
+        limiter: RateLimiter | BatchedLimiter,
         control: AsyncConnectionPool[AsyncConn],
         *,
         ceiling: float = 1.0,
@@ -117,7 +119,13 @@ class ApiCalls:
         return dict(self._counts)
 
     async def flush(self, conn: AsyncConn) -> int:
-        """Add the counted calls to ``tenant_api_calls``; the number of rows written."""
+        """Add the counted calls to ``tenant_api_calls``; the number of rows written. Also adds the calls
+        a ``BatchedLimiter`` holds to the shared count."""
+        if isinstance(self._limiter, BatchedLimiter):
+            try:
+                await self._limiter.flush()
+            except LimiterUnavailable as exc:
+                log.warning("rate limiter unavailable, its pending calls are kept: %s", exc.detail)
         counts, self._counts = self._counts, Counter()
         try:
             async with conn.transaction():

@@ -21,6 +21,7 @@ from litestar.testing import AsyncTestClient
 from controlplane.app import create_app
 from controlplane.auth import repository as admins
 from controlplane.auth import tokens
+from controlplane.auth.ratelimit import RedisCounter
 from controlplane.platform import Platform
 from controlplane.settings import Settings
 from tests.conftest import ADMIN_TOKEN, eventually
@@ -415,3 +416,30 @@ async def test_principals_are_not_kept_past_their_session_or_a_lost_notification
                 ("%-listen-principals",),
             )
         await eventually(refused, "the revoked session is refused once the channel was lost", within=10)
+
+
+async def test_calls_far_from_the_limit_reach_redis_in_batches(settings: Settings, redis_url: str) -> None:
+    shared = settings.replace(auth=dataclasses.replace(settings.auth, redis_url=redis_url))
+    async with AsyncTestClient(app=create_app(shared)) as one:
+        one.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        acme = await create_tenant(one, "acme")
+        await set_api_limit(settings.database.url, acme.id, 100_000)
+        remaining = []
+        for _ in range(30):
+            response = await one.get(acme.api("/teams"), headers=acme.auth)
+            remaining.append(int(response.headers["RateLimit-Remaining"]))
+        assert remaining == list(range(99_999, 99_969, -1))  # the instance counts its own calls at once
+
+        async def flush_api_calls() -> None:  # the 30 s job; on the app's own event loop (its Redis client's)
+            async with one.app.state.platform.control.connection() as conn:
+                await one.app.state["api_calls"].flush(conn)
+
+        redis = RedisCounter(redis_url)
+        try:
+            before = (await redis.peek(f"api:{acme.id}", 3600))[0]
+            one.blocking_portal.call(flush_api_calls)
+            after = (await redis.peek(f"api:{acme.id}", 3600))[0]
+        finally:
+            await redis.close()
+        assert before < 30  # not one round trip per call
+        assert after == 30  # the flush job adds what the instance held

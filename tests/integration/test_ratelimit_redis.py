@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from controlplane.auth.batched_limit import BatchedLimiter
 from controlplane.auth.ratelimit import LimiterUnavailable, RateLimiter, RedisCounter, counter_from_url
 from tests.processes import free_port
 
@@ -114,3 +115,21 @@ async def test_unresponsive_server_gives_503_within_the_timeouts(key: str) -> No
             await _assert_fails_fast(RateLimiter(counter).hit(key, limit=1, window=60), within=5)
         finally:
             await counter.close()
+
+
+async def test_batched_instances_allow_exactly_the_limit(make_counter: Callable[[], RedisCounter], key: str) -> None:
+    limiters = [BatchedLimiter(make_counter()), BatchedLimiter(make_counter())]
+    decisions = await asyncio.gather(*(limiters[i % 2].hit(key, limit=20, window=WINDOW) for i in range(50)))
+    assert sum(d.allowed for d in decisions) == 20
+
+
+async def test_batched_calls_reach_redis_at_the_flush(
+    make_counter: Callable[[], RedisCounter], key: str, now: float
+) -> None:
+    counter = make_counter()
+    limiter = BatchedLimiter(counter, clock=lambda: now)  # the clock stands still: no interval ends
+    for _ in range(200):
+        assert (await limiter.hit(key, limit=1_000_000, window=WINDOW)).allowed
+    assert (await counter.peek(key, WINDOW))[0] == 1  # one round trip for 200 calls
+    assert await limiter.flush() == 199
+    assert (await make_counter().peek(key, WINDOW))[0] == 200  # what another instance sees
