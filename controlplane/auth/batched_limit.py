@@ -24,7 +24,8 @@ import time
 
 from controlplane.auth.ratelimit import Clock, Counter, Decision, window_position
 
-#: Keys (tenants) held at most; past it the batches are dropped, their pending calls added first by ``flush``.
+#: Keys (tenants) held at most; past it all batches are dropped (calls they still held never reach the shared
+#: count: other instances undercount by them, this one forgets them).
 MAX_KEYS = 100_000
 
 
@@ -76,8 +77,7 @@ class BatchedLimiter:
         try:
             count, reset_after = await self.counter.incr(key, window, adding)
         except BaseException:
-            if batch.index == index:
-                batch.pending += adding  # added next time (the caller decides whether this call counts)
+            batch.pending += adding  # added next time (ApiCalls admits this call when the counter is down)
             raise
         batch.shared = max(batch.shared, count)  # replies to concurrent additions may come out of order
         count += batch.pending  # counted here meanwhile
