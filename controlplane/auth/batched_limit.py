@@ -52,7 +52,7 @@ class BatchedLimiter:
         exact_below: int = 100,
         clock: Clock = time.time,
     ) -> None:
-        self.counter = counter
+        self._counter = counter
         self._interval = interval
         self._margin = margin
         self._exact_below = exact_below
@@ -64,22 +64,18 @@ class BatchedLimiter:
         now = self._clock()
         index, reset_after = window_position(now, window)
         batch = self._batches.get(key)
-        if batch is None or batch.index != index:  # a new window: the old one's pending calls count no more
+        if batch is None or batch.index != index or batch.window != window:  # a new window: start over
             if batch is None and len(self._batches) >= MAX_KEYS:
                 self._batches.clear()
-            batch = self._batches[key] = _Batch(window, index)
+            batch = self._batches[key] = _Batch(window, index)  # the old one's pending calls count no more
         estimate = batch.shared + batch.pending + 1
         if now < batch.due and limit - estimate >= max(self._exact_below, limit * self._margin):
             batch.pending += 1
             return Decision(True, limit, limit - estimate, reset_after)
         adding, batch.pending = batch.pending + 1, 0
         batch.due = now + self._interval
-        try:
-            count, reset_after = await self.counter.incr(key, window, adding)
-        except BaseException:
-            batch.pending += adding  # added next time (ApiCalls admits this call when the counter is down)
-            raise
-        batch.shared = max(batch.shared, count)  # replies to concurrent additions may come out of order
+        # If the counter is down this call is added next time: ApiCalls admits it all the same.
+        count, reset_after = await self._add(key, batch, adding)
         count += batch.pending  # counted here meanwhile
         return Decision(count <= limit, limit, max(0, limit - count), reset_after)
 
@@ -90,15 +86,18 @@ class BatchedLimiter:
         for key, batch in list(self._batches.items()):
             if int(now // batch.window) != batch.index:  # its window is over: nothing left to add to
                 del self._batches[key]
-                continue
-            if batch.pending == 0:
-                continue
-            adding, batch.pending = batch.pending, 0
-            try:
-                count, _ = await self.counter.incr(key, batch.window, adding)
-            except BaseException:
-                batch.pending += adding
-                raise
-            batch.shared = max(batch.shared, count)
-            added += adding
+            elif batch.pending:
+                adding, batch.pending = batch.pending, 0
+                await self._add(key, batch, adding)
+                added += adding
         return added
+
+    async def _add(self, key: str, batch: _Batch, adding: int) -> tuple[int, int]:
+        """Add ``adding`` calls to the shared count: ``(count, reset_after)``. If it fails they stay pending."""
+        try:
+            count, reset_after = await self._counter.incr(key, batch.window, adding)
+        except BaseException:
+            batch.pending += adding
+            raise
+        batch.shared = max(batch.shared, count)  # replies to concurrent additions may come out of order
+        return count, reset_after
