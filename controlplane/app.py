@@ -80,9 +80,9 @@ from controlplane.http.state import (
     VAULTS_STATE_KEY,
 )
 from controlplane.http.tenant_api import (
+    authenticate_tenant,
     pin_tenant,
     refuse_new_tenants,
-    tenant_auth_middleware,
     tenant_dependencies,
     tenant_request_dependencies,
 )
@@ -348,7 +348,8 @@ def create_app(settings: Settings) -> Litestar:
                 **delivery_dependencies(settings),
             },
             request_max_body_size=settings.http.max_image_bytes + 64 * 1024,
-            middleware=[*pinned, tenant_auth_middleware],
+            middleware=pinned,
+            before_request=authenticate_tenant,  # who and which tenant, before anything else
             security=[{"bearer": []}],
             opt=REPLICA_READS,  # its reads may be served by a read replica (http.replica_routing)
         )

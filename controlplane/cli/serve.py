@@ -42,6 +42,9 @@ def serve(host: str | None, port: int | None) -> None:
         proxy_headers=bool(proxies),
         forwarded_allow_ips=list(proxies),
         server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
+        # uvicorn writes its access lines at INFO, building each (quoted path, client address) before the
+        # logger drops it: above INFO that is work for nothing on every request.
+        access_log=settings.log_level.upper() in ("TRACE", "DEBUG", "INFO"),
     )
 
 

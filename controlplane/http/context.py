@@ -30,6 +30,10 @@ _PROCESS = secrets.token_hex(6)
 _SEQUENCE = itertools.count(1)
 _ID_KEY = "cardvault.request_id"
 _HEADERS_KEY = "cardvault.response_headers"
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+#: Names of the headers every response gets from ``stamp_headers`` (a handler's of the same name go).
+_FIXED_NAMES = frozenset({b"x-request-id", _NOSNIFF[0]})
 
 
 def _state(scope: Scope) -> dict[str, Any]:
@@ -71,18 +75,27 @@ def add_raw_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -
 def stamp_headers(message: Message, scope: Scope) -> None:
     """Our headers onto a response's start message (``metrics.requests.instrument`` runs it on every one).
 
-    On the raw header list (what Litestar's ``MutableScopeHeaders`` wraps): every response passes here.
-    Ours replace the handler's of the same name; a handler's own ``Cache-Control`` stays.
+    On the raw header list (what Litestar's ``MutableScopeHeaders`` wraps), in one pass over the handler's
+    headers: every response passes here. Ours replace the handler's of the same name; a handler's own
+    ``Cache-Control`` stays.
     """
     if message["type"] != "http.response.start":
         return
-    ours = [(b"x-request-id", request_id(scope).encode("latin-1")), (b"x-content-type-options", b"nosniff")]
-    added = scope["state"].get(_HEADERS_KEY)  # request_id() made sure of scope["state"]
-    if added:
-        ours += added
-    names = {name for name, _ in ours}
-    raw = [(name, value) for name, value in message.get("headers") or () if name.lower() not in names]
-    if not any(name.lower() == b"cache-control" for name, _ in raw):
-        ours.append((b"cache-control", b"no-store"))
-    raw += ours
+    rid = (b"x-request-id", request_id(scope).encode("latin-1"))
+    added: list[tuple[bytes, bytes]] = scope["state"].get(_HEADERS_KEY) or []  # request_id() made the state
+    replaced = _FIXED_NAMES.union([name for name, _ in added]) if added else _FIXED_NAMES
+    raw: list[tuple[bytes, bytes]] = []
+    no_store = True
+    for name, value in message.get("headers") or ():
+        lower = name.lower()
+        if lower in replaced:
+            continue
+        if lower == b"cache-control":
+            no_store = False
+        raw.append((name, value))
+    raw.append(rid)
+    raw.append(_NOSNIFF)
+    raw += added
+    if no_store:
+        raw.append(_NO_STORE)
     message["headers"] = raw

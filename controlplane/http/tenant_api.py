@@ -3,9 +3,10 @@
 Wiring (in ``create_app``): the lifespan puts the ``TenantCache``, the ``TenantPools``, the
 ``Authenticator``, the API call meter and the base domain into ``app.state`` (keys in
 ``controlplane.http.state``); the tenant API routers, mounted at both ``/t/{tenant_slug:str}/api`` and
-``/api``, get ``tenant_auth_middleware`` and ``tenant_request_dependencies()`` plus each domain's own
-one-step dependency built on ``open_tenant_request`` (``vault`` for the CardVault routes, ``accounts``
-for the account routes); other routes that need only the tenant use ``tenant_dependencies()``.
+``/api``, run ``authenticate_tenant`` before every handler (their ``before_request``). Each domain then
+opens the request's ``TenantRequest`` with ``open_tenant_request`` (the ``/cards`` handlers through
+``open_vault``, the account routes through their ``accounts`` dependency, others through
+``tenant_request_dependencies()``); routes that need only the tenant use ``tenant_dependencies()``.
 
 Every tenant API handler names the permission it needs in its ``opt`` (``requires(...)``); a handler
 without one is refused (500; a test walks the route table so none ships).
@@ -88,7 +89,7 @@ async def _resolve(request: ASGIConnection[Any, Any, Any, Any], cache: TenantCac
 def tenant_request_dependencies() -> dict[str, Provide]:
     """``tenant_request`` for the tenant API routes that work on the request as a whole (audit listing).
 
-    Like the domains' own dependencies it is one step after ``tenant_auth_middleware``: take a pooled
+    Like the domains' own dependencies it is one step after ``authenticate_tenant``: take a pooled
     connection to the tenant's own database (as its own role), load the principal on it, check the
     route's permission. One dependency rather than a chain: Litestar's dependency resolution is a large
     share of a hot read's cost. The request owns the transaction: committed when the handler returns,
@@ -102,24 +103,21 @@ def tenant_request_dependencies() -> dict[str, Provide]:
     return {"tenant_request": Provide(provide_tenant_request)}
 
 
-def tenant_auth_middleware(app: ASGIApp) -> ASGIApp:
+async def authenticate_tenant(request: Request[Any, Any, Any]) -> None:
     """Who and which tenant, before the body is read: 401 / 403 / 404 / 423 / 429 come from here.
 
-    Resolves the tenant, verifies the credential in memory (JWT signature and claims, or an API key's
-    shape) and that it belongs to this tenant, and counts the call against the hourly limit. The
-    principal itself is loaded from the tenant's database by ``open_tenant_request``, on the request's
-    own connection.
+    The ``before_request`` hook of the tenant routers. Resolves the tenant, verifies the credential in
+    memory (JWT signature and claims, or an API key's shape) and that it belongs to this tenant, and counts
+    the call against the hourly limit. The principal itself is loaded from the tenant's database by
+    ``open_tenant_request``, on the request's own connection.
 
-    A middleware of the tenant routers rather than a Litestar guard: Litestar copies the route handler
-    for every guard call, a measurable share of a hot request.
+    A hook rather than a Litestar guard (Litestar copies the route handler for every guard call) or a
+    router middleware (Litestar then wraps each of the router's handlers in one more exception-handling
+    layer): either costs a hot request a measurable share.
     """
-
-    async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and scope["method"] != "OPTIONS":  # OPTIONS: Litestar's preflight
-            await _authenticate(scope)
-        await app(scope, receive, send)
-
-    return authenticate
+    scope = request.scope
+    if scope["method"] != "OPTIONS":  # Litestar's preflight handler names no permission
+        await _authenticate(scope)
 
 
 async def _authenticate(scope: Scope) -> None:

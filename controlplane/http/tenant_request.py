@@ -32,14 +32,14 @@ from controlplane.routing.resolver import admit
 
 #: ``opt`` key naming the permission a tenant route needs.
 PERMISSION_OPT = "permission"
-#: ``scope["state"]`` key of the (tenant, credential) that ``tenant_auth_middleware`` let through.
+#: ``scope["state"]`` key of the (tenant, credential) that ``authenticate_tenant`` let through.
 GUARDED_KEY = "cardvault.tenant_credential"
 #: Methods whose tenant requests run in autocommit (see ``open_tenant_request``).
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 def open_tenant_request(request: Request[Any, Any, Any]) -> TenantRequestScope:
-    """The ``TenantRequest`` of a tenant API request that passed ``tenant_auth_middleware``
+    """The ``TenantRequest`` of a tenant API request that passed ``authenticate_tenant``
     (``async with open_tenant_request(request) as ctx``).
 
     Its connection is a pooled one to the tenant's own database. The principal is loaded on it and must

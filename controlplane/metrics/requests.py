@@ -9,7 +9,7 @@ outside the standard ones become ``OTHER``. ``instrument(app, ...)`` wraps the a
 ``perf_counter`` calls, one small closure for the status, one dict lookup and three integer/float
 updates: no locks (everything runs on the event loop) and no prometheus_client child lookups.
 
-With ``tenants`` (a ``TenantRequests``), a request that resolved to a tenant (``tenant_auth_middleware``
+With ``tenants`` (a ``TenantRequests``), a request that resolved to a tenant (``authenticate_tenant``
 leaves its ``TenantContext`` under ``RESOLVED_TENANT_KEY`` in ``scope["state"]``) is also counted for that
 tenant, with the status actually sent (exception handlers included).
 """

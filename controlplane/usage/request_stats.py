@@ -1,6 +1,6 @@
 """Per-tenant request statistics: status classes and latency, counted in memory on the request path.
 
-Every tenant API request that resolved to a tenant (``tenant_auth_middleware`` marks it) is observed here
+Every tenant API request that resolved to a tenant (``authenticate_tenant`` marks it) is observed here
 once its final status is known (the HTTP metrics middleware, outside the exception handlers, so a 4xx/5xx
 an exception handler produced counts too): its status class (2xx/3xx/4xx/5xx) and its duration in a small
 fixed-bucket histogram (``BOUNDS``). The hot path is a few dict lookups and integer additions on the event

@@ -5,7 +5,7 @@ and the static files at ``/static``.
 Each area has a public router (sign-in forms and the like) and a signed-in one:
 
 - admin: ``admin_guard`` decides, on the credential ``session_middleware`` took from the cookies;
-- tenant: ``tenant_auth_middleware`` and ``open_tenant_request`` decide, as for the tenant API: every
+- tenant: ``authenticate_tenant`` and ``open_tenant_request`` decide, as for the tenant API: every
   tenant page names the permission it needs (``opt=requires(...)``) and gets a ``tenant_request``.
 
 Every page router refuses a cross-site or token-less unsafe request (``security.check_csrf``), answers
@@ -24,8 +24,8 @@ from litestar.types import Middleware
 from controlplane.http.admin import admin_guard
 from controlplane.http.state import TENANT_SLUG_PARAM
 from controlplane.http.tenant_api import (
+    authenticate_tenant,
     pin_tenant,
-    tenant_auth_middleware,
     tenant_dependencies,
     tenant_request_dependencies,
 )
@@ -42,17 +42,25 @@ async def _csrf(request: Request[Any, Any, Any]) -> None:
     await check_csrf(request, web_keys(request).csrf)
 
 
+async def _tenant_page(request: Request[Any, Any, Any]) -> None:
+    """A signed-in tenant page: who and which tenant, as for the tenant API, then the CSRF check."""
+    await authenticate_tenant(request)
+    await _csrf(request)
+
+
 async def _static_headers(response: Response[Any]) -> Response[Any]:
     response.headers.update({k: v for k, v in PAGE_HEADERS.items() if k != "Cache-Control"})
     return response
 
 
-def _router(path: str, handlers: list[Any], middleware: list[Middleware], **options: Any) -> Router:
+def _router(
+    path: str, handlers: list[Any], middleware: list[Middleware], before: Any = _csrf, **options: Any
+) -> Router:
     return Router(
         path,
         route_handlers=handlers,
         middleware=middleware,
-        before_request=_csrf,
+        before_request=before,
         exception_handlers=PAGE_EXCEPTION_HANDLERS,
         include_in_schema=False,
         **options,
@@ -88,7 +96,8 @@ def web_routers(settings: Settings) -> list[Router]:
             _router(
                 path,
                 tenant.PAGE_HANDLERS,
-                [*pinned, tenant_session, tenant_auth_middleware],
+                [*pinned, tenant_session],
+                _tenant_page,
                 dependencies=tenant_request_dependencies(),
             )
         )

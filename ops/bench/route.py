@@ -14,11 +14,11 @@ it names (``Authorization: Bearer ...``; the baseline gets the same bytes and ig
 routed numbers include authentication: the JWT check, the per-tenant API call meter and the session
 lookup on the tenant's connection (cached, see the README).
 
-(a) GET one card of one hot tenant, bare baseline and routed alternating (``--rounds`` each): median
-    throughput, p50 and p99 of each and the ratio routed/baseline (floor: >= ``RATIO_FLOOR``). The
-    baseline sends what the service sends for a read: the statement alone, in autocommit
-    (``--baseline-transaction``: inside BEGIN / COMMIT, as psycopg does by default and as the service
-    did before issue 11);
+(a) GET one card of one hot tenant, bare baseline and routed alternating (``--rounds`` each, every
+    other round routed first, both sampled alike): median throughput, p50 and p99 of each and the
+    ratio routed/baseline (floor: >= ``RATIO_FLOOR``). The baseline sends what the service sends for a
+    read: the statement alone, in autocommit (``--baseline-transaction``: inside BEGIN / COMMIT, as
+    psycopg does by default and as the service did before issue 11);
 (b) GET one card per tenant, round-robin over all N tenants: throughput, p50/p99, errors, tenant pool
     hit ratio, peak tenant connections on the server (``pg_stat_activity`` polled every 50 ms) against
     the budget (floors: no errors, never above the budget, p99 under ``SPREAD_P99_FLOOR_MS``), after a 2 s
@@ -228,11 +228,13 @@ async def bench(args: argparse.Namespace, server_dsn: str, home: Path) -> int:
         routed_runs: list[LoadResult] = []
         peak_a = ConnectionPeak(server_dsn)
         for i in range(args.rounds):
-            base_runs.append(await run_load(args, home, baseline, [hot.request], args.duration, "round-robin"))
-            print(base_runs[-1].line(f"round {i + 1} baseline"))
-            async with peak_a.sampling():
-                routed_runs.append(await run_load(args, home, routed, [hot.request], args.duration, "round-robin"))
-            print(routed_runs[-1].line(f"round {i + 1} routed"))
+            # ABBA: every other round runs the routed side first, so a drift of the machine's speed during
+            # the run does not always favour the same side. Both sides run under the same 50 ms sampling.
+            order = ((baseline, base_runs), (routed, routed_runs))
+            for server, runs in order if i % 2 == 0 else order[::-1]:
+                async with peak_a.sampling():
+                    runs.append(await run_load(args, home, server, [hot.request], args.duration, "round-robin"))
+                print(runs[-1].line(f"round {i + 1} {server.name}"))
         base_m, routed_m = median_result(base_runs), median_result(routed_runs)
         ratio = routed_m["rps"] / base_m["rps"] if base_m["rps"] else 0.0
         per_round = ", ".join(f"{r.rps / b.rps:.2f}" for b, r in zip(base_runs, routed_runs, strict=True) if b.rps)
