@@ -19,7 +19,7 @@ from typing import Any
 from litestar import Request, Response, Router
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
-from litestar.types import Middleware
+from litestar.types import BeforeRequestHookHandler, Middleware
 
 from controlplane.http.admin import admin_guard
 from controlplane.http.state import TENANT_SLUG_PARAM
@@ -54,7 +54,11 @@ async def _static_headers(response: Response[Any]) -> Response[Any]:
 
 
 def _router(
-    path: str, handlers: list[Any], middleware: list[Middleware], before: Any = _csrf, **options: Any
+    path: str,
+    handlers: list[Any],
+    middleware: list[Middleware],
+    before: BeforeRequestHookHandler = _csrf,
+    **options: Any,
 ) -> Router:
     return Router(
         path,
