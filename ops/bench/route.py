@@ -82,7 +82,7 @@ from route_spread import (  # noqa: E402
 )
 
 #: Floors: (a) routed/baseline throughput at least this; (b) p99 of the spread run under this many ms.
-RATIO_FLOOR = 0.80
+RATIO_FLOOR = 0.85
 #: Connections the bench needs besides the tenant budget: control pool, listener, baseline, poller, admin.
 OVERHEAD_CONNECTIONS = 30
 #: argon2id cost of the run (service and provisioning): only the logins before the measurements hash.
