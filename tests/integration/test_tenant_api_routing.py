@@ -235,3 +235,20 @@ async def test_pool_stats_count_hits_and_misses(app_client: AsyncTestClient[Any]
     assert stats["pool_hit_ratio"] == 3 / 4
     assert stats["registry_cache"]["listening"] is True
     assert (await app_client.get("/admin/pools")).status_code == 401
+
+
+async def test_the_credential_is_checked_before_the_body_is_read(app_client: AsyncTestClient[Any]) -> None:
+    alpha = await create_tenant(app_client, "alpha")
+    bravo = await create_tenant(app_client, "bravo")
+
+    async def post_broken_card(auth: dict[str, str]) -> int:
+        json = {"content-type": "application/json"}
+        response = await app_client.post("/t/alpha/api/cards", content=b"{not json", headers={**json, **auth})
+        return response.status_code
+
+    # A body Litestar would refuse with 400: without a valid credential of the tenant, nobody learns that.
+    assert [await post_broken_card(auth) for auth in ({}, tampered(alpha), bravo)] == [401, 401, 403]
+    # The tenant's own admin gets the validation error itself, and nothing was created.
+    assert await post_broken_card(alpha) == 400
+    listed = await app_client.get("/t/alpha/api/cards", headers=alpha)
+    assert listed.status_code == 200 and listed.json()["items"] == [], listed.text
